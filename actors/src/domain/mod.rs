@@ -1,0 +1,28 @@
+//! Parsed domain types shared by the API, the repositories and the engine.
+//!
+//! Each type's constructor is its validation, and each error names what was wrong in words an
+//! API client can act on; the HTTP layer adds the name of the field.
+
+mod cdn;
+mod hostname;
+mod names;
+mod policy;
+mod target;
+
+pub use cdn::CdnName;
+pub use hostname::Hostname;
+pub use names::ServiceName;
+pub use policy::{PolicyError, PolicyKind, PolicyParams, PolicyPatch};
+pub use target::{ProbePath, ProbeTarget};
+
+/// Why a value was rejected. The message is meant for the API client, without the field name
+/// (the caller knows which field it parsed and adds it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+impl Invalid {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}

@@ -1,0 +1,291 @@
+//! Who is calling: API keys, dev-mode customer headers, the admin token.
+//!
+//! [`Tenant`] is the extractor every customer operation takes. It runs one decision procedure
+//! (below) and is declared in the OpenAPI document as the `ApiKey` bearer scheme or, in dev mode,
+//! the `DevCustomerHeader` / `DevCustomerQuery` schemes:
+//!
+//! 1. `Authorization: Bearer <key>` — the key identifies the customer. A key that is unknown,
+//!    revoked, or whose customer is suspended → 401. If `X-Customer-ID` (or `customer_id`) is also
+//!    sent it must name the same customer → otherwise 403.
+//! 2. No key, but `X-Customer-ID` / `customer_id` — accepted only in dev mode (`serve --dev`),
+//!    for an existing active customer; outside dev mode → 401.
+//! 3. Neither → 401.
+//!
+//! [`Admin`] guards `/v1/admin/*`: `Authorization: Bearer <TRANCHE_ADMIN_TOKEN>`.
+
+use std::sync::Arc;
+
+use chrono::{Duration, Utc};
+use poem::Request;
+use poem::http::header::AUTHORIZATION;
+use poem_openapi::auth::{ApiKey, Bearer};
+use poem_openapi::registry::Registry;
+use poem_openapi::{ApiExtractor, ApiExtractorType, ExtractParamOptions, SecurityScheme};
+use subtle::ConstantTimeEq;
+
+use super::ApiContext;
+use super::error::ApiError;
+use crate::store::{api_keys, customers};
+
+/// Header naming the customer (the seed API's tenant context).
+pub const CUSTOMER_HEADER: &str = "X-Customer-ID";
+/// Query parameter alternative to [`CUSTOMER_HEADER`].
+pub const CUSTOMER_QUERY: &str = "customer_id";
+
+/// What a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Read,
+    Write,
+    Admin,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Read => "read",
+            Self::Write => "write",
+            Self::Admin => "admin",
+        }
+    }
+}
+
+/// An authenticated customer.
+#[derive(Debug, Clone)]
+pub struct Tenant {
+    pub customer_id: i64,
+    /// The key used, `None` for a dev-mode header.
+    pub key_id: Option<i64>,
+    /// The key's scopes (all of them in dev mode).
+    scopes: Vec<String>,
+}
+
+impl Tenant {
+    /// Fails with 403 unless the credentials carry `scope`.
+    pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
+        if self.scopes.iter().any(|s| s == scope.as_str()) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(
+                format!("this API key lacks the `{}` scope", scope.as_str()),
+                None,
+            ))
+        }
+    }
+}
+
+/// A customer API key: `Authorization: Bearer tr_…`. Create the first one with
+/// `POST /v1/admin/customers`.
+#[derive(SecurityScheme)]
+#[oai(rename = "ApiKey", ty = "bearer", bearer_format = "tr_<prefix>_<secret>")]
+#[allow(dead_code)] // declared for the OpenAPI document; `Tenant` does the checking
+struct ApiKeyScheme(Bearer);
+
+/// Dev mode only (`tranche serve --dev`, insecure): the customer id, trusted without a key.
+#[derive(SecurityScheme)]
+#[oai(
+    rename = "DevCustomerHeader",
+    ty = "api_key",
+    key_in = "header",
+    key_name = "X-Customer-ID"
+)]
+#[allow(dead_code)]
+struct DevHeaderScheme(ApiKey);
+
+/// Dev mode only: the customer id as a query parameter.
+#[derive(SecurityScheme)]
+#[oai(
+    rename = "DevCustomerQuery",
+    ty = "api_key",
+    key_in = "query",
+    key_name = "customer_id"
+)]
+#[allow(dead_code)]
+struct DevQueryScheme(ApiKey);
+
+/// The operator's token (`TRANCHE_ADMIN_TOKEN`) for `/v1/admin/*`.
+#[derive(SecurityScheme)]
+#[oai(rename = "AdminToken", ty = "bearer")]
+#[allow(dead_code)]
+struct AdminScheme(Bearer);
+
+impl<'a> ApiExtractor<'a> for Tenant {
+    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::SecurityScheme];
+    type ParamType = ();
+    type ParamRawType = ();
+
+    fn register(registry: &mut Registry) {
+        <ApiKeyScheme as ApiExtractor>::register(registry);
+        <DevHeaderScheme as ApiExtractor>::register(registry);
+        <DevQueryScheme as ApiExtractor>::register(registry);
+    }
+
+    fn security_schemes() -> Vec<&'static str> {
+        vec!["ApiKey", "DevCustomerHeader", "DevCustomerQuery"]
+    }
+
+    async fn from_request(
+        req: &'a Request,
+        _body: &mut poem::RequestBody,
+        _param_opts: ExtractParamOptions<Self::ParamType>,
+    ) -> poem::Result<Self> {
+        authenticate(req).await.map_err(Into::into)
+    }
+}
+
+/// The operator, authenticated by the admin token.
+#[derive(Debug, Clone, Copy)]
+pub struct Admin;
+
+impl<'a> ApiExtractor<'a> for Admin {
+    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::SecurityScheme];
+    type ParamType = ();
+    type ParamRawType = ();
+
+    fn register(registry: &mut Registry) {
+        <AdminScheme as ApiExtractor>::register(registry);
+    }
+
+    fn security_schemes() -> Vec<&'static str> {
+        vec!["AdminToken"]
+    }
+
+    async fn from_request(
+        req: &'a Request,
+        _body: &mut poem::RequestBody,
+        _param_opts: ExtractParamOptions<Self::ParamType>,
+    ) -> poem::Result<Self> {
+        let ctx = context(req)?;
+        let Some(expected) = &ctx.admin_token else {
+            return Err(ApiError::unauthorized(
+                "the admin API is disabled: start Tranche with TRANCHE_ADMIN_TOKEN set",
+            )
+            .into());
+        };
+        match bearer(req)? {
+            Some(token) if bool::from(token.as_bytes().ct_eq(expected.expose().as_bytes())) => {
+                Ok(Admin)
+            }
+            Some(_) => Err(ApiError::unauthorized("invalid admin token").into()),
+            None => Err(ApiError::unauthorized(
+                "missing credentials: send `Authorization: Bearer <admin token>`",
+            )
+            .into()),
+        }
+    }
+}
+
+fn context(req: &Request) -> Result<&Arc<ApiContext>, ApiError> {
+    req.data::<Arc<ApiContext>>().ok_or_else(|| {
+        tracing::error!("ApiContext missing from request data");
+        ApiError::internal()
+    })
+}
+
+/// The bearer token, if an `Authorization` header is present (401 if it is not a bearer).
+fn bearer(req: &Request) -> Result<Option<&str>, ApiError> {
+    let Some(value) = req.headers().get(AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let value = value.to_str().unwrap_or_default().trim();
+    match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
+            Ok(Some(token.trim()))
+        }
+        _ => Err(ApiError::unauthorized(
+            "the Authorization header must be `Bearer <api key>`",
+        )),
+    }
+}
+
+/// The customer id claimed by header or query parameter, if any.
+fn claimed_customer(req: &Request) -> Result<Option<i64>, ApiError> {
+    let header = req
+        .headers()
+        .get(CUSTOMER_HEADER)
+        .map(|v| (CUSTOMER_HEADER, v.to_str().unwrap_or("\u{fffd}").to_owned()));
+    let query = req
+        .uri()
+        .query()
+        .and_then(|q| {
+            q.split('&')
+                .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
+                .find(|(k, _)| *k == CUSTOMER_QUERY)
+                .map(|(_, v)| v.to_owned())
+        })
+        .map(|v| (CUSTOMER_QUERY, v));
+    let parse = |(field, raw): (&str, String)| -> Result<i64, ApiError> {
+        raw.trim()
+            .parse::<i64>()
+            .ok()
+            .filter(|id| *id > 0)
+            .ok_or_else(|| {
+                ApiError::bad_request(
+                    format!("{field} must be a positive integer customer id (got {raw:?})"),
+                    Some(field),
+                )
+            })
+    };
+    match (header.map(parse).transpose()?, query.map(parse).transpose()?) {
+        (Some(h), Some(q)) if h != q => Err(ApiError::bad_request(
+            format!("{CUSTOMER_HEADER} ({h}) and {CUSTOMER_QUERY} ({q}) disagree"),
+            Some(CUSTOMER_QUERY),
+        )),
+        (h, q) => Ok(h.or(q)),
+    }
+}
+
+/// How often `last_used_at` is refreshed; keeps authenticated reads from writing every time.
+const TOUCH_EVERY: Duration = Duration::seconds(60);
+
+async fn authenticate(req: &Request) -> Result<Tenant, ApiError> {
+    let ctx = context(req)?;
+    let claimed = claimed_customer(req)?;
+    if let Some(token) = bearer(req)? {
+        let invalid = || ApiError::unauthorized("invalid API key");
+        let prefix = api_keys::prefix_of(token).ok_or_else(invalid)?;
+        let key = api_keys::find_for_auth(&ctx.pool, prefix)
+            .await?
+            .ok_or_else(invalid)?;
+        if !api_keys::matches(token, &key.secret_hash) {
+            return Err(invalid());
+        }
+        if key.customer_status != "active" {
+            return Err(ApiError::unauthorized("this customer is suspended"));
+        }
+        if let Some(claimed) = claimed {
+            if claimed != key.customer_id {
+                return Err(ApiError::forbidden(
+                    format!("{CUSTOMER_HEADER} {claimed} does not match the API key's customer"),
+                    Some(CUSTOMER_HEADER),
+                ));
+            }
+        }
+        if key.last_used_at.is_none_or(|t| Utc::now() - t > TOUCH_EVERY) {
+            // Bookkeeping only: a failure here must not fail the request.
+            if let Err(e) = api_keys::touch(&ctx.pool, key.id).await {
+                tracing::warn!(api_key.id = key.id, error = %e, "could not record key use");
+            }
+        }
+        return Ok(Tenant { customer_id: key.customer_id, key_id: Some(key.id), scopes: key.scopes });
+    }
+    let Some(customer_id) = claimed else {
+        return Err(ApiError::unauthorized(
+            "missing credentials: send `Authorization: Bearer <api key>`",
+        ));
+    };
+    if !ctx.dev {
+        return Err(ApiError::unauthorized(format!(
+            "{CUSTOMER_HEADER} alone is accepted only in dev mode; send `Authorization: Bearer <api key>`"
+        )));
+    }
+    match customers::status(&ctx.pool, customer_id).await?.as_deref() {
+        Some("active") => Ok(Tenant {
+            customer_id,
+            key_id: None,
+            scopes: api_keys::ALL_SCOPES.iter().map(|s| s.to_string()).collect(),
+        }),
+        Some(_) => Err(ApiError::unauthorized("this customer is suspended")),
+        None => Err(ApiError::unauthorized(format!("unknown customer {customer_id}"))),
+    }
+}

@@ -1,0 +1,186 @@
+//! `/v1/services/{id}/domains`: the hostnames of a service.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use poem::web::Data;
+use poem_openapi::param::Path;
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+use rand::RngCore;
+use serde::Deserialize;
+use tranche_actors::domain::{Hostname, ProbePath, ProbeTarget};
+
+use super::auth::{Scope, Tenant};
+use super::error::{ApiError, ApiResult};
+use super::json::JsonBody;
+use super::services::{Deleted, service_not_found};
+use super::{ApiContext, ApiTags};
+use crate::store::domains;
+
+/// Prefix of the TXT record that proves ownership of a hostname.
+pub const CHALLENGE_LABEL: &str = "_tranche-challenge";
+
+/// A customer hostname, probed through each of the service's CDNs.
+#[derive(Debug, Clone, Object)]
+pub struct Domain {
+    pub id: i64,
+    pub service_id: i64,
+    /// The hostname, canonical: lowercase, no trailing dot.
+    pub name: String,
+    /// Where this hostname is reached through the primary CDN (edge hostname or IP); null until
+    /// configured.
+    pub primary_target: Option<String>,
+    /// Where this hostname is reached through the backup CDN (edge hostname or IP).
+    pub backup_target: Option<String>,
+    /// Path probes request.
+    pub probe_path: String,
+    /// Ownership verification: Tranche steers DNS only for verified hostnames.
+    pub verification: Verification,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The TXT challenge proving the customer controls a hostname.
+#[derive(Debug, Clone, Object)]
+pub struct Verification {
+    /// `pending`, `verified` or `failed`.
+    pub status: String,
+    /// Name of the TXT record to publish.
+    pub record_name: String,
+    /// Value the TXT record must hold.
+    pub record_value: String,
+    pub verified_at: Option<DateTime<Utc>>,
+}
+
+impl From<domains::DomainRow> for Domain {
+    fn from(r: domains::DomainRow) -> Self {
+        Self {
+            verification: Verification {
+                status: r.verification_status,
+                record_name: format!("{CHALLENGE_LABEL}.{}", r.hostname),
+                record_value: r.verification_token,
+                verified_at: r.verified_at,
+            },
+            id: r.id,
+            service_id: r.service_id,
+            name: r.hostname,
+            primary_target: r.primary_target,
+            backup_target: r.backup_target,
+            probe_path: r.probe_path,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+/// Body of `POST /v1/services/{id}/domains`.
+#[derive(Debug, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct CreateDomain {
+    /// The hostname, e.g. `app.example.com` (no scheme, path or port).
+    pub name: String,
+    /// Edge hostname or IP that reaches this hostname through the primary CDN.
+    pub primary_target: Option<String>,
+    /// Edge hostname or IP that reaches this hostname through the backup CDN.
+    pub backup_target: Option<String>,
+    /// Path to probe (default `/`).
+    pub probe_path: Option<String>,
+}
+
+#[derive(ApiResponse)]
+pub enum CreatedDomain {
+    /// The domain was added.
+    #[oai(status = 201)]
+    Created(Json<Domain>, #[oai(header = "Location")] String),
+}
+
+pub struct DomainsApi;
+
+#[OpenApi(tag = "ApiTags::Domains")]
+impl DomainsApi {
+    /// List a service's domains, oldest first.
+    #[oai(path = "/v1/services/:id/domains", method = "get", operation_id = "list_domains")]
+    async fn list(&self, tenant: Tenant, ctx: Data<&Arc<ApiContext>>, id: Path<i64>) -> ApiResult<Json<Vec<Domain>>> {
+        tenant.require(Scope::Read)?;
+        let rows = domains::list(&ctx.pool, tenant.customer_id, id.0).await?;
+        if rows.is_empty() && !crate::store::services::exists(&ctx.pool, tenant.customer_id, id.0).await? {
+            return Err(service_not_found(id.0));
+        }
+        Ok(Json(rows.into_iter().map(Domain::from).collect()))
+    }
+
+    /// Add a hostname to a service. The response carries the TXT challenge that proves
+    /// ownership.
+    #[oai(path = "/v1/services/:id/domains", method = "post", operation_id = "create_domain")]
+    async fn create(
+        &self,
+        tenant: Tenant,
+        ctx: Data<&Arc<ApiContext>>,
+        id: Path<i64>,
+        body: JsonBody<CreateDomain>,
+    ) -> ApiResult<CreatedDomain> {
+        tenant.require(Scope::Write)?;
+        let body = body.0;
+        let hostname = Hostname::parse(&body.name).map_err(ApiError::field("name"))?;
+        let target = |field: &'static str, value: Option<String>| {
+            value
+                .as_deref()
+                .map(ProbeTarget::parse)
+                .transpose()
+                .map(|t| t.map(|t| t.to_string()))
+                .map_err(ApiError::field(field))
+        };
+        let primary_target = target("primary_target", body.primary_target)?;
+        let backup_target = target("backup_target", body.backup_target)?;
+        let probe_path = ProbePath::parse(body.probe_path.as_deref().unwrap_or(ProbePath::DEFAULT))
+            .map_err(ApiError::field("probe_path"))?;
+        let token = verification_token();
+        let new = domains::NewDomain {
+            hostname: hostname.as_str(),
+            primary_target,
+            backup_target,
+            probe_path: probe_path.as_str(),
+            verification_token: &token,
+        };
+        let row = domains::create(&ctx.pool, tenant.customer_id, id.0, &new)
+            .await?
+            .ok_or_else(|| service_not_found(id.0))?;
+        tracing::info!(service.id = id.0, domain.id = row.id, domain.name = %row.hostname, "domain added");
+        let location = format!("/v1/services/{}/domains/{}", id.0, row.id);
+        Ok(CreatedDomain::Created(Json(row.into()), location))
+    }
+
+    /// Remove a hostname from a service. It stops being probed and steered; its storm history
+    /// is kept.
+    #[oai(
+        path = "/v1/services/:id/domains/:domain_id",
+        method = "delete",
+        operation_id = "delete_domain"
+    )]
+    async fn delete(
+        &self,
+        tenant: Tenant,
+        ctx: Data<&Arc<ApiContext>>,
+        id: Path<i64>,
+        domain_id: Path<i64>,
+    ) -> ApiResult<Deleted> {
+        tenant.require(Scope::Write)?;
+        if domains::soft_delete(&ctx.pool, tenant.customer_id, id.0, domain_id.0).await? {
+            Ok(Deleted::NoContent)
+        } else {
+            Err(ApiError::not_found(format!(
+                "domain {} of service {} not found",
+                domain_id.0, id.0
+            )))
+        }
+    }
+}
+
+/// 128 random bits, hex: the value of the TXT challenge record.
+fn verification_token() -> String {
+    let mut bytes = [0u8; 16];
+    rand::rng().fill_bytes(&mut bytes);
+    format!("tranche-verify={}", hex::encode(bytes))
+}

@@ -1,0 +1,293 @@
+//! One error type for the whole API, one JSON body shape for every error.
+//!
+//! Every failure a client can see is an [`ApiError`]: a status and an [`ErrorBody`] with a
+//! stable machine-readable `code`, a sentence for humans and, when one input field is to blame,
+//! its name in `field`. Errors raised by the framework before a handler runs (malformed paths,
+//! wrong content type, unknown routes) are rewritten into the same shape by [`json_errors`].
+//! Internal errors are logged once, here, with their cause; the client sees only a generic
+//! message, never database text.
+
+use poem::http::StatusCode;
+use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object};
+
+use tranche_actors::domain::Invalid;
+
+/// The body of every error response.
+#[derive(Debug, Clone, Object, serde::Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    /// Stable machine-readable code, e.g. `validation_failed`, `not_found`, `conflict`.
+    pub code: String,
+    /// What went wrong, in a sentence meant for a human.
+    pub message: String,
+    /// The request field (body property, path or query parameter, header) at fault, if one is.
+    #[oai(skip_serializing_if_is_none)]
+    pub field: Option<String>,
+}
+
+/// Every error status an operation can answer with.
+#[derive(Debug, ApiResponse)]
+pub enum ApiError {
+    /// The request is malformed (e.g. the body is not JSON, a path parameter is not a number).
+    #[oai(status = 400)]
+    BadRequest(Json<ErrorBody>),
+    /// No valid credentials: missing, unknown, revoked or suspended.
+    #[oai(status = 401)]
+    Unauthorized(Json<ErrorBody>),
+    /// Credentials are valid but not for this: `X-Customer-ID` differs from the key's customer,
+    /// or the key lacks the scope.
+    #[oai(status = 403)]
+    Forbidden(Json<ErrorBody>),
+    /// No such object for this customer (another customer's objects are reported the same way).
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    /// The request conflicts with existing state (e.g. a duplicate name).
+    #[oai(status = 409)]
+    Conflict(Json<ErrorBody>),
+    /// The body is well-formed JSON but a field is missing, unknown or invalid.
+    #[oai(status = 422)]
+    Unprocessable(Json<ErrorBody>),
+    /// Something failed on Tranche's side; it has been logged.
+    #[oai(status = 500)]
+    Internal(Json<ErrorBody>),
+    /// The database is unreachable or overloaded; retry later.
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+fn body(code: &str, message: impl Into<String>, field: Option<&str>) -> Json<ErrorBody> {
+    Json(ErrorBody {
+        code: code.to_owned(),
+        message: message.into(),
+        field: field.map(str::to_owned),
+    })
+}
+
+impl ApiError {
+    pub fn bad_request(message: impl Into<String>, field: Option<&str>) -> Self {
+        Self::BadRequest(body("bad_request", message, field))
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::Unauthorized(body("unauthorized", message, None))
+    }
+
+    pub fn forbidden(message: impl Into<String>, field: Option<&str>) -> Self {
+        Self::Forbidden(body("forbidden", message, field))
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::NotFound(body("not_found", message, None))
+    }
+
+    pub fn conflict(message: impl Into<String>, field: Option<&str>) -> Self {
+        Self::Conflict(body("conflict", message, field))
+    }
+
+    /// A field failed validation.
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Self::Unprocessable(body("validation_failed", message, Some(field)))
+    }
+
+    /// Adapter for the domain parsers: `Hostname::parse(s).map_err(ApiError::field("name"))`.
+    pub fn field(field: &'static str) -> impl Fn(Invalid) -> Self {
+        move |e| Self::invalid(field, format!("{field} {}", e.0))
+    }
+
+    pub fn internal() -> Self {
+        Self::Internal(body(
+            "internal",
+            "internal error; it has been logged on the server",
+            None,
+        ))
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// Named constraints that a client can violate, and what to tell it. Every other database error
+/// is internal. Keep in step with `migrations/`.
+const CONSTRAINTS: &[(&str, StatusCode, &str, &str)] = &[
+    (
+        "services_customer_id_name_key",
+        StatusCode::CONFLICT,
+        "name",
+        "a service with this name already exists",
+    ),
+    (
+        "services_distinct_cdns_check",
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "backup_cdn",
+        "backup_cdn must differ from primary_cdn",
+    ),
+    (
+        "service_domains_service_id_hostname_key",
+        StatusCode::CONFLICT,
+        "name",
+        "this hostname is already a domain of the service",
+    ),
+    (
+        "storm_policies_service_id_kind_key",
+        StatusCode::CONFLICT,
+        "kind",
+        "the service already has a policy of this kind; PATCH it instead",
+    ),
+    (
+        "customers_name_check",
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "name",
+        "name must be 1 to 200 characters",
+    ),
+];
+
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> Self {
+        if let Some(db) = err.as_database_error() {
+            if let Some(name) = db.constraint() {
+                if let Some((_, status, field, message)) =
+                    CONSTRAINTS.iter().find(|(c, ..)| *c == name)
+                {
+                    return if *status == StatusCode::CONFLICT {
+                        Self::conflict(*message, Some(field))
+                    } else {
+                        Self::invalid(field, *message)
+                    };
+                }
+            }
+        }
+        match err {
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                tracing::error!(error = %err, "database unavailable");
+                Self::Unavailable(body(
+                    "unavailable",
+                    "the database is unavailable; retry shortly",
+                    None,
+                ))
+            }
+            err => {
+                tracing::error!(error = %err, "database error");
+                Self::internal()
+            }
+        }
+    }
+}
+
+/// Middleware that turns every error the framework produces into an [`ErrorBody`] response.
+/// Errors that already carry one (an [`ApiError`] returned by a handler) pass unchanged.
+pub struct JsonErrors;
+
+pub fn json_errors() -> JsonErrors {
+    JsonErrors
+}
+
+impl<E: Endpoint> Middleware<E> for JsonErrors {
+    type Output = JsonErrorsEndpoint<E>;
+
+    fn transform(&self, ep: E) -> Self::Output {
+        JsonErrorsEndpoint(ep)
+    }
+}
+
+pub struct JsonErrorsEndpoint<E>(E);
+
+impl<E: Endpoint> Endpoint for JsonErrorsEndpoint<E> {
+    type Output = Response;
+
+    async fn call(&self, req: Request) -> poem::Result<Self::Output> {
+        let path = req.uri().path().to_owned();
+        match self.0.call(req).await {
+            Ok(resp) => Ok(resp.into_response()),
+            Err(err) => Ok(error_response(err, &path)),
+        }
+    }
+}
+
+fn error_response(err: poem::Error, path: &str) -> Response {
+    use poem_openapi::error as oe;
+    if let Some(e) = err.downcast_ref::<oe::ParsePathError>() {
+        let field = path_param_name(e.name, path);
+        return ApiError::bad_request(
+            format!("path parameter `{field}` must be an integer"),
+            Some(&field),
+        )
+        .into_response();
+    }
+    let field = err.downcast_ref::<oe::ParseParamError>().map(|e| e.name.to_owned());
+    let auth = err.is::<oe::AuthorizationError>();
+    let message = err.to_string();
+    let status = err.status();
+    let resp = err.into_response();
+    let is_json = resp
+        .headers()
+        .get(poem::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return resp;
+    }
+    let error = if auth {
+        ApiError::unauthorized(
+            "missing credentials: send `Authorization: Bearer <api key>` (or, in dev mode, `X-Customer-ID`)",
+        )
+    } else {
+        let code = match status {
+            StatusCode::NOT_FOUND => "not_found",
+            StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+            StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+            s if s.is_server_error() => "internal",
+            _ => "bad_request",
+        };
+        let message = if status.is_server_error() {
+            tracing::error!(error = %message, "unhandled error");
+            "internal error; it has been logged on the server".to_owned()
+        } else if status == StatusCode::NOT_FOUND {
+            format!("no route matches {path}; see /docs for the API")
+        } else if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+            "send the request body as JSON with `Content-Type: application/json`".to_owned()
+        } else {
+            message
+        };
+        let body = ErrorBody { code: code.into(), message, field };
+        return poem::web::Json(body_json(&body)).with_status(status).into_response();
+    };
+    error.into_response()
+}
+
+fn body_json(body: &ErrorBody) -> serde_json::Value {
+    use poem_openapi::types::ToJSON;
+    body.to_json().unwrap_or_default()
+}
+
+/// poem-openapi names path parameters `param0`, `param1`… in parse errors. Our routes are
+/// `/v1/<collection>/{id}[/<sub-collection>/{sub_id}]`, so the name follows from the URL: the
+/// first parameter is `id`, the second is named after its collection (`domains` → `domain_id`,
+/// `storm-policies` → `policy_id`).
+fn path_param_name(internal: &str, path: &str) -> String {
+    match internal {
+        "param0" => "id".to_owned(),
+        "param1" => {
+            let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+            match segments.get(segments.len().saturating_sub(2)).copied() {
+                Some("domains") => "domain_id".to_owned(),
+                Some("storm-policies") => "policy_id".to_owned(),
+                _ => internal.to_owned(),
+            }
+        }
+        other => other.to_owned(),
+    }
+}

@@ -1,0 +1,42 @@
+//! `/healthz` (the process is up) and `/readyz` (it can reach its database).
+
+use std::sync::Arc;
+
+use poem::web::Data;
+use poem_openapi::payload::PlainText;
+use poem_openapi::{ApiResponse, OpenApi};
+
+use super::{ApiContext, ApiTags};
+
+pub struct HealthApi;
+
+#[derive(ApiResponse)]
+enum Readiness {
+    /// The database answers.
+    #[oai(status = 200)]
+    Ready(PlainText<&'static str>),
+    /// The database does not answer; the reason is logged.
+    #[oai(status = 503)]
+    NotReady(PlainText<&'static str>),
+}
+
+#[OpenApi(tag = "ApiTags::Operations")]
+impl HealthApi {
+    /// Liveness: answers `ok` while the process runs.
+    #[oai(path = "/healthz", method = "get", operation_id = "healthz")]
+    async fn healthz(&self) -> PlainText<&'static str> {
+        PlainText("ok")
+    }
+
+    /// Readiness: answers `ready` when the database can be queried.
+    #[oai(path = "/readyz", method = "get", operation_id = "readyz")]
+    async fn readyz(&self, ctx: Data<&Arc<ApiContext>>) -> Readiness {
+        match sqlx::query("select 1").execute(&ctx.pool).await {
+            Ok(_) => Readiness::Ready(PlainText("ready")),
+            Err(e) => {
+                tracing::warn!(error = %e, "readiness check failed");
+                Readiness::NotReady(PlainText("database unavailable"))
+            }
+        }
+    }
+}

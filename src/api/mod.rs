@@ -1,0 +1,135 @@
+//! The HTTP API: poem + poem-openapi.
+//!
+//! One module per resource ([`services`], [`domains`], [`policies`], [`admin`], [`health`]), each
+//! an `#[OpenApi]` struct; [`openapi`] combines them into the document served at `/openapi.json`
+//! (Swagger UI at `/docs`) and committed under `openapi/`. Shared pieces: [`ApiContext`] (what
+//! handlers need), [`auth`] (who is calling), [`error`] (the one error type and body shape) and
+//! [`json`] (request bodies whose errors name the field).
+
+pub mod admin;
+pub mod auth;
+pub mod domains;
+pub mod error;
+pub mod health;
+pub mod json;
+pub mod policies;
+pub mod services;
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use poem::middleware::CatchPanic;
+use poem::{Endpoint, EndpointExt, IntoResponse, Route};
+use poem_openapi::{OpenApiService, Tags};
+use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive;
+use sqlx::PgPool;
+
+use crate::config::Secret;
+use error::ApiError;
+
+/// What every handler can reach, shared by all requests.
+pub struct ApiContext {
+    pub pool: PgPool,
+    /// Insecure dev mode: trust `X-Customer-ID` without a key.
+    pub dev: bool,
+    /// Token for `/v1/admin/*`; `None` disables the admin API.
+    pub admin_token: Option<Secret>,
+}
+
+#[derive(Tags)]
+pub enum ApiTags {
+    /// A service is a unit of failover: one primary CDN, one backup CDN.
+    Services,
+    /// Customer hostnames of a service, probed through each CDN and steered by DNS.
+    Domains,
+    /// When a service's primary CDN counts as being in a storm.
+    StormPolicies,
+    /// Operator endpoints (admin token).
+    Admin,
+    /// Liveness and readiness.
+    Operations,
+}
+
+pub type Api = (
+    services::ServicesApi,
+    domains::DomainsApi,
+    policies::PoliciesApi,
+    admin::AdminApi,
+    health::HealthApi,
+);
+
+/// The OpenAPI service (document + dispatch) for the whole API.
+pub fn openapi() -> OpenApiService<Api, ()> {
+    OpenApiService::new(
+        (
+            services::ServicesApi,
+            domains::DomainsApi,
+            policies::PoliciesApi,
+            admin::AdminApi,
+            health::HealthApi,
+        ),
+        "Tranche",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(
+        "Multi-CDN storm insurance: Tranche probes each customer hostname through its primary \
+         and backup CDN, declares a storm when the primary's availability falls below the \
+         service's policy, and steers traffic with weighted DNS.\n\n\
+         Every error has the body `{\"code\", \"message\", \"field\"?}`.",
+    )
+}
+
+/// The OpenAPI document as pretty JSON, exactly as committed in `openapi/openapi.json`.
+pub fn spec_json() -> String {
+    let mut json = openapi().spec();
+    json.push('\n');
+    json
+}
+
+/// The complete HTTP application: API, `/openapi.json`, `/docs`, JSON errors everywhere.
+pub fn app(ctx: Arc<ApiContext>) -> impl Endpoint {
+    let api = openapi();
+    let docs = api.swagger_ui();
+    let spec = api.spec_endpoint();
+    Route::new()
+        .nest("/", api)
+        .nest("/docs", docs)
+        .at("/openapi.json", spec)
+        .with(error::json_errors())
+        .with(CatchPanic::new().with_handler(|_| {
+            tracing::error!("request handler panicked");
+            ApiError::internal().into_response()
+        }))
+        .data(ctx)
+}
+
+/// A JSON number as an exact decimal: the shortest representation that round-trips to the same
+/// `f64`, which is the number the client wrote (`0.95` stays `0.95`, not 0.9499999…).
+pub fn decimal_from_json(field: &str, value: f64) -> Result<Decimal, ApiError> {
+    if !value.is_finite() {
+        return Err(ApiError::invalid(field, format!("{field} must be a finite number")));
+    }
+    Decimal::from_str(&value.to_string())
+        .map_err(|_| ApiError::invalid(field, format!("{field} is out of range")))
+}
+
+/// A decimal for a JSON number field of a response.
+pub fn json_number(value: Decimal) -> f64 {
+    value.to_f64().unwrap_or(f64::NAN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_numbers_become_the_decimal_the_client_wrote() {
+        assert_eq!(decimal_from_json("x", 0.95).unwrap().to_string(), "0.95");
+        assert_eq!(decimal_from_json("x", 1.25).unwrap().to_string(), "1.25");
+        assert_eq!(decimal_from_json("x", 1.0).unwrap().to_string(), "1");
+        assert_eq!(decimal_from_json("x", 1e-7).unwrap().to_string(), "0.0000001");
+        assert!(decimal_from_json("x", 1e300).is_err());
+        assert_eq!(json_number(Decimal::new(95, 2)), 0.95);
+    }
+}

@@ -1,0 +1,248 @@
+//! `/v1/services/{id}/storm-policies`: when a service's primary CDN is in a storm.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use poem::web::Data;
+use poem_openapi::param::Path;
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+use serde::Deserialize;
+use tranche_actors::domain::{PolicyError, PolicyKind, PolicyParams, PolicyPatch};
+
+use super::auth::{Scope, Tenant};
+use super::error::{ApiError, ApiResult, ErrorBody};
+use super::json::JsonBody;
+use super::services::{Deleted, service_not_found};
+use super::{ApiContext, ApiTags, decimal_from_json, json_number};
+use crate::store::policies::{self, PolicyRow};
+
+/// A storm policy.
+#[derive(Debug, Clone, Object)]
+pub struct StormPolicy {
+    pub id: i64,
+    pub service_id: i64,
+    /// What is measured: `http_availability`.
+    pub kind: String,
+    /// Storm when the primary's availability over the window is below this, in (0, 1].
+    pub threshold_avail: f64,
+    /// Sliding window availability is computed over, in seconds.
+    pub window_seconds: i32,
+    /// Seconds the primary must stay at or above the threshold before the storm ends.
+    pub cooldown_seconds: i32,
+    /// Cap on the storm coverage factor used for the billing discount (≥ 1).
+    pub max_coverage_factor: f64,
+    /// Seconds between probes of each domain through each CDN.
+    pub probe_interval_seconds: i32,
+    /// Probes a window needs before its availability counts; fewer means "unknown".
+    pub min_samples: i32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<PolicyRow> for StormPolicy {
+    fn from(r: PolicyRow) -> Self {
+        Self {
+            id: r.id,
+            service_id: r.service_id,
+            kind: r.kind,
+            threshold_avail: json_number(r.threshold_avail),
+            window_seconds: r.window_seconds,
+            cooldown_seconds: r.cooldown_seconds,
+            max_coverage_factor: json_number(r.max_coverage_factor),
+            probe_interval_seconds: r.probe_interval_seconds,
+            min_samples: r.min_samples,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+/// Body of `POST /v1/services/{id}/storm-policies`. Omitted fields take the defaults.
+#[derive(Debug, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct CreateStormPolicy {
+    /// `http_availability` (default).
+    pub kind: Option<String>,
+    /// Default 0.90.
+    pub threshold_avail: Option<f64>,
+    /// Default 60.
+    pub window_seconds: Option<i32>,
+    /// Default 300.
+    pub cooldown_seconds: Option<i32>,
+    /// Default 1.5.
+    pub max_coverage_factor: Option<f64>,
+    /// Default 10; at least 1.
+    pub probe_interval_seconds: Option<i32>,
+    /// Default 3.
+    pub min_samples: Option<i32>,
+}
+
+/// Body of `PATCH /v1/services/{id}/storm-policies/{policy_id}`: any non-empty subset. The kind
+/// cannot change.
+#[derive(Debug, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateStormPolicy {
+    pub threshold_avail: Option<f64>,
+    pub window_seconds: Option<i32>,
+    pub cooldown_seconds: Option<i32>,
+    pub max_coverage_factor: Option<f64>,
+    pub probe_interval_seconds: Option<i32>,
+    pub min_samples: Option<i32>,
+}
+
+impl UpdateStormPolicy {
+    fn into_patch(self) -> ApiResult<PolicyPatch> {
+        Ok(PolicyPatch {
+            threshold_avail: self
+                .threshold_avail
+                .map(|v| decimal_from_json("threshold_avail", v))
+                .transpose()?,
+            window_seconds: self.window_seconds,
+            cooldown_seconds: self.cooldown_seconds,
+            max_coverage_factor: self
+                .max_coverage_factor
+                .map(|v| decimal_from_json("max_coverage_factor", v))
+                .transpose()?,
+            probe_interval_seconds: self.probe_interval_seconds,
+            min_samples: self.min_samples,
+        })
+    }
+}
+
+#[derive(ApiResponse)]
+pub enum CreatedPolicy {
+    /// The policy was created.
+    #[oai(status = 201)]
+    Created(Json<StormPolicy>, #[oai(header = "Location")] String),
+}
+
+fn policy_error(e: PolicyError) -> ApiError {
+    ApiError::invalid(e.field, format!("{}: {}", e.field, e.reason))
+}
+
+fn policy_not_found(service_id: i64, policy_id: i64) -> ApiError {
+    ApiError::not_found(format!("storm policy {policy_id} of service {service_id} not found"))
+}
+
+pub struct PoliciesApi;
+
+#[OpenApi(tag = "ApiTags::StormPolicies")]
+impl PoliciesApi {
+    /// List a service's storm policies.
+    #[oai(path = "/v1/services/:id/storm-policies", method = "get", operation_id = "list_storm_policies")]
+    async fn list(&self, tenant: Tenant, ctx: Data<&Arc<ApiContext>>, id: Path<i64>) -> ApiResult<Json<Vec<StormPolicy>>> {
+        tenant.require(Scope::Read)?;
+        let rows = policies::list(&ctx.pool, tenant.customer_id, id.0).await?;
+        if rows.is_empty() && !crate::store::services::exists(&ctx.pool, tenant.customer_id, id.0).await? {
+            return Err(service_not_found(id.0));
+        }
+        Ok(Json(rows.into_iter().map(StormPolicy::from).collect()))
+    }
+
+    /// Add a storm policy (one per kind).
+    #[oai(path = "/v1/services/:id/storm-policies", method = "post", operation_id = "create_storm_policy")]
+    async fn create(
+        &self,
+        tenant: Tenant,
+        ctx: Data<&Arc<ApiContext>>,
+        id: Path<i64>,
+        body: JsonBody<CreateStormPolicy>,
+    ) -> ApiResult<CreatedPolicy> {
+        tenant.require(Scope::Write)?;
+        let body = body.0;
+        let kind = match body.kind.as_deref() {
+            None => PolicyKind::HttpAvailability,
+            Some(k) => k.parse().map_err(ApiError::field("kind"))?,
+        };
+        let patch = UpdateStormPolicy {
+            threshold_avail: body.threshold_avail,
+            window_seconds: body.window_seconds,
+            cooldown_seconds: body.cooldown_seconds,
+            max_coverage_factor: body.max_coverage_factor,
+            probe_interval_seconds: body.probe_interval_seconds,
+            min_samples: body.min_samples,
+        }
+        .into_patch()?;
+        let params = PolicyParams::new(kind, &patch).map_err(policy_error)?;
+        let row = policies::create(&ctx.pool, tenant.customer_id, id.0, &params)
+            .await?
+            .ok_or_else(|| service_not_found(id.0))?;
+        let location = format!("/v1/services/{}/storm-policies/{}", id.0, row.id);
+        Ok(CreatedPolicy::Created(Json(row.into()), location))
+    }
+
+    /// Update any subset of a policy's parameters. The result is validated as a whole (e.g. the
+    /// window must hold `min_samples` probes).
+    #[oai(
+        path = "/v1/services/:id/storm-policies/:policy_id",
+        method = "patch",
+        operation_id = "update_storm_policy"
+    )]
+    async fn update(
+        &self,
+        tenant: Tenant,
+        ctx: Data<&Arc<ApiContext>>,
+        id: Path<i64>,
+        policy_id: Path<i64>,
+        body: JsonBody<UpdateStormPolicy>,
+    ) -> ApiResult<Json<StormPolicy>> {
+        tenant.require(Scope::Write)?;
+        let patch = body.0.into_patch()?;
+        if patch.is_empty() {
+            return Err(ApiError::Unprocessable(Json(ErrorBody {
+                code: "validation_failed".into(),
+                message: "send at least one parameter to change".into(),
+                field: None,
+            })));
+        }
+        let mut tx = ctx.pool.begin().await?;
+        let current = policies::get_for_update(&mut tx, tenant.customer_id, id.0, policy_id.0)
+            .await?
+            .ok_or_else(|| policy_not_found(id.0, policy_id.0))?;
+        let params = params_of(&current)?.apply(&patch).map_err(policy_error)?;
+        let row = policies::update(&mut tx, current.id, &params).await?;
+        tx.commit().await?;
+        Ok(Json(row.into()))
+    }
+
+    /// Delete a storm policy.
+    #[oai(
+        path = "/v1/services/:id/storm-policies/:policy_id",
+        method = "delete",
+        operation_id = "delete_storm_policy"
+    )]
+    async fn delete(
+        &self,
+        tenant: Tenant,
+        ctx: Data<&Arc<ApiContext>>,
+        id: Path<i64>,
+        policy_id: Path<i64>,
+    ) -> ApiResult<Deleted> {
+        tenant.require(Scope::Write)?;
+        if policies::delete(&ctx.pool, tenant.customer_id, id.0, policy_id.0).await? {
+            Ok(Deleted::NoContent)
+        } else {
+            Err(policy_not_found(id.0, policy_id.0))
+        }
+    }
+}
+
+/// The parameters stored in a row (valid by construction: the database checks them too).
+fn params_of(row: &PolicyRow) -> ApiResult<PolicyParams> {
+    let kind = row.kind.parse::<PolicyKind>().map_err(|e| {
+        tracing::error!(policy.id = row.id, error = %e, "stored policy has an unknown kind");
+        ApiError::internal()
+    })?;
+    Ok(PolicyParams {
+        kind,
+        threshold_avail: row.threshold_avail,
+        window_seconds: row.window_seconds,
+        cooldown_seconds: row.cooldown_seconds,
+        max_coverage_factor: row.max_coverage_factor,
+        probe_interval_seconds: row.probe_interval_seconds,
+        min_samples: row.min_samples,
+    })
+}

@@ -1,0 +1,60 @@
+//! [`Application`]: the HTTP server on its listener, ready to run.
+//!
+//! `Application::build` binds the socket (port 0 picks a free one, which is how tests run many
+//! instances side by side) and `run_until_stopped` serves until the shutdown future completes,
+//! then drains in-flight requests. The caller owns the pool and the embedded database, so it
+//! decides the shutdown order: stop serving, close the pool, stop PostgreSQL.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use poem::Server;
+use poem::listener::TcpAcceptor;
+use sqlx::PgPool;
+
+use crate::api::{self, ApiContext};
+use crate::config::Settings;
+
+/// How long in-flight requests may take to finish after shutdown begins.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Application {
+    listener: tokio::net::TcpListener,
+    local_addr: SocketAddr,
+    ctx: Arc<ApiContext>,
+}
+
+impl Application {
+    /// Binds `settings.listen` and prepares the API over `pool`.
+    pub async fn build(settings: &Settings, pool: PgPool) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("could not listen on {}", settings.listen))?;
+        let local_addr = listener.local_addr()?;
+        let ctx = Arc::new(ApiContext {
+            pool,
+            dev: settings.dev,
+            admin_token: settings.admin_token.clone(),
+        });
+        Ok(Self { listener, local_addr, ctx })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr.port()
+    }
+
+    /// Serves until `shutdown` completes, then lets in-flight requests finish.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send) -> std::io::Result<()> {
+        let acceptor = TcpAcceptor::from_tokio(self.listener)?;
+        Server::new_with_acceptor(acceptor)
+            .run_with_graceful_shutdown(api::app(self.ctx), shutdown, Some(DRAIN_TIMEOUT))
+            .await
+    }
+}

@@ -1,0 +1,101 @@
+//! Service domains: the customer hostnames Tranche probes and steers.
+
+use chrono::{DateTime, Utc};
+use sqlx::{FromRow, PgPool};
+
+#[derive(Debug, Clone, FromRow)]
+pub struct DomainRow {
+    pub id: i64,
+    pub service_id: i64,
+    pub hostname: String,
+    pub primary_target: Option<String>,
+    pub backup_target: Option<String>,
+    pub probe_path: String,
+    pub verification_status: String,
+    pub verification_token: String,
+    pub verified_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The selected columns, as a macro so queries stay `&'static str` (sqlx 0.9 audits dynamic SQL).
+macro_rules! columns {
+    () => {
+        "d.id, d.service_id, d.hostname, d.primary_target, d.backup_target,
+    d.probe_path, d.verification_status, d.verification_token, d.verified_at,
+    d.created_at, d.updated_at"
+    };
+}
+
+/// A domain to add.
+#[derive(Debug)]
+pub struct NewDomain<'a> {
+    pub hostname: &'a str,
+    pub primary_target: Option<String>,
+    pub backup_target: Option<String>,
+    pub probe_path: &'a str,
+    pub verification_token: &'a str,
+}
+
+/// Live domains of service `service_id`, which must be customer `customer_id`'s.
+pub async fn list(pool: &PgPool, customer_id: i64, service_id: i64) -> sqlx::Result<Vec<DomainRow>> {
+    sqlx::query_as(concat!(
+        "select ", columns!(), "
+           from service_domains d join services s on s.id = d.service_id
+          where d.service_id = $1 and s.customer_id = $2
+            and s.deleted_at is null and d.deleted_at is null
+          order by d.id"
+    ))
+    .bind(service_id)
+    .bind(customer_id)
+    .fetch_all(pool)
+    .await
+}
+
+/// Adds a domain to a live service of the customer in one statement (no check-then-insert race);
+/// `None` when there is no such service.
+pub async fn create(
+    pool: &PgPool,
+    customer_id: i64,
+    service_id: i64,
+    domain: &NewDomain<'_>,
+) -> sqlx::Result<Option<DomainRow>> {
+    sqlx::query_as(concat!(
+        "insert into service_domains as d
+                (service_id, hostname, primary_target, backup_target, probe_path, verification_token)
+         select s.id, $3, $4, $5, $6, $7
+           from services s
+          where s.id = $1 and s.customer_id = $2 and s.deleted_at is null
+         returning ", columns!(), ""
+    ))
+    .bind(service_id)
+    .bind(customer_id)
+    .bind(domain.hostname)
+    .bind(&domain.primary_target)
+    .bind(&domain.backup_target)
+    .bind(domain.probe_path)
+    .bind(domain.verification_token)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Soft-deletes a live domain of a live service of the customer; whether one was deleted.
+pub async fn soft_delete(
+    pool: &PgPool,
+    customer_id: i64,
+    service_id: i64,
+    domain_id: i64,
+) -> sqlx::Result<bool> {
+    let result = sqlx::query(
+        "update service_domains d set deleted_at = now()
+           from services s
+          where d.id = $1 and d.service_id = $2 and s.id = d.service_id and s.customer_id = $3
+            and s.deleted_at is null and d.deleted_at is null",
+    )
+    .bind(domain_id)
+    .bind(service_id)
+    .bind(customer_id)
+    .execute(pool)
+    .await?;
+    Ok(result.rows_affected() == 1)
+}

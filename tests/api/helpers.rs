@@ -1,0 +1,247 @@
+//! Test harness: one throwaway PostgreSQL cluster per test binary, a fresh database per test
+//! (cloned from a migrated template), and the real application booted on port 0.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::sync::OnceCell;
+use tranche::config::{Secret, Settings};
+use tranche::db::embedded::{EmbeddedOptions, EmbeddedPostgres};
+use tranche::startup::Application;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+const TEMPLATE_DB: &str = "tranche_template";
+
+/// Connection options to the cluster's server (database chosen per use).
+static CLUSTER: OnceLock<PgConnectOptions> = OnceLock::new();
+/// Set once the template database is migrated.
+static TEMPLATE: OnceCell<()> = OnceCell::const_new();
+
+/// Starts the cluster on a thread that lives as long as the test process. The server gets a
+/// parent-death signal tied to that thread, so it stops when the test binary exits, however it
+/// exits.
+fn cluster() -> &'static PgConnectOptions {
+    CLUSTER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("test-postgres".into())
+            .spawn(move || {
+                remove_stale_clusters();
+                let root = cluster_root(std::process::id());
+                let _ = std::fs::remove_dir_all(&root);
+                match EmbeddedPostgres::start(&EmbeddedOptions::throwaway(&root)) {
+                    Ok(server) => {
+                        tx.send(Ok(server.connect_options("postgres"))).unwrap();
+                        loop {
+                            std::thread::park();
+                        }
+                    }
+                    Err(e) => tx.send(Err(format!("{e:#}"))).unwrap(),
+                }
+            })
+            .unwrap();
+        rx.recv().unwrap().unwrap_or_else(|e| panic!("test PostgreSQL failed to start: {e}"))
+    })
+}
+
+fn cluster_root(pid: u32) -> PathBuf {
+    std::env::temp_dir().join(format!("tranche-test-{pid}"))
+}
+
+/// Clusters of test runs that are gone (their server removed `postmaster.pid` on the way out).
+fn remove_stale_clusters() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("tranche-test-")) else {
+            continue;
+        };
+        let alive = PathBuf::from(format!("/proc/{pid}")).exists();
+        if !alive && !entry.path().join("pg/postmaster.pid").exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+async fn admin_connection() -> PgConnection {
+    PgConnection::connect_with(cluster()).await.expect("connect to test cluster")
+}
+
+/// A fresh database with every migration applied.
+pub async fn fresh_database() -> PgPool {
+    TEMPLATE
+        .get_or_init(|| async {
+            let mut conn = admin_connection().await;
+            sqlx::query(sqlx::AssertSqlSafe(format!("create database {TEMPLATE_DB}")))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            let pool = tranche::db::pool(cluster().clone().database(TEMPLATE_DB), 2)
+                .await
+                .unwrap();
+            tranche::db::migrate(&pool).await.unwrap();
+            pool.close().await;
+        })
+        .await;
+    let name = format!("test_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = admin_connection().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "create database {name} template {TEMPLATE_DB}"
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    tranche::db::pool(cluster().clone().database(&name), 5).await.unwrap()
+}
+
+/// How a request authenticates.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    None,
+    /// `X-Customer-ID` only (dev mode).
+    Header(i64),
+    /// `?customer_id=` only (dev mode).
+    Query(i64),
+    /// `Authorization: Bearer <key>`.
+    Key(String),
+    /// A key plus an `X-Customer-ID` header.
+    KeyAndHeader(String, i64),
+    /// The admin token.
+    Admin,
+    /// A raw `Authorization` header value.
+    Raw(String),
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub pool: PgPool,
+    pub client: reqwest::Client,
+}
+
+pub struct Response {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Response {
+    /// Asserts the status, printing the body when it differs.
+    #[track_caller]
+    pub fn expect(self, status: u16) -> Self {
+        assert_eq!(self.status.as_u16(), status, "unexpected status; body: {}", self.text);
+        self
+    }
+
+    /// Asserts an error response with `code` (and `field`, if given).
+    #[track_caller]
+    pub fn expect_error(self, status: u16, code: &str, field: Option<&str>) -> Self {
+        let resp = self.expect(status);
+        assert_eq!(resp.body["code"], code, "body: {}", resp.text);
+        assert!(resp.body["message"].as_str().is_some_and(|m| !m.is_empty()), "body: {}", resp.text);
+        assert_eq!(resp.body["field"].as_str(), field, "body: {}", resp.text);
+        resp
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Boots the real application (dev mode on, admin token set unless `configure` changes them).
+pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    let pool = fresh_database().await;
+    let mut settings = Settings {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        dev: true,
+        admin_token: Some(Secret::new(ADMIN_TOKEN)),
+        ..Settings::default()
+    };
+    configure(&mut settings);
+    if settings.dev {
+        tranche::store::customers::ensure_demo(&pool).await.unwrap();
+    }
+    let app = Application::build(&settings, pool.clone()).await.unwrap();
+    let addr = app.local_addr();
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    TestApp { addr, pool, client }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn request(&self, method: Method, path: &str, auth: &Auth, body: Option<&str>) -> Response {
+        let mut url = self.url(path);
+        if let Auth::Query(id) = auth {
+            url.push(if url.contains('?') { '&' } else { '?' });
+            url.push_str(&format!("customer_id={id}"));
+        }
+        let mut req = self.client.request(method, url);
+        req = match auth {
+            Auth::None | Auth::Query(_) => req,
+            Auth::Header(id) => req.header("X-Customer-ID", id.to_string()),
+            Auth::Key(key) => req.bearer_auth(key),
+            Auth::KeyAndHeader(key, id) => req.bearer_auth(key).header("X-Customer-ID", id.to_string()),
+            Auth::Admin => req.bearer_auth(ADMIN_TOKEN),
+            Auth::Raw(value) => req.header("Authorization", value),
+        };
+        if let Some(body) = body {
+            req = req.header("Content-Type", "application/json").body(body.to_owned());
+        }
+        let resp = req.send().await.expect("request failed");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Response { status, headers, body, text }
+    }
+
+    pub async fn get(&self, path: &str, auth: &Auth) -> Response {
+        self.request(Method::GET, path, auth, None).await
+    }
+
+    pub async fn post(&self, path: &str, auth: &Auth, body: Value) -> Response {
+        self.request(Method::POST, path, auth, Some(&body.to_string())).await
+    }
+
+    pub async fn patch(&self, path: &str, auth: &Auth, body: Value) -> Response {
+        self.request(Method::PATCH, path, auth, Some(&body.to_string())).await
+    }
+
+    pub async fn delete(&self, path: &str, auth: &Auth) -> Response {
+        self.request(Method::DELETE, path, auth, None).await
+    }
+
+    /// Provisions a customer through the admin API; returns its id and API key.
+    pub async fn create_customer(&self, name: &str) -> (i64, String) {
+        let resp = self
+            .post("/v1/admin/customers", &Auth::Admin, serde_json::json!({ "name": name }))
+            .await
+            .expect(201);
+        let id = resp.body["customer"]["id"].as_i64().unwrap();
+        let key = resp.body["api_key"]["secret"].as_str().unwrap().to_owned();
+        (id, key)
+    }
+
+    /// Creates a service for `auth`; returns its id.
+    pub async fn create_service(&self, auth: &Auth, name: &str) -> i64 {
+        self.post(
+            "/v1/services",
+            auth,
+            serde_json::json!({ "name": name, "primary_cdn": "cloudflare", "backup_cdn": "fastly" }),
+        )
+        .await
+        .expect(201)
+        .body["id"]
+        .as_i64()
+        .unwrap()
+    }
+}

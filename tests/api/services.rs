@@ -1,0 +1,175 @@
+use serde_json::json;
+
+use crate::helpers::{Auth, spawn_app};
+
+const DEMO: Auth = Auth::Header(1);
+
+#[tokio::test]
+async fn create_normalises_and_returns_the_service_with_its_location() {
+    let app = spawn_app().await;
+    let resp = app
+        .post("/v1/services", &DEMO, json!({ "name": "  shop ", "primary_cdn": "Cloudflare", "backup_cdn": "FASTLY" }))
+        .await
+        .expect(201);
+    let id = resp.body["id"].as_i64().unwrap();
+    assert_eq!(resp.headers["location"], format!("/v1/services/{id}").as_str());
+    assert_eq!(resp.body["name"], "shop");
+    assert_eq!(resp.body["primary_cdn"], "cloudflare");
+    assert_eq!(resp.body["backup_cdn"], "fastly");
+    assert_eq!(resp.body["customer_id"], 1);
+
+    let resp = app.get(&format!("/v1/services/{id}"), &DEMO).await.expect(200);
+    assert_eq!(resp.body["name"], "shop");
+    assert_eq!(resp.body["domains"], json!([]));
+    assert_eq!(resp.body["storm_policies"], json!([]));
+}
+
+#[tokio::test]
+async fn list_is_oldest_first_and_only_live_services() {
+    let app = spawn_app().await;
+    let a = app.create_service(&DEMO, "a").await;
+    let b = app.create_service(&DEMO, "b").await;
+    let c = app.create_service(&DEMO, "c").await;
+    app.delete(&format!("/v1/services/{b}"), &DEMO).await.expect(204);
+    let resp = app.get("/v1/services", &DEMO).await.expect(200);
+    let ids: Vec<i64> = resp.body.as_array().unwrap().iter().map(|s| s["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids, vec![a, c]);
+}
+
+#[tokio::test]
+async fn patch_changes_only_the_given_fields() {
+    let app = spawn_app().await;
+    let id = app.create_service(&DEMO, "web").await;
+    let before = app.get(&format!("/v1/services/{id}"), &DEMO).await.expect(200).body;
+
+    let resp = app
+        .patch(&format!("/v1/services/{id}"), &DEMO, json!({ "backup_cdn": "akamai" }))
+        .await
+        .expect(200);
+    assert_eq!(resp.body["name"], "web");
+    assert_eq!(resp.body["primary_cdn"], "cloudflare");
+    assert_eq!(resp.body["backup_cdn"], "akamai");
+    assert_ne!(resp.body["updated_at"], before["updated_at"]);
+
+    let resp = app
+        .patch(&format!("/v1/services/{id}"), &DEMO, json!({ "name": "web-2", "primary_cdn": "cloudfront" }))
+        .await
+        .expect(200);
+    assert_eq!(resp.body["name"], "web-2");
+    assert_eq!(resp.body["primary_cdn"], "cloudfront");
+    assert_eq!(resp.body["backup_cdn"], "akamai");
+}
+
+#[tokio::test]
+async fn patch_rejects_empty_invalid_and_conflicting_changes() {
+    let app = spawn_app().await;
+    let id = app.create_service(&DEMO, "web").await;
+    app.create_service(&DEMO, "api").await;
+    let path = format!("/v1/services/{id}");
+    app.patch(&path, &DEMO, json!({})).await.expect_error(422, "validation_failed", None);
+    app.patch(&path, &DEMO, json!({ "name": "" })).await.expect_error(422, "validation_failed", Some("name"));
+    app.patch(&path, &DEMO, json!({ "name": "API" })).await.expect_error(409, "conflict", Some("name"));
+    app.patch(&path, &DEMO, json!({ "backup_cdn": "cloudflare" }))
+        .await
+        .expect_error(422, "validation_failed", Some("backup_cdn"));
+    app.patch(&path, &DEMO, json!({ "primary_cdn": "fastly" }))
+        .await
+        .expect_error(422, "validation_failed", Some("primary_cdn"));
+    app.patch(&path, &DEMO, json!({ "colour": "blue" }))
+        .await
+        .expect_error(422, "validation_failed", Some("colour"));
+    app.patch("/v1/services/999999", &DEMO, json!({ "name": "x" }))
+        .await
+        .expect_error(404, "not_found", None);
+    // Nothing changed.
+    let resp = app.get(&path, &DEMO).await.expect(200);
+    assert_eq!(resp.body["name"], "web");
+    assert_eq!(resp.body["backup_cdn"], "fastly");
+}
+
+#[tokio::test]
+async fn delete_is_soft_and_frees_the_name() {
+    let app = spawn_app().await;
+    let id = app.create_service(&DEMO, "web").await;
+    let path = format!("/v1/services/{id}");
+    app.delete(&path, &DEMO).await.expect(204);
+    app.get(&path, &DEMO).await.expect_error(404, "not_found", None);
+    app.delete(&path, &DEMO).await.expect_error(404, "not_found", None);
+    app.patch(&path, &DEMO, json!({ "name": "x" })).await.expect_error(404, "not_found", None);
+    app.get(&format!("{path}/domains"), &DEMO).await.expect_error(404, "not_found", None);
+
+    // The row is still there, marked deleted (storm and billing history refer to it).
+    let deleted: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("select deleted_at from services where id = $1")
+            .bind(id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert!(deleted.is_some());
+
+    let again = app.create_service(&DEMO, "web").await;
+    assert_ne!(again, id);
+}
+
+#[tokio::test]
+async fn create_validates_every_field() {
+    let app = spawn_app().await;
+    let cases = [
+        (json!({ "primary_cdn": "a", "backup_cdn": "b" }), "name"),
+        (json!({ "name": "x", "backup_cdn": "b" }), "primary_cdn"),
+        (json!({ "name": "x", "primary_cdn": "a" }), "backup_cdn"),
+        (json!({ "name": "  ", "primary_cdn": "a", "backup_cdn": "b" }), "name"),
+        (json!({ "name": "x", "primary_cdn": "", "backup_cdn": "b" }), "primary_cdn"),
+        (json!({ "name": "x", "primary_cdn": "a", "backup_cdn": " " }), "backup_cdn"),
+        (json!({ "name": "x", "primary_cdn": "a b", "backup_cdn": "b" }), "primary_cdn"),
+        (json!({ "name": "x", "primary_cdn": "fastly", "backup_cdn": "Fastly" }), "backup_cdn"),
+        (json!({ "name": 7, "primary_cdn": "a", "backup_cdn": "b" }), "name"),
+        (json!({ "name": "x".repeat(201), "primary_cdn": "a", "backup_cdn": "b" }), "name"),
+        (json!({ "name": "x", "primary_cdn": "a", "backup_cdn": "b", "owner": "me" }), "owner"),
+    ];
+    for (body, field) in cases {
+        app.post("/v1/services", &DEMO, body.clone())
+            .await
+            .expect_error(422, "validation_failed", Some(field));
+    }
+    let resp = app.get("/v1/services", &DEMO).await.expect(200);
+    assert_eq!(resp.body, json!([]), "no invalid request created anything");
+}
+
+#[tokio::test]
+async fn duplicate_names_conflict_case_insensitively() {
+    let app = spawn_app().await;
+    app.create_service(&DEMO, "Marketing").await;
+    app.post("/v1/services", &DEMO, json!({ "name": "marketing", "primary_cdn": "a", "backup_cdn": "b" }))
+        .await
+        .expect_error(409, "conflict", Some("name"));
+}
+
+#[tokio::test]
+async fn malformed_requests_are_400_or_415_never_500() {
+    let app = spawn_app().await;
+    let post = |body: &'static str| app.request(reqwest::Method::POST, "/v1/services", &DEMO, Some(body));
+    post("{\"name\": ").await.expect_error(400, "malformed_json", None);
+    post("").await.expect_error(400, "malformed_json", None);
+    post("[1,2]").await.expect_error(422, "validation_failed", None);
+    app.get("/v1/services/abc", &DEMO).await.expect_error(400, "bad_request", Some("id"));
+    app.get("/v1/services/99999999999999999999", &DEMO)
+        .await
+        .expect_error(400, "bad_request", Some("id"));
+    app.get("/v1/services/1/domains/x", &DEMO).await.expect_error(405, "method_not_allowed", None);
+    app.delete("/v1/services/1/storm-policies/x", &DEMO)
+        .await
+        .expect_error(400, "bad_request", Some("policy_id"));
+    let resp = app
+        .client
+        .post(app.url("/v1/services"))
+        .header("X-Customer-ID", "1")
+        .header("Content-Type", "text/plain")
+        .body("name=x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 415);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["code"], "unsupported_media_type");
+}
