@@ -93,8 +93,8 @@ impl fmt::Display for Secret {
 
 impl Settings {
     /// Loads defaults ← `config_file` (or `./tranche.toml` when present) ← environment.
-    pub fn load(config_file: Option<&Path>) -> Result<Self, figment::Error> {
-        Self::figment(config_file).extract()
+    pub fn load(config_file: Option<&Path>) -> Result<Self, Box<figment::Error>> {
+        Self::figment(config_file).extract().map_err(Box::new)
     }
 
     fn figment(config_file: Option<&Path>) -> Figment {
@@ -116,6 +116,7 @@ impl Settings {
 }
 
 #[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closures return figment::Error
 mod tests {
     use super::*;
 
@@ -128,7 +129,7 @@ mod tests {
             )?;
             jail.set_env("PG_DSN", "postgres://seed@localhost/tranche");
             jail.set_env("TRANCHE_DB_MAX_CONNECTIONS", "8");
-            let s = Settings::load(None)?;
+            let s = Settings::load(None).map_err(|e| *e)?;
             assert_eq!(s.listen.port(), 9000);
             assert!(s.dev);
             assert_eq!(s.db_max_connections, 8);
@@ -137,7 +138,7 @@ mod tests {
                 Some("postgres://seed@localhost/tranche")
             );
             jail.set_env("DATABASE_URL", "postgres://conventional@localhost/tranche");
-            let s = Settings::load(None)?;
+            let s = Settings::load(None).map_err(|e| *e)?;
             assert_eq!(
                 s.database_url.as_ref().map(Secret::expose),
                 Some("postgres://conventional@localhost/tranche")

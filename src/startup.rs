@@ -39,7 +39,11 @@ impl Application {
             dev: settings.dev,
             admin_token: settings.admin_token.clone(),
         });
-        Ok(Self { listener, local_addr, ctx })
+        Ok(Self {
+            listener,
+            local_addr,
+            ctx,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -51,7 +55,10 @@ impl Application {
     }
 
     /// Serves until `shutdown` completes, then lets in-flight requests finish.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send) -> std::io::Result<()> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> std::io::Result<()> {
         let acceptor = TcpAcceptor::from_tokio(self.listener)?;
         Server::new_with_acceptor(acceptor)
             .run_with_graceful_shutdown(api::app(self.ctx), shutdown, Some(DRAIN_TIMEOUT))

@@ -69,7 +69,11 @@ pub struct AdminApi;
 impl AdminApi {
     /// Create a customer and its first API key in one transaction. The key's secret is in the
     /// response and nowhere else.
-    #[oai(path = "/v1/admin/customers", method = "post", operation_id = "create_customer")]
+    #[oai(
+        path = "/v1/admin/customers",
+        method = "post",
+        operation_id = "create_customer"
+    )]
     async fn create_customer(
         &self,
         _admin: Admin,
@@ -79,13 +83,20 @@ impl AdminApi {
         let body = body.0;
         let name = body.name.trim();
         if name.is_empty() || name.chars().count() > 200 {
-            return Err(ApiError::invalid("name", "name must be 1 to 200 characters"));
+            return Err(ApiError::invalid(
+                "name",
+                "name must be 1 to 200 characters",
+            ));
         }
         let key_name = body.key_name.as_deref().map(str::trim).unwrap_or("default");
         if key_name.is_empty() || key_name.chars().count() > 200 {
-            return Err(ApiError::invalid("key_name", "key_name must be 1 to 200 characters"));
+            return Err(ApiError::invalid(
+                "key_name",
+                "key_name must be 1 to 200 characters",
+            ));
         }
-        let (customer, key, generated) = customers::create_with_key(&ctx.pool, name, key_name).await?;
+        let (customer, key, generated) =
+            customers::create_with_key(&ctx.pool, name, key_name).await?;
         tracing::info!(customer.id = customer.id, api_key.prefix = %key.prefix, "customer provisioned");
         Ok(CreatedCustomer::Created(Json(ProvisionedCustomer {
             customer: Customer {

@@ -77,7 +77,11 @@ impl Tenant {
 /// A customer API key: `Authorization: Bearer tr_…`. Create the first one with
 /// `POST /v1/admin/customers`.
 #[derive(SecurityScheme)]
-#[oai(rename = "ApiKey", ty = "bearer", bearer_format = "tr_<prefix>_<secret>")]
+#[oai(
+    rename = "ApiKey",
+    ty = "bearer",
+    bearer_format = "tr_<prefix>_<secret>"
+)]
 #[allow(dead_code)] // declared for the OpenAPI document; `Tenant` does the checking
 struct ApiKeyScheme(Bearer);
 
@@ -189,7 +193,9 @@ fn bearer(req: &Request) -> Result<Option<&str>, ApiError> {
     };
     let value = value.to_str().unwrap_or_default().trim();
     match value.split_once(' ') {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
             Ok(Some(token.trim()))
         }
         _ => Err(ApiError::unauthorized(
@@ -226,7 +232,10 @@ fn claimed_customer(req: &Request) -> Result<Option<i64>, ApiError> {
                 )
             })
     };
-    match (header.map(parse).transpose()?, query.map(parse).transpose()?) {
+    match (
+        header.map(parse).transpose()?,
+        query.map(parse).transpose()?,
+    ) {
         (Some(h), Some(q)) if h != q => Err(ApiError::bad_request(
             format!("{CUSTOMER_HEADER} ({h}) and {CUSTOMER_QUERY} ({q}) disagree"),
             Some(CUSTOMER_QUERY),
@@ -253,21 +262,28 @@ async fn authenticate(req: &Request) -> Result<Tenant, ApiError> {
         if key.customer_status != "active" {
             return Err(ApiError::unauthorized("this customer is suspended"));
         }
-        if let Some(claimed) = claimed {
-            if claimed != key.customer_id {
-                return Err(ApiError::forbidden(
-                    format!("{CUSTOMER_HEADER} {claimed} does not match the API key's customer"),
-                    Some(CUSTOMER_HEADER),
-                ));
-            }
+        if let Some(claimed) = claimed
+            && claimed != key.customer_id
+        {
+            return Err(ApiError::forbidden(
+                format!("{CUSTOMER_HEADER} {claimed} does not match the API key's customer"),
+                Some(CUSTOMER_HEADER),
+            ));
         }
-        if key.last_used_at.is_none_or(|t| Utc::now() - t > TOUCH_EVERY) {
+        if key
+            .last_used_at
+            .is_none_or(|t| Utc::now() - t > TOUCH_EVERY)
+        {
             // Bookkeeping only: a failure here must not fail the request.
             if let Err(e) = api_keys::touch(&ctx.pool, key.id).await {
                 tracing::warn!(api_key.id = key.id, error = %e, "could not record key use");
             }
         }
-        return Ok(Tenant { customer_id: key.customer_id, key_id: Some(key.id), scopes: key.scopes });
+        return Ok(Tenant {
+            customer_id: key.customer_id,
+            key_id: Some(key.id),
+            scopes: key.scopes,
+        });
     }
     let Some(customer_id) = claimed else {
         return Err(ApiError::unauthorized(
@@ -286,6 +302,8 @@ async fn authenticate(req: &Request) -> Result<Tenant, ApiError> {
             scopes: api_keys::ALL_SCOPES.iter().map(|s| s.to_string()).collect(),
         }),
         Some(_) => Err(ApiError::unauthorized("this customer is suspended")),
-        None => Err(ApiError::unauthorized(format!("unknown customer {customer_id}"))),
+        None => Err(ApiError::unauthorized(format!(
+            "unknown customer {customer_id}"
+        ))),
     }
 }

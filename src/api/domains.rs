@@ -101,11 +101,22 @@ pub struct DomainsApi;
 #[OpenApi(tag = "ApiTags::Domains")]
 impl DomainsApi {
     /// List a service's domains, oldest first.
-    #[oai(path = "/v1/services/:id/domains", method = "get", operation_id = "list_domains")]
-    async fn list(&self, tenant: Tenant, ctx: Data<&Arc<ApiContext>>, id: Path<i64>) -> ApiResult<Json<Vec<Domain>>> {
+    #[oai(
+        path = "/v1/services/:id/domains",
+        method = "get",
+        operation_id = "list_domains"
+    )]
+    async fn list(
+        &self,
+        tenant: Tenant,
+        ctx: Data<&Arc<ApiContext>>,
+        id: Path<i64>,
+    ) -> ApiResult<Json<Vec<Domain>>> {
         tenant.require(Scope::Read)?;
         let rows = domains::list(&ctx.pool, tenant.customer_id, id.0).await?;
-        if rows.is_empty() && !crate::store::services::exists(&ctx.pool, tenant.customer_id, id.0).await? {
+        if rows.is_empty()
+            && !crate::store::services::exists(&ctx.pool, tenant.customer_id, id.0).await?
+        {
             return Err(service_not_found(id.0));
         }
         Ok(Json(rows.into_iter().map(Domain::from).collect()))
@@ -113,7 +124,11 @@ impl DomainsApi {
 
     /// Add a hostname to a service. The response carries the TXT challenge that proves
     /// ownership.
-    #[oai(path = "/v1/services/:id/domains", method = "post", operation_id = "create_domain")]
+    #[oai(
+        path = "/v1/services/:id/domains",
+        method = "post",
+        operation_id = "create_domain"
+    )]
     async fn create(
         &self,
         tenant: Tenant,

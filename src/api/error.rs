@@ -156,18 +156,16 @@ const CONSTRAINTS: &[(&str, StatusCode, &str, &str)] = &[
 
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
-        if let Some(db) = err.as_database_error() {
-            if let Some(name) = db.constraint() {
-                if let Some((_, status, field, message)) =
-                    CONSTRAINTS.iter().find(|(c, ..)| *c == name)
-                {
-                    return if *status == StatusCode::CONFLICT {
-                        Self::conflict(*message, Some(field))
-                    } else {
-                        Self::invalid(field, *message)
-                    };
-                }
-            }
+        let violated = err
+            .as_database_error()
+            .and_then(|db| db.constraint())
+            .and_then(|name| CONSTRAINTS.iter().find(|(c, ..)| *c == name));
+        if let Some((_, status, field, message)) = violated {
+            return if *status == StatusCode::CONFLICT {
+                Self::conflict(*message, Some(field))
+            } else {
+                Self::invalid(field, *message)
+            };
         }
         match err {
             sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
@@ -226,7 +224,9 @@ fn error_response(err: poem::Error, path: &str) -> Response {
         )
         .into_response();
     }
-    let field = err.downcast_ref::<oe::ParseParamError>().map(|e| e.name.to_owned());
+    let field = err
+        .downcast_ref::<oe::ParseParamError>()
+        .map(|e| e.name.to_owned());
     let auth = err.is::<oe::AuthorizationError>();
     let message = err.to_string();
     let status = err.status();
@@ -262,8 +262,14 @@ fn error_response(err: poem::Error, path: &str) -> Response {
         } else {
             message
         };
-        let body = ErrorBody { code: code.into(), message, field };
-        return poem::web::Json(body_json(&body)).with_status(status).into_response();
+        let body = ErrorBody {
+            code: code.into(),
+            message,
+            field,
+        };
+        return poem::web::Json(body_json(&body))
+            .with_status(status)
+            .into_response();
     };
     error.into_response()
 }

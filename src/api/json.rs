@@ -66,11 +66,13 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     // serde would accept `[…]` for a struct (as a tuple); the API speaks objects only.
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
     if first.is_some_and(|b| *b == b'[') {
-        return Err(ApiError::Unprocessable(poem_openapi::payload::Json(ErrorBody {
-            code: "validation_failed".into(),
-            message: "request body must be a JSON object, not an array".into(),
-            field: None,
-        })));
+        return Err(ApiError::Unprocessable(poem_openapi::payload::Json(
+            ErrorBody {
+                code: "validation_failed".into(),
+                message: "request body must be a JSON object, not an array".into(),
+                field: None,
+            },
+        )));
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     let result: Result<T, _> = serde_path_to_error::deserialize(de);
@@ -111,7 +113,11 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
                 field: None,
             }))
         } else {
-            let sep = if message.starts_with("is ") { " " } else { ": " };
+            let sep = if message.starts_with("is ") {
+                " "
+            } else {
+                ": "
+            };
             ApiError::invalid(&field, format!("{field}{sep}{message}"))
         }
     })
@@ -163,13 +169,29 @@ mod tests {
     #[test]
     fn names_missing_unknown_and_mistyped_fields() {
         assert_eq!(err("{}").field.as_deref(), Some("name"));
-        assert_eq!(err(r#"{"name":"a","nmae":1}"#).field.as_deref(), Some("nmae"));
+        assert_eq!(
+            err(r#"{"name":"a","nmae":1}"#).field.as_deref(),
+            Some("nmae")
+        );
         let e = err(r#"{"name":"a","window_seconds":"60"}"#);
         assert_eq!(e.field.as_deref(), Some("window_seconds"));
         assert!(!e.message.contains("line"), "{}", e.message);
-        assert_eq!(err(r#"{"name":"a","window_seconds":99999999999}"#).field.as_deref(), Some("window_seconds"));
-        assert_eq!(err(r#"{"name":"a","target":{"port":70000}}"#).field.as_deref(), Some("target.port"));
-        assert_eq!(err(r#"{"name":"a","target":{}}"#).field.as_deref(), Some("target.port"));
+        assert_eq!(
+            err(r#"{"name":"a","window_seconds":99999999999}"#)
+                .field
+                .as_deref(),
+            Some("window_seconds")
+        );
+        assert_eq!(
+            err(r#"{"name":"a","target":{"port":70000}}"#)
+                .field
+                .as_deref(),
+            Some("target.port")
+        );
+        assert_eq!(
+            err(r#"{"name":"a","target":{}}"#).field.as_deref(),
+            Some("target.port")
+        );
     }
 
     #[test]

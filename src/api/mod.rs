@@ -108,7 +108,10 @@ pub fn app(ctx: Arc<ApiContext>) -> impl Endpoint {
 /// `f64`, which is the number the client wrote (`0.95` stays `0.95`, not 0.9499999…).
 pub fn decimal_from_json(field: &str, value: f64) -> Result<Decimal, ApiError> {
     if !value.is_finite() {
-        return Err(ApiError::invalid(field, format!("{field} must be a finite number")));
+        return Err(ApiError::invalid(
+            field,
+            format!("{field} must be a finite number"),
+        ));
     }
     Decimal::from_str(&value.to_string())
         .map_err(|_| ApiError::invalid(field, format!("{field} is out of range")))
@@ -128,7 +131,10 @@ mod tests {
         assert_eq!(decimal_from_json("x", 0.95).unwrap().to_string(), "0.95");
         assert_eq!(decimal_from_json("x", 1.25).unwrap().to_string(), "1.25");
         assert_eq!(decimal_from_json("x", 1.0).unwrap().to_string(), "1");
-        assert_eq!(decimal_from_json("x", 1e-7).unwrap().to_string(), "0.0000001");
+        assert_eq!(
+            decimal_from_json("x", 1e-7).unwrap().to_string(),
+            "0.0000001"
+        );
         assert!(decimal_from_json("x", 1e300).is_err());
         assert_eq!(json_number(Decimal::new(95, 2)), 0.95);
     }

@@ -124,7 +124,9 @@ fn policy_error(e: PolicyError) -> ApiError {
 }
 
 fn policy_not_found(service_id: i64, policy_id: i64) -> ApiError {
-    ApiError::not_found(format!("storm policy {policy_id} of service {service_id} not found"))
+    ApiError::not_found(format!(
+        "storm policy {policy_id} of service {service_id} not found"
+    ))
 }
 
 pub struct PoliciesApi;
@@ -132,18 +134,33 @@ pub struct PoliciesApi;
 #[OpenApi(tag = "ApiTags::StormPolicies")]
 impl PoliciesApi {
     /// List a service's storm policies.
-    #[oai(path = "/v1/services/:id/storm-policies", method = "get", operation_id = "list_storm_policies")]
-    async fn list(&self, tenant: Tenant, ctx: Data<&Arc<ApiContext>>, id: Path<i64>) -> ApiResult<Json<Vec<StormPolicy>>> {
+    #[oai(
+        path = "/v1/services/:id/storm-policies",
+        method = "get",
+        operation_id = "list_storm_policies"
+    )]
+    async fn list(
+        &self,
+        tenant: Tenant,
+        ctx: Data<&Arc<ApiContext>>,
+        id: Path<i64>,
+    ) -> ApiResult<Json<Vec<StormPolicy>>> {
         tenant.require(Scope::Read)?;
         let rows = policies::list(&ctx.pool, tenant.customer_id, id.0).await?;
-        if rows.is_empty() && !crate::store::services::exists(&ctx.pool, tenant.customer_id, id.0).await? {
+        if rows.is_empty()
+            && !crate::store::services::exists(&ctx.pool, tenant.customer_id, id.0).await?
+        {
             return Err(service_not_found(id.0));
         }
         Ok(Json(rows.into_iter().map(StormPolicy::from).collect()))
     }
 
     /// Add a storm policy (one per kind).
-    #[oai(path = "/v1/services/:id/storm-policies", method = "post", operation_id = "create_storm_policy")]
+    #[oai(
+        path = "/v1/services/:id/storm-policies",
+        method = "post",
+        operation_id = "create_storm_policy"
+    )]
     async fn create(
         &self,
         tenant: Tenant,

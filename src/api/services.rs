@@ -16,7 +16,7 @@ use super::error::{ApiError, ApiResult};
 use super::json::JsonBody;
 use super::policies::StormPolicy;
 use super::{ApiContext, ApiTags};
-use crate::store::{domains, policies, services};
+use crate::store::services;
 
 /// A service: a unit of failover between a primary and a backup CDN.
 #[derive(Debug, Clone, Object)]
@@ -107,14 +107,22 @@ pub(crate) fn service_not_found(id: i64) -> ApiError {
 impl ServicesApi {
     /// List your live services, oldest first.
     #[oai(path = "/v1/services", method = "get", operation_id = "list_services")]
-    async fn list(&self, tenant: Tenant, ctx: Data<&Arc<ApiContext>>) -> ApiResult<Json<Vec<Service>>> {
+    async fn list(
+        &self,
+        tenant: Tenant,
+        ctx: Data<&Arc<ApiContext>>,
+    ) -> ApiResult<Json<Vec<Service>>> {
         tenant.require(Scope::Read)?;
         let rows = services::list(&ctx.pool, tenant.customer_id).await?;
         Ok(Json(rows.into_iter().map(Service::from).collect()))
     }
 
     /// Create a service.
-    #[oai(path = "/v1/services", method = "post", operation_id = "create_service")]
+    #[oai(
+        path = "/v1/services",
+        method = "post",
+        operation_id = "create_service"
+    )]
     async fn create(
         &self,
         tenant: Tenant,
@@ -127,7 +135,10 @@ impl ServicesApi {
         let primary = CdnName::parse(&body.primary_cdn).map_err(ApiError::field("primary_cdn"))?;
         let backup = CdnName::parse(&body.backup_cdn).map_err(ApiError::field("backup_cdn"))?;
         if primary == backup {
-            return Err(ApiError::invalid("backup_cdn", "backup_cdn must differ from primary_cdn"));
+            return Err(ApiError::invalid(
+                "backup_cdn",
+                "backup_cdn must differ from primary_cdn",
+            ));
         }
         let row = services::create(
             &ctx.pool,
@@ -137,13 +148,21 @@ impl ServicesApi {
             backup.as_str(),
         )
         .await?;
-        tracing::info!(customer.id = tenant.customer_id, service.id = row.id, "service created");
+        tracing::info!(
+            customer.id = tenant.customer_id,
+            service.id = row.id,
+            "service created"
+        );
         let location = format!("/v1/services/{}", row.id);
         Ok(CreatedService::Created(Json(row.into()), location))
     }
 
     /// Fetch a service with its domains and storm policies.
-    #[oai(path = "/v1/services/:id", method = "get", operation_id = "get_service")]
+    #[oai(
+        path = "/v1/services/:id",
+        method = "get",
+        operation_id = "get_service"
+    )]
     async fn get(
         &self,
         tenant: Tenant,
@@ -151,22 +170,27 @@ impl ServicesApi {
         id: Path<i64>,
     ) -> ApiResult<Json<ServiceDetail>> {
         tenant.require(Scope::Read)?;
-        let service = services::get(&ctx.pool, tenant.customer_id, id.0)
+        let detail = services::get_detail(&ctx.pool, tenant.customer_id, id.0)
             .await?
             .ok_or_else(|| service_not_found(id.0))?;
-        let (domains, policies) = tokio::try_join!(
-            domains::list(&ctx.pool, tenant.customer_id, id.0),
-            policies::list(&ctx.pool, tenant.customer_id, id.0),
-        )?;
         Ok(Json(ServiceDetail {
-            service: service.into(),
-            domains: domains.into_iter().map(Domain::from).collect(),
-            storm_policies: policies.into_iter().map(StormPolicy::from).collect(),
+            service: detail.service.into(),
+            domains: detail.domains.0.into_iter().map(Domain::from).collect(),
+            storm_policies: detail
+                .policies
+                .0
+                .into_iter()
+                .map(StormPolicy::from)
+                .collect(),
         }))
     }
 
     /// Update any subset of `name`, `primary_cdn`, `backup_cdn`.
-    #[oai(path = "/v1/services/:id", method = "patch", operation_id = "update_service")]
+    #[oai(
+        path = "/v1/services/:id",
+        method = "patch",
+        operation_id = "update_service"
+    )]
     async fn update(
         &self,
         tenant: Tenant,
@@ -217,11 +241,24 @@ impl ServicesApi {
 
     /// Soft-delete a service: it disappears from reads and its domains stop being probed and
     /// steered; its storm and billing history is kept.
-    #[oai(path = "/v1/services/:id", method = "delete", operation_id = "delete_service")]
-    async fn delete(&self, tenant: Tenant, ctx: Data<&Arc<ApiContext>>, id: Path<i64>) -> ApiResult<Deleted> {
+    #[oai(
+        path = "/v1/services/:id",
+        method = "delete",
+        operation_id = "delete_service"
+    )]
+    async fn delete(
+        &self,
+        tenant: Tenant,
+        ctx: Data<&Arc<ApiContext>>,
+        id: Path<i64>,
+    ) -> ApiResult<Deleted> {
         tenant.require(Scope::Write)?;
         if services::soft_delete(&ctx.pool, tenant.customer_id, id.0).await? {
-            tracing::info!(customer.id = tenant.customer_id, service.id = id.0, "service deleted");
+            tracing::info!(
+                customer.id = tenant.customer_id,
+                service.id = id.0,
+                "service deleted"
+            );
             Ok(Deleted::NoContent)
         } else {
             Err(service_not_found(id.0))

@@ -44,12 +44,18 @@ pub struct EmbeddedOptions {
 impl EmbeddedOptions {
     /// A cluster that survives restarts (what `tranche serve` uses).
     pub fn durable(root: &Path) -> Self {
-        Self { root: root.to_path_buf(), throwaway: false }
+        Self {
+            root: root.to_path_buf(),
+            throwaway: false,
+        }
     }
 
     /// A fast, non-crash-safe cluster for tests.
     pub fn throwaway(root: &Path) -> Self {
-        Self { root: root.to_path_buf(), throwaway: true }
+        Self {
+            root: root.to_path_buf(),
+            throwaway: true,
+        }
     }
 }
 
@@ -130,8 +136,12 @@ impl EmbeddedPostgres {
         let child = cmd
             .spawn()
             .with_context(|| format!("could not start {}", tools.bin("postgres").display()))?;
-        let server = Self { child: Some(child), socket_dir, data_dir }
-            .wait_ready(&log_path, log_start)?;
+        let server = Self {
+            child: Some(child),
+            socket_dir,
+            data_dir,
+        }
+        .wait_ready(&log_path, log_start)?;
         tracing::info!(
             data_dir = %server.data_dir.display(),
             socket_dir = %server.socket_dir.display(),
@@ -161,9 +171,12 @@ impl EmbeddedPostgres {
                 .await?;
         if !exists {
             // The name is quoted as an identifier, so it cannot inject SQL.
-            sqlx::query(sqlx::AssertSqlSafe(format!("create database {}", quote_ident(database))))
-                .execute(&mut conn)
-                .await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "create database {}",
+                quote_ident(database)
+            )))
+            .execute(&mut conn)
+            .await?;
         }
         conn.close().await?;
         Ok(())
@@ -172,16 +185,22 @@ impl EmbeddedPostgres {
     /// Asks the server for a fast shutdown (sessions are ended, the checkpoint is written) and
     /// waits for it to exit.
     pub async fn stop(mut self) {
-        let Some(mut child) = self.child.take() else { return };
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
         let pid = child.id();
         let _ = kill(Pid::from_raw(pid as i32), Signal::SIGINT);
-        let waited = tokio::task::spawn_blocking(move || wait_with_timeout(&mut child, STOP_TIMEOUT))
-            .await
-            .unwrap_or(false);
+        let waited =
+            tokio::task::spawn_blocking(move || wait_with_timeout(&mut child, STOP_TIMEOUT))
+                .await
+                .unwrap_or(false);
         if waited {
             tracing::info!("embedded PostgreSQL stopped");
         } else {
-            tracing::warn!(pid, "embedded PostgreSQL did not stop in time; sent SIGQUIT");
+            tracing::warn!(
+                pid,
+                "embedded PostgreSQL did not stop in time; sent SIGQUIT"
+            );
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGQUIT);
         }
     }
@@ -296,9 +315,13 @@ impl Toolchain {
 
     fn initdb(&self, data_dir: &Path, throwaway: bool) -> anyhow::Result<()> {
         let mut cmd = self.command("initdb");
-        cmd.arg("-D")
-            .arg(data_dir)
-            .args(["-U", SUPERUSER, "--auth=trust", "--encoding=UTF8", "--locale=C"]);
+        cmd.arg("-D").arg(data_dir).args([
+            "-U",
+            SUPERUSER,
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C",
+        ]);
         if throwaway {
             cmd.arg("--no-sync");
         }
@@ -329,7 +352,8 @@ fn usable_root(root: &Path, tools: &Toolchain) -> anyhow::Result<PathBuf> {
         return Ok(root);
     }
     let digest = Sha256::digest(root.as_os_str().as_encoded_bytes());
-    let fallback = Path::new("/var/lib/tranche").join(format!("embedded-{}", &hex::encode(digest)[..16]));
+    let fallback =
+        Path::new("/var/lib/tranche").join(format!("embedded-{}", &hex::encode(digest)[..16]));
     tracing::warn!(
         configured = %root.display(),
         using = %fallback.display(),
@@ -352,10 +376,10 @@ fn usable_root(root: &Path, tools: &Toolchain) -> anyhow::Result<PathBuf> {
 /// `initdb` and `postgres` from PATH, else from the newest /usr/lib/postgresql/<version>/bin.
 fn find_bin_dir() -> Option<PathBuf> {
     let has_tools = |dir: &Path| dir.join("initdb").is_file() && dir.join("postgres").is_file();
-    if let Some(path) = std::env::var_os("PATH") {
-        if let Some(dir) = std::env::split_paths(&path).find(|d| has_tools(d)) {
-            return Some(dir);
-        }
+    if let Some(path) = std::env::var_os("PATH")
+        && let Some(dir) = std::env::split_paths(&path).find(|d| has_tools(d))
+    {
+        return Some(dir);
     }
     let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
         .ok()?

@@ -39,17 +39,24 @@ impl Database {
                 let options = PgConnectOptions::from_str(url.expose())
                     .context("DATABASE_URL (or PG_DSN) is not a valid PostgreSQL URL")?;
                 let pool = pool(options, settings.db_max_connections).await?;
-                Ok(Self { pool, embedded: None })
+                Ok(Self {
+                    pool,
+                    embedded: None,
+                })
             }
             None => {
-                let server = EmbeddedPostgres::start(&EmbeddedOptions::durable(&settings.data_dir))?;
+                let server =
+                    EmbeddedPostgres::start(&EmbeddedOptions::durable(&settings.data_dir))?;
                 server.ensure_database(EMBEDDED_DATABASE).await?;
                 let pool = pool(
                     server.connect_options(EMBEDDED_DATABASE),
                     settings.db_max_connections,
                 )
                 .await?;
-                Ok(Self { pool, embedded: Some(server) })
+                Ok(Self {
+                    pool,
+                    embedded: Some(server),
+                })
             }
         }
     }

@@ -52,7 +52,11 @@ pub fn generate() -> GeneratedKey {
     let prefix = format!("tr_{}", hex::encode(id));
     let secret = format!("{prefix}_{}", hex::encode(secret));
     let hash = hash(&secret);
-    GeneratedKey { prefix, secret, hash }
+    GeneratedKey {
+        prefix,
+        secret,
+        hash,
+    }
 }
 
 pub fn hash(key: &str) -> [u8; 32] {
@@ -124,7 +128,10 @@ mod tests {
         assert_eq!(k.secret.len(), 3 + 12 + 1 + 64);
         assert_eq!(prefix_of(&k.secret), Some(k.prefix.as_str()));
         assert!(matches(&k.secret, &k.hash));
-        assert!(!matches(&format!("{}0", &k.secret[..k.secret.len() - 1]), &k.hash));
+        assert!(!matches(
+            &format!("{}0", &k.secret[..k.secret.len() - 1]),
+            &k.hash
+        ));
         assert_ne!(generate().secret, k.secret);
     }
 

@@ -33,7 +33,14 @@ pub async fn create_with_key(
     .fetch_one(&mut *tx)
     .await?;
     let generated = api_keys::generate();
-    let key = api_keys::insert(&mut tx, customer.id, key_name, &generated, &api_keys::ALL_SCOPES).await?;
+    let key = api_keys::insert(
+        &mut tx,
+        customer.id,
+        key_name,
+        &generated,
+        &api_keys::ALL_SCOPES,
+    )
+    .await?;
     tx.commit().await?;
     Ok((customer, key, generated))
 }

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgPool};
 
-#[derive(Debug, Clone, FromRow)]
+#[derive(Debug, Clone, FromRow, serde::Deserialize)]
 pub struct DomainRow {
     pub id: i64,
     pub service_id: i64,
@@ -38,9 +38,15 @@ pub struct NewDomain<'a> {
 }
 
 /// Live domains of service `service_id`, which must be customer `customer_id`'s.
-pub async fn list(pool: &PgPool, customer_id: i64, service_id: i64) -> sqlx::Result<Vec<DomainRow>> {
+pub async fn list(
+    pool: &PgPool,
+    customer_id: i64,
+    service_id: i64,
+) -> sqlx::Result<Vec<DomainRow>> {
     sqlx::query_as(concat!(
-        "select ", columns!(), "
+        "select ",
+        columns!(),
+        "
            from service_domains d join services s on s.id = d.service_id
           where d.service_id = $1 and s.customer_id = $2
             and s.deleted_at is null and d.deleted_at is null

@@ -5,7 +5,7 @@ use rust_decimal::Decimal;
 use sqlx::{FromRow, PgConnection, PgPool};
 use tranche_actors::domain::PolicyParams;
 
-#[derive(Debug, Clone, FromRow)]
+#[derive(Debug, Clone, FromRow, serde::Deserialize)]
 pub struct PolicyRow {
     pub id: i64,
     pub service_id: i64,
@@ -29,9 +29,15 @@ macro_rules! columns {
     };
 }
 
-pub async fn list(pool: &PgPool, customer_id: i64, service_id: i64) -> sqlx::Result<Vec<PolicyRow>> {
+pub async fn list(
+    pool: &PgPool,
+    customer_id: i64,
+    service_id: i64,
+) -> sqlx::Result<Vec<PolicyRow>> {
     sqlx::query_as(concat!(
-        "select ", columns!(), "
+        "select ",
+        columns!(),
+        "
            from storm_policies p join services s on s.id = p.service_id
           where p.service_id = $1 and s.customer_id = $2 and s.deleted_at is null
           order by p.id"
@@ -49,7 +55,9 @@ pub async fn get(
     policy_id: i64,
 ) -> sqlx::Result<Option<PolicyRow>> {
     sqlx::query_as(concat!(
-        "select ", columns!(), "
+        "select ",
+        columns!(),
+        "
            from storm_policies p join services s on s.id = p.service_id
           where p.id = $1 and p.service_id = $2 and s.customer_id = $3 and s.deleted_at is null"
     ))
@@ -74,7 +82,9 @@ pub async fn create(
          select s.id, $3, $4, $5, $6, $7, $8, $9
            from services s
           where s.id = $1 and s.customer_id = $2 and s.deleted_at is null
-         returning ", columns!(), ""
+         returning ",
+        columns!(),
+        ""
     ))
     .bind(service_id)
     .bind(customer_id)
@@ -98,7 +108,9 @@ pub async fn get_for_update(
     policy_id: i64,
 ) -> sqlx::Result<Option<PolicyRow>> {
     sqlx::query_as(concat!(
-        "select ", columns!(), "
+        "select ",
+        columns!(),
+        "
            from storm_policies p join services s on s.id = p.service_id
           where p.id = $1 and p.service_id = $2 and s.customer_id = $3 and s.deleted_at is null
             for update of p"
@@ -121,7 +133,9 @@ pub async fn update(
             set threshold_avail = $2, window_seconds = $3, cooldown_seconds = $4,
                 max_coverage_factor = $5, probe_interval_seconds = $6, min_samples = $7
           where p.id = $1
-         returning ", columns!(), ""
+         returning ",
+        columns!(),
+        ""
     ))
     .bind(policy_id)
     .bind(params.threshold_avail)

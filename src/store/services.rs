@@ -1,7 +1,11 @@
 //! Services: a unit of failover (one primary CDN, one backup CDN, its domains and policies).
 
 use chrono::{DateTime, Utc};
+use sqlx::types::Json;
 use sqlx::{FromRow, PgPool};
+
+use super::domains::DomainRow;
+use super::policies::PolicyRow;
 
 #[derive(Debug, Clone, FromRow)]
 pub struct ServiceRow {
@@ -31,7 +35,9 @@ pub struct ServicePatch<'a> {
 
 pub async fn list(pool: &PgPool, customer_id: i64) -> sqlx::Result<Vec<ServiceRow>> {
     sqlx::query_as(concat!(
-        "select ", columns!(), " from services
+        "select ",
+        columns!(),
+        " from services
           where customer_id = $1 and deleted_at is null
           order by id"
     ))
@@ -40,9 +46,45 @@ pub async fn list(pool: &PgPool, customer_id: i64) -> sqlx::Result<Vec<ServiceRo
     .await
 }
 
-pub async fn get(pool: &PgPool, customer_id: i64, id: i64) -> sqlx::Result<Option<ServiceRow>> {
+/// A service with its live domains and its policies.
+#[derive(Debug, Clone, FromRow)]
+pub struct ServiceDetailRow {
+    #[sqlx(flatten)]
+    pub service: ServiceRow,
+    pub domains: Json<Vec<DomainRow>>,
+    pub policies: Json<Vec<PolicyRow>>,
+}
+
+/// A live service of the customer with its domains and policies, in one statement: the API's hottest read
+/// costs one round trip instead of three. Numerics travel as JSON strings, so they stay exact.
+pub async fn get_detail(
+    pool: &PgPool,
+    customer_id: i64,
+    id: i64,
+) -> sqlx::Result<Option<ServiceDetailRow>> {
     sqlx::query_as(concat!(
-        "select ", columns!(), " from services
+        "select ",
+        columns!(),
+        ",
+            coalesce((select json_agg(d order by d.id)
+                        from (select d.id, d.service_id, d.hostname, d.primary_target,
+                                     d.backup_target, d.probe_path, d.verification_status,
+                                     d.verification_token, d.verified_at, d.created_at,
+                                     d.updated_at
+                                from service_domains d
+                               where d.service_id = services.id and d.deleted_at is null) d),
+                     '[]') as domains,
+            coalesce((select json_agg(p order by p.id)
+                        from (select p.id, p.service_id, p.kind,
+                                     p.threshold_avail::text as threshold_avail,
+                                     p.window_seconds, p.cooldown_seconds,
+                                     p.max_coverage_factor::text as max_coverage_factor,
+                                     p.probe_interval_seconds, p.min_samples, p.created_at,
+                                     p.updated_at
+                                from storm_policies p
+                               where p.service_id = services.id) p),
+                     '[]') as policies
+           from services
           where id = $1 and customer_id = $2 and deleted_at is null"
     ))
     .bind(id)
@@ -61,7 +103,9 @@ pub async fn create(
     sqlx::query_as(concat!(
         "insert into services (customer_id, name, primary_cdn, backup_cdn)
          values ($1, $2, $3, $4)
-         returning ", columns!(), ""
+         returning ",
+        columns!(),
+        ""
     ))
     .bind(customer_id)
     .bind(name)
@@ -83,7 +127,9 @@ pub async fn update(
                 primary_cdn = coalesce($4, primary_cdn),
                 backup_cdn = coalesce($5, backup_cdn)
           where id = $1 and customer_id = $2 and deleted_at is null
-          returning ", columns!(), ""
+          returning ",
+        columns!(),
+        ""
     ))
     .bind(id)
     .bind(customer_id)

@@ -7,7 +7,11 @@ use crate::helpers::{Auth, spawn_app, spawn_app_with};
 async fn provisioning_returns_the_secret_once_and_stores_only_its_hash() {
     let app = spawn_app().await;
     let resp = app
-        .post("/v1/admin/customers", &Auth::Admin, json!({ "name": "Acme", "key_name": "ci" }))
+        .post(
+            "/v1/admin/customers",
+            &Auth::Admin,
+            json!({ "name": "Acme", "key_name": "ci" }),
+        )
         .await
         .expect(201);
     let customer = &resp.body["customer"];
@@ -42,23 +46,42 @@ async fn provisioning_returns_the_secret_once_and_stores_only_its_hash() {
 async fn admin_endpoints_need_the_admin_token() {
     let app = spawn_app().await;
     let body = json!({ "name": "Acme" });
-    app.post("/v1/admin/customers", &Auth::None, body.clone()).await.expect_error(401, "unauthorized", None);
-    app.post("/v1/admin/customers", &Auth::Raw("Bearer wrong".into()), body.clone())
+    app.post("/v1/admin/customers", &Auth::None, body.clone())
         .await
         .expect_error(401, "unauthorized", None);
-    app.post("/v1/admin/customers", &Auth::Header(1), body.clone()).await.expect_error(401, "unauthorized", None);
+    app.post(
+        "/v1/admin/customers",
+        &Auth::Raw("Bearer wrong".into()),
+        body.clone(),
+    )
+    .await
+    .expect_error(401, "unauthorized", None);
+    app.post("/v1/admin/customers", &Auth::Header(1), body.clone())
+        .await
+        .expect_error(401, "unauthorized", None);
     let (_, key) = app.create_customer("first").await;
-    app.post("/v1/admin/customers", &Auth::Key(key), body).await.expect_error(401, "unauthorized", None);
+    app.post("/v1/admin/customers", &Auth::Key(key), body)
+        .await
+        .expect_error(401, "unauthorized", None);
 }
 
 #[tokio::test]
 async fn admin_api_is_off_without_a_token() {
     let app = spawn_app_with(|s| s.admin_token = None).await;
     let resp = app
-        .post("/v1/admin/customers", &Auth::Admin, json!({ "name": "Acme" }))
+        .post(
+            "/v1/admin/customers",
+            &Auth::Admin,
+            json!({ "name": "Acme" }),
+        )
         .await
         .expect_error(401, "unauthorized", None);
-    assert!(resp.body["message"].as_str().unwrap().contains("TRANCHE_ADMIN_TOKEN"));
+    assert!(
+        resp.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("TRANCHE_ADMIN_TOKEN")
+    );
 }
 
 #[tokio::test]
@@ -70,7 +93,9 @@ async fn provisioning_validates_input_and_creates_nothing_on_failure() {
         (json!({ "name": "x", "key_name": "" }), "key_name"),
         (json!({ "name": "x", "plan": "gold" }), "plan"),
     ] {
-        app.post("/v1/admin/customers", &Auth::Admin, body).await.expect_error(422, "validation_failed", Some(field));
+        app.post("/v1/admin/customers", &Auth::Admin, body)
+            .await
+            .expect_error(422, "validation_failed", Some(field));
     }
     let customers: i64 = sqlx::query_scalar("select count(*) from customers where id <> 1")
         .fetch_one(&app.pool)
@@ -84,18 +109,23 @@ async fn provisioning_is_atomic() {
     let app = spawn_app().await;
     // Make the key insert fail after the customer insert succeeded: the transaction must leave
     // no customer behind.
-    sqlx::query(
-        "alter table api_keys add constraint api_keys_test_block check (name <> 'boom')",
-    )
-    .execute(&app.pool)
-    .await
-    .unwrap();
+    sqlx::query("alter table api_keys add constraint api_keys_test_block check (name <> 'boom')")
+        .execute(&app.pool)
+        .await
+        .unwrap();
     let resp = app
-        .post("/v1/admin/customers", &Auth::Admin, json!({ "name": "Doomed", "key_name": "boom" }))
+        .post(
+            "/v1/admin/customers",
+            &Auth::Admin,
+            json!({ "name": "Doomed", "key_name": "boom" }),
+        )
         .await;
     assert_eq!(resp.status, 500, "{}", resp.text);
     assert_eq!(resp.body["code"], "internal");
-    assert!(!resp.text.contains("api_keys_test_block"), "database text must not leak");
+    assert!(
+        !resp.text.contains("api_keys_test_block"),
+        "database text must not leak"
+    );
     let doomed: i64 = sqlx::query_scalar("select count(*) from customers where name = 'Doomed'")
         .fetch_one(&app.pool)
         .await

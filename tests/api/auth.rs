@@ -12,14 +12,23 @@ async fn api_key_authenticates_its_customer() {
     let app = spawn_app_with(production).await;
     let (cid, key) = app.create_customer("acme").await;
     let resp = app
-        .post("/v1/services", &Auth::Key(key.clone()), json!({ "name": "web", "primary_cdn": "a", "backup_cdn": "b" }))
+        .post(
+            "/v1/services",
+            &Auth::Key(key.clone()),
+            json!({ "name": "web", "primary_cdn": "a", "backup_cdn": "b" }),
+        )
         .await
         .expect(201);
     assert_eq!(resp.body["customer_id"], cid);
-    let resp = app.get("/v1/services", &Auth::Key(key.clone())).await.expect(200);
+    let resp = app
+        .get("/v1/services", &Auth::Key(key.clone()))
+        .await
+        .expect(200);
     assert_eq!(resp.body.as_array().unwrap().len(), 1);
     // A matching X-Customer-ID is accepted alongside the key.
-    app.get("/v1/services", &Auth::KeyAndHeader(key.clone(), cid)).await.expect(200);
+    app.get("/v1/services", &Auth::KeyAndHeader(key.clone(), cid))
+        .await
+        .expect(200);
     // Use is recorded.
     let used: Option<chrono::DateTime<chrono::Utc>> =
         sqlx::query_scalar("select last_used_at from api_keys where customer_id = $1")
@@ -34,18 +43,34 @@ async fn api_key_authenticates_its_customer() {
 async fn missing_wrong_or_malformed_credentials_are_401() {
     let app = spawn_app_with(production).await;
     let (cid, key) = app.create_customer("acme").await;
-    app.get("/v1/services", &Auth::None).await.expect_error(401, "unauthorized", None);
+    app.get("/v1/services", &Auth::None)
+        .await
+        .expect_error(401, "unauthorized", None);
     // Outside dev mode the header alone is not enough.
-    app.get("/v1/services", &Auth::Header(cid)).await.expect_error(401, "unauthorized", None);
-    app.get("/v1/services", &Auth::Query(cid)).await.expect_error(401, "unauthorized", None);
+    app.get("/v1/services", &Auth::Header(cid))
+        .await
+        .expect_error(401, "unauthorized", None);
+    app.get("/v1/services", &Auth::Query(cid))
+        .await
+        .expect_error(401, "unauthorized", None);
     // A key of the right shape with a wrong secret.
     let forged = format!("{}{}", &key[..16], "0".repeat(64));
-    app.get("/v1/services", &Auth::Key(forged)).await.expect_error(401, "unauthorized", None);
-    app.get("/v1/services", &Auth::Key("tr_nope".into())).await.expect_error(401, "unauthorized", None);
-    app.get("/v1/services", &Auth::Raw(format!("Basic {key}"))).await.expect_error(401, "unauthorized", None);
-    app.get("/v1/services", &Auth::Raw("Bearer".into())).await.expect_error(401, "unauthorized", None);
+    app.get("/v1/services", &Auth::Key(forged))
+        .await
+        .expect_error(401, "unauthorized", None);
+    app.get("/v1/services", &Auth::Key("tr_nope".into()))
+        .await
+        .expect_error(401, "unauthorized", None);
+    app.get("/v1/services", &Auth::Raw(format!("Basic {key}")))
+        .await
+        .expect_error(401, "unauthorized", None);
+    app.get("/v1/services", &Auth::Raw("Bearer".into()))
+        .await
+        .expect_error(401, "unauthorized", None);
     // The admin token is not a customer key.
-    app.get("/v1/services", &Auth::Admin).await.expect_error(401, "unauthorized", None);
+    app.get("/v1/services", &Auth::Admin)
+        .await
+        .expect_error(401, "unauthorized", None);
 }
 
 #[tokio::test]
@@ -56,35 +81,48 @@ async fn customer_header_must_match_the_key() {
     app.get("/v1/services", &Auth::KeyAndHeader(key.clone(), other))
         .await
         .expect_error(403, "forbidden", Some("X-Customer-ID"));
-    app.get(&format!("/v1/services?customer_id={other}"), &Auth::Key(key.clone()))
+    app.get(
+        &format!("/v1/services?customer_id={other}"),
+        &Auth::Key(key.clone()),
+    )
+    .await
+    .expect_error(403, "forbidden", Some("X-Customer-ID"));
+    app.get(&format!("/v1/services?customer_id={cid}"), &Auth::Key(key))
         .await
-        .expect_error(403, "forbidden", Some("X-Customer-ID"));
-    app.get(&format!("/v1/services?customer_id={cid}"), &Auth::Key(key)).await.expect(200);
+        .expect(200);
 }
 
 #[tokio::test]
 async fn revoked_keys_and_suspended_customers_are_401() {
     let app = spawn_app_with(production).await;
     let (cid, key) = app.create_customer("acme").await;
-    app.get("/v1/services", &Auth::Key(key.clone())).await.expect(200);
+    app.get("/v1/services", &Auth::Key(key.clone()))
+        .await
+        .expect(200);
     sqlx::query("update customers set status = 'suspended' where id = $1")
         .bind(cid)
         .execute(&app.pool)
         .await
         .unwrap();
-    app.get("/v1/services", &Auth::Key(key.clone())).await.expect_error(401, "unauthorized", None);
+    app.get("/v1/services", &Auth::Key(key.clone()))
+        .await
+        .expect_error(401, "unauthorized", None);
     sqlx::query("update customers set status = 'active' where id = $1")
         .bind(cid)
         .execute(&app.pool)
         .await
         .unwrap();
-    app.get("/v1/services", &Auth::Key(key.clone())).await.expect(200);
+    app.get("/v1/services", &Auth::Key(key.clone()))
+        .await
+        .expect(200);
     sqlx::query("update api_keys set revoked_at = now() where customer_id = $1")
         .bind(cid)
         .execute(&app.pool)
         .await
         .unwrap();
-    app.get("/v1/services", &Auth::Key(key)).await.expect_error(401, "unauthorized", None);
+    app.get("/v1/services", &Auth::Key(key))
+        .await
+        .expect_error(401, "unauthorized", None);
 }
 
 #[tokio::test]
@@ -98,12 +136,22 @@ async fn scopes_are_enforced() {
         .await
         .unwrap();
     let read_only = Auth::Key(key);
-    app.get(&format!("/v1/services/{sid}"), &read_only).await.expect(200);
-    app.post("/v1/services", &read_only, json!({ "name": "x", "primary_cdn": "a", "backup_cdn": "b" }))
+    app.get(&format!("/v1/services/{sid}"), &read_only)
+        .await
+        .expect(200);
+    app.post(
+        "/v1/services",
+        &read_only,
+        json!({ "name": "x", "primary_cdn": "a", "backup_cdn": "b" }),
+    )
+    .await
+    .expect_error(403, "forbidden", None);
+    app.delete(&format!("/v1/services/{sid}"), &read_only)
         .await
         .expect_error(403, "forbidden", None);
-    app.delete(&format!("/v1/services/{sid}"), &read_only).await.expect_error(403, "forbidden", None);
-    app.get(&format!("/v1/services/{sid}"), &read_only).await.expect(200);
+    app.get(&format!("/v1/services/{sid}"), &read_only)
+        .await
+        .expect(200);
 }
 
 #[tokio::test]
@@ -111,7 +159,9 @@ async fn dev_mode_trusts_the_header_or_query_for_existing_customers_only() {
     let app = spawn_app().await;
     app.get("/v1/services", &Auth::Header(1)).await.expect(200);
     app.get("/v1/services", &Auth::Query(1)).await.expect(200);
-    app.get("/v1/services", &Auth::Header(77)).await.expect_error(401, "unauthorized", None);
+    app.get("/v1/services", &Auth::Header(77))
+        .await
+        .expect_error(401, "unauthorized", None);
     let resp = app
         .client
         .get(app.url("/v1/services"))
@@ -122,9 +172,15 @@ async fn dev_mode_trusts_the_header_or_query_for_existing_customers_only() {
     assert_eq!(resp.status(), 400);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["field"], "X-Customer-ID");
-    app.get("/v1/services?customer_id=2", &Auth::Header(1)).await.expect_error(400, "bad_request", Some("customer_id"));
+    app.get("/v1/services?customer_id=2", &Auth::Header(1))
+        .await
+        .expect_error(400, "bad_request", Some("customer_id"));
     // Keys still work, and still must match the header, in dev mode.
     let (cid, key) = app.create_customer("acme").await;
-    app.get("/v1/services", &Auth::KeyAndHeader(key.clone(), cid)).await.expect(200);
-    app.get("/v1/services", &Auth::KeyAndHeader(key, 1)).await.expect_error(403, "forbidden", Some("X-Customer-ID"));
+    app.get("/v1/services", &Auth::KeyAndHeader(key.clone(), cid))
+        .await
+        .expect(200);
+    app.get("/v1/services", &Auth::KeyAndHeader(key, 1))
+        .await
+        .expect_error(403, "forbidden", Some("X-Customer-ID"));
 }

@@ -27,31 +27,63 @@ async fn add_list_and_remove_domains() {
     assert_eq!(resp.headers["location"], format!("{base}/{did}").as_str());
     assert_eq!(resp.body["name"], "app.example.com");
     assert_eq!(resp.body["service_id"], sid);
-    assert_eq!(resp.body["primary_target"], "app.example.com.cdn.cloudflare.net");
+    assert_eq!(
+        resp.body["primary_target"],
+        "app.example.com.cdn.cloudflare.net"
+    );
     assert_eq!(resp.body["backup_target"], "151.101.1.57");
     assert_eq!(resp.body["probe_path"], "/healthz");
     assert_eq!(resp.body["verification"]["status"], "pending");
-    assert_eq!(resp.body["verification"]["record_name"], "_tranche-challenge.app.example.com");
+    assert_eq!(
+        resp.body["verification"]["record_name"],
+        "_tranche-challenge.app.example.com"
+    );
     let token = resp.body["verification"]["record_value"].as_str().unwrap();
-    assert!(token.starts_with("tranche-verify=") && token.len() == 15 + 32, "{token}");
+    assert!(
+        token.starts_with("tranche-verify=") && token.len() == 15 + 32,
+        "{token}"
+    );
 
-    let resp = app.post(&base, &DEMO, json!({ "name": "www.example.com" })).await.expect(201);
+    let resp = app
+        .post(&base, &DEMO, json!({ "name": "www.example.com" }))
+        .await
+        .expect(201);
     assert_eq!(resp.body["probe_path"], "/");
     assert_eq!(resp.body["primary_target"], serde_json::Value::Null);
     let other = resp.body["id"].as_i64().unwrap();
 
     let resp = app.get(&base, &DEMO).await.expect(200);
-    let names: Vec<&str> = resp.body.as_array().unwrap().iter().map(|d| d["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = resp
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, vec!["app.example.com", "www.example.com"]);
 
-    app.delete(&format!("{base}/{did}"), &DEMO).await.expect(204);
-    app.delete(&format!("{base}/{did}"), &DEMO).await.expect_error(404, "not_found", None);
-    let resp = app.get(&format!("/v1/services/{sid}"), &DEMO).await.expect(200);
-    let ids: Vec<i64> = resp.body["domains"].as_array().unwrap().iter().map(|d| d["id"].as_i64().unwrap()).collect();
+    app.delete(&format!("{base}/{did}"), &DEMO)
+        .await
+        .expect(204);
+    app.delete(&format!("{base}/{did}"), &DEMO)
+        .await
+        .expect_error(404, "not_found", None);
+    let resp = app
+        .get(&format!("/v1/services/{sid}"), &DEMO)
+        .await
+        .expect(200);
+    let ids: Vec<i64> = resp.body["domains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_i64().unwrap())
+        .collect();
     assert_eq!(ids, vec![other]);
 
     // A removed hostname can be added again.
-    app.post(&base, &DEMO, json!({ "name": "app.example.com" })).await.expect(201);
+    app.post(&base, &DEMO, json!({ "name": "app.example.com" }))
+        .await
+        .expect(201);
 }
 
 #[tokio::test]
@@ -59,15 +91,21 @@ async fn duplicate_hostnames_conflict_after_normalisation() {
     let app = spawn_app().await;
     let sid = app.create_service(&DEMO, "web").await;
     let base = format!("/v1/services/{sid}/domains");
-    app.post(&base, &DEMO, json!({ "name": "app.example.com" })).await.expect(201);
+    app.post(&base, &DEMO, json!({ "name": "app.example.com" }))
+        .await
+        .expect(201);
     app.post(&base, &DEMO, json!({ "name": " APP.example.com. " }))
         .await
         .expect_error(409, "conflict", Some("name"));
     // The same hostname on another service is a different domain.
     let other = app.create_service(&DEMO, "web-2").await;
-    app.post(&format!("/v1/services/{other}/domains"), &DEMO, json!({ "name": "app.example.com" }))
-        .await
-        .expect(201);
+    app.post(
+        &format!("/v1/services/{other}/domains"),
+        &DEMO,
+        json!({ "name": "app.example.com" }),
+    )
+    .await
+    .expect(201);
 }
 
 #[tokio::test]
@@ -84,14 +122,31 @@ async fn invalid_domains_are_rejected_naming_the_field() {
         (json!({ "name": "exa mple.com" }), "name"),
         (json!({ "name": "10.0.0.1" }), "name"),
         (json!({ "name": "a..b.com" }), "name"),
-        (json!({ "name": "app.example.com", "primary_target": "http://edge" }), "primary_target"),
-        (json!({ "name": "app.example.com", "backup_target": "" }), "backup_target"),
-        (json!({ "name": "app.example.com", "probe_path": "healthz" }), "probe_path"),
-        (json!({ "name": "app.example.com", "probe_path": "/a b" }), "probe_path"),
-        (json!({ "name": "app.example.com", "hostname": "x" }), "hostname"),
+        (
+            json!({ "name": "app.example.com", "primary_target": "http://edge" }),
+            "primary_target",
+        ),
+        (
+            json!({ "name": "app.example.com", "backup_target": "" }),
+            "backup_target",
+        ),
+        (
+            json!({ "name": "app.example.com", "probe_path": "healthz" }),
+            "probe_path",
+        ),
+        (
+            json!({ "name": "app.example.com", "probe_path": "/a b" }),
+            "probe_path",
+        ),
+        (
+            json!({ "name": "app.example.com", "hostname": "x" }),
+            "hostname",
+        ),
     ];
     for (body, field) in cases {
-        app.post(&base, &DEMO, body).await.expect_error(422, "validation_failed", Some(field));
+        app.post(&base, &DEMO, body)
+            .await
+            .expect_error(422, "validation_failed", Some(field));
     }
     assert_eq!(app.get(&base, &DEMO).await.expect(200).body, json!([]));
 }
@@ -99,13 +154,23 @@ async fn invalid_domains_are_rejected_naming_the_field() {
 #[tokio::test]
 async fn domains_of_missing_or_deleted_services_are_404() {
     let app = spawn_app().await;
-    app.get("/v1/services/424242/domains", &DEMO).await.expect_error(404, "not_found", None);
-    app.post("/v1/services/424242/domains", &DEMO, json!({ "name": "a.example.com" }))
+    app.get("/v1/services/424242/domains", &DEMO)
         .await
         .expect_error(404, "not_found", None);
+    app.post(
+        "/v1/services/424242/domains",
+        &DEMO,
+        json!({ "name": "a.example.com" }),
+    )
+    .await
+    .expect_error(404, "not_found", None);
     let sid = app.create_service(&DEMO, "web").await;
     let did = app
-        .post(&format!("/v1/services/{sid}/domains"), &DEMO, json!({ "name": "a.example.com" }))
+        .post(
+            &format!("/v1/services/{sid}/domains"),
+            &DEMO,
+            json!({ "name": "a.example.com" }),
+        )
         .await
         .expect(201)
         .body["id"]
@@ -116,10 +181,16 @@ async fn domains_of_missing_or_deleted_services_are_404() {
     app.delete(&format!("/v1/services/{other}/domains/{did}"), &DEMO)
         .await
         .expect_error(404, "not_found", None);
-    app.delete(&format!("/v1/services/{sid}"), &DEMO).await.expect(204);
-    app.post(&format!("/v1/services/{sid}/domains"), &DEMO, json!({ "name": "b.example.com" }))
+    app.delete(&format!("/v1/services/{sid}"), &DEMO)
         .await
-        .expect_error(404, "not_found", None);
+        .expect(204);
+    app.post(
+        &format!("/v1/services/{sid}/domains"),
+        &DEMO,
+        json!({ "name": "b.example.com" }),
+    )
+    .await
+    .expect_error(404, "not_found", None);
     app.delete(&format!("/v1/services/{sid}/domains/{did}"), &DEMO)
         .await
         .expect_error(404, "not_found", None);

@@ -29,7 +29,9 @@ async fn readyz_reports_an_unreachable_database() {
 #[tokio::test]
 async fn unknown_routes_and_methods_answer_json() {
     let app = spawn_app().await;
-    app.get("/v2/nothing", &Auth::None).await.expect_error(404, "not_found", None);
+    app.get("/v2/nothing", &Auth::None)
+        .await
+        .expect_error(404, "not_found", None);
     app.request(reqwest::Method::PUT, "/v1/services", &Auth::Header(1), None)
         .await
         .expect_error(405, "method_not_allowed", None);

@@ -45,7 +45,9 @@ fn cluster() -> &'static PgConnectOptions {
                 }
             })
             .unwrap();
-        rx.recv().unwrap().unwrap_or_else(|e| panic!("test PostgreSQL failed to start: {e}"))
+        rx.recv()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("test PostgreSQL failed to start: {e}"))
     })
 }
 
@@ -55,7 +57,9 @@ fn cluster_root(pid: u32) -> PathBuf {
 
 /// Clusters of test runs that are gone (their server removed `postmaster.pid` on the way out).
 fn remove_stale_clusters() {
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("tranche-test-")) else {
@@ -69,7 +73,9 @@ fn remove_stale_clusters() {
 }
 
 async fn admin_connection() -> PgConnection {
-    PgConnection::connect_with(cluster()).await.expect("connect to test cluster")
+    PgConnection::connect_with(cluster())
+        .await
+        .expect("connect to test cluster")
 }
 
 /// A fresh database with every migration applied.
@@ -77,10 +83,12 @@ pub async fn fresh_database() -> PgPool {
     TEMPLATE
         .get_or_init(|| async {
             let mut conn = admin_connection().await;
-            sqlx::query(sqlx::AssertSqlSafe(format!("create database {TEMPLATE_DB}")))
-                .execute(&mut conn)
-                .await
-                .unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "create database {TEMPLATE_DB}"
+            )))
+            .execute(&mut conn)
+            .await
+            .unwrap();
             let pool = tranche::db::pool(cluster().clone().database(TEMPLATE_DB), 2)
                 .await
                 .unwrap();
@@ -96,7 +104,9 @@ pub async fn fresh_database() -> PgPool {
     .execute(&mut conn)
     .await
     .unwrap();
-    tranche::db::pool(cluster().clone().database(&name), 5).await.unwrap()
+    tranche::db::pool(cluster().clone().database(&name), 5)
+        .await
+        .unwrap()
 }
 
 /// How a request authenticates.
@@ -134,7 +144,12 @@ impl Response {
     /// Asserts the status, printing the body when it differs.
     #[track_caller]
     pub fn expect(self, status: u16) -> Self {
-        assert_eq!(self.status.as_u16(), status, "unexpected status; body: {}", self.text);
+        assert_eq!(
+            self.status.as_u16(),
+            status,
+            "unexpected status; body: {}",
+            self.text
+        );
         self
     }
 
@@ -143,7 +158,11 @@ impl Response {
     pub fn expect_error(self, status: u16, code: &str, field: Option<&str>) -> Self {
         let resp = self.expect(status);
         assert_eq!(resp.body["code"], code, "body: {}", resp.text);
-        assert!(resp.body["message"].as_str().is_some_and(|m| !m.is_empty()), "body: {}", resp.text);
+        assert!(
+            resp.body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "body: {}",
+            resp.text
+        );
         assert_eq!(resp.body["field"].as_str(), field, "body: {}", resp.text);
         resp
     }
@@ -178,7 +197,13 @@ impl TestApp {
         format!("http://{}{path}", self.addr)
     }
 
-    pub async fn request(&self, method: Method, path: &str, auth: &Auth, body: Option<&str>) -> Response {
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        auth: &Auth,
+        body: Option<&str>,
+    ) -> Response {
         let mut url = self.url(path);
         if let Auth::Query(id) = auth {
             url.push(if url.contains('?') { '&' } else { '?' });
@@ -189,19 +214,28 @@ impl TestApp {
             Auth::None | Auth::Query(_) => req,
             Auth::Header(id) => req.header("X-Customer-ID", id.to_string()),
             Auth::Key(key) => req.bearer_auth(key),
-            Auth::KeyAndHeader(key, id) => req.bearer_auth(key).header("X-Customer-ID", id.to_string()),
+            Auth::KeyAndHeader(key, id) => {
+                req.bearer_auth(key).header("X-Customer-ID", id.to_string())
+            }
             Auth::Admin => req.bearer_auth(ADMIN_TOKEN),
             Auth::Raw(value) => req.header("Authorization", value),
         };
         if let Some(body) = body {
-            req = req.header("Content-Type", "application/json").body(body.to_owned());
+            req = req
+                .header("Content-Type", "application/json")
+                .body(body.to_owned());
         }
         let resp = req.send().await.expect("request failed");
         let status = resp.status();
         let headers = resp.headers().clone();
         let text = resp.text().await.unwrap();
         let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Response { status, headers, body, text }
+        Response {
+            status,
+            headers,
+            body,
+            text,
+        }
     }
 
     pub async fn get(&self, path: &str, auth: &Auth) -> Response {
@@ -209,11 +243,13 @@ impl TestApp {
     }
 
     pub async fn post(&self, path: &str, auth: &Auth, body: Value) -> Response {
-        self.request(Method::POST, path, auth, Some(&body.to_string())).await
+        self.request(Method::POST, path, auth, Some(&body.to_string()))
+            .await
     }
 
     pub async fn patch(&self, path: &str, auth: &Auth, body: Value) -> Response {
-        self.request(Method::PATCH, path, auth, Some(&body.to_string())).await
+        self.request(Method::PATCH, path, auth, Some(&body.to_string()))
+            .await
     }
 
     pub async fn delete(&self, path: &str, auth: &Auth) -> Response {
@@ -223,7 +259,11 @@ impl TestApp {
     /// Provisions a customer through the admin API; returns its id and API key.
     pub async fn create_customer(&self, name: &str) -> (i64, String) {
         let resp = self
-            .post("/v1/admin/customers", &Auth::Admin, serde_json::json!({ "name": name }))
+            .post(
+                "/v1/admin/customers",
+                &Auth::Admin,
+                serde_json::json!({ "name": name }),
+            )
             .await
             .expect(201);
         let id = resp.body["customer"]["id"].as_i64().unwrap();

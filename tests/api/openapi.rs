@@ -26,10 +26,19 @@ fn every_operation_documents_its_errors_and_security() {
                 continue;
             }
             for status in ["400", "401", "404", "422", "500"] {
-                assert!(responses.contains_key(status), "{method} {path} does not document {status}");
+                assert!(
+                    responses.contains_key(status),
+                    "{method} {path} does not document {status}"
+                );
             }
-            assert!(op["security"].as_array().is_some_and(|s| !s.is_empty()), "{method} {path} has no security");
-            assert!(op["operationId"].is_string(), "{method} {path} has no operationId");
+            assert!(
+                op["security"].as_array().is_some_and(|s| !s.is_empty()),
+                "{method} {path} has no security"
+            );
+            assert!(
+                op["operationId"].is_string(),
+                "{method} {path} has no operationId"
+            );
         }
     }
 }

@@ -9,7 +9,11 @@ async fn omitted_fields_take_the_design_defaults() {
     let app = spawn_app().await;
     let sid = app.create_service(&DEMO, "web").await;
     let resp = app
-        .post(&format!("/v1/services/{sid}/storm-policies"), &DEMO, json!({}))
+        .post(
+            &format!("/v1/services/{sid}/storm-policies"),
+            &DEMO,
+            json!({}),
+        )
         .await
         .expect(201);
     let b = &resp.body;
@@ -21,7 +25,10 @@ async fn omitted_fields_take_the_design_defaults() {
     assert_eq!(b["probe_interval_seconds"], 10);
     assert_eq!(b["min_samples"], 3);
     let pid = b["id"].as_i64().unwrap();
-    assert_eq!(resp.headers["location"], format!("/v1/services/{sid}/storm-policies/{pid}").as_str());
+    assert_eq!(
+        resp.headers["location"],
+        format!("/v1/services/{sid}/storm-policies/{pid}").as_str()
+    );
 }
 
 #[tokio::test]
@@ -59,10 +66,19 @@ async fn invalid_policies_are_rejected_naming_the_field() {
         (json!({ "window_seconds": 0 }), "window_seconds"),
         (json!({ "window_seconds": -60 }), "window_seconds"),
         (json!({ "window_seconds": 1.5 }), "window_seconds"),
-        (json!({ "window_seconds": 10_000_000_000_i64 }), "window_seconds"),
+        (
+            json!({ "window_seconds": 10_000_000_000_i64 }),
+            "window_seconds",
+        ),
         (json!({ "cooldown_seconds": -1 }), "cooldown_seconds"),
-        (json!({ "max_coverage_factor": 0.99 }), "max_coverage_factor"),
-        (json!({ "probe_interval_seconds": 0 }), "probe_interval_seconds"),
+        (
+            json!({ "max_coverage_factor": 0.99 }),
+            "max_coverage_factor",
+        ),
+        (
+            json!({ "probe_interval_seconds": 0 }),
+            "probe_interval_seconds",
+        ),
         (json!({ "min_samples": 0 }), "min_samples"),
         (json!({ "window_seconds": 20 }), "window_seconds"),
         (json!({ "kind": "latency_p95" }), "kind"),
@@ -70,13 +86,19 @@ async fn invalid_policies_are_rejected_naming_the_field() {
         (json!({ "treshold_avail": 0.9 }), "treshold_avail"),
     ];
     for (body, field) in cases {
-        app.post(&base, &DEMO, body).await.expect_error(422, "validation_failed", Some(field));
+        app.post(&base, &DEMO, body)
+            .await
+            .expect_error(422, "validation_failed", Some(field));
     }
     assert_eq!(app.get(&base, &DEMO).await.expect(200).body, json!([]));
     // Boundary values that are valid.
-    app.post(&base, &DEMO, json!({ "threshold_avail": 1, "cooldown_seconds": 0, "max_coverage_factor": 1 }))
-        .await
-        .expect(201);
+    app.post(
+        &base,
+        &DEMO,
+        json!({ "threshold_avail": 1, "cooldown_seconds": 0, "max_coverage_factor": 1 }),
+    )
+    .await
+    .expect(201);
 }
 
 #[tokio::test]
@@ -84,10 +106,16 @@ async fn one_policy_per_kind() {
     let app = spawn_app().await;
     let sid = app.create_service(&DEMO, "web").await;
     let base = format!("/v1/services/{sid}/storm-policies");
-    app.post(&base, &DEMO, json!({ "kind": "http_availability" })).await.expect(201);
-    app.post(&base, &DEMO, json!({ "kind": "http_availability", "threshold_avail": 0.5 }))
+    app.post(&base, &DEMO, json!({ "kind": "http_availability" }))
         .await
-        .expect_error(409, "conflict", Some("kind"));
+        .expect(201);
+    app.post(
+        &base,
+        &DEMO,
+        json!({ "kind": "http_availability", "threshold_avail": 0.5 }),
+    )
+    .await
+    .expect_error(409, "conflict", Some("kind"));
 }
 
 #[tokio::test]
@@ -95,15 +123,26 @@ async fn patch_updates_a_subset_and_validates_the_whole() {
     let app = spawn_app().await;
     let sid = app.create_service(&DEMO, "web").await;
     let base = format!("/v1/services/{sid}/storm-policies");
-    let pid = app.post(&base, &DEMO, json!({})).await.expect(201).body["id"].as_i64().unwrap();
+    let pid = app.post(&base, &DEMO, json!({})).await.expect(201).body["id"]
+        .as_i64()
+        .unwrap();
     let path = format!("{base}/{pid}");
 
-    let resp = app.patch(&path, &DEMO, json!({ "threshold_avail": 0.99, "cooldown_seconds": 120 })).await.expect(200);
+    let resp = app
+        .patch(
+            &path,
+            &DEMO,
+            json!({ "threshold_avail": 0.99, "cooldown_seconds": 120 }),
+        )
+        .await
+        .expect(200);
     assert_eq!(resp.body["threshold_avail"], 0.99);
     assert_eq!(resp.body["cooldown_seconds"], 120);
     assert_eq!(resp.body["window_seconds"], 60);
 
-    app.patch(&path, &DEMO, json!({})).await.expect_error(422, "validation_failed", None);
+    app.patch(&path, &DEMO, json!({}))
+        .await
+        .expect_error(422, "validation_failed", None);
     app.patch(&path, &DEMO, json!({ "min_samples": 7 }))
         .await
         .expect_error(422, "validation_failed", Some("min_samples"));
@@ -113,12 +152,23 @@ async fn patch_updates_a_subset_and_validates_the_whole() {
     app.patch(&path, &DEMO, json!({ "max_coverage_factor": 0 }))
         .await
         .expect_error(422, "validation_failed", Some("max_coverage_factor"));
-    app.patch(&format!("{base}/999999"), &DEMO, json!({ "min_samples": 2 }))
-        .await
-        .expect_error(404, "not_found", None);
+    app.patch(
+        &format!("{base}/999999"),
+        &DEMO,
+        json!({ "min_samples": 2 }),
+    )
+    .await
+    .expect_error(404, "not_found", None);
 
     // A change that is only valid together is accepted together.
-    let resp = app.patch(&path, &DEMO, json!({ "window_seconds": 300, "min_samples": 30 })).await.expect(200);
+    let resp = app
+        .patch(
+            &path,
+            &DEMO,
+            json!({ "window_seconds": 300, "min_samples": 30 }),
+        )
+        .await
+        .expect(200);
     assert_eq!(resp.body["min_samples"], 30);
 
     let listed = app.get(&base, &DEMO).await.expect(200).body;
@@ -131,9 +181,15 @@ async fn delete_removes_the_policy() {
     let app = spawn_app().await;
     let sid = app.create_service(&DEMO, "web").await;
     let base = format!("/v1/services/{sid}/storm-policies");
-    let pid = app.post(&base, &DEMO, json!({})).await.expect(201).body["id"].as_i64().unwrap();
-    app.delete(&format!("{base}/{pid}"), &DEMO).await.expect(204);
-    app.delete(&format!("{base}/{pid}"), &DEMO).await.expect_error(404, "not_found", None);
+    let pid = app.post(&base, &DEMO, json!({})).await.expect(201).body["id"]
+        .as_i64()
+        .unwrap();
+    app.delete(&format!("{base}/{pid}"), &DEMO)
+        .await
+        .expect(204);
+    app.delete(&format!("{base}/{pid}"), &DEMO)
+        .await
+        .expect_error(404, "not_found", None);
     assert_eq!(app.get(&base, &DEMO).await.expect(200).body, json!([]));
     // The kind is free again.
     app.post(&base, &DEMO, json!({})).await.expect(201);

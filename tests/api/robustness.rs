@@ -39,7 +39,13 @@ async fn hostile_inputs_never_produce_a_server_error() {
         "\u{feff}{}".into(),
         "{\"name\":\"é.example.com\"}".into(),
     ];
-    let methods = [Method::GET, Method::POST, Method::PATCH, Method::DELETE, Method::PUT];
+    let methods = [
+        Method::GET,
+        Method::POST,
+        Method::PATCH,
+        Method::DELETE,
+        Method::PUT,
+    ];
     for path in &paths {
         for method in &methods {
             for body in &bodies {
@@ -52,7 +58,11 @@ async fn hostile_inputs_never_produce_a_server_error() {
                     resp.text
                 );
                 if !resp.status.is_success() {
-                    assert!(resp.body["code"].is_string(), "{method} {path}: not the error shape: {}", resp.text);
+                    assert!(
+                        resp.body["code"].is_string(),
+                        "{method} {path}: not the error shape: {}",
+                        resp.text
+                    );
                 }
             }
         }

@@ -8,17 +8,27 @@ const DEMO: Auth = Auth::Header(1);
 async fn create_normalises_and_returns_the_service_with_its_location() {
     let app = spawn_app().await;
     let resp = app
-        .post("/v1/services", &DEMO, json!({ "name": "  shop ", "primary_cdn": "Cloudflare", "backup_cdn": "FASTLY" }))
+        .post(
+            "/v1/services",
+            &DEMO,
+            json!({ "name": "  shop ", "primary_cdn": "Cloudflare", "backup_cdn": "FASTLY" }),
+        )
         .await
         .expect(201);
     let id = resp.body["id"].as_i64().unwrap();
-    assert_eq!(resp.headers["location"], format!("/v1/services/{id}").as_str());
+    assert_eq!(
+        resp.headers["location"],
+        format!("/v1/services/{id}").as_str()
+    );
     assert_eq!(resp.body["name"], "shop");
     assert_eq!(resp.body["primary_cdn"], "cloudflare");
     assert_eq!(resp.body["backup_cdn"], "fastly");
     assert_eq!(resp.body["customer_id"], 1);
 
-    let resp = app.get(&format!("/v1/services/{id}"), &DEMO).await.expect(200);
+    let resp = app
+        .get(&format!("/v1/services/{id}"), &DEMO)
+        .await
+        .expect(200);
     assert_eq!(resp.body["name"], "shop");
     assert_eq!(resp.body["domains"], json!([]));
     assert_eq!(resp.body["storm_policies"], json!([]));
@@ -30,9 +40,17 @@ async fn list_is_oldest_first_and_only_live_services() {
     let a = app.create_service(&DEMO, "a").await;
     let b = app.create_service(&DEMO, "b").await;
     let c = app.create_service(&DEMO, "c").await;
-    app.delete(&format!("/v1/services/{b}"), &DEMO).await.expect(204);
+    app.delete(&format!("/v1/services/{b}"), &DEMO)
+        .await
+        .expect(204);
     let resp = app.get("/v1/services", &DEMO).await.expect(200);
-    let ids: Vec<i64> = resp.body.as_array().unwrap().iter().map(|s| s["id"].as_i64().unwrap()).collect();
+    let ids: Vec<i64> = resp
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_i64().unwrap())
+        .collect();
     assert_eq!(ids, vec![a, c]);
 }
 
@@ -40,10 +58,18 @@ async fn list_is_oldest_first_and_only_live_services() {
 async fn patch_changes_only_the_given_fields() {
     let app = spawn_app().await;
     let id = app.create_service(&DEMO, "web").await;
-    let before = app.get(&format!("/v1/services/{id}"), &DEMO).await.expect(200).body;
+    let before = app
+        .get(&format!("/v1/services/{id}"), &DEMO)
+        .await
+        .expect(200)
+        .body;
 
     let resp = app
-        .patch(&format!("/v1/services/{id}"), &DEMO, json!({ "backup_cdn": "akamai" }))
+        .patch(
+            &format!("/v1/services/{id}"),
+            &DEMO,
+            json!({ "backup_cdn": "akamai" }),
+        )
         .await
         .expect(200);
     assert_eq!(resp.body["name"], "web");
@@ -52,7 +78,11 @@ async fn patch_changes_only_the_given_fields() {
     assert_ne!(resp.body["updated_at"], before["updated_at"]);
 
     let resp = app
-        .patch(&format!("/v1/services/{id}"), &DEMO, json!({ "name": "web-2", "primary_cdn": "cloudfront" }))
+        .patch(
+            &format!("/v1/services/{id}"),
+            &DEMO,
+            json!({ "name": "web-2", "primary_cdn": "cloudfront" }),
+        )
         .await
         .expect(200);
     assert_eq!(resp.body["name"], "web-2");
@@ -66,9 +96,15 @@ async fn patch_rejects_empty_invalid_and_conflicting_changes() {
     let id = app.create_service(&DEMO, "web").await;
     app.create_service(&DEMO, "api").await;
     let path = format!("/v1/services/{id}");
-    app.patch(&path, &DEMO, json!({})).await.expect_error(422, "validation_failed", None);
-    app.patch(&path, &DEMO, json!({ "name": "" })).await.expect_error(422, "validation_failed", Some("name"));
-    app.patch(&path, &DEMO, json!({ "name": "API" })).await.expect_error(409, "conflict", Some("name"));
+    app.patch(&path, &DEMO, json!({}))
+        .await
+        .expect_error(422, "validation_failed", None);
+    app.patch(&path, &DEMO, json!({ "name": "" }))
+        .await
+        .expect_error(422, "validation_failed", Some("name"));
+    app.patch(&path, &DEMO, json!({ "name": "API" }))
+        .await
+        .expect_error(409, "conflict", Some("name"));
     app.patch(&path, &DEMO, json!({ "backup_cdn": "cloudflare" }))
         .await
         .expect_error(422, "validation_failed", Some("backup_cdn"));
@@ -93,10 +129,18 @@ async fn delete_is_soft_and_frees_the_name() {
     let id = app.create_service(&DEMO, "web").await;
     let path = format!("/v1/services/{id}");
     app.delete(&path, &DEMO).await.expect(204);
-    app.get(&path, &DEMO).await.expect_error(404, "not_found", None);
-    app.delete(&path, &DEMO).await.expect_error(404, "not_found", None);
-    app.patch(&path, &DEMO, json!({ "name": "x" })).await.expect_error(404, "not_found", None);
-    app.get(&format!("{path}/domains"), &DEMO).await.expect_error(404, "not_found", None);
+    app.get(&path, &DEMO)
+        .await
+        .expect_error(404, "not_found", None);
+    app.delete(&path, &DEMO)
+        .await
+        .expect_error(404, "not_found", None);
+    app.patch(&path, &DEMO, json!({ "name": "x" }))
+        .await
+        .expect_error(404, "not_found", None);
+    app.get(&format!("{path}/domains"), &DEMO)
+        .await
+        .expect_error(404, "not_found", None);
 
     // The row is still there, marked deleted (storm and billing history refer to it).
     let deleted: Option<chrono::DateTime<chrono::Utc>> =
@@ -118,14 +162,38 @@ async fn create_validates_every_field() {
         (json!({ "primary_cdn": "a", "backup_cdn": "b" }), "name"),
         (json!({ "name": "x", "backup_cdn": "b" }), "primary_cdn"),
         (json!({ "name": "x", "primary_cdn": "a" }), "backup_cdn"),
-        (json!({ "name": "  ", "primary_cdn": "a", "backup_cdn": "b" }), "name"),
-        (json!({ "name": "x", "primary_cdn": "", "backup_cdn": "b" }), "primary_cdn"),
-        (json!({ "name": "x", "primary_cdn": "a", "backup_cdn": " " }), "backup_cdn"),
-        (json!({ "name": "x", "primary_cdn": "a b", "backup_cdn": "b" }), "primary_cdn"),
-        (json!({ "name": "x", "primary_cdn": "fastly", "backup_cdn": "Fastly" }), "backup_cdn"),
-        (json!({ "name": 7, "primary_cdn": "a", "backup_cdn": "b" }), "name"),
-        (json!({ "name": "x".repeat(201), "primary_cdn": "a", "backup_cdn": "b" }), "name"),
-        (json!({ "name": "x", "primary_cdn": "a", "backup_cdn": "b", "owner": "me" }), "owner"),
+        (
+            json!({ "name": "  ", "primary_cdn": "a", "backup_cdn": "b" }),
+            "name",
+        ),
+        (
+            json!({ "name": "x", "primary_cdn": "", "backup_cdn": "b" }),
+            "primary_cdn",
+        ),
+        (
+            json!({ "name": "x", "primary_cdn": "a", "backup_cdn": " " }),
+            "backup_cdn",
+        ),
+        (
+            json!({ "name": "x", "primary_cdn": "a b", "backup_cdn": "b" }),
+            "primary_cdn",
+        ),
+        (
+            json!({ "name": "x", "primary_cdn": "fastly", "backup_cdn": "Fastly" }),
+            "backup_cdn",
+        ),
+        (
+            json!({ "name": 7, "primary_cdn": "a", "backup_cdn": "b" }),
+            "name",
+        ),
+        (
+            json!({ "name": "x".repeat(201), "primary_cdn": "a", "backup_cdn": "b" }),
+            "name",
+        ),
+        (
+            json!({ "name": "x", "primary_cdn": "a", "backup_cdn": "b", "owner": "me" }),
+            "owner",
+        ),
     ];
     for (body, field) in cases {
         app.post("/v1/services", &DEMO, body.clone())
@@ -140,23 +208,36 @@ async fn create_validates_every_field() {
 async fn duplicate_names_conflict_case_insensitively() {
     let app = spawn_app().await;
     app.create_service(&DEMO, "Marketing").await;
-    app.post("/v1/services", &DEMO, json!({ "name": "marketing", "primary_cdn": "a", "backup_cdn": "b" }))
-        .await
-        .expect_error(409, "conflict", Some("name"));
+    app.post(
+        "/v1/services",
+        &DEMO,
+        json!({ "name": "marketing", "primary_cdn": "a", "backup_cdn": "b" }),
+    )
+    .await
+    .expect_error(409, "conflict", Some("name"));
 }
 
 #[tokio::test]
 async fn malformed_requests_are_400_or_415_never_500() {
     let app = spawn_app().await;
-    let post = |body: &'static str| app.request(reqwest::Method::POST, "/v1/services", &DEMO, Some(body));
-    post("{\"name\": ").await.expect_error(400, "malformed_json", None);
+    let post =
+        |body: &'static str| app.request(reqwest::Method::POST, "/v1/services", &DEMO, Some(body));
+    post("{\"name\": ")
+        .await
+        .expect_error(400, "malformed_json", None);
     post("").await.expect_error(400, "malformed_json", None);
-    post("[1,2]").await.expect_error(422, "validation_failed", None);
-    app.get("/v1/services/abc", &DEMO).await.expect_error(400, "bad_request", Some("id"));
+    post("[1,2]")
+        .await
+        .expect_error(422, "validation_failed", None);
+    app.get("/v1/services/abc", &DEMO)
+        .await
+        .expect_error(400, "bad_request", Some("id"));
     app.get("/v1/services/99999999999999999999", &DEMO)
         .await
         .expect_error(400, "bad_request", Some("id"));
-    app.get("/v1/services/1/domains/x", &DEMO).await.expect_error(405, "method_not_allowed", None);
+    app.get("/v1/services/1/domains/x", &DEMO)
+        .await
+        .expect_error(405, "method_not_allowed", None);
     app.delete("/v1/services/1/storm-policies/x", &DEMO)
         .await
         .expect_error(400, "bad_request", Some("policy_id"));

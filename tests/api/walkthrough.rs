@@ -14,14 +14,25 @@ async fn seed_readme_walkthrough_runs_verbatim_in_dev_mode() {
     assert_eq!(resp.body, json!([]));
 
     let resp = app
-        .post("/v1/services", &demo, json!({ "name": "marketing", "primary_cdn": "cloudflare", "backup_cdn": "fastly" }))
+        .post(
+            "/v1/services",
+            &demo,
+            json!({ "name": "marketing", "primary_cdn": "cloudflare", "backup_cdn": "fastly" }),
+        )
         .await
         .expect(201);
-    assert_eq!(resp.body["id"], 1, "the walkthrough addresses /v1/services/1");
+    assert_eq!(
+        resp.body["id"], 1,
+        "the walkthrough addresses /v1/services/1"
+    );
     assert_eq!(resp.headers["location"], "/v1/services/1");
 
     let resp = app
-        .post("/v1/services/1/domains", &demo, json!({ "name": "app.example.com" }))
+        .post(
+            "/v1/services/1/domains",
+            &demo,
+            json!({ "name": "app.example.com" }),
+        )
         .await
         .expect(201);
     assert_eq!(resp.body["name"], "app.example.com");

@@ -19,7 +19,9 @@ impl CdnName {
             return Err(Invalid::new("must not be empty"));
         }
         if name.len() > MAX_LEN {
-            return Err(Invalid::new(format!("must be at most {MAX_LEN} characters")));
+            return Err(Invalid::new(format!(
+                "must be at most {MAX_LEN} characters"
+            )));
         }
         if let Some(c) = name
             .chars()
@@ -50,7 +52,10 @@ mod tests {
     #[test]
     fn normalises_and_validates() {
         assert_eq!(CdnName::parse(" Fastly ").unwrap().as_str(), "fastly");
-        assert_eq!(CdnName::parse("aws.cloudfront").unwrap().as_str(), "aws.cloudfront");
+        assert_eq!(
+            CdnName::parse("aws.cloudfront").unwrap().as_str(),
+            "aws.cloudfront"
+        );
         assert!(CdnName::parse("").is_err());
         assert!(CdnName::parse("  ").is_err());
         assert!(CdnName::parse("cloud flare").is_err());

@@ -18,7 +18,9 @@ impl ServiceName {
             return Err(Invalid::new("must not be empty"));
         }
         if name.chars().count() > MAX_LEN {
-            return Err(Invalid::new(format!("must be at most {MAX_LEN} characters")));
+            return Err(Invalid::new(format!(
+                "must be at most {MAX_LEN} characters"
+            )));
         }
         if name.chars().any(char::is_control) {
             return Err(Invalid::new("must not contain control characters"));
@@ -43,7 +45,10 @@ mod tests {
 
     #[test]
     fn trims_and_limits() {
-        assert_eq!(ServiceName::parse("  marketing ").unwrap().as_str(), "marketing");
+        assert_eq!(
+            ServiceName::parse("  marketing ").unwrap().as_str(),
+            "marketing"
+        );
         assert!(ServiceName::parse(" ").is_err());
         assert!(ServiceName::parse("a\u{0}b").is_err());
         assert!(ServiceName::parse(&"é".repeat(200)).is_ok());

@@ -34,7 +34,10 @@ impl FromStr for PolicyKind {
             .find(|k| k.as_str() == s.trim())
             .ok_or_else(|| {
                 let allowed: Vec<_> = Self::ALL.iter().map(|k| k.as_str()).collect();
-                Invalid::new(format!("unknown kind {s:?}; allowed: {}", allowed.join(", ")))
+                Invalid::new(format!(
+                    "unknown kind {s:?}; allowed: {}",
+                    allowed.join(", ")
+                ))
             })
     }
 }
@@ -119,7 +122,9 @@ impl PolicyParams {
             threshold_avail: patch.threshold_avail.unwrap_or(self.threshold_avail),
             window_seconds: patch.window_seconds.unwrap_or(self.window_seconds),
             cooldown_seconds: patch.cooldown_seconds.unwrap_or(self.cooldown_seconds),
-            max_coverage_factor: patch.max_coverage_factor.unwrap_or(self.max_coverage_factor),
+            max_coverage_factor: patch
+                .max_coverage_factor
+                .unwrap_or(self.max_coverage_factor),
             probe_interval_seconds: patch
                 .probe_interval_seconds
                 .unwrap_or(self.probe_interval_seconds),
@@ -139,13 +144,19 @@ impl PolicyParams {
         if self.threshold_avail <= Decimal::ZERO || self.threshold_avail > Decimal::ONE {
             return fail(
                 "threshold_avail",
-                format!("must be greater than 0 and at most 1 (got {})", self.threshold_avail),
+                format!(
+                    "must be greater than 0 and at most 1 (got {})",
+                    self.threshold_avail
+                ),
             );
         }
         if !(1..=MAX_WINDOW_SECONDS).contains(&self.window_seconds) {
             return fail(
                 "window_seconds",
-                format!("must be between 1 and {MAX_WINDOW_SECONDS} (got {})", self.window_seconds),
+                format!(
+                    "must be between 1 and {MAX_WINDOW_SECONDS} (got {})",
+                    self.window_seconds
+                ),
             );
         }
         if !(0..=MAX_COOLDOWN_SECONDS).contains(&self.cooldown_seconds) {
@@ -157,10 +168,14 @@ impl PolicyParams {
                 ),
             );
         }
-        if self.max_coverage_factor < Decimal::ONE || self.max_coverage_factor > Decimal::from(100) {
+        if self.max_coverage_factor < Decimal::ONE || self.max_coverage_factor > Decimal::from(100)
+        {
             return fail(
                 "max_coverage_factor",
-                format!("must be between 1 and 100 (got {})", self.max_coverage_factor),
+                format!(
+                    "must be between 1 and 100 (got {})",
+                    self.max_coverage_factor
+                ),
             );
         }
         if !(1..=MAX_INTERVAL_SECONDS).contains(&self.probe_interval_seconds) {
@@ -175,7 +190,10 @@ impl PolicyParams {
         if !(1..=MAX_MIN_SAMPLES).contains(&self.min_samples) {
             return fail(
                 "min_samples",
-                format!("must be between 1 and {MAX_MIN_SAMPLES} (got {})", self.min_samples),
+                format!(
+                    "must be between 1 and {MAX_MIN_SAMPLES} (got {})",
+                    self.min_samples
+                ),
             );
         }
         // A window that cannot hold `min_samples` probes would never have a known availability,
@@ -225,7 +243,13 @@ mod tests {
 
     #[test]
     fn threshold_must_be_in_half_open_unit_interval() {
-        for (value, ok) in [("0", false), ("-0.1", false), ("0.0001", true), ("1", true), ("1.0001", false)] {
+        for (value, ok) in [
+            ("0", false),
+            ("-0.1", false),
+            ("0.0001", true),
+            ("1", true),
+            ("1.0001", false),
+        ] {
             let patch = PolicyPatch {
                 threshold_avail: Some(dec(value)),
                 ..Default::default()
@@ -241,11 +265,41 @@ mod tests {
     #[test]
     fn rejects_out_of_range_fields_naming_them() {
         let cases: [(PolicyPatch, &str); 5] = [
-            (PolicyPatch { window_seconds: Some(0), ..Default::default() }, "window_seconds"),
-            (PolicyPatch { cooldown_seconds: Some(-1), ..Default::default() }, "cooldown_seconds"),
-            (PolicyPatch { max_coverage_factor: Some(dec("0.99")), ..Default::default() }, "max_coverage_factor"),
-            (PolicyPatch { probe_interval_seconds: Some(0), ..Default::default() }, "probe_interval_seconds"),
-            (PolicyPatch { min_samples: Some(0), ..Default::default() }, "min_samples"),
+            (
+                PolicyPatch {
+                    window_seconds: Some(0),
+                    ..Default::default()
+                },
+                "window_seconds",
+            ),
+            (
+                PolicyPatch {
+                    cooldown_seconds: Some(-1),
+                    ..Default::default()
+                },
+                "cooldown_seconds",
+            ),
+            (
+                PolicyPatch {
+                    max_coverage_factor: Some(dec("0.99")),
+                    ..Default::default()
+                },
+                "max_coverage_factor",
+            ),
+            (
+                PolicyPatch {
+                    probe_interval_seconds: Some(0),
+                    ..Default::default()
+                },
+                "probe_interval_seconds",
+            ),
+            (
+                PolicyPatch {
+                    min_samples: Some(0),
+                    ..Default::default()
+                },
+                "min_samples",
+            ),
         ];
         for (patch, field) in cases {
             let err = PolicyParams::new(PolicyKind::HttpAvailability, &patch).unwrap_err();
@@ -267,27 +321,43 @@ mod tests {
     fn window_must_hold_min_samples_and_error_names_the_patched_field() {
         let p = PolicyParams::defaults(PolicyKind::HttpAvailability);
         let err = p
-            .apply(&PolicyPatch { window_seconds: Some(20), ..Default::default() })
+            .apply(&PolicyPatch {
+                window_seconds: Some(20),
+                ..Default::default()
+            })
             .unwrap_err();
         assert_eq!(err.field, "window_seconds");
         let err = p
-            .apply(&PolicyPatch { min_samples: Some(7), ..Default::default() })
+            .apply(&PolicyPatch {
+                min_samples: Some(7),
+                ..Default::default()
+            })
             .unwrap_err();
         assert_eq!(err.field, "min_samples");
         let err = p
-            .apply(&PolicyPatch { probe_interval_seconds: Some(30), ..Default::default() })
+            .apply(&PolicyPatch {
+                probe_interval_seconds: Some(30),
+                ..Default::default()
+            })
             .unwrap_err();
         assert_eq!(err.field, "probe_interval_seconds");
-        assert!(p
-            .apply(&PolicyPatch { window_seconds: Some(30), ..Default::default() })
-            .is_ok());
+        assert!(
+            p.apply(&PolicyPatch {
+                window_seconds: Some(30),
+                ..Default::default()
+            })
+            .is_ok()
+        );
     }
 
     #[test]
     fn patch_keeps_unmentioned_values() {
         let p = PolicyParams::defaults(PolicyKind::HttpAvailability);
         let q = p
-            .apply(&PolicyPatch { cooldown_seconds: Some(42), ..Default::default() })
+            .apply(&PolicyPatch {
+                cooldown_seconds: Some(42),
+                ..Default::default()
+            })
             .unwrap();
         assert_eq!(q.cooldown_seconds, 42);
         assert_eq!(q.threshold_avail, p.threshold_avail);
@@ -296,7 +366,10 @@ mod tests {
 
     #[test]
     fn kind_parses_known_values_only() {
-        assert_eq!("http_availability".parse::<PolicyKind>().unwrap(), PolicyKind::HttpAvailability);
+        assert_eq!(
+            "http_availability".parse::<PolicyKind>().unwrap(),
+            PolicyKind::HttpAvailability
+        );
         let err = "latency_p95".parse::<PolicyKind>().unwrap_err();
         assert!(err.0.contains("allowed: http_availability"), "{err}");
     }

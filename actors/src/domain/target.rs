@@ -49,8 +49,14 @@ mod tests {
             ProbeTarget::parse("Edge.Fastly.net").unwrap().to_string(),
             "edge.fastly.net"
         );
-        assert_eq!(ProbeTarget::parse("192.0.2.7").unwrap().to_string(), "192.0.2.7");
-        assert_eq!(ProbeTarget::parse("[2001:db8::1]").unwrap().to_string(), "2001:db8::1");
+        assert_eq!(
+            ProbeTarget::parse("192.0.2.7").unwrap().to_string(),
+            "192.0.2.7"
+        );
+        assert_eq!(
+            ProbeTarget::parse("[2001:db8::1]").unwrap().to_string(),
+            "2001:db8::1"
+        );
         assert!(ProbeTarget::parse("https://edge.fastly.net").is_err());
         assert!(ProbeTarget::parse("").is_err());
     }
@@ -71,7 +77,10 @@ impl ProbePath {
         if input.len() > 1024 {
             return Err(Invalid::new("must be at most 1024 characters"));
         }
-        if input.chars().any(|c| c.is_whitespace() || c.is_control() || c == '#') {
+        if input
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '#')
+        {
             return Err(Invalid::new(
                 "must not contain whitespace, control characters or a '#' fragment",
             ));

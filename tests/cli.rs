@@ -1,0 +1,167 @@
+//! The `tranche` binary itself: the one-command start with the embedded database, clean
+//! shutdown, and data surviving a restart.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Serve {
+    child: Child,
+    port: u16,
+}
+
+impl Serve {
+    fn start(data_dir: &Path) -> Self {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_tranche"))
+            .args(["serve", "--dev", "--listen", &format!("127.0.0.1:{port}")])
+            .env("TRANCHE_DATA_DIR", data_dir)
+            .env_remove("DATABASE_URL")
+            .env_remove("PG_DSN")
+            .env_remove("TRANCHE_DATABASE_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        Self { child, port }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Polls `/readyz` until it answers, with a deadline.
+    async fn wait_ready(&mut self, client: &reqwest::Client) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(resp) = client.get(self.url("/readyz")).send().await
+                && resp.status() == 200
+            {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("tranche serve exited early: {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tranche serve did not become ready"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM, then waits (with a deadline) for a successful exit.
+    fn terminate(mut self) {
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "tranche serve exited with {status}");
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tranche serve did not stop after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[tokio::test]
+async fn serve_runs_on_an_embedded_database_that_survives_restarts() {
+    let dir = tempfile::Builder::new()
+        .prefix("tranche-cli-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let data_dir = dir.path().join("data");
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+
+    let mut serve = Serve::start(&data_dir);
+    serve.wait_ready(&client).await;
+    let resp = client
+        .post(serve.url("/v1/services"))
+        .header("X-Customer-ID", "1")
+        .json(&serde_json::json!({ "name": "marketing", "primary_cdn": "cloudflare", "backup_cdn": "fastly" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    serve.terminate();
+    // The embedded server was stopped cleanly (it removes its pid file on a clean shutdown).
+    assert!(
+        !data_dir.join("pg/postmaster.pid").exists(),
+        "embedded PostgreSQL still running"
+    );
+
+    let mut serve = Serve::start(&data_dir);
+    serve.wait_ready(&client).await;
+    let list: serde_json::Value = client
+        .get(serve.url("/v1/services"))
+        .header("X-Customer-ID", "1")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        list[0]["name"], "marketing",
+        "data survived the restart: {list}"
+    );
+    serve.terminate();
+}
+
+#[test]
+fn openapi_subcommand_prints_the_document() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tranche"))
+        .arg("openapi")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let spec: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(spec["info"]["title"], "Tranche");
+}
+
+#[test]
+fn invalid_configuration_is_reported_not_panicked() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tranche"))
+        .arg("migrate")
+        .env("TRANCHE_LISTEN", "not-an-address")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("invalid configuration") && stderr.to_lowercase().contains("listen"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn unreachable_database_url_fails_with_a_message() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tranche"))
+        .arg("migrate")
+        .env("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("could not connect to PostgreSQL"),
+        "{stderr}"
+    );
+}
