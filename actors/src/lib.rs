@@ -17,3 +17,4 @@
 //! in, which is what makes the logic unit- and property-testable.
 
 pub mod domain;
+pub mod storm;

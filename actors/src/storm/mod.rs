@@ -1,0 +1,12 @@
+//! The storm engine's pure core: availability windows and the per-domain storm state machine.
+//!
+//! No I/O, no clock: every function takes the current time as an argument, which is what lets
+//! the property tests below drive thousands of random probe sequences in milliseconds. The
+//! `DomainActor` owns one [`AvailabilityWindow`] per CDN and one [`StormMachine`], feeds probe
+//! results in, and persists every [`Decision`] before acting on it.
+
+mod machine;
+mod window;
+
+pub use machine::{Decision, RAMP_STEPS, StormChange, StormMachine, StormState, Weights};
+pub use window::{Availability, AvailabilityWindow};
