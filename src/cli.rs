@@ -5,8 +5,16 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use std::sync::Arc;
+
+use anyhow::Context;
+use rustls::pki_types::pem::PemObject;
+use tranche_actors::engine::EngineConfig;
+
 use crate::config::Settings;
 use crate::db::{self, Database};
+use crate::engine;
+use crate::probe::NetworkProber;
 use crate::startup::Application;
 use crate::store::customers;
 use crate::{api, telemetry};
@@ -33,6 +41,10 @@ enum Command {
         /// customer 1 ("demo") exists.
         #[arg(long)]
         dev: bool,
+        /// This node's id in the cluster (default: hostname-pid). Several nodes may share one
+        /// database; each needs its own id.
+        #[arg(long)]
+        node_id: Option<String>,
     },
     /// Apply database migrations and exit.
     Migrate,
@@ -55,11 +67,19 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Command::Serve { listen, dev } = &cli.command {
+    if let Command::Serve {
+        listen,
+        dev,
+        node_id,
+    } = &cli.command
+    {
         if let Some(listen) = listen {
             settings.listen = *listen;
         }
         settings.dev |= dev;
+        if node_id.is_some() {
+            settings.node_id = node_id.clone();
+        }
     }
     telemetry::init(settings.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
@@ -115,15 +135,51 @@ async fn serve_on(settings: &Settings, database: &Database) -> anyhow::Result<()
         tracing::info!("admin API disabled (set TRANCHE_ADMIN_TOKEN to enable /v1/admin)");
     }
     let app = Application::build(settings, database.pool.clone()).await?;
+    let engine = if settings.engine {
+        Some(start_engine(settings, &database.pool).await?)
+    } else {
+        tracing::info!("engine disabled (TRANCHE_ENGINE=false): serving the API only");
+        None
+    };
     tracing::info!(
         listen = %app.local_addr(),
         docs = %format!("http://{}/docs", app.local_addr()),
         embedded_db = database.embedded.is_some(),
         "tranche is serving"
     );
-    app.run_until_stopped(shutdown_signal()).await?;
+    let served = app.run_until_stopped(shutdown_signal()).await;
     tracing::info!("stopped serving; shutting down");
+    if let Some(engine) = engine {
+        engine.shutdown().await;
+    }
+    served?;
     Ok(())
+}
+
+async fn start_engine(
+    settings: &Settings,
+    pool: &sqlx::PgPool,
+) -> anyhow::Result<engine::RunningEngine> {
+    let roots = match &settings.probe_ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("reading probe_ca_file {}", path.display()))?;
+            rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("parsing probe_ca_file {}", path.display()))?
+        }
+        None => Vec::new(),
+    };
+    if settings.probe_allow_private {
+        tracing::warn!("probes may reach private and loopback addresses (probe_allow_private)");
+    }
+    let prober = Arc::new(NetworkProber::new(&roots, settings.probe_allow_private)?);
+    let node_id = settings
+        .node_id
+        .clone()
+        .unwrap_or_else(engine::default_node_id);
+    tracing::info!(node = %node_id, "starting the engine");
+    engine::start(EngineConfig::new(node_id), pool.clone(), prober).await
 }
 
 /// Completes on Ctrl-C or SIGTERM.

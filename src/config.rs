@@ -10,6 +10,10 @@
 //! | `dev`                | `TRANCHE_DEV`                                 | `false`            |
 //! | `log_format`         | `TRANCHE_LOG_FORMAT` (`text`/`json`)          | `text`             |
 //! | `db_max_connections` | `TRANCHE_DB_MAX_CONNECTIONS`                  | `16`               |
+//! | `node_id`            | `TRANCHE_NODE_ID`, `--node-id`                | `<hostname>-<pid>` |
+//! | `engine`             | `TRANCHE_ENGINE`                              | `true`             |
+//! | `probe_allow_private`| `TRANCHE_PROBE_ALLOW_PRIVATE`                 | `false`            |
+//! | `probe_ca_file`      | `TRANCHE_PROBE_CA_FILE`                       | none               |
 //!
 //! The file is `tranche.toml` in the working directory, or the one named by `--config` /
 //! `TRANCHE_CONFIG`. Secrets (`admin_token`, passwords inside `database_url`) are never printed:
@@ -41,6 +45,15 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Size of the Postgres connection pool.
     pub db_max_connections: u32,
+    /// This node's name in the cluster (default `<hostname>-<pid>`); nodes sharing a database
+    /// must have distinct ids.
+    pub node_id: Option<String>,
+    /// Run the actor engine (probing, storms). `false` makes an API-only node.
+    pub engine: bool,
+    /// Let probes reach loopback/private addresses (tests, demos, internal edges).
+    pub probe_allow_private: bool,
+    /// PEM file of extra CA certificates probes trust (e.g. a private CA in front of edges).
+    pub probe_ca_file: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -53,6 +66,10 @@ impl Default for Settings {
             dev: false,
             log_format: LogFormat::Text,
             db_max_connections: 16,
+            node_id: None,
+            engine: true,
+            probe_allow_private: false,
+            probe_ca_file: None,
         }
     }
 }

@@ -17,4 +17,6 @@
 //! in, which is what makes the logic unit- and property-testable.
 
 pub mod domain;
+pub mod engine;
+pub mod probe;
 pub mod storm;

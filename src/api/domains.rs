@@ -9,7 +9,9 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use rand::RngCore;
 use serde::Deserialize;
-use tranche_actors::domain::{Hostname, ProbePath, ProbeTarget};
+use tranche_actors::domain::{
+    ExpectedStatuses, Hostname, ProbePath, ProbeScheme, ProbeTarget, default_zone, shard_of,
+};
 
 use super::auth::{Scope, Tenant};
 use super::error::{ApiError, ApiResult};
@@ -35,6 +37,14 @@ pub struct Domain {
     pub backup_target: Option<String>,
     /// Path probes request.
     pub probe_path: String,
+    /// `https` (default) or `http`.
+    pub probe_scheme: String,
+    /// HTTP statuses that count as up, e.g. `200-399`.
+    pub expected_statuses: String,
+    /// Probe timeout in milliseconds (connect + TLS + response headers).
+    pub probe_timeout_ms: i32,
+    /// DNS zone the hostname is steered in (default: its last two labels).
+    pub dns_zone: String,
     /// Ownership verification: Tranche steers DNS only for verified hostnames.
     pub verification: Verification,
     pub created_at: DateTime<Utc>,
@@ -68,6 +78,10 @@ impl From<domains::DomainRow> for Domain {
             primary_target: r.primary_target,
             backup_target: r.backup_target,
             probe_path: r.probe_path,
+            probe_scheme: r.probe_scheme,
+            expected_statuses: r.expected_statuses,
+            probe_timeout_ms: r.probe_timeout_ms,
+            dns_zone: r.dns_zone.unwrap_or_default(),
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -87,6 +101,14 @@ pub struct CreateDomain {
     pub backup_target: Option<String>,
     /// Path to probe (default `/`).
     pub probe_path: Option<String>,
+    /// `https` (default) or `http`.
+    pub probe_scheme: Option<String>,
+    /// Statuses that count as up: codes and ranges, e.g. `200-299,301` (default `200-399`).
+    pub expected_statuses: Option<String>,
+    /// Probe timeout in milliseconds, 100–60000 (default 5000).
+    pub probe_timeout_ms: Option<i32>,
+    /// DNS zone the hostname is steered in (default: its last two labels).
+    pub dns_zone: Option<String>,
 }
 
 #[derive(ApiResponse)]
@@ -151,12 +173,44 @@ impl DomainsApi {
         let backup_target = target("backup_target", body.backup_target)?;
         let probe_path = ProbePath::parse(body.probe_path.as_deref().unwrap_or(ProbePath::DEFAULT))
             .map_err(ApiError::field("probe_path"))?;
+        let scheme = ProbeScheme::parse(body.probe_scheme.as_deref().unwrap_or("https"))
+            .map_err(ApiError::field("probe_scheme"))?;
+        let statuses = ExpectedStatuses::parse(
+            body.expected_statuses
+                .as_deref()
+                .unwrap_or(ExpectedStatuses::DEFAULT),
+        )
+        .map_err(ApiError::field("expected_statuses"))?;
+        let timeout_ms = body.probe_timeout_ms.unwrap_or(5000);
+        if !(100..=60_000).contains(&timeout_ms) {
+            return Err(ApiError::invalid(
+                "probe_timeout_ms",
+                format!("probe_timeout_ms must be between 100 and 60000 (got {timeout_ms})"),
+            ));
+        }
+        let zone = match body.dns_zone.as_deref() {
+            Some(z) => Hostname::parse(z)
+                .map_err(ApiError::field("dns_zone"))?
+                .to_string(),
+            None => default_zone(&hostname),
+        };
+        if hostname.as_str() != zone && !hostname.as_str().ends_with(&format!(".{zone}")) {
+            return Err(ApiError::invalid(
+                "dns_zone",
+                format!("dns_zone {zone} does not contain {hostname}"),
+            ));
+        }
         let token = verification_token();
         let new = domains::NewDomain {
             hostname: hostname.as_str(),
             primary_target,
             backup_target,
             probe_path: probe_path.as_str(),
+            probe_scheme: scheme.as_str(),
+            expected_statuses: statuses.to_string(),
+            probe_timeout_ms: timeout_ms,
+            shard: shard_of(&zone) as i16,
+            dns_zone: Some(zone),
             verification_token: &token,
         };
         let row = domains::create(&ctx.pool, tenant.customer_id, id.0, &new)

@@ -218,8 +218,13 @@ fn error_response(err: poem::Error, path: &str) -> Response {
     use poem_openapi::error as oe;
     if let Some(e) = err.downcast_ref::<oe::ParsePathError>() {
         let field = path_param_name(e.name, path);
+        let expected = if e.reason.contains("uuid") {
+            "a UUID"
+        } else {
+            "an integer"
+        };
         return ApiError::bad_request(
-            format!("path parameter `{field}` must be an integer"),
+            format!("path parameter `{field}` must be {expected}"),
             Some(&field),
         )
         .into_response();

@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod auth;
 pub mod domains;
+pub mod engine;
 pub mod error;
 pub mod health;
 pub mod json;
@@ -45,6 +46,8 @@ pub enum ApiTags {
     Domains,
     /// When a service's primary CDN counts as being in a storm.
     StormPolicies,
+    /// Storms: when a primary CDN was below its policy and traffic moved to the backup.
+    Storms,
     /// Operator endpoints (admin token).
     Admin,
     /// Liveness and readiness.
@@ -55,6 +58,7 @@ pub type Api = (
     services::ServicesApi,
     domains::DomainsApi,
     policies::PoliciesApi,
+    engine::EngineApi,
     admin::AdminApi,
     health::HealthApi,
 );
@@ -66,6 +70,7 @@ pub fn openapi() -> OpenApiService<Api, ()> {
             services::ServicesApi,
             domains::DomainsApi,
             policies::PoliciesApi,
+            engine::EngineApi,
             admin::AdminApi,
             health::HealthApi,
         ),

@@ -11,6 +11,11 @@ pub struct DomainRow {
     pub primary_target: Option<String>,
     pub backup_target: Option<String>,
     pub probe_path: String,
+    pub probe_scheme: String,
+    pub expected_statuses: String,
+    pub probe_timeout_ms: i32,
+    pub dns_zone: Option<String>,
+    pub shard: i16,
     pub verification_status: String,
     pub verification_token: String,
     pub verified_at: Option<DateTime<Utc>>,
@@ -22,7 +27,8 @@ pub struct DomainRow {
 macro_rules! columns {
     () => {
         "d.id, d.service_id, d.hostname, d.primary_target, d.backup_target,
-    d.probe_path, d.verification_status, d.verification_token, d.verified_at,
+    d.probe_path, d.probe_scheme, d.expected_statuses, d.probe_timeout_ms, d.dns_zone, d.shard,
+    d.verification_status, d.verification_token, d.verified_at,
     d.created_at, d.updated_at"
     };
 }
@@ -34,6 +40,11 @@ pub struct NewDomain<'a> {
     pub primary_target: Option<String>,
     pub backup_target: Option<String>,
     pub probe_path: &'a str,
+    pub probe_scheme: &'a str,
+    pub expected_statuses: String,
+    pub probe_timeout_ms: i32,
+    pub dns_zone: Option<String>,
+    pub shard: i16,
     pub verification_token: &'a str,
 }
 
@@ -68,11 +79,14 @@ pub async fn create(
 ) -> sqlx::Result<Option<DomainRow>> {
     sqlx::query_as(concat!(
         "insert into service_domains as d
-                (service_id, hostname, primary_target, backup_target, probe_path, verification_token)
-         select s.id, $3, $4, $5, $6, $7
+                (service_id, hostname, primary_target, backup_target, probe_path, probe_scheme,
+                 expected_statuses, probe_timeout_ms, dns_zone, shard, verification_token)
+         select s.id, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12
            from services s
           where s.id = $1 and s.customer_id = $2 and s.deleted_at is null
-         returning ", columns!(), ""
+         returning ",
+        columns!(),
+        ""
     ))
     .bind(service_id)
     .bind(customer_id)
@@ -80,6 +94,11 @@ pub async fn create(
     .bind(&domain.primary_target)
     .bind(&domain.backup_target)
     .bind(domain.probe_path)
+    .bind(domain.probe_scheme)
+    .bind(&domain.expected_statuses)
+    .bind(domain.probe_timeout_ms)
+    .bind(&domain.dns_zone)
+    .bind(domain.shard)
     .bind(domain.verification_token)
     .fetch_optional(pool)
     .await

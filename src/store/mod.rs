@@ -11,3 +11,4 @@ pub mod customers;
 pub mod domains;
 pub mod policies;
 pub mod services;
+pub mod storms;

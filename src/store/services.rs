@@ -68,7 +68,9 @@ pub async fn get_detail(
         ",
             coalesce((select json_agg(d order by d.id)
                         from (select d.id, d.service_id, d.hostname, d.primary_target,
-                                     d.backup_target, d.probe_path, d.verification_status,
+                                     d.backup_target, d.probe_path, d.probe_scheme,
+                                     d.expected_statuses, d.probe_timeout_ms, d.dns_zone,
+                                     d.shard, d.verification_status,
                                      d.verification_token, d.verified_at, d.created_at,
                                      d.updated_at
                                 from service_domains d

@@ -131,6 +131,36 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub pool: PgPool,
     pub client: reqwest::Client,
+    /// The actor engine, when the test started one.
+    pub engine: Option<tranche::engine::RunningEngine>,
+}
+
+/// Engine settings for tests: fast leases, reconciliation and flushes.
+pub fn test_engine_config(node: &str) -> tranche_actors::engine::EngineConfig {
+    let mut config = tranche_actors::engine::EngineConfig::new(node);
+    config.lease_interval = std::time::Duration::from_millis(200);
+    config.reconcile_interval = std::time::Duration::from_millis(500);
+    config.flush_interval = std::time::Duration::from_millis(200);
+    config
+}
+
+/// Polls `check` until it returns `Some`, failing the test after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: std::time::Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 pub struct Response {
@@ -189,7 +219,29 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let addr = app.local_addr();
     tokio::spawn(app.run_until_stopped(std::future::pending()));
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    TestApp { addr, pool, client }
+    TestApp {
+        addr,
+        pool,
+        client,
+        engine: None,
+    }
+}
+
+impl TestApp {
+    /// Starts an engine node on this app's database, probing with `prober`.
+    pub async fn start_engine(
+        &mut self,
+        prober: std::sync::Arc<dyn tranche_actors::probe::Prober>,
+    ) {
+        let node = format!(
+            "test-node-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let engine = tranche::engine::start(test_engine_config(&node), self.pool.clone(), prober)
+            .await
+            .unwrap();
+        self.engine = Some(engine);
+    }
 }
 
 impl TestApp {

@@ -3,6 +3,7 @@
 mod admin;
 mod auth;
 mod domains;
+mod engine;
 mod health;
 mod helpers;
 mod isolation;

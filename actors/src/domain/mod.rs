@@ -7,13 +7,17 @@ mod cdn;
 mod hostname;
 mod names;
 mod policy;
+mod probe;
+mod shard;
 mod target;
 
 pub use cdn::CdnName;
 pub use hostname::Hostname;
 pub use names::ServiceName;
 pub use policy::{PolicyError, PolicyKind, PolicyParams, PolicyPatch};
-pub use target::{ProbePath, ProbeTarget};
+pub use probe::{ExpectedStatuses, ProbeScheme};
+pub use shard::{SHARDS, default_zone, shard_of};
+pub use target::{ProbePath, ProbeTarget, TargetHost};
 
 /// Why a value was rejected. The message is meant for the API client, without the field name
 /// (the caller knows which field it parsed and adds it).

@@ -7,34 +7,77 @@ use super::{Hostname, Invalid};
 
 /// The address that reaches a customer hostname through one CDN: that CDN's edge hostname
 /// (e.g. `example.com.cdn.cloudflare.net`, resolved at probe time) or an IP literal (no
-/// resolution). The probe connects here with SNI and `Host` set to the customer hostname.
+/// resolution), with an optional port (default: the scheme's). The probe connects here with SNI
+/// and `Host` set to the customer hostname. Written `host`, `host:port`, `ip`, `ip:port` or
+/// `[ipv6]:port`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum ProbeTarget {
-    Host(Hostname),
+pub struct ProbeTarget {
+    pub host: TargetHost,
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum TargetHost {
+    Name(Hostname),
     Ip(IpAddr),
 }
 
 impl ProbeTarget {
     pub fn parse(input: &str) -> Result<Self, Invalid> {
         let trimmed = input.trim();
-        let unbracketed = trimmed
-            .strip_prefix('[')
-            .and_then(|s| s.strip_suffix(']'))
-            .unwrap_or(trimmed);
-        if let Ok(ip) = unbracketed.parse::<IpAddr>() {
-            return Ok(Self::Ip(ip));
+        if let Ok(ip) = trimmed.parse::<IpAddr>() {
+            return Ok(Self {
+                host: TargetHost::Ip(ip),
+                port: None,
+            });
         }
-        Hostname::parse(trimmed)
-            .map(Self::Host)
-            .map_err(|e| Invalid::new(format!("must be an edge hostname or an IP address: {e}")))
+        // `[v6]`, `[v6]:port`, `host:port`, `v4:port`.
+        let (host, port) = if let Some(rest) = trimmed.strip_prefix('[') {
+            let (inside, after) = rest
+                .split_once(']')
+                .ok_or_else(|| Invalid::new("has an unclosed '[' in an IPv6 address"))?;
+            let port = match after {
+                "" => None,
+                p => Some(
+                    p.strip_prefix(':')
+                        .ok_or_else(|| Invalid::new("must be [ipv6]:port"))?,
+                ),
+            };
+            (inside, port)
+        } else {
+            match trimmed.rsplit_once(':') {
+                Some((h, p)) if !trimmed.contains("://") => (h, Some(p)),
+                _ => (trimmed, None),
+            }
+        };
+        let port = port
+            .map(|p| {
+                p.parse::<u16>()
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| Invalid::new(format!("has an invalid port {p:?} (1-65535)")))
+            })
+            .transpose()?;
+        let host = match host.parse::<IpAddr>() {
+            Ok(ip) => TargetHost::Ip(ip),
+            Err(_) => TargetHost::Name(Hostname::parse(host).map_err(|e| {
+                Invalid::new(format!(
+                    "must be an edge hostname or an IP address, optionally with :port ({e})"
+                ))
+            })?),
+        };
+        Ok(Self { host, port })
     }
 }
 
 impl fmt::Display for ProbeTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Host(h) => h.fmt(f),
-            Self::Ip(ip) => ip.fmt(f),
+        match (&self.host, self.port) {
+            (TargetHost::Name(h), None) => h.fmt(f),
+            (TargetHost::Name(h), Some(p)) => write!(f, "{h}:{p}"),
+            (TargetHost::Ip(ip), None) => ip.fmt(f),
+            (TargetHost::Ip(IpAddr::V6(ip)), Some(p)) => write!(f, "[{ip}]:{p}"),
+            (TargetHost::Ip(ip), Some(p)) => write!(f, "{ip}:{p}"),
         }
     }
 }
@@ -44,21 +87,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_hosts_and_ips() {
-        assert_eq!(
-            ProbeTarget::parse("Edge.Fastly.net").unwrap().to_string(),
-            "edge.fastly.net"
-        );
-        assert_eq!(
-            ProbeTarget::parse("192.0.2.7").unwrap().to_string(),
-            "192.0.2.7"
-        );
-        assert_eq!(
-            ProbeTarget::parse("[2001:db8::1]").unwrap().to_string(),
-            "2001:db8::1"
-        );
-        assert!(ProbeTarget::parse("https://edge.fastly.net").is_err());
-        assert!(ProbeTarget::parse("").is_err());
+    fn parses_hosts_ips_and_ports() {
+        for (input, canonical) in [
+            ("Edge.Fastly.net", "edge.fastly.net"),
+            ("edge.fastly.net:8443", "edge.fastly.net:8443"),
+            ("192.0.2.7", "192.0.2.7"),
+            ("127.0.0.1:9000", "127.0.0.1:9000"),
+            ("2001:db8::1", "2001:db8::1"),
+            ("[2001:db8::1]", "2001:db8::1"),
+            ("[::1]:8443", "[::1]:8443"),
+        ] {
+            assert_eq!(
+                ProbeTarget::parse(input).unwrap().to_string(),
+                canonical,
+                "{input}"
+            );
+        }
+        for bad in [
+            "https://edge.fastly.net",
+            "",
+            "edge:0",
+            "edge:99999",
+            "edge:",
+            "[::1",
+            "[::1]x",
+        ] {
+            assert!(ProbeTarget::parse(bad).is_err(), "{bad:?}");
+        }
     }
 }
 

@@ -1,0 +1,109 @@
+//! The actor engine: one node's supervision tree.
+//!
+//! ```text
+//! RootSupervisor
+//!  ├─ ObservationWriter   batches probe results into per-minute aggregates
+//!  ├─ ProbeSupervisor     one DomainActor per domain on the shards this node owns
+//!  │    └─ DomainActor    probes primary + backup, runs the storm machine, commits decisions
+//!  └─ LeaseKeeper         heartbeats, takes its fair share of shards (advisory locks + epochs)
+//! ```
+//!
+//! Children are linked to their parents: a failed DomainActor is restarted by the probe
+//! supervisor and rebuilds its state from the database; a failed child of the root is restarted
+//! by the root. Actors hold only soft state (probe windows, timers); every decision is committed
+//! through [`ports::EngineStore`] before it is acted on, fenced by the shard epoch the
+//! [`lease_keeper::LeaseKeeper`] obtained, so a node that lost a shard cannot act for it.
+//!
+//! The engine talks to the outside world only through its ports ([`ports::EngineStore`],
+//! [`ports::LeaseBackend`], [`crate::probe::Prober`]); the `tranche` crate implements them
+//! over PostgreSQL and the network.
+
+pub mod config;
+pub mod domain_actor;
+pub mod lease_keeper;
+pub mod observation_writer;
+pub mod ports;
+pub mod probe_supervisor;
+pub mod root;
+
+use std::time::Duration;
+
+use ractor::{Actor, ActorRef};
+
+pub use config::{Clock, EngineConfig};
+use lease_keeper::LeaseMsg;
+use observation_writer::ObservationMsg;
+use ports::OwnedShards;
+use probe_supervisor::SupervisorMsg;
+pub use root::RootArgs;
+use root::{RootMsg, RootSupervisor};
+
+/// A running engine on this node.
+pub struct Engine {
+    root: ActorRef<RootMsg>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl Engine {
+    pub async fn start(args: RootArgs) -> Result<Self, ractor::SpawnErr> {
+        let (root, handle) = Actor::spawn(None, RootSupervisor, args).await?;
+        Ok(Self { root, handle })
+    }
+
+    async fn children(
+        &self,
+    ) -> Option<(
+        ActorRef<ObservationMsg>,
+        ActorRef<SupervisorMsg>,
+        ActorRef<LeaseMsg>,
+    )> {
+        ractor::call!(self.root, RootMsg::Children).ok()
+    }
+
+    /// Wakes the probe supervisor after a configuration change.
+    pub async fn config_changed(&self) {
+        if let Some((_, supervisor, _)) = self.children().await {
+            let _ = supervisor.cast(SupervisorMsg::ConfigChanged);
+        }
+    }
+
+    /// Domains with a running actor on this node.
+    pub async fn running_domains(&self) -> Vec<i64> {
+        match self.children().await {
+            Some((_, supervisor, _)) => {
+                ractor::call!(supervisor, SupervisorMsg::Running).unwrap_or_default()
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// Shards this node owns, with their epochs.
+    pub async fn owned_shards(&self) -> OwnedShards {
+        match self.children().await {
+            Some((_, _, leases)) => ractor::call!(leases, LeaseMsg::Owned).unwrap_or_default(),
+            None => OwnedShards::new(),
+        }
+    }
+
+    /// Writes buffered observations now.
+    pub async fn flush_observations(&self) {
+        if let Some((writer, _, _)) = self.children().await {
+            let _ = ractor::call!(writer, ObservationMsg::FlushNow);
+        }
+    }
+
+    /// Stops the tree cleanly: releases the shards, stops the actors, flushes.
+    pub async fn shutdown(self) {
+        let _ = self
+            .root
+            .stop_and_wait(None, Some(Duration::from_secs(30)))
+            .await;
+        let _ = self.handle.await;
+    }
+
+    /// Stops the tree without releasing anything cleanly (tests simulating a crash still need
+    /// the process-level effects, e.g. closing the lease connection, done by the caller).
+    pub fn abort(self) {
+        self.root.kill();
+    }
+}

@@ -1,0 +1,135 @@
+//! What the engine needs from the outside world, as traits the `tranche` crate implements over
+//! PostgreSQL (and tests may implement otherwise).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+
+use crate::domain::{ExpectedStatuses, PolicyParams, ProbePath, ProbeScheme, ProbeTarget};
+use crate::probe::{Cdn, Outcome, ProbeRequest};
+use crate::storm::{Decision, StormState, Weights};
+
+/// Everything a DomainActor needs to know about its domain (from the configuration tables).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainSpec {
+    pub id: i64,
+    pub service_id: i64,
+    pub customer_id: i64,
+    pub hostname: String,
+    pub shard: u16,
+    pub primary_target: Option<ProbeTarget>,
+    pub backup_target: Option<ProbeTarget>,
+    pub scheme: ProbeScheme,
+    pub path: ProbePath,
+    pub expected: ExpectedStatuses,
+    pub timeout: Duration,
+    /// The service's `http_availability` policy, or the defaults when it has none.
+    pub policy: PolicyParams,
+}
+
+impl DomainSpec {
+    /// The probe through `cdn`, if that CDN's target is configured.
+    pub fn probe_request(&self, cdn: Cdn) -> Option<ProbeRequest> {
+        let target = match cdn {
+            Cdn::Primary => self.primary_target.clone()?,
+            Cdn::Backup => self.backup_target.clone()?,
+        };
+        Some(ProbeRequest {
+            hostname: self.hostname.clone(),
+            target,
+            scheme: self.scheme,
+            path: self.path.clone(),
+            expected: self.expected.clone(),
+            timeout: self.timeout,
+        })
+    }
+}
+
+/// A domain's persisted decision state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersistedState {
+    pub state: StormState,
+    pub since: DateTime<Utc>,
+    pub weights: Weights,
+}
+
+/// Proof of shard ownership: the epoch this node got when it acquired the shard. Writes that
+/// must never happen twice are rejected by the store when the epoch is no longer current.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence {
+    pub shard: u16,
+    pub epoch: i64,
+}
+
+/// One probe result, for the per-minute aggregates and the latest-observation view.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    pub domain_id: i64,
+    pub cdn: Cdn,
+    pub at: DateTime<Utc>,
+    pub outcome: Outcome,
+    pub latency_ms: u32,
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    pub cert_expires_at: Option<DateTime<Utc>>,
+    /// Window availability of this CDN after the result (`None` while unknown).
+    pub availability: Option<Decimal>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The shard's epoch moved on: this node no longer owns it and must stop acting for it.
+    #[error("shard {shard} is no longer owned at epoch {epoch}")]
+    Fenced { shard: u16, epoch: i64 },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The engine's database.
+#[async_trait::async_trait]
+pub trait EngineStore: Send + Sync + 'static {
+    /// Live domains (of live services) on `shards`, each with its persisted state.
+    async fn domains_on_shards(
+        &self,
+        shards: &[u16],
+    ) -> Result<Vec<(DomainSpec, Option<PersistedState>)>, StoreError>;
+    /// A domain's persisted state, if it ever had a decision.
+    async fn load_state(&self, domain_id: i64) -> Result<Option<PersistedState>, StoreError>;
+    /// Commits `decision` — the domain's new state and desired weights, and the storm event it
+    /// opens or closes — in one transaction, if `fence` is still current.
+    async fn commit_decision(
+        &self,
+        spec: &DomainSpec,
+        decision: &Decision,
+        fence: Fence,
+        node_id: &str,
+    ) -> Result<(), StoreError>;
+    /// Writes a batch of observations (aggregated per minute, latest per domain and CDN).
+    async fn write_observations(
+        &self,
+        node_id: &str,
+        batch: &[Observation],
+    ) -> Result<(), StoreError>;
+}
+
+/// Shard leases: cluster membership, advisory locks, fencing epochs.
+#[async_trait::async_trait]
+pub trait LeaseBackend: Send + Sync + 'static {
+    /// Records this node's heartbeat and the shards it holds; returns the number of live nodes
+    /// (including this one).
+    async fn heartbeat(&self, node_id: &str, shards: &[u16]) -> Result<usize, StoreError>;
+    /// Tries to lock `shard` for this node; on success bumps and returns the shard's epoch.
+    async fn try_acquire(&self, node_id: &str, shard: u16) -> Result<Option<i64>, StoreError>;
+    /// Releases `shard`.
+    async fn release(&self, shard: u16) -> Result<(), StoreError>;
+    /// Drops every lock (e.g. after the lock connection failed) so the next acquisition starts
+    /// from a clean connection.
+    async fn reset(&self);
+    /// Removes the node from the membership table (clean shutdown).
+    async fn deregister(&self, node_id: &str);
+}
+
+/// The shards a node owns, with their fencing epochs.
+pub type OwnedShards = BTreeMap<u16, i64>;

@@ -1,0 +1,196 @@
+//! RootSupervisor: the top of a node's actor tree.
+//!
+//! It starts the observation writer, the probe supervisor and the lease keeper, linked, in
+//! that order (each needs the one before). A child that fails is restarted; a restarted probe
+//! supervisor is handed to the lease keeper, which re-sends the owned shards; a restarted lease
+//! keeper drops every lock first, so ownership restarts from a clean slate.
+
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+
+use super::config::EngineConfig;
+use super::domain_actor::EngineCtx;
+use super::lease_keeper::{LeaseArgs, LeaseKeeper, LeaseMsg};
+use super::observation_writer::{ObservationMsg, ObservationWriter, WriterArgs};
+use super::ports::{EngineStore, LeaseBackend};
+use super::probe_supervisor::{ProbeSupervisor, SupervisorMsg};
+use crate::probe::Prober;
+
+pub struct RootSupervisor;
+
+pub struct RootArgs {
+    pub config: EngineConfig,
+    pub store: Arc<dyn EngineStore>,
+    pub leases: Arc<dyn LeaseBackend>,
+    pub prober: Arc<dyn Prober>,
+}
+
+pub struct RootState {
+    args: RootArgs,
+    pub(crate) writer: ActorRef<ObservationMsg>,
+    pub(crate) supervisor: ActorRef<SupervisorMsg>,
+    pub(crate) leases: ActorRef<LeaseMsg>,
+}
+
+pub enum RootMsg {
+    /// The references of the children (for the engine handle).
+    Children(
+        ractor::RpcReplyPort<(
+            ActorRef<ObservationMsg>,
+            ActorRef<SupervisorMsg>,
+            ActorRef<LeaseMsg>,
+        )>,
+    ),
+}
+
+impl RootState {
+    fn ctx(&self) -> Arc<EngineCtx> {
+        ctx(&self.args, self.writer.clone())
+    }
+}
+
+fn ctx(args: &RootArgs, writer: ActorRef<ObservationMsg>) -> Arc<EngineCtx> {
+    Arc::new(EngineCtx {
+        config: args.config.clone(),
+        store: args.store.clone(),
+        prober: args.prober.clone(),
+        observations: writer,
+    })
+}
+
+async fn spawn_writer(
+    args: &RootArgs,
+    root: &ActorRef<RootMsg>,
+) -> Result<ActorRef<ObservationMsg>, ActorProcessingErr> {
+    let writer_args = WriterArgs {
+        config: args.config.clone(),
+        store: args.store.clone(),
+    };
+    Ok(
+        Actor::spawn_linked(None, ObservationWriter, writer_args, root.get_cell())
+            .await?
+            .0,
+    )
+}
+
+async fn spawn_supervisor(
+    ctx: Arc<EngineCtx>,
+    root: &ActorRef<RootMsg>,
+) -> Result<ActorRef<SupervisorMsg>, ActorProcessingErr> {
+    Ok(
+        Actor::spawn_linked(None, ProbeSupervisor, ctx, root.get_cell())
+            .await?
+            .0,
+    )
+}
+
+async fn spawn_leases(
+    args: &RootArgs,
+    supervisor: ActorRef<SupervisorMsg>,
+    root: &ActorRef<RootMsg>,
+) -> Result<ActorRef<LeaseMsg>, ActorProcessingErr> {
+    let lease_args = LeaseArgs {
+        config: args.config.clone(),
+        backend: args.leases.clone(),
+        supervisor,
+    };
+    Ok(
+        Actor::spawn_linked(None, LeaseKeeper, lease_args, root.get_cell())
+            .await?
+            .0,
+    )
+}
+
+impl Actor for RootSupervisor {
+    type Msg = RootMsg;
+    type State = RootState;
+    type Arguments = RootArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<RootMsg>,
+        args: RootArgs,
+    ) -> Result<RootState, ActorProcessingErr> {
+        let writer = spawn_writer(&args, &myself).await?;
+        let supervisor = spawn_supervisor(ctx(&args, writer.clone()), &myself).await?;
+        let leases = spawn_leases(&args, supervisor.clone(), &myself).await?;
+        Ok(RootState {
+            args,
+            writer,
+            supervisor,
+            leases,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<RootMsg>,
+        msg: RootMsg,
+        state: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            RootMsg::Children(reply) => {
+                let _ = reply.send((
+                    state.writer.clone(),
+                    state.supervisor.clone(),
+                    state.leases.clone(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<RootMsg>,
+        event: SupervisionEvent,
+        state: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
+        let SupervisionEvent::ActorFailed(cell, err) = event else {
+            return Ok(());
+        };
+        let id = cell.get_id();
+        if id == state.writer.get_id() {
+            tracing::error!(error = %err, "observation writer failed; restarting");
+            state.writer = spawn_writer(&state.args, &myself).await?;
+            // Domain actors hold the old writer: restart the probe supervisor with the new one.
+            state.supervisor.stop(Some("writer restarted".into()));
+            state.supervisor = spawn_supervisor(state.ctx(), &myself).await?;
+            let _ = state
+                .leases
+                .cast(LeaseMsg::SetSupervisor(state.supervisor.clone()));
+        } else if id == state.supervisor.get_id() {
+            tracing::error!(error = %err, "probe supervisor failed; restarting");
+            state.supervisor = spawn_supervisor(state.ctx(), &myself).await?;
+            let _ = state
+                .leases
+                .cast(LeaseMsg::SetSupervisor(state.supervisor.clone()));
+        } else if id == state.leases.get_id() {
+            tracing::error!(error = %err, "lease keeper failed; restarting");
+            let _ = state
+                .supervisor
+                .cast(SupervisorMsg::Shards(Default::default()));
+            state.leases = spawn_leases(&state.args, state.supervisor.clone(), &myself).await?;
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<RootMsg>,
+        state: &mut RootState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Leases first (releases the shards), then the actors, then the last flush.
+        stop_and_wait(state.leases.get_cell()).await;
+        stop_and_wait(state.supervisor.get_cell()).await;
+        stop_and_wait(state.writer.get_cell()).await;
+        Ok(())
+    }
+}
+
+async fn stop_and_wait(cell: ractor::ActorCell) {
+    let _ = cell
+        .stop_and_wait(None, Some(std::time::Duration::from_secs(10)))
+        .await;
+}

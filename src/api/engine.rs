@@ -1,0 +1,302 @@
+//! The engine's state, read-only: per-domain storm state, storms, cluster membership.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use poem::web::Data;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{Object, OpenApi};
+use serde::Deserialize;
+use tranche_actors::domain::SHARDS;
+use uuid::Uuid;
+
+use super::auth::{Admin, Scope, Tenant};
+use super::error::{ApiError, ApiResult};
+use super::services::service_not_found;
+use super::{ApiContext, ApiTags};
+use crate::store::storms::{self, DomainStateRow, StormFilter, StormRow};
+
+/// Storm state of every domain of a service.
+#[derive(Debug, Clone, Object)]
+pub struct ServiceState {
+    pub service_id: i64,
+    pub domains: Vec<DomainState>,
+}
+
+/// One domain as the engine sees it.
+#[derive(Debug, Clone, Object)]
+pub struct DomainState {
+    pub domain_id: i64,
+    pub name: String,
+    /// `healthy`, `storm`, `recovering` or `backup_unhealthy` (primary down, backup not healthy:
+    /// no failover).
+    pub state: String,
+    /// When the domain entered this state (null: never left `healthy`).
+    pub state_since: Option<DateTime<Utc>>,
+    /// DNS weights the engine wants (applying them is the DNS steering's job).
+    pub desired_weights: DnsWeights,
+    pub primary: CdnObservation,
+    pub backup: CdnObservation,
+    /// Node currently probing the domain (null while no live node owns its shard).
+    pub owning_node: Option<String>,
+    /// Time of the latest recorded probe.
+    pub observed_at: Option<DateTime<Utc>>,
+}
+
+/// Weights of the primary and backup DNS records (sum 100).
+#[derive(Debug, Clone, Object)]
+pub struct DnsWeights {
+    pub primary: i32,
+    pub backup: i32,
+}
+
+/// What the probes through one CDN show.
+#[derive(Debug, Clone, Object)]
+pub struct CdnObservation {
+    /// Availability over the policy window, 0–1; null while the window has too few samples.
+    pub availability: Option<f64>,
+    pub last_probe: Option<LastProbe>,
+}
+
+/// The most recent probe through a CDN.
+#[derive(Debug, Clone, Object, Deserialize)]
+pub struct LastProbe {
+    pub at: DateTime<Utc>,
+    /// `ok`, `http_status`, `timeout`, `connect`, `tls`, `dns`, `blocked` or `protocol`.
+    pub outcome: String,
+    pub status: Option<u16>,
+    pub latency_ms: u32,
+    pub error: Option<String>,
+    /// Expiry of the certificate the CDN served (HTTPS).
+    pub cert_expires_at: Option<DateTime<Utc>>,
+}
+
+fn availability(text: Option<String>) -> Option<f64> {
+    text.and_then(|t| t.parse().ok())
+}
+
+fn last_probe(v: Option<serde_json::Value>) -> Option<LastProbe> {
+    v.and_then(|v| serde_json::from_value(v).ok())
+}
+
+impl From<DomainStateRow> for DomainState {
+    fn from(r: DomainStateRow) -> Self {
+        Self {
+            domain_id: r.domain_id,
+            name: r.hostname,
+            state: r.state,
+            state_since: r.state_since,
+            desired_weights: DnsWeights {
+                primary: r.desired_primary_weight.into(),
+                backup: r.desired_backup_weight.into(),
+            },
+            primary: CdnObservation {
+                availability: availability(r.primary_avail),
+                last_probe: last_probe(r.primary_last),
+            },
+            backup: CdnObservation {
+                availability: availability(r.backup_avail),
+                last_probe: last_probe(r.backup_last),
+            },
+            owning_node: r.owner_node,
+            observed_at: r.observed_at,
+        }
+    }
+}
+
+/// A storm: a period during which a domain's primary CDN was below its policy and traffic was
+/// moved to the backup.
+#[derive(Debug, Clone, Object)]
+pub struct Storm {
+    pub id: Uuid,
+    pub service_id: i64,
+    pub domain_id: Option<i64>,
+    /// The domain's hostname.
+    pub domain: Option<String>,
+    /// Policy kind that declared it (`http_availability`).
+    pub kind: String,
+    pub started_at: DateTime<Utc>,
+    /// Null while the storm is active.
+    pub ended_at: Option<DateTime<Utc>>,
+    pub active: bool,
+    /// What triggered it: window availabilities of primary and backup, threshold, window.
+    pub trigger: serde_json::Value,
+    pub opened_by_node: Option<String>,
+    pub closed_by_node: Option<String>,
+}
+
+impl From<StormRow> for Storm {
+    fn from(r: StormRow) -> Self {
+        Self {
+            id: r.id,
+            service_id: r.service_id,
+            domain_id: r.domain_id,
+            domain: r.hostname,
+            kind: r.kind,
+            started_at: r.started_at,
+            active: r.ended_at.is_none(),
+            ended_at: r.ended_at,
+            trigger: r.trigger,
+            opened_by_node: r.opened_by_node,
+            closed_by_node: r.closed_by_node,
+        }
+    }
+}
+
+/// The cluster: nodes and the shards they hold.
+#[derive(Debug, Clone, Object)]
+pub struct Cluster {
+    /// Total number of shards work is split into.
+    pub shards: u16,
+    /// Shards no live node holds right now.
+    pub unowned_shards: u16,
+    pub nodes: Vec<ClusterNode>,
+}
+
+#[derive(Debug, Clone, Object)]
+pub struct ClusterNode {
+    pub node_id: String,
+    pub started_at: DateTime<Utc>,
+    pub heartbeat_at: DateTime<Utc>,
+    /// Heartbeat within the node timeout (3 s).
+    pub alive: bool,
+    pub shard_count: u32,
+    pub shards: Vec<i16>,
+}
+
+pub struct EngineApi;
+
+const MAX_LIMIT: i64 = 1000;
+
+#[OpenApi]
+impl EngineApi {
+    /// Storm state of every domain of a service: state, desired DNS weights, window
+    /// availability and last probe per CDN, owning node.
+    #[oai(
+        path = "/v1/services/:id/state",
+        method = "get",
+        operation_id = "get_service_state",
+        tag = "ApiTags::Services"
+    )]
+    async fn state(
+        &self,
+        tenant: Tenant,
+        ctx: Data<&Arc<ApiContext>>,
+        id: Path<i64>,
+    ) -> ApiResult<Json<ServiceState>> {
+        tenant.require(Scope::Read)?;
+        let rows = storms::service_state(&ctx.pool, tenant.customer_id, id.0)
+            .await?
+            .ok_or_else(|| service_not_found(id.0))?;
+        Ok(Json(ServiceState {
+            service_id: id.0,
+            domains: rows.into_iter().map(DomainState::from).collect(),
+        }))
+    }
+
+    /// Your storms, newest first.
+    #[allow(clippy::too_many_arguments)] // one argument per documented query parameter
+    #[oai(
+        path = "/v1/storms",
+        method = "get",
+        operation_id = "list_storms",
+        tag = "ApiTags::Storms"
+    )]
+    async fn list(
+        &self,
+        tenant: Tenant,
+        ctx: Data<&Arc<ApiContext>>,
+        /// Only this service's storms.
+        service_id: Query<Option<i64>>,
+        /// `true`: only ongoing storms; `false`: only ended ones.
+        active: Query<Option<bool>>,
+        /// Storms still active at or after this time (RFC 3339).
+        since: Query<Option<DateTime<Utc>>>,
+        /// Storms that started before this time (RFC 3339).
+        until: Query<Option<DateTime<Utc>>>,
+        /// At most this many (1–1000, default 100).
+        limit: Query<Option<i64>>,
+    ) -> ApiResult<Json<Vec<Storm>>> {
+        tenant.require(Scope::Read)?;
+        let limit = limit.0.unwrap_or(100);
+        if !(1..=MAX_LIMIT).contains(&limit) {
+            return Err(ApiError::bad_request(
+                format!("limit must be between 1 and {MAX_LIMIT}"),
+                Some("limit"),
+            ));
+        }
+        if let (Some(s), Some(u)) = (since.0, until.0)
+            && s > u
+        {
+            return Err(ApiError::bad_request(
+                "since must not be after until",
+                Some("since"),
+            ));
+        }
+        let filter = StormFilter {
+            service_id: service_id.0,
+            active: active.0,
+            since: since.0,
+            until: until.0,
+            limit,
+        };
+        let rows = storms::list(&ctx.pool, tenant.customer_id, &filter).await?;
+        Ok(Json(rows.into_iter().map(Storm::from).collect()))
+    }
+
+    /// One storm.
+    #[oai(
+        path = "/v1/storms/:id",
+        method = "get",
+        operation_id = "get_storm",
+        tag = "ApiTags::Storms"
+    )]
+    async fn get(
+        &self,
+        tenant: Tenant,
+        ctx: Data<&Arc<ApiContext>>,
+        id: Path<Uuid>,
+    ) -> ApiResult<Json<Storm>> {
+        tenant.require(Scope::Read)?;
+        storms::get(&ctx.pool, tenant.customer_id, id.0)
+            .await?
+            .map(|r| Json(r.into()))
+            .ok_or_else(|| ApiError::not_found(format!("storm {} not found", id.0)))
+    }
+
+    /// Nodes, heartbeats and the shards each holds (operator).
+    #[oai(
+        path = "/v1/cluster",
+        method = "get",
+        operation_id = "get_cluster",
+        tag = "ApiTags::Admin"
+    )]
+    async fn cluster(
+        &self,
+        _admin: Admin,
+        ctx: Data<&Arc<ApiContext>>,
+    ) -> ApiResult<Json<Cluster>> {
+        let nodes = storms::cluster_nodes(&ctx.pool).await?;
+        let owned: std::collections::HashSet<i16> = nodes
+            .iter()
+            .filter(|n| n.alive)
+            .flat_map(|n| n.shards.iter().copied())
+            .collect();
+        Ok(Json(Cluster {
+            shards: SHARDS,
+            unowned_shards: SHARDS - owned.len() as u16,
+            nodes: nodes
+                .into_iter()
+                .map(|n| ClusterNode {
+                    shard_count: n.shards.len() as u32,
+                    node_id: n.node_id,
+                    started_at: n.started_at,
+                    heartbeat_at: n.heartbeat_at,
+                    alive: n.alive,
+                    shards: n.shards,
+                })
+                .collect(),
+        }))
+    }
+}

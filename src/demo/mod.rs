@@ -1,0 +1,3 @@
+//! `tranche demo`: a self-contained storm on local fake CDN edges (see [`edge`]).
+
+pub mod edge;

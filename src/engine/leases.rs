@@ -1,0 +1,153 @@
+//! Shard leases over PostgreSQL: session advisory locks on one dedicated connection, fencing
+//! epochs in `shard_leases`, membership in `cluster_nodes`.
+//!
+//! Everything goes through the dedicated connection, so any failure of it (the database
+//! restarted, the network broke) shows up as an error here and the lease keeper drops every
+//! shard at once. A process that dies closes the connection and PostgreSQL frees its locks.
+
+use std::time::Duration;
+
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::sync::Mutex;
+use tranche_actors::engine::ports::{LeaseBackend, StoreError};
+
+/// First key of the two-key advisory lock space used for shards (ASCII "TRNC").
+const LOCK_SPACE: i32 = 0x5452_4e43;
+/// A node whose heartbeat is older than this is considered dead when computing fair shares.
+pub const NODE_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub struct PgLeaseBackend {
+    pool: PgPool,
+    /// The lock connection, detached from the pool: dropping it closes it, which frees every
+    /// lock (a pooled connection would go back to the pool still holding them).
+    conn: Mutex<Option<PgConnection>>,
+}
+
+fn other(e: sqlx::Error) -> StoreError {
+    StoreError::Other(e.to_string())
+}
+
+impl PgLeaseBackend {
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            pool,
+            conn: Mutex::new(None),
+        }
+    }
+
+    async fn with_conn<T>(
+        &self,
+        f: impl for<'c> FnOnce(
+            &'c mut sqlx::PgConnection,
+        ) -> futures_like::BoxFuture<'c, sqlx::Result<T>>,
+    ) -> Result<T, StoreError> {
+        let mut guard = self.conn.lock().await;
+        if guard.is_none() {
+            *guard = Some(self.pool.acquire().await.map_err(other)?.detach());
+        }
+        let conn = guard.as_mut().expect("just set");
+        match f(conn).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                // The connection's state is unknown: drop it (and with it every lock).
+                if let Some(c) = guard.take() {
+                    let _ = c.close().await;
+                }
+                Err(other(e))
+            }
+        }
+    }
+}
+
+/// Boxed futures without pulling in the `futures` crate.
+mod futures_like {
+    pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+}
+
+#[async_trait::async_trait]
+impl LeaseBackend for PgLeaseBackend {
+    async fn heartbeat(&self, node_id: &str, shards: &[u16]) -> Result<usize, StoreError> {
+        let node = node_id.to_owned();
+        let shards: Vec<i16> = shards.iter().map(|s| *s as i16).collect();
+        let timeout_ms = NODE_TIMEOUT.as_millis() as i64;
+        self.with_conn(move |c| {
+            Box::pin(async move {
+                sqlx::query(
+                    "insert into cluster_nodes (node_id, heartbeat_at, shards) values ($1, now(), $2)
+                     on conflict (node_id) do update set heartbeat_at = now(), shards = excluded.shards",
+                )
+                .bind(&node)
+                .bind(&shards)
+                .execute(&mut *c)
+                .await?;
+                let live: i64 = sqlx::query_scalar(
+                    "select count(*) from cluster_nodes
+                      where heartbeat_at > now() - make_interval(secs => $1::double precision / 1000)",
+                )
+                .bind(timeout_ms)
+                .fetch_one(&mut *c)
+                .await?;
+                Ok(live.max(1) as usize)
+            })
+        })
+        .await
+    }
+
+    async fn try_acquire(&self, node_id: &str, shard: u16) -> Result<Option<i64>, StoreError> {
+        let node = node_id.to_owned();
+        self.with_conn(move |c| {
+            Box::pin(async move {
+                let locked: bool = sqlx::query_scalar("select pg_try_advisory_lock($1, $2)")
+                    .bind(LOCK_SPACE)
+                    .bind(i32::from(shard))
+                    .fetch_one(&mut *c)
+                    .await?;
+                if !locked {
+                    return Ok(None);
+                }
+                let epoch: i64 = sqlx::query_scalar(
+                    "insert into shard_leases (shard, epoch, node_id) values ($1, 1, $2)
+                     on conflict (shard) do update
+                        set epoch = shard_leases.epoch + 1, node_id = excluded.node_id, acquired_at = now()
+                     returning epoch",
+                )
+                .bind(shard as i16)
+                .bind(&node)
+                .fetch_one(&mut *c)
+                .await?;
+                Ok(Some(epoch))
+            })
+        })
+        .await
+    }
+
+    async fn release(&self, shard: u16) -> Result<(), StoreError> {
+        self.with_conn(move |c| {
+            Box::pin(async move {
+                sqlx::query("select pg_advisory_unlock($1, $2)")
+                    .bind(LOCK_SPACE)
+                    .bind(i32::from(shard))
+                    .execute(&mut *c)
+                    .await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn reset(&self) {
+        if let Some(c) = self.conn.lock().await.take() {
+            let _ = c.close().await;
+        }
+    }
+
+    async fn deregister(&self, node_id: &str) {
+        if let Err(e) = sqlx::query("delete from cluster_nodes where node_id = $1")
+            .bind(node_id)
+            .execute(&self.pool)
+            .await
+        {
+            tracing::warn!(error = %e, "could not deregister node");
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! The network prober: one HTTP(S) request to a customer hostname *through* one CDN.
+//!
+//! Each probe resolves the CDN's target (hickory-resolver; an IP literal skips resolution),
+//! opens a **new TCP connection** to it (a dead edge must not hide behind a pooled connection),
+//! does TLS with SNI set to the customer hostname, sends `GET <path>` with `Host` set to the
+//! customer hostname over HTTP/1.1, and classifies the outcome from the response head (the body
+//! is not read). TLS configuration, including its session cache (resumption keeps probes
+//! cheap), is shared by all probes. The certificate's expiry is recorded for HTTPS.
+//!
+//! Targets that resolve to loopback, private, link-local or otherwise non-public addresses are
+//! refused (`blocked`) unless the operator allows them (`probe_allow_private`), so customers
+//! cannot point Tranche at the operator's own network.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use http_body_util::Empty;
+use hyper::Request;
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tranche_actors::domain::{ProbeScheme, TargetHost};
+use tranche_actors::probe::{Outcome, ProbeRequest, ProbeResult, Prober};
+
+const USER_AGENT: &str = concat!("tranche-probe/", env!("CARGO_PKG_VERSION"));
+
+/// Probes over the network. Cheap to clone behind an `Arc`; share one per node.
+pub struct NetworkProber {
+    tls: TlsConnector,
+    resolver: Option<hickory_resolver::TokioResolver>,
+    allow_private: bool,
+}
+
+impl NetworkProber {
+    /// `extra_roots`: PEM certificates trusted in addition to the public web PKI (e.g. a private
+    /// CA in front of internal edges, or the tests' self-signed CA).
+    pub fn new(
+        extra_roots: &[CertificateDer<'static>],
+        allow_private: bool,
+    ) -> anyhow::Result<Self> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        for cert in extra_roots {
+            roots.add(cert.clone())?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let resolver = match hickory_resolver::TokioResolver::builder_tokio()
+            .and_then(|b| b.build())
+        {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(error = %e, "no system DNS configuration; only IP-literal probe targets will work");
+                None
+            }
+        };
+        Ok(Self {
+            tls: TlsConnector::from(Arc::new(config)),
+            resolver,
+            allow_private,
+        })
+    }
+
+    async fn resolve(&self, host: &TargetHost) -> Result<IpAddr, (Outcome, String)> {
+        let ip = match host {
+            TargetHost::Ip(ip) => *ip,
+            TargetHost::Name(name) => {
+                let resolver = self
+                    .resolver
+                    .as_ref()
+                    .ok_or((Outcome::Dns, "no DNS resolver configured".to_owned()))?;
+                let lookup = resolver
+                    .lookup_ip(name.as_str())
+                    .await
+                    .map_err(|e| (Outcome::Dns, format!("resolving {name}: {e}")))?;
+                lookup
+                    .iter()
+                    .next()
+                    .ok_or((Outcome::Dns, format!("{name} has no addresses")))?
+            }
+        };
+        if !self.allow_private && !is_public(ip) {
+            return Err((Outcome::Blocked, format!("{ip} is not a public address")));
+        }
+        Ok(ip)
+    }
+
+    async fn run(
+        &self,
+        req: &ProbeRequest,
+    ) -> Result<(u16, Option<DateTime<Utc>>), (Outcome, String)> {
+        let ip = self.resolve(&req.target.host).await?;
+        let port = req.target.port.unwrap_or(req.scheme.default_port());
+        let tcp = TcpStream::connect(SocketAddr::new(ip, port))
+            .await
+            .map_err(|e| (Outcome::Connect, format!("connecting to {ip}:{port}: {e}")))?;
+        let _ = tcp.set_nodelay(true);
+        match req.scheme {
+            ProbeScheme::Http => request(TokioIo::new(tcp), req).await.map(|s| (s, None)),
+            ProbeScheme::Https => {
+                let name = ServerName::try_from(req.hostname.clone())
+                    .map_err(|e| (Outcome::Tls, format!("invalid SNI name: {e}")))?;
+                let tls = self
+                    .tls
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| (Outcome::Tls, format!("TLS handshake: {e}")))?;
+                let expiry = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|certs| certs.first())
+                    .and_then(|cert| not_after(cert));
+                request(TokioIo::new(tls), req).await.map(|s| (s, expiry))
+            }
+        }
+    }
+}
+
+/// Sends the request on a fresh connection and returns the response status.
+async fn request<S>(io: TokioIo<S>, req: &ProbeRequest) -> Result<u16, (Outcome, String)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(io)
+        .await
+        .map_err(|e| (Outcome::Protocol, format!("HTTP handshake: {e}")))?;
+    // The connection task ends when the response is dropped (Connection: close).
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let request = Request::get(req.path.as_str())
+        .header(hyper::header::HOST, &req.hostname)
+        .header(hyper::header::USER_AGENT, USER_AGENT)
+        .header(hyper::header::CONNECTION, "close")
+        .body(Empty::new())
+        .map_err(|e| (Outcome::Protocol, format!("building request: {e}")))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| (classify_hyper(&e), format!("HTTP: {e}")))?;
+    Ok(response.status().as_u16())
+}
+
+fn classify_hyper(e: &hyper::Error) -> Outcome {
+    if e.is_incomplete_message() || e.is_closed() || e.is_canceled() {
+        Outcome::Connect
+    } else {
+        Outcome::Protocol
+    }
+}
+
+fn not_after(cert: &CertificateDer<'_>) -> Option<DateTime<Utc>> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    DateTime::from_timestamp(parsed.validity().not_after.timestamp(), 0)
+}
+
+/// Whether `ip` is a globally routable address (not loopback, private, link-local, CGNAT,
+/// documentation, multicast, unspecified, or an IPv4-mapped/unique-local IPv6 of those).
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || v4.is_unspecified()
+                || v4.is_multicast()
+                || o[0] == 0
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+                || (o[0] == 198 && (o[1] & 0xfe) == 18)
+                || o[0] >= 240)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let seg = v6.segments();
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (seg[0] & 0xfe00) == 0xfc00
+                || (seg[0] & 0xffc0) == 0xfe80
+                || (seg[0] == 0x2001 && seg[1] == 0x0db8))
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Prober for NetworkProber {
+    async fn probe(&self, req: &ProbeRequest) -> ProbeResult {
+        let at = Utc::now();
+        let started = Instant::now();
+        let result = tokio::time::timeout(req.timeout, self.run(req)).await;
+        let latency_ms = started.elapsed().as_millis().min(u128::from(u32::MAX)) as u32;
+        let (outcome, status, cert_expires_at, error) = match result {
+            Err(_) => (
+                Outcome::Timeout,
+                None,
+                None,
+                Some(format!("no response within {:?}", req.timeout)),
+            ),
+            Ok(Err((outcome, error))) => (outcome, None, None, Some(error)),
+            Ok(Ok((status, expiry))) if req.expected.contains(status) => {
+                (Outcome::Ok, Some(status), expiry, None)
+            }
+            Ok(Ok((status, expiry))) => (
+                Outcome::HttpStatus,
+                Some(status),
+                expiry,
+                Some(format!("status {status} is not in {}", req.expected)),
+            ),
+        };
+        ProbeResult {
+            at,
+            outcome,
+            latency_ms,
+            status,
+            cert_expires_at,
+            error,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_and_private_addresses() {
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.1.1",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(!is_public(private.parse().unwrap()), "{private}");
+        }
+        for public in ["1.1.1.1", "151.101.1.57", "2606:4700::1111"] {
+            assert!(is_public(public.parse().unwrap()), "{public}");
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Read side of the engine for the API: domain states, storms, cluster membership.
+
+use chrono::{DateTime, Utc};
+use sqlx::{FromRow, PgPool};
+use uuid::Uuid;
+
+use crate::engine::leases::NODE_TIMEOUT;
+
+#[derive(Debug, Clone, FromRow)]
+pub struct DomainStateRow {
+    pub domain_id: i64,
+    pub hostname: String,
+    pub state: String,
+    pub state_since: Option<DateTime<Utc>>,
+    pub desired_primary_weight: i16,
+    pub desired_backup_weight: i16,
+    pub primary_avail: Option<String>,
+    pub backup_avail: Option<String>,
+    pub primary_last: Option<serde_json::Value>,
+    pub backup_last: Option<serde_json::Value>,
+    pub observed_at: Option<DateTime<Utc>>,
+    pub owner_node: Option<String>,
+}
+
+/// Per-domain engine state of a live service of the customer (`None`: no such service).
+pub async fn service_state(
+    pool: &PgPool,
+    customer_id: i64,
+    service_id: i64,
+) -> sqlx::Result<Option<Vec<DomainStateRow>>> {
+    if !super::services::exists(pool, customer_id, service_id).await? {
+        return Ok(None);
+    }
+    let rows = sqlx::query_as(
+        "select d.id as domain_id, d.hostname,
+                coalesce(st.state, 'healthy') as state, st.state_since,
+                coalesce(st.desired_primary_weight, 100::smallint) as desired_primary_weight,
+                coalesce(st.desired_backup_weight, 0::smallint) as desired_backup_weight,
+                o.primary_avail::text as primary_avail, o.backup_avail::text as backup_avail,
+                o.primary_last, o.backup_last, o.observed_at,
+                n.node_id as owner_node
+           from service_domains d
+           left join domain_states st on st.domain_id = d.id
+           left join domain_observations o on o.domain_id = d.id
+           left join shard_leases l on l.shard = d.shard
+           left join cluster_nodes n on n.node_id = l.node_id
+                 and n.heartbeat_at > now() - make_interval(secs => $2::double precision / 1000)
+          where d.service_id = $1 and d.deleted_at is null
+          order by d.id",
+    )
+    .bind(service_id)
+    .bind(NODE_TIMEOUT.as_millis() as i64)
+    .fetch_all(pool)
+    .await?;
+    Ok(Some(rows))
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct StormRow {
+    pub id: Uuid,
+    pub service_id: i64,
+    pub domain_id: Option<i64>,
+    pub hostname: Option<String>,
+    pub kind: String,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub trigger: serde_json::Value,
+    pub opened_by_node: Option<String>,
+    pub closed_by_node: Option<String>,
+}
+
+/// Filters of the storm list.
+#[derive(Debug, Default)]
+pub struct StormFilter {
+    pub service_id: Option<i64>,
+    pub active: Option<bool>,
+    /// Storms that were active at some point after this instant.
+    pub since: Option<DateTime<Utc>>,
+    /// Storms that started before this instant.
+    pub until: Option<DateTime<Utc>>,
+    pub limit: i64,
+}
+
+macro_rules! storm_columns {
+    () => {
+        "e.id, e.service_id, e.domain_id, d.hostname, e.kind, e.started_at, e.ended_at, e.trigger,
+         e.opened_by_node, e.closed_by_node"
+    };
+}
+
+/// The customer's storms, newest first.
+pub async fn list(pool: &PgPool, customer_id: i64, f: &StormFilter) -> sqlx::Result<Vec<StormRow>> {
+    sqlx::query_as(concat!(
+        "select ",
+        storm_columns!(),
+        " from storm_events e
+           join services s on s.id = e.service_id
+           left join service_domains d on d.id = e.domain_id
+          where s.customer_id = $1
+            and ($2::bigint is null or e.service_id = $2)
+            and ($3::boolean is null or (e.ended_at is null) = $3)
+            and ($4::timestamptz is null or e.ended_at is null or e.ended_at >= $4)
+            and ($5::timestamptz is null or e.started_at < $5)
+          order by e.started_at desc, e.id
+          limit $6"
+    ))
+    .bind(customer_id)
+    .bind(f.service_id)
+    .bind(f.active)
+    .bind(f.since)
+    .bind(f.until)
+    .bind(f.limit)
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn get(pool: &PgPool, customer_id: i64, id: Uuid) -> sqlx::Result<Option<StormRow>> {
+    sqlx::query_as(concat!(
+        "select ",
+        storm_columns!(),
+        " from storm_events e
+           join services s on s.id = e.service_id
+           left join service_domains d on d.id = e.domain_id
+          where s.customer_id = $1 and e.id = $2"
+    ))
+    .bind(customer_id)
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+#[derive(Debug, Clone, FromRow)]
+pub struct NodeRow {
+    pub node_id: String,
+    pub started_at: DateTime<Utc>,
+    pub heartbeat_at: DateTime<Utc>,
+    pub alive: bool,
+    pub shards: Vec<i16>,
+}
+
+pub async fn cluster_nodes(pool: &PgPool) -> sqlx::Result<Vec<NodeRow>> {
+    sqlx::query_as(
+        "select node_id, started_at, heartbeat_at,
+                heartbeat_at > now() - make_interval(secs => $1::double precision / 1000) as alive,
+                shards
+           from cluster_nodes order by node_id",
+    )
+    .bind(NODE_TIMEOUT.as_millis() as i64)
+    .fetch_all(pool)
+    .await
+}

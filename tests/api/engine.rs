@@ -1,0 +1,284 @@
+//! The engine end to end: real PostgreSQL, real HTTPS edges on loopback, the network prober,
+//! the actor tree. A storm opens when the primary breaks (not when only the backup does),
+//! closes after the cooldown, and ramps the weights back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tranche::demo::edge::{Behaviour, FakeEdge, TestCa};
+use tranche::probe::NetworkProber;
+
+use crate::helpers::{Auth, TestApp, eventually, spawn_app};
+
+const DEMO: Auth = Auth::Header(1);
+
+struct Scenario {
+    app: TestApp,
+    primary: FakeEdge,
+    backup: FakeEdge,
+    service: i64,
+    domain: i64,
+}
+
+async fn scenario(cooldown_seconds: i32) -> Scenario {
+    let ca = TestCa::new(&["*.example.test"]).unwrap();
+    let primary = FakeEdge::https(&ca).await.unwrap();
+    let backup = FakeEdge::https(&ca).await.unwrap();
+    let mut app = spawn_app().await;
+    let service = app.create_service(&DEMO, "web").await;
+    app.post(
+        &format!("/v1/services/{service}/storm-policies"),
+        &DEMO,
+        json!({ "threshold_avail": 0.9, "window_seconds": 3, "min_samples": 2, "probe_interval_seconds": 1, "cooldown_seconds": cooldown_seconds }),
+    )
+    .await
+    .expect(201);
+    let domain = app
+        .post(
+            &format!("/v1/services/{service}/domains"),
+            &DEMO,
+            json!({
+                "name": "app.example.test",
+                "primary_target": primary.addr().to_string(),
+                "backup_target": backup.addr().to_string(),
+                "probe_timeout_ms": 500,
+            }),
+        )
+        .await
+        .expect(201)
+        .body["id"]
+        .as_i64()
+        .unwrap();
+    let prober = NetworkProber::new(std::slice::from_ref(&ca.ca), true).unwrap();
+    app.start_engine(Arc::new(prober)).await;
+    Scenario {
+        app,
+        primary,
+        backup,
+        service,
+        domain,
+    }
+}
+
+impl Scenario {
+    async fn state(&self) -> Value {
+        let body = self
+            .app
+            .get(&format!("/v1/services/{}/state", self.service), &DEMO)
+            .await
+            .expect(200)
+            .body;
+        body["domains"][0].clone()
+    }
+
+    async fn storms(&self) -> Vec<Value> {
+        let body = self
+            .app
+            .get(&format!("/v1/storms?service_id={}", self.service), &DEMO)
+            .await
+            .expect(200)
+            .body;
+        body.as_array().unwrap().clone()
+    }
+}
+
+#[tokio::test]
+async fn storm_opens_on_primary_failure_only_and_recovers_with_a_ramp() {
+    let s = scenario(2).await;
+
+    // Probing through both CDNs, over TLS, with the customer hostname as SNI.
+    let state = eventually("both CDNs probed OK", Duration::from_secs(15), || async {
+        let st = s.state().await;
+        (st["primary"]["availability"] == json!(1.0) && st["backup"]["availability"] == json!(1.0))
+            .then_some(st)
+    })
+    .await;
+    assert_eq!(state["state"], "healthy");
+    assert_eq!(
+        state["desired_weights"],
+        json!({ "primary": 100, "backup": 0 })
+    );
+    assert_eq!(state["primary"]["last_probe"]["outcome"], "ok");
+    assert_eq!(state["primary"]["last_probe"]["status"], 200);
+    assert!(
+        state["primary"]["last_probe"]["cert_expires_at"].is_string(),
+        "{state}"
+    );
+    assert!(
+        state["owning_node"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("test-node-")),
+        "{state}"
+    );
+
+    // Only the backup breaks: its availability drops, but no storm.
+    s.backup.set(Behaviour::Status(503));
+    eventually("backup seen failing", Duration::from_secs(10), || async {
+        let st = s.state().await;
+        (st["backup"]["availability"].as_f64() == Some(0.0)).then_some(())
+    })
+    .await;
+    assert_eq!(s.state().await["state"], "healthy");
+    assert!(
+        s.storms().await.is_empty(),
+        "a backup outage must not open a storm"
+    );
+    s.backup.set(Behaviour::Healthy);
+    eventually("backup healthy again", Duration::from_secs(10), || async {
+        (s.state().await["backup"]["availability"] == json!(1.0)).then_some(())
+    })
+    .await;
+
+    // The primary breaks: a storm opens within window + interval (+ slack for a shared machine).
+    s.primary.set(Behaviour::Status(503));
+    let broke = tokio::time::Instant::now();
+    let storm = eventually("storm opened", Duration::from_secs(15), || async {
+        s.storms()
+            .await
+            .into_iter()
+            .find(|st| st["active"] == json!(true))
+    })
+    .await;
+    let detected = broke.elapsed();
+    assert!(
+        detected < Duration::from_secs(10),
+        "storm took {detected:?}"
+    );
+    assert_eq!(storm["domain_id"], s.domain);
+    assert_eq!(storm["domain"], "app.example.test");
+    assert_eq!(storm["kind"], "http_availability");
+    assert!(
+        storm["trigger"]["primary_availability"]
+            .as_str()
+            .is_some_and(|a| a.parse::<f64>().unwrap() < 0.9),
+        "{storm}"
+    );
+    assert_eq!(storm["trigger"]["backup_availability"], "1");
+    let st = s.state().await;
+    assert_eq!(st["state"], "storm");
+    assert_eq!(
+        st["desired_weights"],
+        json!({ "primary": 0, "backup": 100 })
+    );
+    // Observations are written in batches, a moment after the decision.
+    eventually("failing probe recorded", Duration::from_secs(5), || async {
+        (s.state().await["primary"]["last_probe"]["outcome"] == "http_status").then_some(())
+    })
+    .await;
+
+    // Recovery: cooldown, then the ramp back, one step per interval, then the storm closes.
+    s.primary.set(Behaviour::Healthy);
+    let seen = std::sync::Mutex::new(Vec::<(i64, String)>::new());
+    let closed = eventually("storm closed", Duration::from_secs(30), || async {
+        let st = s.state().await;
+        let w = (
+            st["desired_weights"]["primary"].as_i64().unwrap(),
+            st["state"].as_str().unwrap().to_owned(),
+        );
+        {
+            let mut seen = seen.lock().unwrap();
+            if seen.last() != Some(&w) {
+                seen.push(w);
+            }
+        }
+        let storms = s.storms().await;
+        storms
+            .iter()
+            .find(|x| x["id"] == storm["id"] && x["active"] == json!(false))
+            .cloned()
+    })
+    .await;
+    let mut seen = seen.into_inner().unwrap();
+    let st = s.state().await;
+    let last = (
+        st["desired_weights"]["primary"].as_i64().unwrap(),
+        st["state"].as_str().unwrap().to_owned(),
+    );
+    if seen.last() != Some(&last) {
+        seen.push(last);
+    }
+    assert_eq!(seen.last().unwrap().1, "healthy");
+    assert!(closed["ended_at"].is_string());
+    let weights: Vec<i64> = seen.iter().map(|(w, _)| *w).collect();
+    assert_eq!(weights.first(), Some(&0), "{seen:?}");
+    assert_eq!(weights.last(), Some(&100), "{seen:?}");
+    assert!(
+        weights.windows(2).all(|w| w[0] < w[1]),
+        "weights only ramp up: {seen:?}"
+    );
+    assert!(
+        seen.iter().any(|(_, state)| state == "recovering") || weights.contains(&50),
+        "ramped through recovering: {seen:?}"
+    );
+
+    // The decisions are in the database, with one storm, now closed.
+    let (open, total): (i64, i64) = sqlx::query_as(
+        "select count(*) filter (where ended_at is null), count(*) from storm_events where domain_id = $1",
+    )
+    .bind(s.domain)
+    .fetch_one(&s.app.pool)
+    .await
+    .unwrap();
+    assert_eq!((open, total), (0, 1));
+    let minutes: i64 = sqlx::query_scalar(
+        "select coalesce(sum(attempts), 0) from probe_minutes where domain_id = $1",
+    )
+    .bind(s.domain)
+    .fetch_one(&s.app.pool)
+    .await
+    .unwrap();
+    assert!(
+        minutes > 10,
+        "per-minute aggregates are written ({minutes})"
+    );
+}
+
+#[tokio::test]
+async fn config_changes_reach_the_running_engine() {
+    let s = scenario(60).await;
+    eventually("domain probed", Duration::from_secs(15), || async {
+        (s.state().await["primary"]["availability"] == json!(1.0)).then_some(())
+    })
+    .await;
+    // Deleting the domain stops its actor.
+    let engine = s.app.engine.as_ref().unwrap().engine.clone();
+    assert_eq!(engine.running_domains().await, vec![s.domain]);
+    s.app
+        .delete(
+            &format!("/v1/services/{}/domains/{}", s.service, s.domain),
+            &DEMO,
+        )
+        .await
+        .expect(204);
+    eventually("actor stopped", Duration::from_secs(5), || async {
+        engine.running_domains().await.is_empty().then_some(())
+    })
+    .await;
+    // A new domain starts one.
+    let id = s
+        .app
+        .post(
+            &format!("/v1/services/{}/domains", s.service),
+            &DEMO,
+            json!({ "name": "www.example.test", "primary_target": s.primary.addr().to_string(), "backup_target": s.backup.addr().to_string() }),
+        )
+        .await
+        .expect(201)
+        .body["id"]
+        .as_i64()
+        .unwrap();
+    eventually("actor started", Duration::from_secs(5), || async {
+        (engine.running_domains().await == vec![id]).then_some(())
+    })
+    .await;
+    // Deleting the service stops everything.
+    s.app
+        .delete(&format!("/v1/services/{}", s.service), &DEMO)
+        .await
+        .expect(204);
+    eventually("all actors stopped", Duration::from_secs(5), || async {
+        engine.running_domains().await.is_empty().then_some(())
+    })
+    .await;
+}
