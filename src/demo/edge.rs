@@ -71,6 +71,7 @@ pub struct FakeEdge {
     addr: SocketAddr,
     behaviour: watch::Sender<Behaviour>,
     requests: Arc<AtomicU64>,
+    connections: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -90,11 +91,20 @@ impl FakeEdge {
         let addr = listener.local_addr()?;
         let (behaviour, watcher) = watch::channel(Behaviour::Healthy);
         let requests = Arc::new(AtomicU64::new(0));
-        let task = tokio::spawn(serve(listener, addr, tls, watcher, requests.clone()));
+        let connections = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(serve(
+            listener,
+            addr,
+            tls,
+            watcher,
+            requests.clone(),
+            connections.clone(),
+        ));
         Ok(Self {
             addr,
             behaviour,
             requests,
+            connections,
             task,
         })
     }
@@ -111,6 +121,11 @@ impl FakeEdge {
     /// Requests answered or held so far.
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
     }
 }
 
@@ -133,6 +148,7 @@ async fn serve(
     tls: Option<TlsAcceptor>,
     mut watcher: watch::Receiver<Behaviour>,
     requests: Arc<AtomicU64>,
+    connections: Arc<AtomicU64>,
 ) {
     loop {
         if *watcher.borrow() == Behaviour::Refuse {
@@ -152,6 +168,7 @@ async fn serve(
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
+                connections.fetch_add(1, Ordering::Relaxed);
                 let _ = stream.set_nodelay(true);
                 let behaviour = watcher.clone();
                 let tls = tls.clone();

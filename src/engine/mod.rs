@@ -23,6 +23,12 @@ pub struct RunningEngine {
 }
 
 impl RunningEngine {
+    /// Kills the node's actors as a crash would (for tests and chaos drills).
+    pub fn crash(self) {
+        self.listener.abort();
+        self.engine.abort();
+    }
+
     pub async fn shutdown(self) {
         self.listener.abort();
         match Arc::try_unwrap(self.engine) {

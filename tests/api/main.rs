@@ -2,6 +2,7 @@
 
 mod admin;
 mod auth;
+mod cluster;
 mod domains;
 mod engine;
 mod health;
@@ -9,6 +10,7 @@ mod helpers;
 mod isolation;
 mod openapi;
 mod policies;
+mod probe;
 mod robustness;
 mod services;
 mod walkthrough;

@@ -101,9 +101,9 @@ impl Engine {
         let _ = self.handle.await;
     }
 
-    /// Stops the tree without releasing anything cleanly (tests simulating a crash still need
-    /// the process-level effects, e.g. closing the lease connection, done by the caller).
-    pub fn abort(self) {
+    /// Kills the tree without any clean-up (no lease release, no deregistration, no last
+    /// flush), as a crash would; the lease connection closes when the killed actors drop it.
+    pub fn abort(&self) {
         self.root.kill();
     }
 }

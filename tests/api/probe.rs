@@ -1,0 +1,121 @@
+//! The network prober against local edges: every outcome class, SNI/Host, certificate expiry,
+//! and the private-address guard.
+
+use std::time::Duration;
+
+use tranche::demo::edge::{Behaviour, FakeEdge, TestCa};
+use tranche::probe::NetworkProber;
+use tranche_actors::domain::{ExpectedStatuses, ProbePath, ProbeScheme, ProbeTarget};
+use tranche_actors::probe::{Outcome, ProbeRequest, Prober};
+
+fn request(hostname: &str, edge: &FakeEdge, scheme: ProbeScheme) -> ProbeRequest {
+    ProbeRequest {
+        hostname: hostname.to_owned(),
+        target: ProbeTarget::parse(&edge.addr().to_string()).unwrap(),
+        scheme,
+        path: ProbePath::parse("/healthz").unwrap(),
+        expected: ExpectedStatuses::default(),
+        timeout: Duration::from_millis(500),
+    }
+}
+
+#[tokio::test]
+async fn classifies_every_outcome() {
+    let ca = TestCa::new(&["app.example.test"]).unwrap();
+    let https = FakeEdge::https(&ca).await.unwrap();
+    let http = FakeEdge::http().await.unwrap();
+    let prober = NetworkProber::new(std::slice::from_ref(&ca.ca), true).unwrap();
+
+    let ok = prober
+        .probe(&request("app.example.test", &https, ProbeScheme::Https))
+        .await;
+    assert_eq!(ok.outcome, Outcome::Ok, "{ok:?}");
+    assert_eq!(ok.status, Some(200));
+    let expiry = ok.cert_expires_at.expect("certificate expiry recorded");
+    assert!(expiry > chrono::Utc::now());
+
+    let plain = prober
+        .probe(&request("app.example.test", &http, ProbeScheme::Http))
+        .await;
+    assert_eq!(
+        (plain.outcome, plain.status, plain.cert_expires_at),
+        (Outcome::Ok, Some(200), None)
+    );
+
+    https.set(Behaviour::Status(503));
+    let bad = prober
+        .probe(&request("app.example.test", &https, ProbeScheme::Https))
+        .await;
+    assert_eq!((bad.outcome, bad.status), (Outcome::HttpStatus, Some(503)));
+
+    https.set(Behaviour::Hang);
+    let hang = prober
+        .probe(&request("app.example.test", &https, ProbeScheme::Https))
+        .await;
+    assert_eq!(hang.outcome, Outcome::Timeout, "{hang:?}");
+    assert!(hang.latency_ms >= 450, "{hang:?}");
+
+    https.set(Behaviour::Refuse);
+    // The edge stops listening asynchronously; poll until connections are refused.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let refused = prober
+            .probe(&request("app.example.test", &https, ProbeScheme::Https))
+            .await;
+        if refused.outcome == Outcome::Connect {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never refused: {refused:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    https.set(Behaviour::Healthy);
+    // A hostname the edge's certificate does not cover is a TLS failure.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let wrong = loop {
+        let r = prober
+            .probe(&request("other.example.test", &https, ProbeScheme::Https))
+            .await;
+        if r.outcome != Outcome::Connect || tokio::time::Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(wrong.outcome, Outcome::Tls, "{wrong:?}");
+
+    // An edge answering but with an unexpected status set.
+    let mut strict = request("app.example.test", &http, ProbeScheme::Http);
+    strict.expected = ExpectedStatuses::parse("204").unwrap();
+    assert_eq!(prober.probe(&strict).await.outcome, Outcome::HttpStatus);
+}
+
+#[tokio::test]
+async fn private_targets_are_blocked_unless_allowed() {
+    let http = FakeEdge::http().await.unwrap();
+    let prober = NetworkProber::new(&[], false).unwrap();
+    let blocked = prober
+        .probe(&request("app.example.test", &http, ProbeScheme::Http))
+        .await;
+    assert_eq!(blocked.outcome, Outcome::Blocked);
+    assert_eq!(http.requests(), 0, "no connection was made");
+}
+
+#[tokio::test]
+async fn every_probe_uses_a_new_connection() {
+    let http = FakeEdge::http().await.unwrap();
+    let prober = NetworkProber::new(&[], true).unwrap();
+    for _ in 0..5 {
+        assert_eq!(
+            prober
+                .probe(&request("app.example.test", &http, ProbeScheme::Http))
+                .await
+                .outcome,
+            Outcome::Ok
+        );
+    }
+    assert_eq!(http.requests(), 5);
+    assert_eq!(http.connections(), 5, "one TCP connection per probe");
+}
