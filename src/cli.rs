@@ -50,6 +50,8 @@ enum Command {
     Migrate,
     /// Print the OpenAPI document.
     Openapi,
+    /// Watch a storm happen: local fake CDNs, a throwaway database, about 30 seconds.
+    Demo,
 }
 
 pub fn main() -> ExitCode {
@@ -81,6 +83,13 @@ pub fn main() -> ExitCode {
             settings.node_id = node_id.clone();
         }
     }
+    if let Command::Demo = cli.command {
+        // The demo narrates on stdout; keep the logs to warnings unless asked.
+        if std::env::var_os("RUST_LOG").is_none() {
+            // SAFETY: single-threaded here, before the runtime and any other thread start.
+            unsafe { std::env::set_var("RUST_LOG", "warn") };
+        }
+    }
     telemetry::init(settings.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -93,6 +102,7 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Serve { .. } => serve(settings).await,
             Command::Migrate => migrate(settings).await,
+            Command::Demo => crate::demo::run().await,
             Command::Openapi => unreachable!("handled above"),
         }
     });

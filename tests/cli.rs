@@ -165,3 +165,24 @@ fn unreachable_database_url_fails_with_a_message() {
         "{stderr}"
     );
 }
+
+#[test]
+fn demo_shows_a_storm_and_the_recovery_then_exits_cleanly() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tranche"))
+        .arg("demo")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "demo failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    for expected in [
+        "breaking the primary CDN edge",
+        "state storm, DNS weights primary/backup = 0/100",
+        "storm declared for every domain",
+        "state recovering, DNS weights primary/backup = 25/75",
+        "state healthy, DNS weights primary/backup = 100/0",
+        "recorded in storm_events",
+    ] {
+        assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
+    }
+}

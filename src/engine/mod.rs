@@ -31,6 +31,7 @@ impl RunningEngine {
 
     pub async fn shutdown(self) {
         self.listener.abort();
+        let _ = self.listener.await;
         match Arc::try_unwrap(self.engine) {
             Ok(engine) => engine.shutdown().await,
             Err(_) => tracing::warn!("engine still referenced at shutdown"),
