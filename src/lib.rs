@@ -25,6 +25,7 @@
 //! * [`telemetry`] — `tracing` subscriber setup (text for terminals, JSON for production).
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod db;

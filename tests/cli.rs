@@ -174,7 +174,11 @@ fn demo_shows_a_storm_and_the_recovery_then_exits_cleanly() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "demo failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "demo failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for expected in [
         "breaking the primary CDN edge",
         "state storm, DNS weights primary/backup = 0/100",
@@ -183,6 +187,9 @@ fn demo_shows_a_storm_and_the_recovery_then_exits_cleanly() {
         "state healthy, DNS weights primary/backup = 100/0",
         "recorded in storm_events",
     ] {
-        assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
     }
 }

@@ -150,6 +150,11 @@ impl EmbeddedPostgres {
         Ok(server)
     }
 
+    /// The postmaster's process id (while running).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Connection options for database `database` on this server.
     pub fn connect_options(&self, database: &str) -> PgConnectOptions {
         PgConnectOptions::new()

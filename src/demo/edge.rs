@@ -52,13 +52,15 @@ impl TestCa {
         let leaf = leaf_params.signed_by(&leaf_key, &issuer)?;
 
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let server = rustls::ServerConfig::builder_with_provider(provider)
+        let mut server = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
             .with_single_cert(
                 vec![leaf.der().clone()],
                 PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
             )?;
+        // Like a real CDN edge, support resumption (stateless TLS 1.3 tickets).
+        server.ticketer = rustls::crypto::ring::Ticketer::new()?;
         Ok(Self {
             ca: ca_cert.der().clone(),
             server: Arc::new(server),

@@ -35,7 +35,8 @@ pub async fn run() -> anyhow::Result<()> {
     println!("Tranche demo: multi-CDN storm insurance, on your machine, in about 30 seconds.\n");
 
     let dir = tempfile_dir()?;
-    let server = tokio::task::block_in_place(|| EmbeddedPostgres::start(&EmbeddedOptions::throwaway(&dir)))?;
+    let server =
+        tokio::task::block_in_place(|| EmbeddedPostgres::start(&EmbeddedOptions::throwaway(&dir)))?;
     server.ensure_database("tranche").await?;
     let pool = crate::db::pool(server.connect_options("tranche"), 8).await?;
     crate::db::migrate(&pool).await?;
@@ -45,9 +46,17 @@ pub async fn run() -> anyhow::Result<()> {
     let ca = TestCa::new(&["*.demo.test"])?;
     let primary = FakeEdge::https(&ca).await?;
     let backup = FakeEdge::https(&ca).await?;
-    say(&format!("two fake CDN edges are up: primary \"cloudflare\" at {}, backup \"fastly\" at {}", primary.addr(), backup.addr()));
+    say(&format!(
+        "two fake CDN edges are up: primary \"cloudflare\" at {}, backup \"fastly\" at {}",
+        primary.addr(),
+        backup.addr()
+    ));
 
-    let settings = Settings { listen: SocketAddr::from(([127, 0, 0, 1], 0)), dev: true, ..Settings::default() };
+    let settings = Settings {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        dev: true,
+        ..Settings::default()
+    };
     let app = Application::build(&settings, pool.clone()).await?;
     let api = app.local_addr();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -55,7 +64,14 @@ pub async fn run() -> anyhow::Result<()> {
         let _ = stop_rx.await;
     }));
 
-    let service = store::services::create(&pool, customers::DEMO_CUSTOMER_ID, "demo-shop", "cloudflare", "fastly").await?;
+    let service = store::services::create(
+        &pool,
+        customers::DEMO_CUSTOMER_ID,
+        "demo-shop",
+        "cloudflare",
+        "fastly",
+    )
+    .await?;
     let policy = PolicyParams::new(
         PolicyKind::HttpAvailability,
         &PolicyPatch {
@@ -69,7 +85,9 @@ pub async fn run() -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     store::policies::create(&pool, customers::DEMO_CUSTOMER_ID, service.id, &policy).await?;
     for host in HOSTS {
-        let zone = default_zone(&tranche_actors::domain::Hostname::parse(host).map_err(|e| anyhow::anyhow!("{e}"))?);
+        let zone = default_zone(
+            &tranche_actors::domain::Hostname::parse(host).map_err(|e| anyhow::anyhow!("{e}"))?,
+        );
         let new = store::domains::NewDomain {
             hostname: host,
             primary_target: Some(primary.addr().to_string()),
@@ -88,31 +106,47 @@ pub async fn run() -> anyhow::Result<()> {
         "service \"demo-shop\" protects {} (policy: availability < 90% over {WINDOW_SECONDS}s, probes every {INTERVAL_SECONDS}s, cooldown {COOLDOWN_SECONDS}s)",
         HOSTS.join(", ")
     ));
-    say(&format!("API: http://{api}/v1/services/{}/state  (try: curl -H 'X-Customer-ID: 1' ...)", service.id));
+    say(&format!(
+        "API: http://{api}/v1/services/{}/state  (try: curl -H 'X-Customer-ID: 1' ...)",
+        service.id
+    ));
 
     let prober = NetworkProber::new(std::slice::from_ref(&ca.ca), true)?;
     let mut config = EngineConfig::new("demo-node");
     config.lease_interval = Duration::from_millis(250);
     config.flush_interval = Duration::from_millis(250);
     let engine = crate::engine::start(config, pool.clone(), Arc::new(prober)).await?;
-    say("engine started: one actor per domain, probing each through BOTH CDNs (TLS, SNI = the customer hostname)");
+    say(
+        "engine started: one actor per domain, probing each through BOTH CDNs (TLS, SNI = the customer hostname)",
+    );
 
     let mut narrator = Narrator::default();
-    narrator.watch(&pool, service.id, Duration::from_secs(6), &say, |_| false).await?;
+    narrator
+        .watch(&pool, service.id, Duration::from_secs(6), &say, |_| false)
+        .await?;
 
     say(">>> breaking the primary CDN edge: it now answers 503 Service Unavailable");
     primary.set(Behaviour::Status(503));
     let broke = Instant::now();
     narrator
-        .watch(&pool, service.id, Duration::from_secs(30), &say, |states| states.values().all(|s| s == "storm"))
+        .watch(&pool, service.id, Duration::from_secs(30), &say, |states| {
+            states.values().all(|s| s == "storm")
+        })
         .await?;
-    say(&format!("storm declared for every domain {:.1}s after the break; traffic is on the backup", broke.elapsed().as_secs_f64()));
+    say(&format!(
+        "storm declared for every domain {:.1}s after the break; traffic is on the backup",
+        broke.elapsed().as_secs_f64()
+    ));
 
-    narrator.watch(&pool, service.id, Duration::from_secs(3), &say, |_| false).await?;
+    narrator
+        .watch(&pool, service.id, Duration::from_secs(3), &say, |_| false)
+        .await?;
     say(">>> repairing the primary CDN edge");
     primary.set(Behaviour::Healthy);
     narrator
-        .watch(&pool, service.id, Duration::from_secs(40), &say, |states| states.values().all(|s| s == "healthy"))
+        .watch(&pool, service.id, Duration::from_secs(40), &say, |states| {
+            states.values().all(|s| s == "healthy")
+        })
         .await?;
 
     let storms: Vec<(String, f64)> = sqlx::query_as(
@@ -125,7 +159,9 @@ pub async fn run() -> anyhow::Result<()> {
     .await?;
     println!();
     for (host, seconds) in storms {
-        say(&format!("storm on {host}: {seconds:.1}s, recorded in storm_events (the basis of the storm-time billing discount)"));
+        say(&format!(
+            "storm on {host}: {seconds:.1}s, recorded in storm_events (the basis of the storm-time billing discount)"
+        ));
     }
     say("done; stopping everything");
 
@@ -145,6 +181,9 @@ fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
     Ok(dir)
 }
 
+/// Hostname, state, primary weight, last primary outcome, primary availability.
+type NarratedRow = (String, String, i16, Option<String>, Option<String>);
+
 /// Prints what changed since the last look: states, weights, probe outcomes.
 #[derive(Default)]
 struct Narrator {
@@ -162,7 +201,7 @@ impl Narrator {
     ) -> anyhow::Result<()> {
         let deadline = Instant::now() + duration;
         while Instant::now() < deadline {
-            let rows: Vec<(String, String, i16, Option<String>, Option<String>)> = sqlx::query_as(
+            let rows: Vec<NarratedRow> = sqlx::query_as(
                 "select d.hostname, coalesce(st.state, 'healthy'), coalesce(st.desired_primary_weight, 100::smallint),
                         o.primary_last->>'outcome', o.primary_avail::text
                    from service_domains d
@@ -178,15 +217,23 @@ impl Narrator {
                 let entry = (state.clone(), weight, outcome.clone());
                 if self.last.get(&host) != Some(&entry) {
                     let previous = self.last.get(&host);
-                    if previous.map(|p| &p.2) != Some(&outcome) {
-                        if let Some(o) = &outcome {
-                            let avail = avail.as_deref().and_then(|a| a.parse::<f64>().ok());
-                            let avail = avail.map(|a| format!("{:.0}%", a * 100.0)).unwrap_or_else(|| "not enough samples yet".into());
-                            say(&format!("  {host}: primary probe {o}, primary availability {avail}"));
-                        }
+                    if previous.map(|p| &p.2) != Some(&outcome)
+                        && let Some(o) = &outcome
+                    {
+                        let avail = avail.as_deref().and_then(|a| a.parse::<f64>().ok());
+                        let avail = avail
+                            .map(|a| format!("{:.0}%", a * 100.0))
+                            .unwrap_or_else(|| "not enough samples yet".into());
+                        say(&format!(
+                            "  {host}: primary probe {o}, primary availability {avail}"
+                        ));
                     }
-                    if previous.map(|p| (&p.0, p.1)) != Some((&state, weight)) && previous.is_some() {
-                        say(&format!("  {host}: state {state}, DNS weights primary/backup = {weight}/{}", 100 - weight));
+                    if previous.map(|p| (&p.0, p.1)) != Some((&state, weight)) && previous.is_some()
+                    {
+                        say(&format!(
+                            "  {host}: state {state}, DNS weights primary/backup = {weight}/{}",
+                            100 - weight
+                        ));
                     }
                     self.last.insert(host.clone(), entry);
                 }

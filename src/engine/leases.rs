@@ -13,7 +13,8 @@ use tranche_actors::engine::ports::{LeaseBackend, StoreError};
 
 /// First key of the two-key advisory lock space used for shards (ASCII "TRNC").
 const LOCK_SPACE: i32 = 0x5452_4e43;
-/// A node whose heartbeat is older than this is considered dead when computing fair shares.
+/// A node whose heartbeat is older than this is considered dead when computing fair shares
+/// (a node whose lease session is gone is dead at once).
 pub const NODE_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub struct PgLeaseBackend {
@@ -73,16 +74,21 @@ impl LeaseBackend for PgLeaseBackend {
         self.with_conn(move |c| {
             Box::pin(async move {
                 sqlx::query(
-                    "insert into cluster_nodes (node_id, heartbeat_at, shards) values ($1, now(), $2)
-                     on conflict (node_id) do update set heartbeat_at = now(), shards = excluded.shards",
+                    "insert into cluster_nodes (node_id, heartbeat_at, shards, backend_pid)
+                     values ($1, now(), $2, pg_backend_pid())
+                     on conflict (node_id) do update
+                        set heartbeat_at = now(), shards = excluded.shards, backend_pid = excluded.backend_pid",
                 )
                 .bind(&node)
                 .bind(&shards)
                 .execute(&mut *c)
                 .await?;
+                // Live: a fresh heartbeat *and* a lease session that still exists. A crashed node's
+                // session disappears at once, so its shards are redistributed on the next tick.
                 let live: i64 = sqlx::query_scalar(
-                    "select count(*) from cluster_nodes
-                      where heartbeat_at > now() - make_interval(secs => $1::double precision / 1000)",
+                    "select count(*) from cluster_nodes n
+                      where n.heartbeat_at > now() - make_interval(secs => $1::double precision / 1000)
+                        and exists (select 1 from pg_stat_activity a where a.pid = n.backend_pid)",
                 )
                 .bind(timeout_ms)
                 .fetch_one(&mut *c)

@@ -19,6 +19,9 @@ use super::ports::{DomainSpec, EngineStore, Fence, Observation, PersistedState, 
 use crate::probe::{Cdn, ProbeResult, Prober};
 use crate::storm::{Availability, AvailabilityWindow, StormMachine};
 
+/// Longest delay before a new actor's first probe.
+const FIRST_PROBE_SPREAD: Duration = Duration::from_secs(2);
+
 /// What every domain actor on a node shares.
 pub struct EngineCtx {
     pub config: EngineConfig,
@@ -47,6 +50,11 @@ pub struct DomainState {
     machine: StormMachine,
     /// Stamped on timer messages; bumped when the schedule changes so stale ticks are dropped.
     generation: u64,
+    /// Delay after the first probe that moves the actor onto its phase within the interval.
+    realign: Option<Duration>,
+    /// When the next tick is due. Ticks follow this fixed schedule rather than "interval after
+    /// the last one", so handling delays on a busy node do not stretch the probe interval.
+    next_due: Option<tokio::time::Instant>,
 }
 
 pub enum DomainMsg {
@@ -85,12 +93,19 @@ impl Actor for DomainActor {
             backup: AvailabilityWindow::new(),
             machine,
             generation: 0,
+            realign: None,
+            next_due: None,
         };
-        // Spread first probes over the interval so thousands of domains do not fire together.
-        let interval = state.interval();
-        let offset_ms =
-            (state.spec.id as u64).wrapping_mul(2_654_435_761) % interval.as_millis().max(1) as u64;
-        myself.send_after(Duration::from_millis(offset_ms), move || DomainMsg::Tick(0));
+        // The first probe comes within two seconds (a node taking over a shard probes its new
+        // domains promptly); later probes are spread over the whole interval by a per-domain
+        // phase, so thousands of domains never fire in the same millisecond.
+        let interval_ms = state.interval().as_millis().max(1) as u64;
+        let hash = (state.spec.id as u64).wrapping_mul(2_654_435_761);
+        let first = hash % interval_ms.min(FIRST_PROBE_SPREAD.as_millis() as u64);
+        let phase = hash % interval_ms;
+        let mut state = state;
+        state.realign = Some(Duration::from_millis(interval_ms + phase - first));
+        myself.send_after(Duration::from_millis(first), move || DomainMsg::Tick(0));
         Ok(state)
     }
 
@@ -102,8 +117,11 @@ impl Actor for DomainActor {
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             DomainMsg::Tick(generation) if generation == state.generation => {
-                let interval = state.interval();
-                myself.send_after(interval, move || DomainMsg::Tick(generation));
+                let now = tokio::time::Instant::now();
+                let step = state.realign.take().unwrap_or_else(|| state.interval());
+                let due = state.next_due.map_or(now + step, |d| d + step).max(now);
+                state.next_due = Some(due);
+                myself.send_after(due - now, move || DomainMsg::Tick(generation));
                 for cdn in [Cdn::Primary, Cdn::Backup] {
                     if let Some(request) = state.spec.probe_request(cdn) {
                         let prober = state.ctx.prober.clone();
@@ -131,6 +149,7 @@ impl Actor for DomainActor {
                 state.spec = spec;
                 state.fence = fence;
                 if reschedule {
+                    state.next_due = None;
                     state.generation += 1;
                     let generation = state.generation;
                     myself.send_after(Duration::ZERO, move || DomainMsg::Tick(generation));

@@ -1,0 +1,574 @@
+//! `tranche bench …`: the engine benchmarks recorded in BENCHMARKS.md.
+//!
+//! Each mode starts a throwaway embedded PostgreSQL and local fake CDN edges (on their own
+//! runtime threads, named `bench-edge`, so their CPU is accounted separately from Tranche's),
+//! creates domains in bulk, starts the real engine and measures:
+//!
+//! * `probes`    — sustained probes/s, CPU-seconds per 1,000 probes, RSS, at N domains × 2 CDNs;
+//! * `idle`      — RSS per idle domain actor (domains without probe targets);
+//! * `detection` — time from breaking the primary edge to each domain's storm being committed;
+//! * `takeover`  — time from killing a node to all its domains probed again by the survivor.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use clap::Subcommand;
+use sqlx::PgPool;
+use tranche_actors::domain::{PolicyKind, PolicyParams, PolicyPatch, shard_of};
+use tranche_actors::engine::EngineConfig;
+use tranche_actors::probe::{ProbeRequest, ProbeResult, Prober};
+
+use crate::db::embedded::{EmbeddedOptions, EmbeddedPostgres};
+use crate::demo::edge::{Behaviour, FakeEdge, TestCa};
+use crate::engine::RunningEngine;
+use crate::probe::NetworkProber;
+use crate::store::{self, customers};
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Sustained probing: N domains × 2 CDNs, half over HTTP and half over HTTPS.
+    Probes {
+        #[arg(long, default_value_t = 10_000)]
+        domains: usize,
+        /// Probe interval, seconds.
+        #[arg(long, default_value_t = 5)]
+        interval: i32,
+        /// Measured seconds (after the warm-up).
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        #[arg(long, default_value_t = 15)]
+        warmup: u64,
+    },
+    /// Memory of idle domain actors.
+    Idle {
+        #[arg(long, default_value_t = 100_000)]
+        domains: usize,
+    },
+    /// Storm detection latency after the primary edge breaks.
+    Detection {
+        #[arg(long, default_value_t = 1_000)]
+        domains: usize,
+        #[arg(long, default_value_t = 2)]
+        interval: i32,
+        #[arg(long, default_value_t = 10)]
+        window: i32,
+    },
+    /// Time for a surviving node to take over a killed node's domains.
+    Takeover {
+        #[arg(long, default_value_t = 1_000)]
+        domains: usize,
+        #[arg(long, default_value_t = 5)]
+        interval: i32,
+    },
+}
+
+pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    let env = Env::start().await?;
+    let result = match cmd {
+        BenchCommand::Probes {
+            domains,
+            interval,
+            seconds,
+            warmup,
+        } => probes(&env, domains, interval, seconds, warmup).await,
+        BenchCommand::Idle { domains } => idle(&env, domains).await,
+        BenchCommand::Detection {
+            domains,
+            interval,
+            window,
+        } => detection(&env, domains, interval, window).await,
+        BenchCommand::Takeover { domains, interval } => takeover(&env, domains, interval).await,
+    };
+    env.stop().await;
+    result
+}
+
+/// Database, edges and their runtime.
+struct Env {
+    dir: std::path::PathBuf,
+    server: EmbeddedPostgres,
+    pool: PgPool,
+    ca: TestCa,
+    edge_runtime: tokio::runtime::Runtime,
+    http: FakeEdge,
+    https: FakeEdge,
+    backup_http: FakeEdge,
+    backup_https: FakeEdge,
+}
+
+impl Env {
+    async fn start() -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("tranche-bench-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let server = tokio::task::block_in_place(|| {
+            EmbeddedPostgres::start(&EmbeddedOptions::throwaway(&dir))
+        })?;
+        server.ensure_database("tranche").await?;
+        let pool = crate::db::pool(server.connect_options("tranche"), 16).await?;
+        crate::db::migrate(&pool).await?;
+        customers::ensure_demo(&pool).await?;
+        let ca = TestCa::new(&["*.bench.test"])?;
+        let edge_runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("bench-edge")
+            .enable_all()
+            .build()?;
+        let server_tls = TestCa {
+            ca: ca.ca.clone(),
+            server: ca.server.clone(),
+        };
+        let (http, https, backup_http, backup_https) = edge_runtime
+            .spawn(async move {
+                anyhow::Ok((
+                    FakeEdge::http().await?,
+                    FakeEdge::https(&server_tls).await?,
+                    FakeEdge::http().await?,
+                    FakeEdge::https(&server_tls).await?,
+                ))
+            })
+            .await??;
+        Ok(Self {
+            dir,
+            server,
+            pool,
+            ca,
+            edge_runtime,
+            http,
+            https,
+            backup_http,
+            backup_https,
+        })
+    }
+
+    async fn stop(self) {
+        self.pool.close().await;
+        self.server.stop().await;
+        let Env {
+            edge_runtime,
+            http,
+            https,
+            backup_http,
+            backup_https,
+            ..
+        } = self;
+        drop((http, https, backup_http, backup_https));
+        edge_runtime.shutdown_background();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+
+    fn prober(&self) -> anyhow::Result<NetworkProber> {
+        NetworkProber::new(std::slice::from_ref(&self.ca.ca), true)
+    }
+
+    /// Creates a service with `n` domains in bulk. `targets`: whether domains get probe targets;
+    /// even domains are HTTP, odd ones HTTPS.
+    async fn domains(
+        &self,
+        n: usize,
+        interval: i32,
+        window: i32,
+        targets: bool,
+    ) -> anyhow::Result<i64> {
+        let service = store::services::create(
+            &self.pool,
+            customers::DEMO_CUSTOMER_ID,
+            "bench",
+            "cdn-a",
+            "cdn-b",
+        )
+        .await?;
+        let policy = PolicyParams::new(
+            PolicyKind::HttpAvailability,
+            &PolicyPatch {
+                probe_interval_seconds: Some(interval),
+                window_seconds: Some(window),
+                min_samples: Some(3),
+                cooldown_seconds: Some(3600),
+                ..Default::default()
+            },
+        )
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        store::policies::create(&self.pool, customers::DEMO_CUSTOMER_ID, service.id, &policy)
+            .await?;
+        let mut hosts = Vec::with_capacity(n);
+        let mut zones = Vec::with_capacity(n);
+        let mut shards = Vec::with_capacity(n);
+        let mut schemes = Vec::with_capacity(n);
+        let mut primaries = Vec::with_capacity(n);
+        let mut backups = Vec::with_capacity(n);
+        for i in 0..n {
+            // The hostname is its own zone (one zone per domain spreads them over all shards) and
+            // is covered by the edges' `*.bench.test` certificate.
+            let zone = format!("z{i}.bench.test");
+            hosts.push(zone.clone());
+            shards.push(shard_of(&zone) as i16);
+            zones.push(zone);
+            let https = i % 2 == 1;
+            schemes.push(if https { "https" } else { "http" });
+            let (p, b) = if https {
+                (&self.https, &self.backup_https)
+            } else {
+                (&self.http, &self.backup_http)
+            };
+            primaries.push(targets.then(|| p.addr().to_string()));
+            backups.push(targets.then(|| b.addr().to_string()));
+        }
+        sqlx::query(
+            "insert into service_domains (service_id, hostname, dns_zone, shard, probe_scheme, primary_target,
+                                          backup_target, probe_timeout_ms, verification_token)
+             select $1, h, z, s, sc, p, b, 2000, 'bench'
+               from unnest($2::text[], $3::text[], $4::smallint[], $5::text[], $6::text[], $7::text[]) as t(h, z, s, sc, p, b)",
+        )
+        .bind(service.id)
+        .bind(&hosts)
+        .bind(&zones)
+        .bind(&shards)
+        .bind(&schemes)
+        .bind(&primaries)
+        .bind(&backups)
+        .execute(&self.pool)
+        .await?;
+        Ok(service.id)
+    }
+
+    /// CPU-seconds of the PostgreSQL server processes.
+    fn postgres_cpu(&self) -> f64 {
+        let Some(root) = self.server.pid() else {
+            return 0.0;
+        };
+        let mut total = 0.0;
+        if let Ok(entries) = std::fs::read_dir("/proc") {
+            for e in entries.flatten() {
+                let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else {
+                    continue;
+                };
+                if let Some((ppid, cpu)) = proc_stat(&format!("/proc/{pid}/stat"))
+                    && (pid == root || ppid == root)
+                {
+                    total += cpu;
+                }
+            }
+        }
+        total
+    }
+}
+
+fn clk_tck() -> f64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64
+}
+
+/// (parent pid, CPU-seconds) from a `stat` file.
+fn proc_stat(path: &str) -> Option<(u32, f64)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let after = &text[text.rfind(')')? + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ppid = fields.get(1)?.parse().ok()?;
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((ppid, (utime + stime) / clk_tck()))
+}
+
+/// CPU-seconds of this process, and of its threads whose name starts with `bench-edge`.
+fn own_cpu() -> (f64, f64) {
+    let total = proc_stat("/proc/self/stat").map_or(0.0, |(_, c)| c);
+    let mut edges = 0.0;
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for t in tasks.flatten() {
+            let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+            if comm.starts_with("bench-edge")
+                && let Some((_, cpu)) = proc_stat(&t.path().join("stat").to_string_lossy())
+            {
+                edges += cpu;
+            }
+        }
+    }
+    (total, edges)
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Counts completed and successful probes, and remembers who probed what last.
+struct Counting {
+    inner: NetworkProber,
+    done: AtomicU64,
+    ok: AtomicU64,
+    last: Mutex<HashMap<String, Instant>>,
+    outcomes: Mutex<HashMap<(&'static str, &'static str), u64>>,
+    track: bool,
+}
+
+impl Counting {
+    fn new(inner: NetworkProber, track: bool) -> Self {
+        Self {
+            inner,
+            done: AtomicU64::new(0),
+            ok: AtomicU64::new(0),
+            last: Mutex::default(),
+            outcomes: Mutex::default(),
+            track,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Prober for Counting {
+    async fn probe(&self, request: &ProbeRequest) -> ProbeResult {
+        let result = self.inner.probe(request).await;
+        self.done.fetch_add(1, Ordering::Relaxed);
+        if result.ok() {
+            self.ok.fetch_add(1, Ordering::Relaxed);
+        }
+        *self
+            .outcomes
+            .lock()
+            .unwrap()
+            .entry((request.scheme.as_str(), result.outcome.as_str()))
+            .or_default() += 1;
+        if self.track {
+            self.last
+                .lock()
+                .unwrap()
+                .insert(request.hostname.clone(), Instant::now());
+        }
+        result
+    }
+}
+
+fn engine_config(node: &str) -> EngineConfig {
+    EngineConfig::new(node)
+}
+
+async fn start_engine(
+    env: &Env,
+    node: &str,
+    prober: Arc<dyn Prober>,
+    own_pool: bool,
+) -> anyhow::Result<RunningEngine> {
+    let pool = if own_pool {
+        crate::db::pool((*env.pool.connect_options()).clone(), 8).await?
+    } else {
+        env.pool.clone()
+    };
+    crate::engine::start(engine_config(node), pool, prober).await
+}
+
+async fn wait_running(
+    engines: &[&RunningEngine],
+    n: usize,
+    timeout: Duration,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    loop {
+        let mut total = 0;
+        for e in engines {
+            total += e.engine.running_domains().await.len();
+        }
+        if total == n {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > timeout {
+            anyhow::bail!("only {total} of {n} domain actors running after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn probes(
+    env: &Env,
+    n: usize,
+    interval: i32,
+    seconds: u64,
+    warmup: u64,
+) -> anyhow::Result<()> {
+    env.domains(n, interval, interval * 6, true).await?;
+    let counting = Arc::new(Counting::new(env.prober()?, false));
+    let rss_before = rss_kib();
+    let engine = start_engine(env, "bench-node", counting.clone(), false).await?;
+    let startup = wait_running(&[&engine], n, Duration::from_secs(300)).await?;
+    println!("started {n} domain actors in {:.1}s", startup.as_secs_f64());
+    tokio::time::sleep(Duration::from_secs(warmup)).await;
+
+    let (cpu0, edge0) = own_cpu();
+    let pg0 = env.postgres_cpu();
+    let (done0, ok0) = (
+        counting.done.load(Ordering::Relaxed),
+        counting.ok.load(Ordering::Relaxed),
+    );
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let elapsed = t0.elapsed().as_secs_f64();
+    let (cpu1, edge1) = own_cpu();
+    let pg1 = env.postgres_cpu();
+    let done = counting.done.load(Ordering::Relaxed) - done0;
+    let ok = counting.ok.load(Ordering::Relaxed) - ok0;
+    let rss = rss_kib();
+    engine.shutdown().await;
+    println!(
+        "outcomes (scheme, outcome): {:?}",
+        counting.outcomes.lock().unwrap()
+    );
+
+    let tranche_cpu = (cpu1 - cpu0) - (edge1 - edge0);
+    let expected = (2 * n) as f64 / f64::from(interval);
+    println!(
+        "domains={n} cdns=2 interval={interval}s measured={elapsed:.1}s (after {warmup}s warm-up)"
+    );
+    println!(
+        "RESULT probes_per_s={:.0} expected_per_s={expected:.0} ok={:.2}% tranche_cpu_s={tranche_cpu:.2} cpu_s_per_1000_probes={:.3} probes_per_cpu_s={:.0}",
+        done as f64 / elapsed,
+        100.0 * ok as f64 / done.max(1) as f64,
+        1000.0 * tranche_cpu / done.max(1) as f64,
+        done as f64 / tranche_cpu.max(1e-9),
+    );
+    println!(
+        "RESULT edges_cpu_s={:.2} postgres_cpu_s={:.2} rss_mib={:.1} rss_delta_mib={:.1}",
+        edge1 - edge0,
+        pg1 - pg0,
+        rss as f64 / 1024.0,
+        (rss.saturating_sub(rss_before)) as f64 / 1024.0
+    );
+    Ok(())
+}
+
+async fn idle(env: &Env, n: usize) -> anyhow::Result<()> {
+    env.domains(n, 10, 60, false).await?;
+    let counting = Arc::new(Counting::new(env.prober()?, false));
+    let rss_before = rss_kib();
+    let engine = start_engine(env, "bench-node", counting, false).await?;
+    let startup = wait_running(&[&engine], n, Duration::from_secs(900)).await?;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let rss_after = rss_kib();
+    engine.shutdown().await;
+    let delta = rss_after.saturating_sub(rss_before);
+    println!(
+        "RESULT idle_actors={n} startup_s={:.1} rss_before_mib={:.1} rss_after_mib={:.1} rss_per_actor_bytes={:.0}",
+        startup.as_secs_f64(),
+        rss_before as f64 / 1024.0,
+        rss_after as f64 / 1024.0,
+        delta as f64 * 1024.0 / n as f64
+    );
+    Ok(())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+async fn detection(env: &Env, n: usize, interval: i32, window: i32) -> anyhow::Result<()> {
+    env.domains(n, interval, window, true).await?;
+    let engine = start_engine(env, "bench-node", Arc::new(env.prober()?), false).await?;
+    wait_running(&[&engine], n, Duration::from_secs(120)).await?;
+    // Let every window fill with healthy samples.
+    tokio::time::sleep(Duration::from_secs(window as u64 + 2)).await;
+    let broke: DateTime<Utc> = Utc::now();
+    env.http.set(Behaviour::Status(503));
+    env.https.set(Behaviour::Status(503));
+    let deadline = Instant::now() + Duration::from_secs((window + interval) as u64 * 3 + 10);
+    loop {
+        let open: i64 =
+            sqlx::query_scalar("select count(*) from storm_events where ended_at is null")
+                .fetch_one(&env.pool)
+                .await?;
+        if open as usize >= n {
+            break;
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("only {open} of {n} storms after the deadline");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut latencies: Vec<f64> = sqlx::query_scalar::<_, f64>(
+        "select extract(epoch from created_at - $1)::float8 * 1000 from storm_events",
+    )
+    .bind(broke)
+    .fetch_all(&env.pool)
+    .await?;
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    engine.shutdown().await;
+    let bound_ms = f64::from(window + interval) * 1000.0 + 200.0;
+    println!(
+        "RESULT detection domains={n} window={window}s interval={interval}s p50_ms={:.0} p99_ms={:.0} max_ms={:.0} bound_ms={bound_ms:.0}",
+        percentile(&latencies, 50.0),
+        percentile(&latencies, 99.0),
+        latencies.last().copied().unwrap_or(f64::NAN),
+    );
+    Ok(())
+}
+
+async fn takeover(env: &Env, n: usize, interval: i32) -> anyhow::Result<()> {
+    env.domains(n, interval, interval * 6, true).await?;
+    let survivor_probes = Arc::new(Counting::new(env.prober()?, true));
+    let a = start_engine(env, "node-a", survivor_probes.clone(), true).await?;
+    let b = start_engine(env, "node-b", Arc::new(env.prober()?), true).await?;
+    // Both nodes settled with a share each.
+    let settle = Instant::now();
+    loop {
+        let (ra, rb) = (
+            a.engine.running_domains().await.len(),
+            b.engine.running_domains().await.len(),
+        );
+        if ra + rb == n && ra > 0 && rb > 0 {
+            break;
+        }
+        if settle.elapsed() > Duration::from_secs(60) {
+            anyhow::bail!("nodes did not settle: {ra} + {rb} of {n}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let b_ids = b.engine.running_domains().await;
+    let b_hosts: Vec<String> =
+        sqlx::query_scalar("select hostname from service_domains where id = any($1)")
+            .bind(&b_ids)
+            .fetch_all(&env.pool)
+            .await
+            .context("loading node b's domains")?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let killed = Instant::now();
+    b.crash();
+    let deadline = Duration::from_secs(60);
+    let (running_after, probed_after) = loop {
+        let running = a.engine.running_domains().await.len() == n;
+        let all_probed = {
+            let last = survivor_probes.last.lock().unwrap();
+            b_hosts
+                .iter()
+                .all(|h| last.get(h).is_some_and(|t| *t > killed))
+        };
+        if running && all_probed {
+            break (killed.elapsed(), killed.elapsed());
+        }
+        if killed.elapsed() > deadline {
+            anyhow::bail!("takeover did not complete within {deadline:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    a.shutdown().await;
+    println!(
+        "RESULT takeover domains={n} taken_over={} interval={interval}s all_running_s={:.2} all_probed_again_s={:.2}",
+        b_hosts.len(),
+        running_after.as_secs_f64(),
+        probed_after.as_secs_f64()
+    );
+    Ok(())
+}
