@@ -42,6 +42,9 @@ pub enum BenchCommand {
         seconds: u64,
         #[arg(long, default_value_t = 15)]
         warmup: u64,
+        /// `mixed` (half HTTP, half HTTPS), `http` or `https`.
+        #[arg(long, default_value = "mixed")]
+        scheme: String,
     },
     /// Memory of idle domain actors.
     Idle {
@@ -74,7 +77,8 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             interval,
             seconds,
             warmup,
-        } => probes(&env, domains, interval, seconds, warmup).await,
+            scheme,
+        } => probes(&env, domains, interval, seconds, warmup, &scheme).await,
         BenchCommand::Idle { domains } => idle(&env, domains).await,
         BenchCommand::Detection {
             domains,
@@ -167,12 +171,17 @@ impl Env {
 
     /// Creates a service with `n` domains in bulk. `targets`: whether domains get probe targets;
     /// even domains are HTTP, odd ones HTTPS.
-    async fn domains(
+    async fn domains(&self, n: usize, interval: i32, window: i32, targets: bool) -> anyhow::Result<i64> {
+        self.domains_with(n, interval, window, targets, "mixed").await
+    }
+
+    async fn domains_with(
         &self,
         n: usize,
         interval: i32,
         window: i32,
         targets: bool,
+        scheme: &str,
     ) -> anyhow::Result<i64> {
         let service = store::services::create(
             &self.pool,
@@ -208,7 +217,11 @@ impl Env {
             hosts.push(zone.clone());
             shards.push(shard_of(&zone) as i16);
             zones.push(zone);
-            let https = i % 2 == 1;
+            let https = match scheme {
+                "http" => false,
+                "https" => true,
+                _ => i % 2 == 1,
+            };
             schemes.push(if https { "https" } else { "http" });
             let (p, b) = if https {
                 (&self.https, &self.backup_https)
@@ -396,8 +409,13 @@ async fn probes(
     interval: i32,
     seconds: u64,
     warmup: u64,
+    scheme: &str,
 ) -> anyhow::Result<()> {
-    env.domains(n, interval, interval * 6, true).await?;
+    anyhow::ensure!(
+        matches!(scheme, "mixed" | "http" | "https"),
+        "--scheme must be mixed, http or https"
+    );
+    env.domains_with(n, interval, interval * 6, true, scheme).await?;
     let counting = Arc::new(Counting::new(env.prober()?, false));
     let rss_before = rss_kib();
     let engine = start_engine(env, "bench-node", counting.clone(), false).await?;
@@ -428,7 +446,7 @@ async fn probes(
     let tranche_cpu = (cpu1 - cpu0) - (edge1 - edge0);
     let expected = (2 * n) as f64 / f64::from(interval);
     println!(
-        "domains={n} cdns=2 interval={interval}s measured={elapsed:.1}s (after {warmup}s warm-up)"
+        "domains={n} cdns=2 scheme={scheme} interval={interval}s measured={elapsed:.1}s (after {warmup}s warm-up)"
     );
     println!(
         "RESULT probes_per_s={:.0} expected_per_s={expected:.0} ok={:.2}% tranche_cpu_s={tranche_cpu:.2} cpu_s_per_1000_probes={:.3} probes_per_cpu_s={:.0}",
