@@ -11,7 +11,8 @@
 //! This crate is the `tranche` binary and its adapters; the engine (actors and the pure logic
 //! they drive, plus the parsed domain types) is the `tranche-actors` crate in `actors/`.
 //!
-//! * [`cli`] — the subcommands (`serve`, `migrate`, `openapi`) and process lifecycle.
+//! * [`cli`] — the subcommands (`serve`, `migrate`, `openapi`, `demo`, `bench`) and process
+//!   lifecycle.
 //! * [`config`] — [`config::Settings`]: defaults, then `tranche.toml`, then environment.
 //! * [`db`] — the connection pool, migrations, and [`db::embedded`], the private PostgreSQL
 //!   started from the machine's binaries when no database URL is configured.
@@ -22,6 +23,11 @@
 //!   document that is committed under `openapi/` and drift-tested.
 //! * [`startup`] — [`startup::Application`]: build on a listener (port 0 in tests), run until a
 //!   shutdown signal. Tests boot exactly this.
+//! * [`engine`] — the engine's ports over PostgreSQL (fenced decisions, shard leases,
+//!   observations) and the configuration-change listener; starts the actor tree.
+//! * [`probe`] — the network prober: one HTTP(S) request through one CDN, new connection each.
+//! * [`demo`] — `tranche demo` and the switchable fake CDN edges it and the tests use.
+//! * [`bench`] — `tranche bench …`, the engine benchmarks recorded in BENCHMARKS.md.
 //! * [`telemetry`] — `tracing` subscriber setup (text for terminals, JSON for production).
 
 pub mod api;

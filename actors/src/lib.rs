@@ -13,8 +13,14 @@
 //!   ([`domain::PolicyParams`]). Constructing one is the validation; every value of these types
 //!   is valid, so the layers behind the API never re-check them.
 //!
-//! The crate has no I/O: it never reads the clock, the network or the database. Time is passed
-//! in, which is what makes the logic unit- and property-testable.
+//! * [`storm`] — the pure core: availability windows and the storm state machine.
+//! * [`probe`] — the probing port (request, result, outcome classes, the `Prober` trait).
+//! * [`engine`] — the actors (root supervisor, lease keeper, probe supervisor, domain actors,
+//!   observation writer) and their ports to the database.
+//!
+//! The pure parts never read the clock, the network or the database: time is passed in, which
+//! makes them unit- and property-testable. The actors reach the outside world only through
+//! ports the `tranche` crate implements.
 
 pub mod domain;
 pub mod engine;
