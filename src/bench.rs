@@ -171,8 +171,15 @@ impl Env {
 
     /// Creates a service with `n` domains in bulk. `targets`: whether domains get probe targets;
     /// even domains are HTTP, odd ones HTTPS.
-    async fn domains(&self, n: usize, interval: i32, window: i32, targets: bool) -> anyhow::Result<i64> {
-        self.domains_with(n, interval, window, targets, "mixed").await
+    async fn domains(
+        &self,
+        n: usize,
+        interval: i32,
+        window: i32,
+        targets: bool,
+    ) -> anyhow::Result<i64> {
+        self.domains_with(n, interval, window, targets, "mixed")
+            .await
     }
 
     async fn domains_with(
@@ -415,7 +422,8 @@ async fn probes(
         matches!(scheme, "mixed" | "http" | "https"),
         "--scheme must be mixed, http or https"
     );
-    env.domains_with(n, interval, interval * 6, true, scheme).await?;
+    env.domains_with(n, interval, interval * 6, true, scheme)
+        .await?;
     let counting = Arc::new(Counting::new(env.prober()?, false));
     let rss_before = rss_kib();
     let engine = start_engine(env, "bench-node", counting.clone(), false).await?;

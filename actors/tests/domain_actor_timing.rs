@@ -25,6 +25,9 @@ type Decisions = Arc<Mutex<Vec<Decision>>>;
 struct MemoryStore {
     spec: DomainSpec,
     decisions: Decisions,
+    /// Panic in the first commit (a bug in the actor's path), to exercise supervision.
+    panic_once: AtomicBool,
+    loads: std::sync::atomic::AtomicUsize,
 }
 
 #[async_trait::async_trait]
@@ -40,7 +43,13 @@ impl EngineStore for MemoryStore {
         })
     }
     async fn load_state(&self, _: i64) -> Result<Option<PersistedState>, StoreError> {
-        Ok(None)
+        self.loads.fetch_add(1, Ordering::SeqCst);
+        let last = self.decisions.lock().unwrap().last().cloned();
+        Ok(last.map(|d| PersistedState {
+            state: d.state,
+            since: d.at,
+            weights: d.weights,
+        }))
     }
     async fn commit_decision(
         &self,
@@ -49,11 +58,17 @@ impl EngineStore for MemoryStore {
         _: Fence,
         _: &str,
     ) -> Result<(), StoreError> {
+        if self.panic_once.swap(false, Ordering::SeqCst) {
+            panic!("injected failure while committing");
+        }
         self.decisions.lock().unwrap().push(d.clone());
         Ok(())
     }
     async fn write_observations(&self, _: &str, _: &[Observation]) -> Result<(), StoreError> {
         Ok(())
+    }
+    async fn prune_observations(&self, _: DateTime<Utc>) -> Result<u64, StoreError> {
+        Ok(0)
     }
 }
 
@@ -138,6 +153,8 @@ async fn storm_timing_is_exact_on_paused_time() {
     let store = Arc::new(MemoryStore {
         spec: spec(policy),
         decisions: decisions.clone(),
+        panic_once: AtomicBool::new(false),
+        loads: Default::default(),
     });
     let prober = Arc::new(Switch {
         primary_up: AtomicBool::new(true),
@@ -226,5 +243,63 @@ async fn storm_timing_is_exact_on_paused_time() {
     assert_eq!(after[1].at - after[0].at, chrono::Duration::seconds(1));
     assert_eq!(after[2].at - after[1].at, chrono::Duration::seconds(1));
     assert_eq!(after[2].storm, Some(StormChange::Closed));
+    engine.shutdown().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_domain_actor_is_restarted_from_the_store() {
+    let clock = tokio_clock(DateTime::from_timestamp(1_800_000_000, 0).unwrap());
+    let policy = PolicyParams::new(
+        PolicyKind::HttpAvailability,
+        &PolicyPatch {
+            window_seconds: Some(5),
+            probe_interval_seconds: Some(1),
+            min_samples: Some(3),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let decisions: Decisions = Arc::default();
+    let store = Arc::new(MemoryStore {
+        spec: spec(policy),
+        decisions: decisions.clone(),
+        panic_once: AtomicBool::new(true),
+        loads: Default::default(),
+    });
+    let prober = Arc::new(Switch {
+        primary_up: AtomicBool::new(false),
+        backup_up: AtomicBool::new(true),
+        clock: clock.clone(),
+    });
+    let mut config = EngineConfig::new("panic-node");
+    config.clock = clock;
+    let engine = Engine::start(RootArgs {
+        config,
+        store: store.clone(),
+        leases: Arc::new(AllShards),
+        prober,
+    })
+    .await
+    .unwrap();
+    // The first storm decision panics inside the actor; the supervisor restarts it, the new
+    // actor reloads its (still healthy) state from the store and decides again.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    let all = decisions.lock().unwrap().clone();
+    let opened = all
+        .iter()
+        .filter(|d| d.storm == Some(StormChange::Opened))
+        .count();
+    assert_eq!(opened, 1, "{all:?}");
+    assert_eq!(
+        all.last().map(|d| d.state),
+        Some(StormState::Storm),
+        "{all:?}"
+    );
+    assert_eq!(
+        store.loads.load(Ordering::SeqCst),
+        1,
+        "the restarted actor reloaded its state"
+    );
+    assert_eq!(engine.running_domains().await, vec![7]);
     engine.shutdown().await;
 }

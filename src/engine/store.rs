@@ -380,4 +380,13 @@ impl EngineStore for PgEngineStore {
         .map_err(other)?;
         tx.commit().await.map_err(other)
     }
+
+    async fn prune_observations(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        sqlx::query("delete from probe_minutes where minute < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await
+            .map(|r| r.rows_affected())
+            .map_err(other)
+    }
 }

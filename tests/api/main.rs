@@ -5,6 +5,7 @@ mod auth;
 mod cluster;
 mod domains;
 mod engine;
+mod fencing;
 mod health;
 mod helpers;
 mod isolation;

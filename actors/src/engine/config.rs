@@ -30,6 +30,8 @@ pub struct EngineConfig {
     pub reconcile_interval: Duration,
     /// How often observations are flushed to the database.
     pub flush_interval: Duration,
+    /// How long per-minute probe aggregates are kept.
+    pub probe_retention: Duration,
 }
 
 impl EngineConfig {
@@ -40,6 +42,7 @@ impl EngineConfig {
             lease_interval: Duration::from_secs(1),
             reconcile_interval: Duration::from_secs(10),
             flush_interval: Duration::from_secs(2),
+            probe_retention: Duration::from_secs(7 * 86_400),
         }
     }
 }

@@ -15,6 +15,9 @@ use super::ports::{EngineStore, Observation};
 
 /// Observations kept while the database is unreachable.
 const MAX_BUFFER: usize = 200_000;
+/// How often aggregates older than the retention are deleted (every node does it; it is
+/// idempotent and cheap with the primary key's minute column).
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
 
 pub struct ObservationWriter;
 
@@ -36,6 +39,8 @@ pub enum ObservationMsg {
     Flush,
     /// Flush now and reply when done (shutdown, tests).
     FlushNow(RpcReplyPort<()>),
+    /// Delete aggregates past the retention.
+    Prune,
 }
 
 impl Actor for ObservationWriter {
@@ -49,6 +54,7 @@ impl Actor for ObservationWriter {
         args: WriterArgs,
     ) -> Result<WriterState, ActorProcessingErr> {
         myself.send_interval(args.config.flush_interval, || ObservationMsg::Flush);
+        myself.send_interval(PRUNE_EVERY, || ObservationMsg::Prune);
         Ok(WriterState {
             config: args.config,
             store: args.store,
@@ -73,6 +79,16 @@ impl Actor for ObservationWriter {
             ObservationMsg::FlushNow(reply) => {
                 state.flush().await;
                 let _ = reply.send(());
+            }
+            ObservationMsg::Prune => {
+                let retention = chrono::Duration::from_std(state.config.probe_retention)
+                    .unwrap_or(chrono::Duration::days(7));
+                let before = (state.config.clock)() - retention;
+                match state.store.prune_observations(before).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(rows = n, "pruned old probe aggregates"),
+                    Err(e) => tracing::warn!(error = %e, "could not prune probe aggregates"),
+                }
             }
         }
         Ok(())

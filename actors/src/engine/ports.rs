@@ -112,6 +112,8 @@ pub trait EngineStore: Send + Sync + 'static {
         node_id: &str,
         batch: &[Observation],
     ) -> Result<(), StoreError>;
+    /// Deletes per-minute aggregates older than `before`; returns how many rows went.
+    async fn prune_observations(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
 }
 
 /// Shard leases: cluster membership, advisory locks, fencing epochs.
