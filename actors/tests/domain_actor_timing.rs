@@ -133,31 +133,27 @@ fn spec(policy: PolicyParams) -> DomainSpec {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn storm_timing_is_exact_on_paused_time() {
-    let start: DateTime<Utc> = DateTime::from_timestamp(1_800_000_000, 0).unwrap();
-    let clock = tokio_clock(start);
-    let policy = PolicyParams::new(
-        PolicyKind::HttpAvailability,
-        &PolicyPatch {
-            threshold_avail: Some("0.9".parse().unwrap()),
-            window_seconds: Some(10),
-            probe_interval_seconds: Some(1),
-            min_samples: Some(3),
-            cooldown_seconds: Some(5),
-            ..Default::default()
-        },
-    )
-    .unwrap();
+/// One engine node over the in-memory doubles, with its switches.
+struct Harness {
+    engine: Engine,
+    decisions: Decisions,
+    store: Arc<MemoryStore>,
+    prober: Arc<Switch>,
+    clock: tranche_actors::engine::Clock,
+}
+
+async fn harness(patch: PolicyPatch, primary_up: bool, panic_once: bool) -> Harness {
+    let clock = tokio_clock(DateTime::from_timestamp(1_800_000_000, 0).unwrap());
+    let policy = PolicyParams::new(PolicyKind::HttpAvailability, &patch).unwrap();
     let decisions: Decisions = Arc::default();
     let store = Arc::new(MemoryStore {
         spec: spec(policy),
         decisions: decisions.clone(),
-        panic_once: AtomicBool::new(false),
+        panic_once: AtomicBool::new(panic_once),
         loads: Default::default(),
     });
     let prober = Arc::new(Switch {
-        primary_up: AtomicBool::new(true),
+        primary_up: AtomicBool::new(primary_up),
         backup_up: AtomicBool::new(true),
         clock: clock.clone(),
     });
@@ -165,12 +161,42 @@ async fn storm_timing_is_exact_on_paused_time() {
     config.clock = clock.clone();
     let engine = Engine::start(RootArgs {
         config,
-        store,
+        store: store.clone(),
         leases: Arc::new(AllShards),
         prober: prober.clone(),
     })
     .await
     .unwrap();
+    Harness {
+        engine,
+        decisions,
+        store,
+        prober,
+        clock,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn storm_timing_is_exact_on_paused_time() {
+    let Harness {
+        engine,
+        decisions,
+        prober,
+        clock,
+        ..
+    } = harness(
+        PolicyPatch {
+            threshold_avail: Some("0.9".parse().unwrap()),
+            window_seconds: Some(10),
+            probe_interval_seconds: Some(1),
+            min_samples: Some(3),
+            cooldown_seconds: Some(5),
+            ..Default::default()
+        },
+        true,
+        false,
+    )
+    .await;
 
     // Healthy for 20 s: no decision.
     tokio::time::sleep(Duration::from_secs(20)).await;
@@ -248,39 +274,22 @@ async fn storm_timing_is_exact_on_paused_time() {
 
 #[tokio::test(start_paused = true)]
 async fn a_panicking_domain_actor_is_restarted_from_the_store() {
-    let clock = tokio_clock(DateTime::from_timestamp(1_800_000_000, 0).unwrap());
-    let policy = PolicyParams::new(
-        PolicyKind::HttpAvailability,
-        &PolicyPatch {
+    let Harness {
+        engine,
+        decisions,
+        store,
+        ..
+    } = harness(
+        PolicyPatch {
             window_seconds: Some(5),
             probe_interval_seconds: Some(1),
             min_samples: Some(3),
             ..Default::default()
         },
+        false,
+        true,
     )
-    .unwrap();
-    let decisions: Decisions = Arc::default();
-    let store = Arc::new(MemoryStore {
-        spec: spec(policy),
-        decisions: decisions.clone(),
-        panic_once: AtomicBool::new(true),
-        loads: Default::default(),
-    });
-    let prober = Arc::new(Switch {
-        primary_up: AtomicBool::new(false),
-        backup_up: AtomicBool::new(true),
-        clock: clock.clone(),
-    });
-    let mut config = EngineConfig::new("panic-node");
-    config.clock = clock;
-    let engine = Engine::start(RootArgs {
-        config,
-        store: store.clone(),
-        leases: Arc::new(AllShards),
-        prober,
-    })
-    .await
-    .unwrap();
+    .await;
     // The first storm decision panics inside the actor; the supervisor restarts it, the new
     // actor reloads its (still healthy) state from the store and decides again.
     tokio::time::sleep(Duration::from_secs(15)).await;

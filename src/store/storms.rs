@@ -81,23 +81,24 @@ pub struct StormFilter {
     pub limit: i64,
 }
 
-macro_rules! storm_columns {
+/// `select … from` the customer's storms (`$1` = customer id) with their domains' names; a
+/// macro so queries stay `&'static str`.
+macro_rules! select_storms {
     () => {
-        "e.id, e.service_id, e.domain_id, d.hostname, e.kind, e.started_at, e.ended_at, e.trigger,
-         e.opened_by_node, e.closed_by_node"
+        "select e.id, e.service_id, e.domain_id, d.hostname, e.kind, e.started_at, e.ended_at,
+                e.trigger, e.opened_by_node, e.closed_by_node
+           from storm_events e
+           join services s on s.id = e.service_id
+           left join service_domains d on d.id = e.domain_id
+          where s.customer_id = $1"
     };
 }
 
 /// The customer's storms, newest first.
 pub async fn list(pool: &PgPool, customer_id: i64, f: &StormFilter) -> sqlx::Result<Vec<StormRow>> {
     sqlx::query_as(concat!(
-        "select ",
-        storm_columns!(),
-        " from storm_events e
-           join services s on s.id = e.service_id
-           left join service_domains d on d.id = e.domain_id
-          where s.customer_id = $1
-            and ($2::bigint is null or e.service_id = $2)
+        select_storms!(),
+        " and ($2::bigint is null or e.service_id = $2)
             and ($3::boolean is null or (e.ended_at is null) = $3)
             and ($4::timestamptz is null or e.ended_at is null or e.ended_at >= $4)
             and ($5::timestamptz is null or e.started_at < $5)
@@ -115,18 +116,11 @@ pub async fn list(pool: &PgPool, customer_id: i64, f: &StormFilter) -> sqlx::Res
 }
 
 pub async fn get(pool: &PgPool, customer_id: i64, id: Uuid) -> sqlx::Result<Option<StormRow>> {
-    sqlx::query_as(concat!(
-        "select ",
-        storm_columns!(),
-        " from storm_events e
-           join services s on s.id = e.service_id
-           left join service_domains d on d.id = e.domain_id
-          where s.customer_id = $1 and e.id = $2"
-    ))
-    .bind(customer_id)
-    .bind(id)
-    .fetch_optional(pool)
-    .await
+    sqlx::query_as(concat!(select_storms!(), " and e.id = $2"))
+        .bind(customer_id)
+        .bind(id)
+        .fetch_optional(pool)
+        .await
 }
 
 #[derive(Debug, Clone, FromRow)]

@@ -169,6 +169,21 @@ impl StormMachine {
         self.weights
     }
 
+    /// The next step back towards the primary: the first ramp weight above the current one;
+    /// reaching normal weights ends the storm.
+    fn ramp_step(&self) -> (StormState, Weights, Option<StormChange>) {
+        let next = RAMP_STEPS
+            .iter()
+            .copied()
+            .find(|w| w.primary > self.weights.primary)
+            .unwrap_or(Weights::NORMAL);
+        if next == Weights::NORMAL {
+            (StormState::Healthy, next, Some(StormChange::Closed))
+        } else {
+            (StormState::Recovering, next, None)
+        }
+    }
+
     /// Evaluates the windows at `now`; returns the decision if state or weights change.
     pub fn evaluate(
         &mut self,
@@ -209,17 +224,7 @@ impl StormMachine {
             StormState::Storm => {
                 let cooldown = Duration::seconds(i64::from(policy.cooldown_seconds));
                 if healthy_for(self.primary_healthy_since) >= cooldown {
-                    // First ramp step that moves traffic towards the primary.
-                    let step = RAMP_STEPS
-                        .iter()
-                        .copied()
-                        .find(|w| w.primary > self.weights.primary)
-                        .unwrap_or(Weights::NORMAL);
-                    if step == Weights::NORMAL {
-                        (StormState::Healthy, step, Some(StormChange::Closed))
-                    } else {
-                        (StormState::Recovering, step, None)
-                    }
+                    self.ramp_step()
                 } else if self.weights != Weights::FAILOVER && backup_healthy && !primary_healthy {
                     // Weights were held while the backup was unhealthy; it is healthy now.
                     (StormState::Storm, Weights::FAILOVER, None)
@@ -241,16 +246,7 @@ impl StormMachine {
                         .primary_healthy_since
                         .is_some_and(|s| s <= self.step_at);
                     if healthy_through_step && now - self.step_at >= interval {
-                        let next = RAMP_STEPS
-                            .iter()
-                            .copied()
-                            .find(|w| w.primary > self.weights.primary)
-                            .unwrap_or(Weights::NORMAL);
-                        if next == Weights::NORMAL {
-                            (StormState::Healthy, next, Some(StormChange::Closed))
-                        } else {
-                            (StormState::Recovering, next, None)
-                        }
+                        self.ramp_step()
                     } else {
                         return None;
                     }
