@@ -187,7 +187,10 @@ async fn start_engine(
     if settings.probe_allow_private {
         tracing::warn!("probes may reach private and loopback addresses (probe_allow_private)");
     }
-    let prober = Arc::new(NetworkProber::new(&roots, settings.probe_allow_private)?);
+    let prober = Arc::new(
+        NetworkProber::new(&roots, settings.probe_allow_private)?
+            .with_nameservers(&settings.probe_nameservers)?,
+    );
     let node_id = settings
         .node_id
         .clone()

@@ -14,6 +14,7 @@
 //! | `engine`             | `TRANCHE_ENGINE`                              | `true`             |
 //! | `probe_allow_private`| `TRANCHE_PROBE_ALLOW_PRIVATE`                 | `false`            |
 //! | `probe_ca_file`      | `TRANCHE_PROBE_CA_FILE`                       | none               |
+//! | `probe_nameservers`  | `TRANCHE_PROBE_NAMESERVERS` (`[ip:port,…]`)   | the system's       |
 //!
 //! The file is `tranche.toml` in the working directory, or the one named by `--config` /
 //! `TRANCHE_CONFIG`. Secrets (`admin_token`, passwords inside `database_url`) are never printed:
@@ -54,6 +55,8 @@ pub struct Settings {
     pub probe_allow_private: bool,
     /// PEM file of extra CA certificates probes trust (e.g. a private CA in front of edges).
     pub probe_ca_file: Option<PathBuf>,
+    /// DNS servers that resolve edge hostnames; empty uses the system's resolver configuration.
+    pub probe_nameservers: Vec<SocketAddr>,
 }
 
 impl Default for Settings {
@@ -70,6 +73,7 @@ impl Default for Settings {
             engine: true,
             probe_allow_private: false,
             probe_ca_file: None,
+            probe_nameservers: Vec::new(),
         }
     }
 }

@@ -80,6 +80,33 @@ impl NetworkProber {
         })
     }
 
+    /// Resolves edge hostnames through these nameservers (UDP, then TCP) instead of the
+    /// system's: for private DNS views, and for tests with a local DNS server.
+    pub fn with_nameservers(mut self, servers: &[SocketAddr]) -> anyhow::Result<Self> {
+        use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+        use hickory_resolver::net::runtime::TokioRuntimeProvider;
+        if servers.is_empty() {
+            return Ok(self);
+        }
+        let name_servers = servers
+            .iter()
+            .map(|addr| {
+                let mut udp = ConnectionConfig::udp();
+                udp.port = addr.port();
+                let mut tcp = ConnectionConfig::tcp();
+                tcp.port = addr.port();
+                NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
+            })
+            .collect();
+        let resolver = hickory_resolver::TokioResolver::builder_with_config(
+            ResolverConfig::from_name_servers(name_servers),
+            TokioRuntimeProvider::default(),
+        )
+        .build()?;
+        self.resolver = Some(resolver);
+        Ok(self)
+    }
+
     async fn resolve(&self, host: &TargetHost) -> Result<IpAddr, (Outcome, String)> {
         let ip = match host {
             TargetHost::Ip(ip) => *ip,

@@ -214,26 +214,78 @@ async fn storm_opens_on_primary_failure_only_and_recovers_with_a_ramp() {
 
     // The storm through the API: by id, by filter, and not for anyone else.
     let id = storm["id"].as_str().unwrap();
-    let one = s.app.get(&format!("/v1/storms/{id}"), &DEMO).await.expect(200).body;
-    assert_eq!((one["id"].as_str(), one["active"].as_bool()), (Some(id), Some(false)));
-    assert_eq!(s.app.get("/v1/storms?active=true", &DEMO).await.expect(200).body, json!([]));
-    assert_eq!(s.app.get("/v1/storms?active=false", &DEMO).await.expect(200).body.as_array().unwrap().len(), 1);
-    s.app.get("/v1/storms?limit=0", &DEMO).await.expect_error(400, "bad_request", Some("limit"));
-    s.app.get("/v1/storms/not-a-uuid", &DEMO).await.expect_error(400, "bad_request", Some("id"));
-    let (_, other_key) = s.app.create_customer("other").await;
-    s.app.get(&format!("/v1/storms/{id}"), &Auth::Key(other_key.clone())).await.expect_error(404, "not_found", None);
-    assert_eq!(s.app.get("/v1/storms", &Auth::Key(other_key.clone())).await.expect(200).body, json!([]));
+    let one = s
+        .app
+        .get(&format!("/v1/storms/{id}"), &DEMO)
+        .await
+        .expect(200)
+        .body;
+    assert_eq!(
+        (one["id"].as_str(), one["active"].as_bool()),
+        (Some(id), Some(false))
+    );
+    assert_eq!(
+        s.app
+            .get("/v1/storms?active=true", &DEMO)
+            .await
+            .expect(200)
+            .body,
+        json!([])
+    );
+    assert_eq!(
+        s.app
+            .get("/v1/storms?active=false", &DEMO)
+            .await
+            .expect(200)
+            .body
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
     s.app
-        .get(&format!("/v1/services/{}/state", s.service), &Auth::Key(other_key))
+        .get("/v1/storms?limit=0", &DEMO)
+        .await
+        .expect_error(400, "bad_request", Some("limit"));
+    s.app
+        .get("/v1/storms/not-a-uuid", &DEMO)
+        .await
+        .expect_error(400, "bad_request", Some("id"));
+    let (_, other_key) = s.app.create_customer("other").await;
+    s.app
+        .get(&format!("/v1/storms/{id}"), &Auth::Key(other_key.clone()))
+        .await
+        .expect_error(404, "not_found", None);
+    assert_eq!(
+        s.app
+            .get("/v1/storms", &Auth::Key(other_key.clone()))
+            .await
+            .expect(200)
+            .body,
+        json!([])
+    );
+    s.app
+        .get(
+            &format!("/v1/services/{}/state", s.service),
+            &Auth::Key(other_key),
+        )
         .await
         .expect_error(404, "not_found", None);
     // The cluster view (operator): one live node holding every shard.
-    let cluster = s.app.get("/v1/cluster", &Auth::Admin).await.expect(200).body;
+    let cluster = s
+        .app
+        .get("/v1/cluster", &Auth::Admin)
+        .await
+        .expect(200)
+        .body;
     assert_eq!(cluster["shards"], 256);
     assert_eq!(cluster["unowned_shards"], 0);
     assert_eq!(cluster["nodes"][0]["alive"], true);
     assert_eq!(cluster["nodes"][0]["shard_count"], 256);
-    s.app.get("/v1/cluster", &DEMO).await.expect_error(401, "unauthorized", None);
+    s.app
+        .get("/v1/cluster", &DEMO)
+        .await
+        .expect_error(401, "unauthorized", None);
 
     // The decisions are in the database, with one storm, now closed.
     let (open, total): (i64, i64) = sqlx::query_as(

@@ -119,3 +119,80 @@ async fn every_probe_uses_a_new_connection() {
     assert_eq!(http.requests(), 5);
     assert_eq!(http.connections(), 5, "one TCP connection per probe");
 }
+
+/// A minimal authoritative DNS server on loopback (UDP): A records from a table, NXDOMAIN for
+/// anything else, empty answers for other types. Speaks the real wire format.
+async fn local_dns(records: &[(&str, std::net::Ipv4Addr)]) -> std::net::SocketAddr {
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let table: std::collections::HashMap<String, std::net::Ipv4Addr> = records
+        .iter()
+        .map(|(n, ip)| (n.to_ascii_lowercase(), *ip))
+        .collect();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        loop {
+            let Ok((len, peer)) = socket.recv_from(&mut buf).await else {
+                return;
+            };
+            let query = &buf[..len];
+            if len < 12 {
+                continue;
+            }
+            // Question: labels from byte 12, then QTYPE and QCLASS.
+            let mut pos = 12;
+            let mut labels = Vec::new();
+            while pos < len && query[pos] != 0 {
+                let l = query[pos] as usize;
+                labels.push(
+                    String::from_utf8_lossy(&query[pos + 1..pos + 1 + l]).to_ascii_lowercase(),
+                );
+                pos += 1 + l;
+            }
+            let question_end = pos + 5;
+            let qtype = u16::from_be_bytes([query[pos + 1], query[pos + 2]]);
+            let name = labels.join(".");
+            let found = table.get(&name);
+            let mut resp = Vec::with_capacity(64);
+            resp.extend_from_slice(&query[..2]); // id
+            let rcode = if found.is_some() { 0 } else { 3 };
+            resp.extend_from_slice(&[0x84, 0x80 | rcode]); // QR, AA, RA, rcode
+            let answers = u16::from(found.is_some() && qtype == 1);
+            resp.extend_from_slice(&[0, 1, 0, answers as u8, 0, 0, 0, 0]);
+            resp.extend_from_slice(&query[12..question_end]);
+            if let (Some(ip), 1) = (found, answers) {
+                resp.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+                resp.extend_from_slice(&ip.octets());
+            }
+            let _ = socket.send_to(&resp, peer).await;
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn edge_hostnames_are_resolved_and_dns_failures_classified() {
+    let http = FakeEdge::http().await.unwrap();
+    let dns = local_dns(&[("edge.cdn.test", std::net::Ipv4Addr::LOCALHOST)]).await;
+    let prober = NetworkProber::new(&[], true)
+        .unwrap()
+        .with_nameservers(&[dns])
+        .unwrap();
+
+    let mut req = request("app.example.test", &http, ProbeScheme::Http);
+    req.target = ProbeTarget::parse(&format!("edge.cdn.test:{}", http.addr().port())).unwrap();
+    let ok = prober.probe(&req).await;
+    assert_eq!(ok.outcome, Outcome::Ok, "{ok:?}");
+
+    req.target = ProbeTarget::parse(&format!("missing.cdn.test:{}", http.addr().port())).unwrap();
+    let missing = prober.probe(&req).await;
+    assert_eq!(missing.outcome, Outcome::Dns, "{missing:?}");
+
+    // A name resolving to loopback is refused when private targets are not allowed.
+    let strict = NetworkProber::new(&[], false)
+        .unwrap()
+        .with_nameservers(&[dns])
+        .unwrap();
+    req.target = ProbeTarget::parse(&format!("edge.cdn.test:{}", http.addr().port())).unwrap();
+    assert_eq!(strict.probe(&req).await.outcome, Outcome::Blocked);
+}
