@@ -15,6 +15,7 @@
 //!
 //! * [`storm`] — the pure core: availability windows and the storm state machine.
 //! * [`probe`] — the probing port (request, result, outcome classes, the `Prober` trait).
+//! * [`dns`] — DNS steering's pure core: the ChangeBatch planner and the provider port.
 //! * [`engine`] — the actors (root supervisor, lease keeper, probe supervisor, domain actors,
 //!   observation writer) and their ports to the database.
 //!
@@ -22,6 +23,7 @@
 //! makes them unit- and property-testable. The actors reach the outside world only through
 //! ports the `tranche` crate implements.
 
+pub mod dns;
 pub mod domain;
 pub mod engine;
 pub mod probe;
