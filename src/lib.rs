@@ -36,6 +36,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod demo;
+pub mod dns;
 pub mod engine;
 pub mod probe;
 pub mod startup;

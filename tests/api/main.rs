@@ -13,5 +13,6 @@ mod openapi;
 mod policies;
 mod probe;
 mod robustness;
+mod route53;
 mod services;
 mod walkthrough;
