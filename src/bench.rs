@@ -386,7 +386,7 @@ async fn start_engine(
     } else {
         env.pool.clone()
     };
-    crate::engine::start(engine_config(node), pool, prober).await
+    crate::engine::start(engine_config(node), pool, prober, None).await
 }
 
 async fn wait_running(

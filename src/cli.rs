@@ -11,7 +11,9 @@ use anyhow::Context;
 use rustls::pki_types::pem::PemObject;
 use tranche_actors::engine::EngineConfig;
 
-use crate::config::Settings;
+use tranche_actors::dns::provider::{DnsProvider, NoopProvider};
+
+use crate::config::{DnsProviderKind, Settings};
 use crate::db::{self, Database};
 use crate::engine;
 use crate::probe::NetworkProber;
@@ -196,7 +198,45 @@ async fn start_engine(
         .clone()
         .unwrap_or_else(engine::default_node_id);
     tracing::info!(node = %node_id, "starting the engine");
-    engine::start(EngineConfig::new(node_id), pool.clone(), prober).await
+    let provider: Arc<dyn DnsProvider> = match settings.dns_provider {
+        DnsProviderKind::Route53 => route53(settings).await,
+        DnsProviderKind::Auto if aws_credentials_configured() => route53(settings).await,
+        DnsProviderKind::Noop | DnsProviderKind::Auto => {
+            tracing::info!(
+                "DNS provider: noop (logs intended weight changes; set TRANCHE_DNS_PROVIDER=route53 and AWS credentials to steer Route53)"
+            );
+            Arc::new(NoopProvider)
+        }
+    };
+    let dns = engine::DnsOptions {
+        provider,
+        rate_per_sec: settings.dns_rate_per_second,
+        burst: settings.dns_burst,
+    };
+    engine::start(EngineConfig::new(node_id), pool.clone(), prober, Some(dns)).await
+}
+
+async fn route53(settings: &Settings) -> Arc<dyn DnsProvider> {
+    tracing::info!(endpoint = ?settings.route53_endpoint_url, "DNS provider: route53");
+    Arc::new(
+        crate::dns::route53::Route53Provider::from_environment(
+            settings.route53_endpoint_url.as_deref(),
+            std::time::Duration::from_secs(settings.dns_ttl_seconds),
+        )
+        .await,
+    )
+}
+
+/// Whether the standard AWS credential sources are configured in the environment.
+fn aws_credentials_configured() -> bool {
+    [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_PROFILE",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    ]
+    .iter()
+    .any(|v| std::env::var_os(v).is_some())
 }
 
 /// Completes on Ctrl-C or SIGTERM.

@@ -15,6 +15,11 @@
 //! | `probe_allow_private`| `TRANCHE_PROBE_ALLOW_PRIVATE`                 | `false`            |
 //! | `probe_ca_file`      | `TRANCHE_PROBE_CA_FILE`                       | none               |
 //! | `probe_nameservers`  | `TRANCHE_PROBE_NAMESERVERS` (`[ip:port,…]`)   | the system's       |
+//! | `dns_provider`       | `TRANCHE_DNS_PROVIDER` (`auto`/`noop`/`route53`) | `auto`          |
+//! | `route53_endpoint_url` | `TRANCHE_ROUTE53_ENDPOINT_URL`              | AWS's              |
+//! | `dns_ttl_seconds`    | `TRANCHE_DNS_TTL_SECONDS`                     | `60`               |
+//! | `dns_rate_per_second`| `TRANCHE_DNS_RATE_PER_SECOND`                 | `4`                |
+//! | `dns_burst`          | `TRANCHE_DNS_BURST`                           | `8`                |
 //!
 //! The file is `tranche.toml` in the working directory, or the one named by `--config` /
 //! `TRANCHE_CONFIG`. Secrets (`admin_token`, passwords inside `database_url`) are never printed:
@@ -57,6 +62,25 @@ pub struct Settings {
     pub probe_ca_file: Option<PathBuf>,
     /// DNS servers that resolve edge hostnames; empty uses the system's resolver configuration.
     pub probe_nameservers: Vec<SocketAddr>,
+    /// Where weighted records are written: `route53`, `noop` (log only), or `auto` (Route53
+    /// when AWS credentials are configured in the environment, else noop).
+    pub dns_provider: DnsProviderKind,
+    /// Route53 endpoint override (e.g. a local `moto_server`).
+    pub route53_endpoint_url: Option<String>,
+    /// TTL of the weighted records.
+    pub dns_ttl_seconds: u64,
+    /// Provider requests per second, node-wide (Route53 allows 5 per account).
+    pub dns_rate_per_second: f64,
+    /// Provider requests allowed at once above the rate.
+    pub dns_burst: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DnsProviderKind {
+    Auto,
+    Noop,
+    Route53,
 }
 
 impl Default for Settings {
@@ -74,6 +98,11 @@ impl Default for Settings {
             probe_allow_private: false,
             probe_ca_file: None,
             probe_nameservers: Vec::new(),
+            dns_provider: DnsProviderKind::Auto,
+            route53_endpoint_url: None,
+            dns_ttl_seconds: 60,
+            dns_rate_per_second: 4.0,
+            dns_burst: 8,
         }
     }
 }

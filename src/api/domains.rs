@@ -47,6 +47,9 @@ pub struct Domain {
     pub dns_zone: String,
     /// Ownership verification: Tranche steers DNS only for verified hostnames.
     pub verification: Verification,
+    /// Whether Tranche may rewrite this hostname's weighted DNS records (until ownership
+    /// verification exists: on in dev mode, off otherwise).
+    pub steering_enabled: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -81,6 +84,7 @@ impl From<domains::DomainRow> for Domain {
             probe_scheme: r.probe_scheme,
             expected_statuses: r.expected_statuses,
             probe_timeout_ms: r.probe_timeout_ms,
+            steering_enabled: r.steering_enabled,
             dns_zone: r.dns_zone.unwrap_or_default(),
             created_at: r.created_at,
             updated_at: r.updated_at,
@@ -212,6 +216,7 @@ impl DomainsApi {
             shard: shard_of(&zone) as i16,
             dns_zone: Some(zone),
             verification_token: &token,
+            steering_enabled: ctx.dev,
         };
         let row = domains::create(&ctx.pool, tenant.customer_id, id.0, &new)
             .await?

@@ -99,6 +99,7 @@ pub async fn run() -> anyhow::Result<()> {
             shard: shard_of(&zone) as i16,
             dns_zone: Some(zone),
             verification_token: "demo",
+            steering_enabled: false,
         };
         store::domains::create(&pool, customers::DEMO_CUSTOMER_ID, service.id, &new).await?;
     }
@@ -115,7 +116,7 @@ pub async fn run() -> anyhow::Result<()> {
     let mut config = EngineConfig::new("demo-node");
     config.lease_interval = Duration::from_millis(250);
     config.flush_interval = Duration::from_millis(250);
-    let engine = crate::engine::start(config, pool.clone(), Arc::new(prober)).await?;
+    let engine = crate::engine::start(config, pool.clone(), Arc::new(prober), None).await?;
     say(
         "engine started: one actor per domain, probing each through BOTH CDNs (TLS, SNI = the customer hostname)",
     );

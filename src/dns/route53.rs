@@ -15,7 +15,7 @@ use aws_sdk_route53::types::{
     Change, ChangeAction, ChangeBatch, ChangeStatus, ResourceRecord, ResourceRecordSet, RrType,
 };
 use tokio::sync::Mutex;
-use tranche_actors::dns::planner::Batch;
+use tranche_actors::dns::planner::{Batch, RecordType};
 use tranche_actors::dns::provider::{DnsProvider, ProviderError, Submitted};
 
 /// TTL of the weighted records unless configured otherwise.
@@ -111,6 +111,7 @@ impl Route53Provider {
     fn record_set(
         &self,
         name: &str,
+        rtype: RecordType,
         identifier: &str,
         weight: u8,
         value: &str,
@@ -121,7 +122,11 @@ impl Route53Provider {
             .map_err(|e| ProviderError::InvalidChangeBatch(e.to_string()))?;
         ResourceRecordSet::builder()
             .name(name)
-            .r#type(RrType::Cname)
+            .r#type(match rtype {
+                RecordType::Cname => RrType::Cname,
+                RecordType::A => RrType::A,
+                RecordType::Aaaa => RrType::Aaaa,
+            })
             .set_identifier(identifier)
             .weight(i64::from(weight))
             .ttl(self.ttl.as_secs() as i64)
@@ -182,7 +187,9 @@ impl DnsProvider for Route53Provider {
             ] {
                 let change = Change::builder()
                     .action(ChangeAction::Upsert)
-                    .resource_record_set(self.record_set(&c.name, identifier, weight, value)?)
+                    .resource_record_set(
+                        self.record_set(&c.name, c.rtype, identifier, weight, value)?,
+                    )
                     .build()
                     .map_err(|e| ProviderError::InvalidChangeBatch(e.to_string()))?;
                 changes.push(change);

@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
-use tranche_actors::engine::{Engine, EngineConfig, RootArgs};
+use tranche_actors::dns::planner::BatchLimits;
+use tranche_actors::dns::provider::DnsProvider;
+use tranche_actors::dns::rate::TokenBucket;
+use tranche_actors::engine::{DnsSetup, Engine, EngineConfig, RootArgs};
 use tranche_actors::probe::Prober;
 
 /// The channel the configuration tables notify on (see the engine migration).
@@ -39,20 +42,37 @@ impl RunningEngine {
     }
 }
 
-/// Starts this node's actor tree over `pool`.
+/// DNS steering settings for [`start`].
+pub struct DnsOptions {
+    pub provider: Arc<dyn DnsProvider>,
+    /// Provider requests per second, node-wide (Route53 allows 5 per account).
+    pub rate_per_sec: f64,
+    /// Requests allowed at once above the rate.
+    pub burst: u32,
+}
+
+/// Starts this node's actor tree over `pool`; `dns: None` leaves desired weights unapplied.
 pub async fn start(
     config: EngineConfig,
     pool: PgPool,
     prober: Arc<dyn Prober>,
+    dns: Option<DnsOptions>,
 ) -> anyhow::Result<RunningEngine> {
     let store = Arc::new(store::PgEngineStore::new(pool.clone()));
     let leases = Arc::new(leases::PgLeaseBackend::new(pool.clone()));
+    let dns = dns.map(|d| DnsSetup {
+        store: store.clone(),
+        provider: d.provider,
+        limiter: Arc::new(TokenBucket::new(d.rate_per_sec, d.burst)),
+        limits: BatchLimits::ROUTE53,
+    });
     let engine = Arc::new(
         Engine::start(RootArgs {
             config,
             store,
             leases,
             prober,
+            dns,
         })
         .await
         .map_err(|e| anyhow::anyhow!("could not start the engine: {e}"))?,

@@ -7,11 +7,12 @@ use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use rust_decimal::Decimal;
 use serde_json::json;
 use sqlx::{FromRow, PgPool};
+use tranche_actors::dns::planner::{Batch, RecordChange, RecordType};
 use tranche_actors::domain::{
-    ExpectedStatuses, PolicyKind, PolicyParams, ProbePath, ProbeScheme, ProbeTarget,
+    ExpectedStatuses, PolicyKind, PolicyParams, ProbePath, ProbeScheme, ProbeTarget, TargetHost,
 };
 use tranche_actors::engine::ports::{
-    DomainSpec, EngineStore, Fence, Observation, PersistedState, StoreError,
+    DnsStore, DomainSpec, EngineStore, Fence, Observation, PersistedState, StoreError,
 };
 use tranche_actors::probe::Cdn;
 use tranche_actors::storm::{Decision, StormChange, StormState, Weights};
@@ -36,6 +37,7 @@ struct SpecRow {
     service_id: i64,
     customer_id: i64,
     hostname: String,
+    dns_zone: Option<String>,
     shard: i16,
     primary_target: Option<String>,
     backup_target: Option<String>,
@@ -80,6 +82,7 @@ impl SpecRow {
             id: self.id,
             service_id: self.service_id,
             customer_id: self.customer_id,
+            zone: self.dns_zone.unwrap_or_else(|| self.hostname.clone()),
             hostname: self.hostname,
             shard: self.shard as u16,
             primary_target: target(&self.primary_target)?,
@@ -115,7 +118,7 @@ impl EngineStore for PgEngineStore {
     ) -> Result<Vec<(DomainSpec, Option<PersistedState>)>, StoreError> {
         let shards: Vec<i16> = shards.iter().map(|s| *s as i16).collect();
         let rows: Vec<SpecRow> = sqlx::query_as(
-            "select d.id, d.service_id, s.customer_id, d.hostname, d.shard, d.primary_target,
+            "select d.id, d.service_id, s.customer_id, d.hostname, d.dns_zone, d.shard, d.primary_target,
                     d.backup_target, d.probe_scheme, d.probe_path, d.expected_statuses,
                     d.probe_timeout_ms,
                     p.threshold_avail, p.window_seconds, p.cooldown_seconds, p.max_coverage_factor,
@@ -387,6 +390,284 @@ impl EngineStore for PgEngineStore {
             .execute(&self.pool)
             .await
             .map(|r| r.rows_affected())
+            .map_err(other)
+    }
+}
+
+/// Fencing: the lease row is share-locked until the transaction ends, so the epoch cannot move
+/// on between this check and the caller's writes (a new owner's bump waits, then wins).
+async fn check_fence(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    fence: Fence,
+) -> Result<(), StoreError> {
+    let epoch: Option<i64> =
+        sqlx::query_scalar("select epoch from shard_leases where shard = $1 for share")
+            .bind(fence.shard as i16)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(other)?;
+    if epoch == Some(fence.epoch) {
+        Ok(())
+    } else {
+        Err(StoreError::Fenced {
+            shard: fence.shard,
+            epoch: fence.epoch,
+        })
+    }
+}
+
+/// The record type and value a probe target becomes in DNS.
+fn record_of(target: &str) -> Option<(RecordType, String)> {
+    let t = ProbeTarget::parse(target).ok()?;
+    Some(match t.host {
+        TargetHost::Name(h) => (RecordType::Cname, h.to_string()),
+        TargetHost::Ip(ip @ std::net::IpAddr::V4(_)) => (RecordType::A, ip.to_string()),
+        TargetHost::Ip(ip @ std::net::IpAddr::V6(_)) => (RecordType::Aaaa, ip.to_string()),
+    })
+}
+
+#[derive(FromRow)]
+struct PendingRow {
+    id: i64,
+    hostname: String,
+    primary_target: String,
+    backup_target: String,
+    desired_primary: i16,
+    decided_at: DateTime<Utc>,
+    applied_primary: Option<i16>,
+}
+
+fn batch_json(batch: &Batch, storms: &HashMap<i64, uuid::Uuid>) -> serde_json::Value {
+    let changes: Vec<serde_json::Value> = batch
+        .changes
+        .iter()
+        .map(|c| {
+            let reason = match c.applied {
+                None => "initial",
+                Some(_) if c.is_failover() => "failover",
+                Some(_) => "ramp",
+            };
+            json!({
+                "domain_id": c.domain_id,
+                "name": c.name,
+                "type": c.rtype.as_str(),
+                "from": c.applied.map(|w| json!({ "primary": w.primary, "backup": w.backup })),
+                "to": { "primary": c.weights.primary, "backup": c.weights.backup },
+                "reason": reason,
+                "storm_id": storms.get(&c.domain_id),
+            })
+        })
+        .collect();
+    serde_json::Value::Array(changes)
+}
+
+#[async_trait::async_trait]
+impl DnsStore for PgEngineStore {
+    async fn zones_on_shards(&self, shards: &[u16]) -> Result<Vec<(String, u16)>, StoreError> {
+        let shards: Vec<i16> = shards.iter().map(|s| *s as i16).collect();
+        let rows: Vec<(String, i16)> = sqlx::query_as(
+            "select distinct d.dns_zone, d.shard
+               from service_domains d join services s on s.id = d.service_id
+              where d.deleted_at is null and s.deleted_at is null and d.steering_enabled
+                and d.dns_zone is not null and d.shard = any($1)",
+        )
+        .bind(&shards)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(other)?;
+        Ok(rows.into_iter().map(|(z, s)| (z, s as u16)).collect())
+    }
+
+    async fn pending_dns(&self, zone: &str) -> Result<Vec<RecordChange>, StoreError> {
+        let rows: Vec<PendingRow> = sqlx::query_as(
+            "select d.id, d.hostname, d.primary_target, d.backup_target,
+                    coalesce(st.desired_primary_weight, 100::smallint) as desired_primary,
+                    coalesce(st.updated_at, d.created_at) as decided_at,
+                    r.applied_primary_weight as applied_primary
+               from service_domains d
+               join services s on s.id = d.service_id
+               left join domain_states st on st.domain_id = d.id
+               left join dns_records r on r.domain_id = d.id
+              where d.dns_zone = $1 and d.deleted_at is null and s.deleted_at is null
+                and d.steering_enabled
+                and d.primary_target is not null and d.backup_target is not null
+                and (r.applied_primary_weight is null
+                     or r.applied_primary_weight <> coalesce(st.desired_primary_weight, 100::smallint))
+                and (r.failed_at is null or r.failed_at < coalesce(st.updated_at, d.updated_at))",
+        )
+        .bind(zone)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(other)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| {
+                let (pt, pv) = record_of(&r.primary_target)?;
+                let (bt, bv) = record_of(&r.backup_target)?;
+                if pt != bt {
+                    tracing::warn!(
+                        domain.id = r.id,
+                        "primary and backup targets need different record types; not steering"
+                    );
+                    return None;
+                }
+                Some(RecordChange {
+                    domain_id: r.id,
+                    name: r.hostname,
+                    rtype: pt,
+                    primary_value: pv,
+                    backup_value: bv,
+                    weights: Weights::new(r.desired_primary.clamp(0, 100) as u8),
+                    applied: r
+                        .applied_primary
+                        .map(|p| Weights::new(p.clamp(0, 100) as u8)),
+                    decided_at: r.decided_at,
+                })
+            })
+            .collect())
+    }
+
+    async fn dns_submitted(
+        &self,
+        zone: &str,
+        provider: &str,
+        batch: &Batch,
+        attempt: i32,
+        fence: Fence,
+        node_id: &str,
+    ) -> Result<String, StoreError> {
+        let ids: Vec<i64> = batch.changes.iter().map(|c| c.domain_id).collect();
+        let mut tx = self.pool.begin().await.map_err(other)?;
+        check_fence(&mut tx, fence).await?;
+        let storms: HashMap<i64, uuid::Uuid> = sqlx::query_as::<_, (i64, uuid::Uuid)>(
+            "select domain_id, id from storm_events where domain_id = any($1) and ended_at is null",
+        )
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(other)?
+        .into_iter()
+        .collect();
+        let id: uuid::Uuid = sqlx::query_scalar(
+            "insert into dns_changes (zone, provider, domain_ids, changes, status, attempt, node_id)
+             values ($1, $2, $3, $4, 'submitted', $5, $6) returning id",
+        )
+        .bind(zone)
+        .bind(provider)
+        .bind(&ids)
+        .bind(batch_json(batch, &storms))
+        .bind(attempt)
+        .bind(node_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(other)?;
+        tx.commit().await.map_err(other)?;
+        Ok(id.to_string())
+    }
+
+    async fn dns_applied(
+        &self,
+        change_id: &str,
+        batch: &Batch,
+        provider_change_id: &str,
+        in_sync: bool,
+        fence: Fence,
+    ) -> Result<(), StoreError> {
+        let change: uuid::Uuid = change_id
+            .parse()
+            .map_err(|e| StoreError::Other(format!("{e}")))?;
+        let ids: Vec<i64> = batch.changes.iter().map(|c| c.domain_id).collect();
+        let primaries: Vec<i16> = batch
+            .changes
+            .iter()
+            .map(|c| i16::from(c.weights.primary))
+            .collect();
+        let mut tx = self.pool.begin().await.map_err(other)?;
+        check_fence(&mut tx, fence).await?;
+        sqlx::query(
+            "insert into dns_records as r (domain_id, zone, provider, applied_primary_weight,
+                    applied_backup_weight, applied_at, last_change_id)
+             select b.id, c.zone, c.provider, b.p, 100 - b.p, now(), c.id
+               from unnest($1::bigint[], $2::smallint[]) as b(id, p)
+               join service_domains d on d.id = b.id
+               join dns_changes c on c.id = $3
+             on conflict (domain_id) do update set
+                 zone = excluded.zone, provider = excluded.provider,
+                 applied_primary_weight = excluded.applied_primary_weight,
+                 applied_backup_weight = excluded.applied_backup_weight,
+                 applied_at = excluded.applied_at, last_change_id = excluded.last_change_id,
+                 last_error = null, failed_at = null",
+        )
+        .bind(&ids)
+        .bind(&primaries)
+        .bind(change)
+        .execute(&mut *tx)
+        .await
+        .map_err(other)?;
+        sqlx::query(
+            "update dns_changes
+                set status = case when $3 then 'insync' else 'submitted' end,
+                    provider_change_id = $2,
+                    insync_at = case when $3 then now() end
+              where id = $1",
+        )
+        .bind(change)
+        .bind(provider_change_id)
+        .bind(in_sync)
+        .execute(&mut *tx)
+        .await
+        .map_err(other)?;
+        tx.commit().await.map_err(other)
+    }
+
+    async fn dns_failed(
+        &self,
+        change_id: &str,
+        error: &str,
+        permanent: &[i64],
+    ) -> Result<(), StoreError> {
+        let change: uuid::Uuid = change_id
+            .parse()
+            .map_err(|e| StoreError::Other(format!("{e}")))?;
+        let mut tx = self.pool.begin().await.map_err(other)?;
+        sqlx::query(
+            "update dns_changes set status = 'failed', error = $2, failed_at = now() where id = $1",
+        )
+        .bind(change)
+        .bind(error)
+        .execute(&mut *tx)
+        .await
+        .map_err(other)?;
+        if !permanent.is_empty() {
+            sqlx::query(
+                "insert into dns_records (domain_id, zone, provider, last_change_id, last_error, failed_at)
+                 select b.id, c.zone, c.provider, c.id, $3, now()
+                   from unnest($1::bigint[]) as b(id)
+                   join service_domains d on d.id = b.id
+                   join dns_changes c on c.id = $2
+                 on conflict (domain_id) do update set
+                     last_change_id = excluded.last_change_id, last_error = excluded.last_error,
+                     failed_at = excluded.failed_at",
+            )
+            .bind(permanent)
+            .bind(change)
+            .bind(error)
+            .execute(&mut *tx)
+            .await
+            .map_err(other)?;
+        }
+        tx.commit().await.map_err(other)
+    }
+
+    async fn dns_insync(&self, change_id: &str) -> Result<(), StoreError> {
+        let change: uuid::Uuid = change_id
+            .parse()
+            .map_err(|e| StoreError::Other(format!("{e}")))?;
+        sqlx::query("update dns_changes set status = 'insync', insync_at = now() where id = $1 and status = 'submitted'")
+            .bind(change)
+            .execute(&self.pool)
+            .await
+            .map(drop)
             .map_err(other)
     }
 }

@@ -19,6 +19,7 @@ pub struct DomainRow {
     pub verification_status: String,
     pub verification_token: String,
     pub verified_at: Option<DateTime<Utc>>,
+    pub steering_enabled: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -28,7 +29,7 @@ macro_rules! columns {
     () => {
         "d.id, d.service_id, d.hostname, d.primary_target, d.backup_target,
     d.probe_path, d.probe_scheme, d.expected_statuses, d.probe_timeout_ms, d.dns_zone, d.shard,
-    d.verification_status, d.verification_token, d.verified_at,
+    d.verification_status, d.verification_token, d.verified_at, d.steering_enabled,
     d.created_at, d.updated_at"
     };
 }
@@ -46,6 +47,8 @@ pub struct NewDomain<'a> {
     pub dns_zone: Option<String>,
     pub shard: i16,
     pub verification_token: &'a str,
+    /// Whether the engine may steer this hostname's DNS (until ownership verification exists).
+    pub steering_enabled: bool,
 }
 
 /// Live domains of service `service_id`, which must be customer `customer_id`'s.
@@ -80,8 +83,9 @@ pub async fn create(
     sqlx::query_as(concat!(
         "insert into service_domains as d
                 (service_id, hostname, primary_target, backup_target, probe_path, probe_scheme,
-                 expected_statuses, probe_timeout_ms, dns_zone, shard, verification_token)
-         select s.id, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12
+                 expected_statuses, probe_timeout_ms, dns_zone, shard, verification_token,
+                 steering_enabled)
+         select s.id, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13
            from services s
           where s.id = $1 and s.customer_id = $2 and s.deleted_at is null
          returning ",
@@ -100,6 +104,7 @@ pub async fn create(
     .bind(&domain.dns_zone)
     .bind(domain.shard)
     .bind(domain.verification_token)
+    .bind(domain.steering_enabled)
     .fetch_optional(pool)
     .await
 }

@@ -48,7 +48,7 @@ async fn start_node(pool_of: &sqlx::PgPool, node: &str, log: &Log) -> RunningEng
         node: node.to_owned(),
         log: log.clone(),
     };
-    tranche::engine::start(test_engine_config(node), pool, Arc::new(prober))
+    tranche::engine::start(test_engine_config(node), pool, Arc::new(prober), None)
         .await
         .unwrap()
 }

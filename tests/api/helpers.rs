@@ -233,13 +233,28 @@ impl TestApp {
         &mut self,
         prober: std::sync::Arc<dyn tranche_actors::probe::Prober>,
     ) {
+        self.start_engine_with_dns(prober, None).await;
+    }
+
+    /// Starts an engine node that also steers DNS through `provider`.
+    pub async fn start_engine_with_dns(
+        &mut self,
+        prober: std::sync::Arc<dyn tranche_actors::probe::Prober>,
+        provider: Option<std::sync::Arc<dyn tranche_actors::dns::provider::DnsProvider>>,
+    ) {
         let node = format!(
             "test-node-{}",
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
-        let engine = tranche::engine::start(test_engine_config(&node), self.pool.clone(), prober)
-            .await
-            .unwrap();
+        let dns = provider.map(|provider| tranche::engine::DnsOptions {
+            provider,
+            rate_per_sec: 50.0,
+            burst: 50,
+        });
+        let engine =
+            tranche::engine::start(test_engine_config(&node), self.pool.clone(), prober, dns)
+                .await
+                .unwrap();
         self.engine = Some(engine);
     }
 }

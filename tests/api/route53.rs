@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use tranche::dns::route53::{DEFAULT_TTL, Route53Provider};
-use tranche_actors::dns::planner::{BatchLimits, RecordChange, plan};
+use tranche_actors::dns::planner::{BatchLimits, RecordChange, RecordType, plan};
 use tranche_actors::dns::provider::{DnsProvider, ProviderError};
 use tranche_actors::storm::Weights;
 
@@ -73,6 +73,7 @@ fn change(id: i64, name: &str, primary: u8, applied: Option<u8>) -> RecordChange
     RecordChange {
         domain_id: id,
         name: name.to_owned(),
+        rtype: RecordType::Cname,
         primary_value: format!("{name}.cdn.cloudflare.net"),
         backup_value: format!("{name}.global.prod.fastly.net"),
         weights: Weights::new(primary),
@@ -210,4 +211,114 @@ async fn many_domains_of_a_zone_go_in_few_requests() {
         100
     );
     assert_eq!(weights_of(&provider, &zone, "d0.example.com").await[1].1, 0);
+}
+
+/// The whole path: probes → storm → desired weights → zone actor → Route53 (moto) → recovery.
+#[tokio::test]
+async fn a_storm_moves_route53_weights_to_the_backup_and_back() {
+    use std::sync::Arc;
+
+    use serde_json::json;
+    use tranche::demo::edge::{Behaviour, FakeEdge};
+    use tranche::probe::NetworkProber;
+
+    use crate::helpers::{Auth, spawn_app};
+
+    let moto = moto().await;
+    let provider = Arc::new(Route53Provider::for_endpoint(&moto.url, DEFAULT_TTL));
+    let zone = create_zone(&provider, "example.test").await;
+    let primary = FakeEdge::http().await.unwrap();
+    let backup = FakeEdge::http().await.unwrap();
+    let mut app = spawn_app().await;
+    let demo = Auth::Header(1);
+    let service = app.create_service(&demo, "web").await;
+    app.post(
+        &format!("/v1/services/{service}/storm-policies"),
+        &demo,
+        json!({ "window_seconds": 3, "min_samples": 2, "probe_interval_seconds": 1, "cooldown_seconds": 2 }),
+    )
+    .await
+    .expect(201);
+    let domain = app
+        .post(
+            &format!("/v1/services/{service}/domains"),
+            &demo,
+            json!({
+                "name": "app.example.test",
+                "primary_target": primary.addr().to_string(),
+                "backup_target": backup.addr().to_string(),
+                "probe_scheme": "http",
+                "probe_timeout_ms": 500,
+            }),
+        )
+        .await
+        .expect(201);
+    assert_eq!(
+        domain.body["steering_enabled"], true,
+        "dev mode steers without verification"
+    );
+    app.start_engine_with_dns(
+        Arc::new(NetworkProber::new(&[], true).unwrap()),
+        Some(provider.clone()),
+    )
+    .await;
+
+    let weights = |p: i64| {
+        let provider = provider.clone();
+        let zone = zone.clone();
+        async move {
+            let sets = weights_of(&provider, &zone, "app.example.test").await;
+            (sets.len() == 2 && sets[1].1 == p && sets[0].1 == 100 - p).then_some(sets)
+        }
+    };
+    // The weighted pair is created at normal weights.
+    let sets = eventually("records created at 100/0", Duration::from_secs(15), || {
+        weights(100)
+    })
+    .await;
+    assert_eq!(sets[0].0, "backup");
+    assert_eq!(sets[1].2, "127.0.0.1", "IP targets become A records");
+
+    primary.set(Behaviour::Status(503));
+    eventually(
+        "failover applied in Route53",
+        Duration::from_secs(15),
+        || weights(0),
+    )
+    .await;
+    let (reason, storm_id): (String, Option<String>) = sqlx::query_as(
+        "select changes->0->>'reason', changes->0->>'storm_id' from dns_changes
+          where status in ('insync', 'submitted') order by submitted_at desc limit 1",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(reason, "failover");
+    assert!(
+        storm_id.is_some(),
+        "the change names the storm that caused it"
+    );
+
+    primary.set(Behaviour::Healthy);
+    eventually(
+        "ramped back to 100/0 in Route53",
+        Duration::from_secs(30),
+        || weights(100),
+    )
+    .await;
+    let ramps: i64 =
+        sqlx::query_scalar("select count(*) from dns_changes where changes->0->>'reason' = 'ramp'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert!(
+        ramps >= 2,
+        "the ramp went through intermediate weights ({ramps} ramp changes)"
+    );
+    let applied: (i16, i16) =
+        sqlx::query_as("select applied_primary_weight, applied_backup_weight from dns_records")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(applied, (100, 0));
 }

@@ -3,3 +3,4 @@
 
 pub mod planner;
 pub mod provider;
+pub mod rate;

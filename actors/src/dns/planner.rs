@@ -30,12 +30,32 @@ impl BatchLimits {
     };
 }
 
+/// Type of the two weighted record sets: CNAME to an edge hostname (the default), or A/AAAA
+/// when the CDN targets are IP addresses. Both sets of a domain have the same type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RecordType {
+    Cname,
+    A,
+    Aaaa,
+}
+
+impl RecordType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cname => "CNAME",
+            Self::A => "A",
+            Self::Aaaa => "AAAA",
+        }
+    }
+}
+
 /// The desired weighting of one domain, to be written as its two weighted record sets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordChange {
     pub domain_id: i64,
     /// The record name (the customer hostname).
     pub name: String,
+    pub rtype: RecordType,
     /// Value of the `primary` record set (e.g. the primary CDN's CNAME target).
     pub primary_value: String,
     /// Value of the `backup` record set.
@@ -77,6 +97,13 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// A batch of one change.
+    pub fn of(change: RecordChange) -> Batch {
+        let mut b = Batch::default();
+        b.push(change);
+        b
+    }
+
     fn fits(&self, c: &RecordChange, limits: &BatchLimits) -> bool {
         self.records + c.record_cost() <= limits.max_records
             && self.value_chars + c.char_cost() <= limits.max_value_chars
@@ -166,6 +193,7 @@ mod tests {
         RecordChange {
             domain_id: id,
             name: format!("d{id}.example.com"),
+            rtype: RecordType::Cname,
             primary_value: "example.com.cdn.cloudflare.net".into(),
             backup_value: "example.com.global.prod.fastly.net".into(),
             weights: Weights::new(primary),

@@ -28,6 +28,8 @@ pub struct EngineCtx {
     pub store: Arc<dyn EngineStore>,
     pub prober: Arc<dyn Prober>,
     pub observations: ActorRef<ObservationMsg>,
+    /// The node's DNS supervisor, woken after a decision (`None`: DNS steering off).
+    pub dns: Option<ActorRef<super::dns_supervisor::DnsMsg>>,
 }
 
 pub struct DomainActor;
@@ -225,6 +227,9 @@ impl DomainState {
                     "storm state changed"
                 );
                 self.machine = next;
+                if let Some(dns) = &self.ctx.dns {
+                    let _ = dns.cast(super::dns_supervisor::DnsMsg::Wake(self.spec.zone.clone()));
+                }
             }
             Err(StoreError::Fenced { shard, epoch }) => {
                 tracing::warn!(

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::config::EngineConfig;
+use super::dns_supervisor::DnsMsg;
 use super::ports::{LeaseBackend, OwnedShards};
 use super::probe_supervisor::SupervisorMsg;
 use crate::domain::{SHARDS, shard_of};
@@ -21,12 +22,15 @@ pub struct LeaseArgs {
     pub config: EngineConfig,
     pub backend: Arc<dyn LeaseBackend>,
     pub supervisor: ActorRef<SupervisorMsg>,
+    /// The DNS supervisor, told about shard changes too (`None`: DNS steering off).
+    pub dns: Option<ActorRef<DnsMsg>>,
 }
 
 pub struct LeaseState {
     config: EngineConfig,
     backend: Arc<dyn LeaseBackend>,
     supervisor: ActorRef<SupervisorMsg>,
+    dns: Option<ActorRef<DnsMsg>>,
     owned: OwnedShards,
 }
 
@@ -62,6 +66,7 @@ impl Actor for LeaseKeeper {
             config: args.config,
             backend: args.backend,
             supervisor: args.supervisor,
+            dns: args.dns,
             owned: OwnedShards::new(),
         })
     }
@@ -79,9 +84,7 @@ impl Actor for LeaseKeeper {
             }
             LeaseMsg::SetSupervisor(supervisor) => {
                 state.supervisor = supervisor;
-                let _ = state
-                    .supervisor
-                    .cast(SupervisorMsg::Shards(state.owned.clone()));
+                state.publish();
             }
         }
         Ok(())
@@ -93,9 +96,7 @@ impl Actor for LeaseKeeper {
         state: &mut LeaseState,
     ) -> Result<(), ActorProcessingErr> {
         state.owned.clear();
-        let _ = state
-            .supervisor
-            .cast(SupervisorMsg::Shards(OwnedShards::new()));
+        state.publish();
         state.backend.reset().await;
         state.backend.deregister(&state.config.node_id).await;
         Ok(())
@@ -112,9 +113,17 @@ impl LeaseState {
             );
         }
         self.owned.clear();
+        self.publish();
+    }
+
+    /// Tells the supervisors which shards this node owns now.
+    fn publish(&self) {
         let _ = self
             .supervisor
-            .cast(SupervisorMsg::Shards(OwnedShards::new()));
+            .cast(SupervisorMsg::Shards(self.owned.clone()));
+        if let Some(dns) = &self.dns {
+            let _ = dns.cast(DnsMsg::Shards(self.owned.clone()));
+        }
     }
 
     async fn tick(&mut self) {
@@ -170,9 +179,7 @@ impl LeaseState {
         }
         if changed {
             tracing::info!(node = %node, shards = self.owned.len(), live_nodes = live, "shard ownership changed");
-            let _ = self
-                .supervisor
-                .cast(SupervisorMsg::Shards(self.owned.clone()));
+            self.publish();
         }
     }
 }

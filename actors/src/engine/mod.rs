@@ -3,6 +3,8 @@
 //! ```text
 //! RootSupervisor
 //!  ├─ ObservationWriter   batches probe results into per-minute aggregates
+//!  ├─ DnsSupervisor       one ZoneActor per DNS zone with steered domains on those shards
+//!  │    └─ ZoneActor      applies desired weights through the DNS provider, batched
 //!  ├─ ProbeSupervisor     one DomainActor per domain on the shards this node owns
 //!  │    └─ DomainActor    probes primary + backup, runs the storm machine, commits decisions
 //!  └─ LeaseKeeper         heartbeats, takes its fair share of shards (advisory locks + epochs)
@@ -19,12 +21,14 @@
 //! over PostgreSQL and the network.
 
 pub mod config;
+pub mod dns_supervisor;
 pub mod domain_actor;
 pub mod lease_keeper;
 pub mod observation_writer;
 pub mod ports;
 pub mod probe_supervisor;
 pub mod root;
+pub mod zone_actor;
 
 use std::time::Duration;
 
@@ -35,7 +39,7 @@ use lease_keeper::LeaseMsg;
 use observation_writer::ObservationMsg;
 use ports::OwnedShards;
 use probe_supervisor::SupervisorMsg;
-pub use root::RootArgs;
+pub use root::{DnsSetup, RootArgs};
 use root::{RootMsg, RootSupervisor};
 
 /// A running engine on this node.

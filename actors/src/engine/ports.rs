@@ -18,6 +18,8 @@ pub struct DomainSpec {
     pub service_id: i64,
     pub customer_id: i64,
     pub hostname: String,
+    /// The DNS zone the hostname is steered in (its zone actor is woken on decisions).
+    pub zone: String,
     pub shard: u16,
     pub primary_target: Option<ProbeTarget>,
     pub backup_target: Option<ProbeTarget>,
@@ -135,3 +137,44 @@ pub trait LeaseBackend: Send + Sync + 'static {
 
 /// The shards a node owns, with their fencing epochs.
 pub type OwnedShards = BTreeMap<u16, i64>;
+
+/// The database side of DNS steering.
+#[async_trait::async_trait]
+pub trait DnsStore: Send + Sync + 'static {
+    /// DNS zones with steered domains on `shards`, with their shard.
+    async fn zones_on_shards(&self, shards: &[u16]) -> Result<Vec<(String, u16)>, StoreError>;
+    /// Steered domains of `zone` whose applied weights differ from the desired ones (and that
+    /// have not failed permanently since their last decision).
+    async fn pending_dns(
+        &self,
+        zone: &str,
+    ) -> Result<Vec<crate::dns::planner::RecordChange>, StoreError>;
+    /// Audits an attempt before the provider is called; returns the change's id.
+    async fn dns_submitted(
+        &self,
+        zone: &str,
+        provider: &str,
+        batch: &crate::dns::planner::Batch,
+        attempt: i32,
+        fence: Fence,
+        node_id: &str,
+    ) -> Result<String, StoreError>;
+    /// Records the provider's acceptance: the batch's weights are now the applied ones.
+    async fn dns_applied(
+        &self,
+        change_id: &str,
+        batch: &crate::dns::planner::Batch,
+        provider_change_id: &str,
+        in_sync: bool,
+        fence: Fence,
+    ) -> Result<(), StoreError>;
+    /// Records a failed attempt; `permanent` domains are marked failed until their next decision.
+    async fn dns_failed(
+        &self,
+        change_id: &str,
+        error: &str,
+        permanent: &[i64],
+    ) -> Result<(), StoreError>;
+    /// Records that a submitted change reached every name server.
+    async fn dns_insync(&self, change_id: &str) -> Result<(), StoreError>;
+}

@@ -1,7 +1,7 @@
 //! RootSupervisor: the top of a node's actor tree.
 //!
-//! It starts the observation writer, the probe supervisor and the lease keeper, linked, in
-//! that order (each needs the one before). A child that fails is restarted; a restarted probe
+//! It starts the observation writer, the DNS supervisor (when DNS steering is configured), the
+//! probe supervisor and the lease keeper, linked, in that order (each needs the ones before). A child that fails is restarted; a restarted probe
 //! supervisor is handed to the lease keeper, which re-sends the owned shards; a restarted lease
 //! keeper drops every lock first, so ownership restarts from a clean slate.
 
@@ -10,11 +10,16 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use super::config::EngineConfig;
+use super::dns_supervisor::{DnsMsg, DnsSupervisor};
 use super::domain_actor::EngineCtx;
 use super::lease_keeper::{LeaseArgs, LeaseKeeper, LeaseMsg};
 use super::observation_writer::{ObservationMsg, ObservationWriter, WriterArgs};
-use super::ports::{EngineStore, LeaseBackend};
+use super::ports::{DnsStore, EngineStore, LeaseBackend};
 use super::probe_supervisor::{ProbeSupervisor, SupervisorMsg};
+use super::zone_actor::DnsCtx;
+use crate::dns::planner::BatchLimits;
+use crate::dns::provider::DnsProvider;
+use crate::dns::rate::TokenBucket;
 use crate::probe::Prober;
 
 pub struct RootSupervisor;
@@ -24,6 +29,16 @@ pub struct RootArgs {
     pub store: Arc<dyn EngineStore>,
     pub leases: Arc<dyn LeaseBackend>,
     pub prober: Arc<dyn Prober>,
+    /// DNS steering; `None` leaves desired weights unapplied (API-only or tests).
+    pub dns: Option<DnsSetup>,
+}
+
+/// What DNS steering needs.
+pub struct DnsSetup {
+    pub store: Arc<dyn DnsStore>,
+    pub provider: Arc<dyn DnsProvider>,
+    pub limiter: Arc<TokenBucket>,
+    pub limits: BatchLimits,
 }
 
 pub struct RootState {
@@ -31,6 +46,7 @@ pub struct RootState {
     pub(crate) writer: ActorRef<ObservationMsg>,
     pub(crate) supervisor: ActorRef<SupervisorMsg>,
     pub(crate) leases: ActorRef<LeaseMsg>,
+    pub(crate) dns: Option<ActorRef<DnsMsg>>,
 }
 
 pub enum RootMsg {
@@ -46,17 +62,43 @@ pub enum RootMsg {
 
 impl RootState {
     fn ctx(&self) -> Arc<EngineCtx> {
-        ctx(&self.args, self.writer.clone())
+        ctx(&self.args, self.writer.clone(), self.dns.clone())
     }
 }
 
-fn ctx(args: &RootArgs, writer: ActorRef<ObservationMsg>) -> Arc<EngineCtx> {
+fn ctx(
+    args: &RootArgs,
+    writer: ActorRef<ObservationMsg>,
+    dns: Option<ActorRef<DnsMsg>>,
+) -> Arc<EngineCtx> {
     Arc::new(EngineCtx {
         config: args.config.clone(),
         store: args.store.clone(),
         prober: args.prober.clone(),
         observations: writer,
+        dns,
     })
+}
+
+async fn spawn_dns(
+    args: &RootArgs,
+    root: &ActorRef<RootMsg>,
+) -> Result<Option<ActorRef<DnsMsg>>, ActorProcessingErr> {
+    let Some(setup) = &args.dns else {
+        return Ok(None);
+    };
+    let ctx = Arc::new(DnsCtx {
+        config: args.config.clone(),
+        store: setup.store.clone(),
+        provider: setup.provider.clone(),
+        limiter: setup.limiter.clone(),
+        limits: setup.limits,
+    });
+    Ok(Some(
+        Actor::spawn_linked(None, DnsSupervisor, ctx, root.get_cell())
+            .await?
+            .0,
+    ))
 }
 
 async fn spawn_writer(
@@ -88,12 +130,14 @@ async fn spawn_supervisor(
 async fn spawn_leases(
     args: &RootArgs,
     supervisor: ActorRef<SupervisorMsg>,
+    dns: Option<ActorRef<DnsMsg>>,
     root: &ActorRef<RootMsg>,
 ) -> Result<ActorRef<LeaseMsg>, ActorProcessingErr> {
     let lease_args = LeaseArgs {
         config: args.config.clone(),
         backend: args.leases.clone(),
         supervisor,
+        dns,
     };
     Ok(
         Actor::spawn_linked(None, LeaseKeeper, lease_args, root.get_cell())
@@ -113,13 +157,15 @@ impl Actor for RootSupervisor {
         args: RootArgs,
     ) -> Result<RootState, ActorProcessingErr> {
         let writer = spawn_writer(&args, &myself).await?;
-        let supervisor = spawn_supervisor(ctx(&args, writer.clone()), &myself).await?;
-        let leases = spawn_leases(&args, supervisor.clone(), &myself).await?;
+        let dns = spawn_dns(&args, &myself).await?;
+        let supervisor = spawn_supervisor(ctx(&args, writer.clone(), dns.clone()), &myself).await?;
+        let leases = spawn_leases(&args, supervisor.clone(), dns.clone(), &myself).await?;
         Ok(RootState {
             args,
             writer,
             supervisor,
             leases,
+            dns,
         })
     }
 
@@ -171,7 +217,28 @@ impl Actor for RootSupervisor {
             let _ = state
                 .supervisor
                 .cast(SupervisorMsg::Shards(Default::default()));
-            state.leases = spawn_leases(&state.args, state.supervisor.clone(), &myself).await?;
+            state.leases = spawn_leases(
+                &state.args,
+                state.supervisor.clone(),
+                state.dns.clone(),
+                &myself,
+            )
+            .await?;
+        } else if state.dns.as_ref().is_some_and(|d| d.get_id() == id) {
+            // Domain actors and the lease keeper hold the old reference: rebuild the tree below
+            // the writer (the new lease keeper starts from a clean set of locks).
+            tracing::error!(error = %err, "DNS supervisor failed; restarting the engine's supervisors");
+            state.dns = spawn_dns(&state.args, &myself).await?;
+            state.leases.stop(Some("dns restarted".into()));
+            state.supervisor.stop(Some("dns restarted".into()));
+            state.supervisor = spawn_supervisor(state.ctx(), &myself).await?;
+            state.leases = spawn_leases(
+                &state.args,
+                state.supervisor.clone(),
+                state.dns.clone(),
+                &myself,
+            )
+            .await?;
         }
         Ok(())
     }
@@ -184,6 +251,9 @@ impl Actor for RootSupervisor {
         // Leases first (releases the shards), then the actors, then the last flush.
         stop_and_wait(state.leases.get_cell()).await;
         stop_and_wait(state.supervisor.get_cell()).await;
+        if let Some(dns) = &state.dns {
+            stop_and_wait(dns.get_cell()).await;
+        }
         stop_and_wait(state.writer.get_cell()).await;
         Ok(())
     }

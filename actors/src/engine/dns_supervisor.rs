@@ -1,0 +1,170 @@
+//! DnsSupervisor: one ZoneActor per DNS zone with steered domains on the shards this node owns
+//! (a zone and its domains share a shard, so the node that decides a domain's weights is the one
+//! that applies them).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+
+use super::ports::{Fence, OwnedShards};
+use super::zone_actor::{DnsCtx, ZoneActor, ZoneArgs, ZoneMsg};
+
+pub struct DnsSupervisor;
+
+pub struct DnsSupervisorState {
+    ctx: Arc<DnsCtx>,
+    owned: OwnedShards,
+    zones: HashMap<String, (ActorRef<ZoneMsg>, Fence)>,
+    by_actor: HashMap<ActorId, String>,
+}
+
+pub enum DnsMsg {
+    /// The shards this node owns (from the lease keeper).
+    Shards(OwnedShards),
+    /// A domain of this zone decided new weights.
+    Wake(String),
+    /// Re-read which zones have steered domains.
+    Reconcile,
+    /// Zones with a running actor here.
+    Zones(RpcReplyPort<Vec<String>>),
+}
+
+impl Actor for DnsSupervisor {
+    type Msg = DnsMsg;
+    type State = DnsSupervisorState;
+    type Arguments = Arc<DnsCtx>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<DnsMsg>,
+        ctx: Arc<DnsCtx>,
+    ) -> Result<DnsSupervisorState, ActorProcessingErr> {
+        myself.send_interval(ctx.config.reconcile_interval, || DnsMsg::Reconcile);
+        Ok(DnsSupervisorState {
+            ctx,
+            owned: OwnedShards::new(),
+            zones: HashMap::new(),
+            by_actor: HashMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<DnsMsg>,
+        msg: DnsMsg,
+        state: &mut DnsSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            DnsMsg::Shards(owned) => {
+                state.owned = owned;
+                state.reconcile(&myself).await;
+            }
+            DnsMsg::Wake(zone) => match state.zones.get(&zone) {
+                Some((actor, _)) => {
+                    let _ = actor.cast(ZoneMsg::Wake);
+                }
+                // A zone that just got its first steered domain.
+                None => state.reconcile(&myself).await,
+            },
+            DnsMsg::Reconcile => state.reconcile(&myself).await,
+            DnsMsg::Zones(reply) => {
+                let _ = reply.send(state.zones.keys().cloned().collect());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<DnsMsg>,
+        event: SupervisionEvent,
+        state: &mut DnsSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let cell = match &event {
+            SupervisionEvent::ActorFailed(cell, _)
+            | SupervisionEvent::ActorTerminated(cell, ..) => cell.clone(),
+            _ => return Ok(()),
+        };
+        if let Some(zone) = state.by_actor.remove(&cell.get_id()) {
+            state.zones.remove(&zone);
+            if let SupervisionEvent::ActorFailed(_, err) = event {
+                tracing::error!(dns.zone = %zone, error = %err, "zone actor failed; restarting");
+            }
+            state.reconcile(&myself).await;
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<DnsMsg>,
+        state: &mut DnsSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        for (actor, _) in state.zones.values() {
+            actor.stop(None);
+        }
+        Ok(())
+    }
+}
+
+impl DnsSupervisorState {
+    async fn reconcile(&mut self, myself: &ActorRef<DnsMsg>) {
+        let wanted: HashMap<String, Fence> = if self.owned.is_empty() {
+            HashMap::new()
+        } else {
+            let shards: Vec<u16> = self.owned.keys().copied().collect();
+            match self.ctx.store.zones_on_shards(&shards).await {
+                Ok(zones) => zones
+                    .into_iter()
+                    .filter_map(|(zone, shard)| {
+                        self.owned
+                            .get(&shard)
+                            .map(|&epoch| (zone, Fence { shard, epoch }))
+                    })
+                    .collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not load DNS zones; keeping the running zone actors");
+                    return;
+                }
+            }
+        };
+        let gone: Vec<String> = self
+            .zones
+            .keys()
+            .filter(|z| !wanted.contains_key(*z))
+            .cloned()
+            .collect();
+        for zone in gone {
+            if let Some((actor, _)) = self.zones.remove(&zone) {
+                self.by_actor.remove(&actor.get_id());
+                actor.stop(None);
+            }
+        }
+        for (zone, fence) in wanted {
+            match self.zones.get_mut(&zone) {
+                Some((actor, current)) if *current != fence => {
+                    *current = fence;
+                    let _ = actor.cast(ZoneMsg::Update(fence));
+                }
+                Some(_) => {}
+                None => {
+                    let args = ZoneArgs {
+                        zone: zone.clone(),
+                        fence,
+                        ctx: self.ctx.clone(),
+                    };
+                    match Actor::spawn_linked(None, ZoneActor, args, myself.get_cell()).await {
+                        Ok((actor, _)) => {
+                            self.by_actor.insert(actor.get_id(), zone.clone());
+                            self.zones.insert(zone, (actor, fence));
+                        }
+                        Err(e) => {
+                            tracing::warn!(dns.zone = %zone, error = %e, "could not start zone actor")
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
