@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod dns;
 pub mod domains;
 pub mod engine;
 pub mod error;
@@ -46,6 +47,8 @@ pub enum ApiTags {
     Domains,
     /// When a service's primary CDN counts as being in a storm.
     StormPolicies,
+    /// DNS steering: weighted records, desired vs applied, and the change audit log.
+    Dns,
     /// Storms: when a primary CDN was below its policy and traffic moved to the backup.
     Storms,
     /// Operator endpoints (admin token).
@@ -59,6 +62,7 @@ pub type Api = (
     domains::DomainsApi,
     policies::PoliciesApi,
     engine::EngineApi,
+    dns::DnsApi,
     admin::AdminApi,
     health::HealthApi,
 );
@@ -71,6 +75,7 @@ pub fn openapi() -> OpenApiService<Api, ()> {
             domains::DomainsApi,
             policies::PoliciesApi,
             engine::EngineApi,
+            dns::DnsApi,
             admin::AdminApi,
             health::HealthApi,
         ),

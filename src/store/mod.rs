@@ -8,6 +8,7 @@
 
 pub mod api_keys;
 pub mod customers;
+pub mod dns;
 pub mod domains;
 pub mod policies;
 pub mod services;

@@ -321,4 +321,48 @@ async fn a_storm_moves_route53_weights_to_the_backup_and_back() {
             .await
             .unwrap();
     assert_eq!(applied, (100, 0));
+
+    // The API: desired vs applied per domain, and the audit log (only for the owner).
+    let view = app
+        .get(&format!("/v1/services/{service}/dns"), &demo)
+        .await
+        .expect(200)
+        .body;
+    let d = &view["domains"][0];
+    assert_eq!(d["desired_weights"], json!({ "primary": 100, "backup": 0 }));
+    assert_eq!(d["applied_weights"], json!({ "primary": 100, "backup": 0 }));
+    assert_eq!(
+        (d["converged"].as_bool(), d["provider"].as_str()),
+        (Some(true), Some("route53"))
+    );
+    assert_eq!(d["zone"], "example.test");
+    let log = app
+        .get(&format!("/v1/dns/changes?service_id={service}"), &demo)
+        .await
+        .expect(200)
+        .body;
+    let log = log.as_array().unwrap();
+    assert!(log.len() >= 4, "initial, failover, ramp steps: {log:?}");
+    assert_eq!(log.last().unwrap()["changes"][0]["reason"], "initial");
+    assert!(log.iter().any(
+        |c| c["changes"][0]["reason"] == "failover" && c["changes"][0]["storm_id"].is_string()
+    ));
+    assert!(
+        log.iter()
+            .all(|c| c["provider"] == "route53" && c["provider_change_id"].is_string())
+    );
+    app.get("/v1/dns/changes?status=bogus", &demo)
+        .await
+        .expect_error(400, "bad_request", Some("status"));
+    let (_, other) = app.create_customer("other").await;
+    assert_eq!(
+        app.get("/v1/dns/changes", &Auth::Key(other.clone()))
+            .await
+            .expect(200)
+            .body,
+        json!([])
+    );
+    app.get(&format!("/v1/services/{service}/dns"), &Auth::Key(other))
+        .await
+        .expect_error(404, "not_found", None);
 }
