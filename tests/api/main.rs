@@ -3,6 +3,7 @@
 mod admin;
 mod auth;
 mod cluster;
+mod dns_faults;
 mod domains;
 mod engine;
 mod fencing;
