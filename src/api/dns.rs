@@ -12,6 +12,7 @@ use uuid::Uuid;
 use super::auth::{Scope, Tenant};
 use super::engine::DnsWeights;
 use super::error::{ApiError, ApiResult};
+use super::json::JsonBody;
 use super::services::service_not_found;
 use super::{ApiContext, ApiTags};
 use crate::store::dns::{self, ChangeFilter, DnsChangeRow, DnsDomainRow};
@@ -48,6 +49,29 @@ pub struct DomainDns {
     /// `submitted`, `insync` or `failed`.
     pub last_change_status: Option<String>,
     pub last_change_at: Option<DateTime<Utc>>,
+    /// An operator's pin: while set, these weights are applied instead of the storm machine's.
+    pub pin: Option<DnsPin>,
+}
+
+/// Fixed weights set by an operator.
+#[derive(Debug, Clone, Object)]
+pub struct DnsPin {
+    pub weights: DnsWeights,
+    pub reason: String,
+    /// Who pinned: `api_key:<id>` or `dev`.
+    pub pinned_by: String,
+    pub pinned_at: DateTime<Utc>,
+}
+
+/// Body of `PUT …/dns-pin`.
+#[derive(Debug, Object, serde::Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct PinRequest {
+    /// Weight of the primary record, 0–100 (the backup gets the rest).
+    pub primary_weight: i32,
+    /// Why (shown in the audit log), 1–500 characters.
+    pub reason: String,
 }
 
 fn weights(primary: i16) -> DnsWeights {
@@ -74,6 +98,15 @@ impl From<DnsDomainRow> for DomainDns {
             last_change_id: r.last_change_id,
             last_change_status: r.last_change_status,
             last_change_at: r.last_change_at,
+            pin: match (r.pin_primary, r.pin_reason, r.pinned_by, r.pinned_at) {
+                (Some(p), Some(reason), Some(pinned_by), Some(pinned_at)) => Some(DnsPin {
+                    weights: weights(p),
+                    reason,
+                    pinned_by,
+                    pinned_at,
+                }),
+                _ => None,
+            },
         }
     }
 }
@@ -116,6 +149,19 @@ impl From<DnsChangeRow> for DnsChange {
     }
 }
 
+#[derive(poem_openapi::ApiResponse)]
+pub enum Released {
+    /// The pin was released; the storm machine's weights apply again.
+    #[oai(status = 204)]
+    NoContent,
+}
+
+fn actor(tenant: &Tenant) -> String {
+    tenant
+        .key_id
+        .map_or_else(|| "dev".to_owned(), |id| format!("api_key:{id}"))
+}
+
 pub struct DnsApi;
 
 const STATUSES: [&str; 3] = ["submitted", "insync", "failed"];
@@ -142,6 +188,97 @@ impl DnsApi {
             service_id: id.0,
             domains: rows.into_iter().map(DomainDns::from).collect(),
         }))
+    }
+
+    /// Pin a domain's DNS weights (e.g. during a migration). The pin wins over the storm
+    /// machine until released; pins and releases are audited.
+    #[oai(
+        path = "/v1/services/:id/domains/:domain_id/dns-pin",
+        method = "put",
+        operation_id = "pin_domain_dns"
+    )]
+    async fn pin(
+        &self,
+        tenant: Tenant,
+        ctx: Data<&Arc<ApiContext>>,
+        id: Path<i64>,
+        domain_id: Path<i64>,
+        body: JsonBody<PinRequest>,
+    ) -> ApiResult<Json<DnsPin>> {
+        tenant.require(Scope::Write)?;
+        let body = body.0;
+        if !(0..=100).contains(&body.primary_weight) {
+            return Err(ApiError::invalid(
+                "primary_weight",
+                "primary_weight must be between 0 and 100",
+            ));
+        }
+        let reason = body.reason.trim();
+        if reason.is_empty() || reason.chars().count() > 500 {
+            return Err(ApiError::invalid(
+                "reason",
+                "reason must be 1 to 500 characters",
+            ));
+        }
+        let row = dns::pin(
+            &ctx.pool,
+            tenant.customer_id,
+            id.0,
+            domain_id.0,
+            body.primary_weight as i16,
+            reason,
+            &actor(&tenant),
+        )
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "domain {} of service {} not found",
+                domain_id.0, id.0
+            ))
+        })?;
+        tracing::info!(
+            domain.id = row.domain_id,
+            weight = row.primary_weight,
+            "DNS weights pinned"
+        );
+        Ok(Json(DnsPin {
+            weights: weights(row.primary_weight),
+            reason: row.reason,
+            pinned_by: row.pinned_by,
+            pinned_at: row.pinned_at,
+        }))
+    }
+
+    /// Release a domain's pin: its DNS follows the storm machine again.
+    #[oai(
+        path = "/v1/services/:id/domains/:domain_id/dns-pin",
+        method = "delete",
+        operation_id = "release_domain_dns_pin"
+    )]
+    async fn release(
+        &self,
+        tenant: Tenant,
+        ctx: Data<&Arc<ApiContext>>,
+        id: Path<i64>,
+        domain_id: Path<i64>,
+    ) -> ApiResult<Released> {
+        tenant.require(Scope::Write)?;
+        if dns::release(
+            &ctx.pool,
+            tenant.customer_id,
+            id.0,
+            domain_id.0,
+            &actor(&tenant),
+        )
+        .await?
+        {
+            Ok(Released::NoContent)
+        } else {
+            Err(ApiError::not_found(format!(
+                "domain {} of service {} has no DNS pin",
+                domain_id.0, id.0
+            )))
+        }
     }
 
     /// The DNS change audit log for your domains, newest first.

@@ -435,6 +435,7 @@ struct PendingRow {
     desired_primary: i16,
     decided_at: DateTime<Utc>,
     applied_primary: Option<i16>,
+    pinned: bool,
 }
 
 fn batch_json(batch: &Batch, storms: &HashMap<i64, uuid::Uuid>) -> serde_json::Value {
@@ -443,6 +444,7 @@ fn batch_json(batch: &Batch, storms: &HashMap<i64, uuid::Uuid>) -> serde_json::V
         .iter()
         .map(|c| {
             let reason = match c.applied {
+                _ if c.pinned => "manual",
                 None => "initial",
                 Some(_) if c.is_failover() => "failover",
                 Some(_) => "ramp",
@@ -481,19 +483,23 @@ impl DnsStore for PgEngineStore {
     async fn pending_dns(&self, zone: &str) -> Result<Vec<RecordChange>, StoreError> {
         let rows: Vec<PendingRow> = sqlx::query_as(
             "select d.id, d.hostname, d.primary_target, d.backup_target,
-                    coalesce(st.desired_primary_weight, 100::smallint) as desired_primary,
-                    coalesce(st.updated_at, d.created_at) as decided_at,
-                    r.applied_primary_weight as applied_primary
+                    coalesce(p.primary_weight, st.desired_primary_weight, 100::smallint) as desired_primary,
+                    greatest(p.pinned_at, coalesce(st.updated_at, d.created_at)) as decided_at,
+                    r.applied_primary_weight as applied_primary,
+                    p.domain_id is not null as pinned
                from service_domains d
                join services s on s.id = d.service_id
                left join domain_states st on st.domain_id = d.id
+               left join dns_pins p on p.domain_id = d.id
                left join dns_records r on r.domain_id = d.id
               where d.dns_zone = $1 and d.deleted_at is null and s.deleted_at is null
                 and d.steering_enabled
                 and d.primary_target is not null and d.backup_target is not null
                 and (r.applied_primary_weight is null
-                     or r.applied_primary_weight <> coalesce(st.desired_primary_weight, 100::smallint))
-                and (r.failed_at is null or r.failed_at < coalesce(st.updated_at, d.updated_at))",
+                     or r.applied_primary_weight
+                        <> coalesce(p.primary_weight, st.desired_primary_weight, 100::smallint))
+                and (r.failed_at is null
+                     or r.failed_at < greatest(p.pinned_at, coalesce(st.updated_at, d.updated_at)))",
         )
         .bind(zone)
         .fetch_all(&self.pool)
@@ -522,6 +528,7 @@ impl DnsStore for PgEngineStore {
                         .applied_primary
                         .map(|p| Weights::new(p.clamp(0, 100) as u8)),
                     decided_at: r.decided_at,
+                    pinned: r.pinned,
                 })
             })
             .collect())

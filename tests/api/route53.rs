@@ -79,6 +79,7 @@ fn change(id: i64, name: &str, primary: u8, applied: Option<u8>) -> RecordChange
         weights: Weights::new(primary),
         applied: applied.map(Weights::new),
         decided_at: Utc::now(),
+        pinned: false,
     }
 }
 
@@ -365,4 +366,124 @@ async fn a_storm_moves_route53_weights_to_the_backup_and_back() {
     app.get(&format!("/v1/services/{service}/dns"), &Auth::Key(other))
         .await
         .expect_error(404, "not_found", None);
+}
+
+#[tokio::test]
+async fn an_operator_pin_wins_until_released() {
+    use std::sync::Arc;
+
+    use serde_json::json;
+    use tranche::probe::NetworkProber;
+
+    use crate::helpers::{Auth, spawn_app};
+
+    let moto = moto().await;
+    let provider = Arc::new(Route53Provider::for_endpoint(&moto.url, DEFAULT_TTL));
+    let zone = create_zone(&provider, "example.test").await;
+    let mut app = spawn_app().await;
+    let demo = Auth::Header(1);
+    let service = app.create_service(&demo, "web").await;
+    let domain = app
+        .post(
+            &format!("/v1/services/{service}/domains"),
+            &demo,
+            json!({ "name": "app.example.test", "primary_target": "edge-a.example.net", "backup_target": "edge-b.example.net", "probe_scheme": "http" }),
+        )
+        .await
+        .expect(201)
+        .body["id"]
+        .as_i64()
+        .unwrap();
+    app.start_engine_with_dns(
+        Arc::new(NetworkProber::new(&[], true).unwrap()),
+        Some(provider.clone()),
+    )
+    .await;
+    let primary_weight = |p: i64| {
+        let (provider, zone) = (provider.clone(), zone.clone());
+        async move {
+            let sets = weights_of(&provider, &zone, "app.example.test").await;
+            (sets.len() == 2 && sets[1].1 == p).then_some(sets)
+        }
+    };
+    let sets = eventually("records at 100/0", Duration::from_secs(15), || {
+        primary_weight(100)
+    })
+    .await;
+    assert_eq!(
+        sets[1].2, "edge-a.example.net",
+        "hostname targets become CNAMEs"
+    );
+
+    let pin = format!("/v1/services/{service}/domains/{domain}/dns-pin");
+    app.request(
+        reqwest::Method::PUT,
+        &pin,
+        &demo,
+        Some(r#"{"primary_weight": 101, "reason": "x"}"#),
+    )
+    .await
+    .expect_error(422, "validation_failed", Some("primary_weight"));
+    app.request(
+        reqwest::Method::PUT,
+        &pin,
+        &demo,
+        Some(r#"{"primary_weight": 30, "reason": " "}"#),
+    )
+    .await
+    .expect_error(422, "validation_failed", Some("reason"));
+    let resp = app
+        .request(
+            reqwest::Method::PUT,
+            &pin,
+            &demo,
+            Some(r#"{"primary_weight": 30, "reason": "moving to the new CDN"}"#),
+        )
+        .await
+        .expect(200);
+    assert_eq!(resp.body["weights"], json!({ "primary": 30, "backup": 70 }));
+    assert_eq!(resp.body["pinned_by"], "dev");
+    eventually("pin applied", Duration::from_secs(15), || {
+        primary_weight(30)
+    })
+    .await;
+    let view = app
+        .get(&format!("/v1/services/{service}/dns"), &demo)
+        .await
+        .expect(200)
+        .body;
+    assert_eq!(view["domains"][0]["pin"]["reason"], "moving to the new CDN");
+    let reason: String = sqlx::query_scalar(
+        "select changes->0->>'reason' from dns_changes order by submitted_at desc limit 1",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(reason, "manual");
+
+    app.delete(&pin, &demo).await.expect(204);
+    app.delete(&pin, &demo)
+        .await
+        .expect_error(404, "not_found", None);
+    eventually(
+        "released: back to the storm machine's 100/0",
+        Duration::from_secs(15),
+        || primary_weight(100),
+    )
+    .await;
+    let events: Vec<String> = sqlx::query_scalar("select action from dns_pin_events order by at")
+        .fetch_all(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(events, vec!["pin", "release"]);
+    // Another customer cannot pin it.
+    let (_, other) = app.create_customer("other").await;
+    app.request(
+        reqwest::Method::PUT,
+        &pin,
+        &Auth::Key(other),
+        Some(r#"{"primary_weight": 0, "reason": "x"}"#),
+    )
+    .await
+    .expect_error(404, "not_found", None);
 }

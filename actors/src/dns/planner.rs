@@ -65,6 +65,8 @@ pub struct RecordChange {
     pub applied: Option<Weights>,
     /// When the desired weights were decided (oldest first within a priority).
     pub decided_at: DateTime<Utc>,
+    /// The weights come from an operator's pin, not the storm machine.
+    pub pinned: bool,
 }
 
 impl RecordChange {
@@ -199,6 +201,7 @@ mod tests {
             weights: Weights::new(primary),
             applied: applied.map(Weights::new),
             decided_at: DateTime::from_timestamp(1_700_000_000 + at, 0).unwrap(),
+            pinned: false,
         }
     }
 

@@ -26,6 +26,8 @@ pub enum DnsMsg {
     Wake(String),
     /// Re-read which zones have steered domains.
     Reconcile,
+    /// Configuration changed (e.g. a pin): re-read zones and wake every zone actor.
+    WakeAll,
     /// Zones with a running actor here.
     Zones(RpcReplyPort<Vec<String>>),
 }
@@ -68,6 +70,12 @@ impl Actor for DnsSupervisor {
                 None => state.reconcile(&myself).await,
             },
             DnsMsg::Reconcile => state.reconcile(&myself).await,
+            DnsMsg::WakeAll => {
+                state.reconcile(&myself).await;
+                for (actor, _) in state.zones.values() {
+                    let _ = actor.cast(ZoneMsg::Wake);
+                }
+            }
             DnsMsg::Zones(reply) => {
                 let _ = reply.send(state.zones.keys().cloned().collect());
             }

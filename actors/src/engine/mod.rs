@@ -61,13 +61,24 @@ impl Engine {
         ActorRef<SupervisorMsg>,
         ActorRef<LeaseMsg>,
     )> {
-        ractor::call!(self.root, RootMsg::Children).ok()
+        ractor::call!(self.root, RootMsg::Children)
+            .ok()
+            .map(|(w, s, l, _)| (w, s, l))
     }
 
-    /// Wakes the probe supervisor after a configuration change.
+    async fn dns(&self) -> Option<ActorRef<dns_supervisor::DnsMsg>> {
+        ractor::call!(self.root, RootMsg::Children)
+            .ok()
+            .and_then(|(_, _, _, d)| d)
+    }
+
+    /// Wakes the probe and DNS supervisors after a configuration change.
     pub async fn config_changed(&self) {
         if let Some((_, supervisor, _)) = self.children().await {
             let _ = supervisor.cast(SupervisorMsg::ConfigChanged);
+        }
+        if let Some(dns) = self.dns().await {
+            let _ = dns.cast(dns_supervisor::DnsMsg::WakeAll);
         }
     }
 

@@ -49,15 +49,17 @@ pub struct RootState {
     pub(crate) dns: Option<ActorRef<DnsMsg>>,
 }
 
+/// References to the root's children: writer, probe supervisor, lease keeper, DNS supervisor.
+pub type Children = (
+    ActorRef<ObservationMsg>,
+    ActorRef<SupervisorMsg>,
+    ActorRef<LeaseMsg>,
+    Option<ActorRef<DnsMsg>>,
+);
+
 pub enum RootMsg {
     /// The references of the children (for the engine handle).
-    Children(
-        ractor::RpcReplyPort<(
-            ActorRef<ObservationMsg>,
-            ActorRef<SupervisorMsg>,
-            ActorRef<LeaseMsg>,
-        )>,
-    ),
+    Children(ractor::RpcReplyPort<Children>),
 }
 
 impl RootState {
@@ -181,6 +183,7 @@ impl Actor for RootSupervisor {
                     state.writer.clone(),
                     state.supervisor.clone(),
                     state.leases.clone(),
+                    state.dns.clone(),
                 ));
             }
         }
