@@ -320,3 +320,106 @@ async fn a_rejected_record_is_isolated_and_the_rest_of_the_zone_applied() {
     assert_eq!(view["applied_weights"], serde_json::Value::Null);
     assert_eq!(view["converged"], false);
 }
+
+/// A provider that accepts a batch and never answers: a node stuck mid-change.
+struct Hang;
+
+#[async_trait::async_trait]
+impl tranche_actors::dns::provider::DnsProvider for Hang {
+    fn name(&self) -> &'static str {
+        "route53"
+    }
+    async fn apply(
+        &self,
+        _: &str,
+        _: &tranche_actors::dns::planner::Batch,
+    ) -> Result<
+        tranche_actors::dns::provider::Submitted,
+        tranche_actors::dns::provider::ProviderError,
+    > {
+        std::future::pending().await
+    }
+    async fn in_sync(&self, _: &str) -> Result<bool, tranche_actors::dns::provider::ProviderError> {
+        std::future::pending().await
+    }
+}
+
+#[tokio::test]
+async fn a_node_killed_between_desired_and_applied_is_replaced_by_one_that_applies_once() {
+    let moto = moto().await;
+    let provider = Arc::new(Route53Provider::for_endpoint(&moto.url, DEFAULT_TTL));
+    provider
+        .client()
+        .create_hosted_zone()
+        .name("example.test")
+        .caller_reference("t3")
+        .send()
+        .await
+        .unwrap();
+    let edge = FakeEdge::http().await.unwrap();
+    let app = spawn_app().await;
+    steered_domains(&app, &edge, &["app.example.test"]).await;
+    let node = |name: &'static str, dns: Arc<dyn tranche_actors::dns::provider::DnsProvider>| {
+        let pool_of = app.pool.clone();
+        async move {
+            let pool = tranche::db::pool((*pool_of.connect_options()).clone(), 6)
+                .await
+                .unwrap();
+            tranche::engine::start(
+                crate::helpers::test_engine_config(name),
+                pool,
+                Arc::new(NetworkProber::new(&[], true).unwrap()),
+                Some(tranche::engine::DnsOptions {
+                    provider: dns,
+                    rate_per_sec: 50.0,
+                    burst: 50,
+                }),
+            )
+            .await
+            .unwrap()
+        }
+    };
+
+    // Node A owns everything and gets stuck inside the provider call.
+    let a = node("node-a", Arc::new(Hang)).await;
+    eventually(
+        "node a submitted the change",
+        Duration::from_secs(15),
+        || async {
+            let n: i64 =
+                sqlx::query_scalar("select count(*) from dns_changes where node_id = 'node-a'")
+                    .fetch_one(&app.pool)
+                    .await
+                    .unwrap();
+            (n >= 1).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(applied(&app, "app.example.test").await, None);
+
+    // Node B joins; A dies abruptly. B takes the zone's shard over and applies the change.
+    let b = node("node-b", provider.clone()).await;
+    a.crash();
+    eventually("node b applied it", Duration::from_secs(20), || async {
+        applied(&app, "app.example.test")
+            .await
+            .filter(|p| *p == 100)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (by_b, ok_by_b, by_a_reached): (i64, i64, i64) = sqlx::query_as(
+        "select count(*) filter (where node_id = 'node-b'),
+                count(*) filter (where node_id = 'node-b' and status <> 'failed'),
+                count(*) filter (where node_id = 'node-a' and provider_change_id is not null)
+           from dns_changes",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (ok_by_b, by_a_reached),
+        (1, 0),
+        "applied once, by the survivor ({by_b} attempts by b)"
+    );
+    b.shutdown().await;
+}
