@@ -60,6 +60,22 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 10)]
         window: i32,
     },
+    /// Mass storm through DNS: N domains in Z zones enter storm at once; Route53 on moto_server.
+    Dns {
+        #[arg(long, default_value_t = 10_000)]
+        domains: usize,
+        #[arg(long, default_value_t = 100)]
+        zones: usize,
+        /// Provider requests per second (default: the product default).
+        #[arg(long, default_value_t = 4.0)]
+        rate: f64,
+        /// Provider burst (default: the product default).
+        #[arg(long, default_value_t = 8)]
+        burst: u32,
+        /// Domains applied one call each for the naive baseline.
+        #[arg(long, default_value_t = 300)]
+        naive: usize,
+    },
     /// Time for a surviving node to take over a killed node's domains.
     Takeover {
         #[arg(long, default_value_t = 1_000)]
@@ -86,6 +102,13 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             window,
         } => detection(&env, domains, interval, window).await,
         BenchCommand::Takeover { domains, interval } => takeover(&env, domains, interval).await,
+        BenchCommand::Dns {
+            domains,
+            zones,
+            rate,
+            burst,
+            naive,
+        } => dns_storm(&env, domains, zones, rate, burst, naive).await,
     };
     env.stop().await;
     result
@@ -596,5 +619,303 @@ async fn takeover(env: &Env, n: usize, interval: i32) -> anyhow::Result<()> {
         running_after.as_secs_f64(),
         probed_after.as_secs_f64()
     );
+    Ok(())
+}
+
+/// A `moto_server` child process on a free loopback port.
+struct Moto {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Moto {
+    async fn start() -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = std::process::Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("moto_server not found: pip install 'moto[server]'")?;
+        let started = Instant::now();
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(30),
+                "moto_server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(Self {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        })
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Counts provider calls.
+struct CountingDns {
+    inner: Arc<crate::dns::route53::Route53Provider>,
+    calls: AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl tranche_actors::dns::provider::DnsProvider for CountingDns {
+    fn name(&self) -> &'static str {
+        "route53"
+    }
+    async fn apply(
+        &self,
+        zone: &str,
+        batch: &tranche_actors::dns::planner::Batch,
+    ) -> Result<
+        tranche_actors::dns::provider::Submitted,
+        tranche_actors::dns::provider::ProviderError,
+    > {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.inner.apply(zone, batch).await
+    }
+    async fn in_sync(
+        &self,
+        id: &str,
+    ) -> Result<bool, tranche_actors::dns::provider::ProviderError> {
+        self.inner.in_sync(id).await
+    }
+}
+
+async fn count(pool: &PgPool, sql: &'static str, since: DateTime<Utc>) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(sql).bind(since).fetch_one(pool).await?)
+}
+
+async fn dns_storm(
+    env: &Env,
+    n: usize,
+    zones: usize,
+    rate: f64,
+    burst: u32,
+    naive: usize,
+) -> anyhow::Result<()> {
+    use tranche_actors::dns::planner::{Batch, RecordChange, RecordType};
+    use tranche_actors::dns::provider::DnsProvider;
+
+    let moto = Moto::start().await?;
+    let route53 = Arc::new(crate::dns::route53::Route53Provider::for_endpoint(
+        &moto.url,
+        crate::dns::route53::DEFAULT_TTL,
+    ));
+    for k in 0..zones {
+        route53
+            .client()
+            .create_hosted_zone()
+            .name(format!("z{k}.dns.bench.test"))
+            .caller_reference(format!("bench-{k}"))
+            .send()
+            .await?;
+    }
+    route53.refresh_zones().await;
+    let service = store::services::create(
+        &env.pool,
+        customers::DEMO_CUSTOMER_ID,
+        "dns-bench",
+        "cdn-a",
+        "cdn-b",
+    )
+    .await?;
+    // Probing is irrelevant here: one probe an hour.
+    let policy = PolicyParams::new(
+        PolicyKind::HttpAvailability,
+        &PolicyPatch {
+            probe_interval_seconds: Some(3600),
+            window_seconds: Some(10_800),
+            ..Default::default()
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    store::policies::create(&env.pool, customers::DEMO_CUSTOMER_ID, service.id, &policy).await?;
+    let (mut hosts, mut zone_of, mut shards) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..n {
+        let zone = format!("z{}.dns.bench.test", i % zones);
+        hosts.push(format!("d{i}.{zone}"));
+        shards.push(shard_of(&zone) as i16);
+        zone_of.push(zone);
+    }
+    sqlx::query(
+        "insert into service_domains (service_id, hostname, dns_zone, shard, primary_target, backup_target,
+                                      verification_token, steering_enabled)
+         select $1, h, z, s, 'edge.cdn-a.example', 'edge.cdn-b.example', 'bench', true
+           from unnest($2::text[], $3::text[], $4::smallint[]) as t(h, z, s)",
+    )
+    .bind(service.id)
+    .bind(&hosts)
+    .bind(&zone_of)
+    .bind(&shards)
+    .execute(&env.pool)
+    .await?;
+
+    let counting = Arc::new(CountingDns {
+        inner: route53.clone(),
+        calls: AtomicU64::new(0),
+    });
+    let dns = crate::engine::DnsOptions {
+        provider: counting.clone(),
+        rate_per_sec: rate,
+        burst,
+    };
+    let engine = crate::engine::start(
+        engine_config("bench-node"),
+        env.pool.clone(),
+        Arc::new(env.prober()?),
+        Some(dns),
+    )
+    .await?;
+
+    // Initial records (100/0) for every domain.
+    let t = Instant::now();
+    let epoch = DateTime::<Utc>::UNIX_EPOCH;
+    while count(
+        &env.pool,
+        "select count(*) from dns_records where applied_primary_weight = 100 and applied_at > $1",
+        epoch,
+    )
+    .await?
+        < n as i64
+    {
+        anyhow::ensure!(
+            t.elapsed() < Duration::from_secs(600),
+            "initial records not applied"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "initial records for {n} domains in {zones} zones applied in {:.1}s with {} calls",
+        t.elapsed().as_secs_f64(),
+        counting.calls.load(Ordering::Relaxed)
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Every domain enters storm at once: desired 0/100 committed in one transaction.
+    counting.calls.store(0, Ordering::Relaxed);
+    let committed: DateTime<Utc> = sqlx::query_scalar(
+        "with s as (
+             insert into domain_states (domain_id, state, state_since, desired_primary_weight, desired_backup_weight)
+             select id, 'storm', now(), 0, 100 from service_domains where service_id = $1
+             on conflict (domain_id) do update set state = 'storm', desired_primary_weight = 0, desired_backup_weight = 100
+             returning 1)
+         select now() from s limit 1",
+    )
+    .bind(service.id)
+    .fetch_one(&env.pool)
+    .await?;
+    let t0 = Instant::now();
+    for k in 0..zones {
+        engine
+            .engine
+            .wake_zone(&format!("z{k}.dns.bench.test"))
+            .await;
+    }
+    let (mut submitted_s, mut applied_s) = (None, None);
+    while applied_s.is_none() {
+        anyhow::ensure!(
+            t0.elapsed() < Duration::from_secs(600),
+            "mass storm not applied"
+        );
+        if submitted_s.is_none()
+            && count(&env.pool, "select coalesce(sum(cardinality(domain_ids)), 0)::bigint from dns_changes where submitted_at >= $1 and status <> 'failed'", committed).await? >= n as i64
+        {
+            submitted_s = Some(t0.elapsed().as_secs_f64());
+        }
+        if count(&env.pool, "select count(*) from dns_records where applied_primary_weight = 0 and applied_at >= $1", committed).await? >= n as i64 {
+            applied_s = Some(t0.elapsed().as_secs_f64());
+            submitted_s.get_or_insert(t0.elapsed().as_secs_f64());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let calls = counting.calls.load(Ordering::Relaxed);
+    let per_zone = n.div_ceil(zones);
+    let bound = zones * per_zone.div_ceil(250);
+    println!(
+        "RESULT dns_mass_storm domains={n} zones={zones} rate={rate}/s burst={burst} all_submitted_s={:.2} all_applied_s={:.2} calls={calls} calls_bound={bound}",
+        submitted_s.unwrap_or(f64::NAN),
+        applied_s.unwrap_or(f64::NAN)
+    );
+
+    // A single storm: one domain's decision, woken as a domain actor would.
+    let mut latencies = Vec::new();
+    for i in 0..100.min(n) {
+        let zone = format!("z{}.dns.bench.test", i % zones);
+        let at: DateTime<Utc> = sqlx::query_scalar(
+            "update domain_states set desired_primary_weight = 100, desired_backup_weight = 0, state = 'healthy'
+              where domain_id = (select id from service_domains where hostname = $1) returning now()",
+        )
+        .bind(&hosts[i])
+        .fetch_one(&env.pool)
+        .await?;
+        engine.engine.wake_zone(&zone).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let when: Option<DateTime<Utc>> = sqlx::query_scalar(
+                "select min(submitted_at) from dns_changes where submitted_at >= $1 and status <> 'failed'
+                    and (select id from service_domains where hostname = $2) = any(domain_ids)",
+            )
+            .bind(at)
+            .bind(&hosts[i])
+            .fetch_one(&env.pool)
+            .await?;
+            if let Some(w) = when {
+                latencies.push((w - at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "single change not submitted");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "RESULT dns_single_storm samples={} p50_ms={:.1} p99_ms={:.1} max_ms={:.1}",
+        latencies.len(),
+        percentile(&latencies, 50.0),
+        percentile(&latencies, 99.0),
+        latencies.last().copied().unwrap_or(f64::NAN)
+    );
+    engine.shutdown().await;
+
+    // Naive baseline: one call per domain (the seed's approach), same provider and moto.
+    let naive = naive.min(n);
+    let t = Instant::now();
+    for host in hosts.iter().take(naive) {
+        let change = RecordChange {
+            domain_id: 0,
+            name: host.clone(),
+            rtype: RecordType::Cname,
+            primary_value: "edge.cdn-a.example".into(),
+            backup_value: "edge.cdn-b.example".into(),
+            weights: tranche_actors::storm::Weights::FAILOVER,
+            applied: None,
+            decided_at: Utc::now(),
+            pinned: false,
+        };
+        route53
+            .apply("naive", &Batch::of(change))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let naive_s = t.elapsed().as_secs_f64();
+    println!(
+        "RESULT dns_naive_baseline domains={naive} calls={naive} seconds={naive_s:.2} extrapolated_to_{n}_s={:.1} (unthrottled; at Route53's 5 req/s: {:.0}s)",
+        naive_s * n as f64 / naive as f64,
+        n as f64 / 5.0
+    );
+    drop(moto);
     Ok(())
 }

@@ -82,6 +82,13 @@ impl Engine {
         }
     }
 
+    /// Wakes the zone actor of `zone` (what a domain actor does after a decision).
+    pub async fn wake_zone(&self, zone: &str) {
+        if let Some(dns) = self.dns().await {
+            let _ = dns.cast(dns_supervisor::DnsMsg::Wake(zone.to_owned()));
+        }
+    }
+
     /// Domains with a running actor on this node.
     pub async fn running_domains(&self) -> Vec<i64> {
         match self.children().await {
