@@ -852,13 +852,13 @@ async fn dns_storm(
 
     // A single storm: one domain's decision, woken as a domain actor would.
     let mut latencies = Vec::new();
-    for i in 0..100.min(n) {
+    for (i, host) in hosts.iter().enumerate().take(100) {
         let zone = format!("z{}.dns.bench.test", i % zones);
         let at: DateTime<Utc> = sqlx::query_scalar(
             "update domain_states set desired_primary_weight = 100, desired_backup_weight = 0, state = 'healthy'
               where domain_id = (select id from service_domains where hostname = $1) returning now()",
         )
-        .bind(&hosts[i])
+        .bind(host)
         .fetch_one(&env.pool)
         .await?;
         engine.engine.wake_zone(&zone).await;
@@ -869,7 +869,7 @@ async fn dns_storm(
                     and (select id from service_domains where hostname = $2) = any(domain_ids)",
             )
             .bind(at)
-            .bind(&hosts[i])
+            .bind(host)
             .fetch_one(&env.pool)
             .await?;
             if let Some(w) = when {
