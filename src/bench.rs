@@ -803,7 +803,10 @@ async fn dns_storm(
         counting.calls.load(Ordering::Relaxed)
     );
     // Let the rate limiter refill, so the storm meets the configured burst.
-    tokio::time::sleep(Duration::from_secs_f64((f64::from(burst) / rate).clamp(1.0, 60.0))).await;
+    tokio::time::sleep(Duration::from_secs_f64(
+        (f64::from(burst) / rate).clamp(1.0, 60.0),
+    ))
+    .await;
 
     // Every domain enters storm at once: desired 0/100 committed in one transaction.
     counting.calls.store(0, Ordering::Relaxed);

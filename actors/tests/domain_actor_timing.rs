@@ -122,6 +122,7 @@ fn spec(policy: PolicyParams) -> DomainSpec {
         service_id: 1,
         customer_id: 1,
         hostname: "app.example.test".into(),
+        zone: "example.test".into(),
         shard: 3,
         primary_target: Some(ProbeTarget::parse("192.0.2.1:1").unwrap()),
         backup_target: Some(ProbeTarget::parse("192.0.2.2:2").unwrap()),
@@ -164,6 +165,7 @@ async fn harness(patch: PolicyPatch, primary_up: bool, panic_once: bool) -> Harn
         store: store.clone(),
         leases: Arc::new(AllShards),
         prober: prober.clone(),
+        dns: None,
     })
     .await
     .unwrap();
