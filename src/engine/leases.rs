@@ -93,6 +93,10 @@ impl LeaseBackend for PgLeaseBackend {
                 .bind(timeout_ms)
                 .fetch_one(&mut *c)
                 .await?;
+                // Forget nodes that crashed long ago (clean shutdowns deregister themselves).
+                sqlx::query("delete from cluster_nodes where heartbeat_at < now() - interval '1 hour'")
+                    .execute(&mut *c)
+                    .await?;
                 Ok(live.max(1) as usize)
             })
         })
