@@ -306,13 +306,7 @@ impl DnsApi {
         limit: Query<Option<i64>>,
     ) -> ApiResult<Json<Vec<DnsChange>>> {
         tenant.require(Scope::Read)?;
-        let limit = limit.0.unwrap_or(100);
-        if !(1..=1000).contains(&limit) {
-            return Err(ApiError::bad_request(
-                "limit must be between 1 and 1000",
-                Some("limit"),
-            ));
-        }
+        let limit = super::page_limit(limit.0)?;
         if let Some(s) = status.0.as_deref()
             && !STATUSES.contains(&s)
         {

@@ -167,8 +167,6 @@ pub struct ClusterNode {
 
 pub struct EngineApi;
 
-const MAX_LIMIT: i64 = 1000;
-
 #[OpenApi]
 impl EngineApi {
     /// Storm state of every domain of a service: state, desired DNS weights, window
@@ -219,13 +217,7 @@ impl EngineApi {
         limit: Query<Option<i64>>,
     ) -> ApiResult<Json<Vec<Storm>>> {
         tenant.require(Scope::Read)?;
-        let limit = limit.0.unwrap_or(100);
-        if !(1..=MAX_LIMIT).contains(&limit) {
-            return Err(ApiError::bad_request(
-                format!("limit must be between 1 and {MAX_LIMIT}"),
-                Some("limit"),
-            ));
-        }
+        let limit = super::page_limit(limit.0)?;
         if let (Some(s), Some(u)) = (since.0, until.0)
             && s > u
         {

@@ -127,6 +127,22 @@ pub fn decimal_from_json(field: &str, value: f64) -> Result<Decimal, ApiError> {
         .map_err(|_| ApiError::invalid(field, format!("{field} is out of range")))
 }
 
+/// Largest page a list endpoint returns.
+pub const MAX_PAGE: i64 = 1000;
+
+/// The `limit` query parameter of list endpoints: default 100, 1 to [`MAX_PAGE`].
+pub fn page_limit(limit: Option<i64>) -> Result<i64, ApiError> {
+    let limit = limit.unwrap_or(100);
+    if (1..=MAX_PAGE).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::bad_request(
+            format!("limit must be between 1 and {MAX_PAGE}"),
+            Some("limit"),
+        ))
+    }
+}
+
 /// A decimal for a JSON number field of a response.
 pub fn json_number(value: Decimal) -> f64 {
     value.to_f64().unwrap_or(f64::NAN)

@@ -66,6 +66,27 @@ impl RootState {
     fn ctx(&self) -> Arc<EngineCtx> {
         ctx(&self.args, self.writer.clone(), self.dns.clone())
     }
+
+    /// A new probe supervisor (with the current writer and DNS references), handed to the lease
+    /// keeper, which re-sends the owned shards.
+    async fn respawn_supervisor(
+        &mut self,
+        root: &ActorRef<RootMsg>,
+    ) -> Result<(), ActorProcessingErr> {
+        self.supervisor = spawn_supervisor(self.ctx(), root).await?;
+        let _ = self
+            .leases
+            .cast(LeaseMsg::SetSupervisor(self.supervisor.clone()));
+        Ok(())
+    }
+
+    /// A new lease keeper reporting to the current supervisors; it starts from a clean set of
+    /// locks.
+    async fn respawn_leases(&mut self, root: &ActorRef<RootMsg>) -> Result<(), ActorProcessingErr> {
+        self.leases =
+            spawn_leases(&self.args, self.supervisor.clone(), self.dns.clone(), root).await?;
+        Ok(())
+    }
 }
 
 fn ctx(
@@ -205,28 +226,16 @@ impl Actor for RootSupervisor {
             state.writer = spawn_writer(&state.args, &myself).await?;
             // Domain actors hold the old writer: restart the probe supervisor with the new one.
             state.supervisor.stop(Some("writer restarted".into()));
-            state.supervisor = spawn_supervisor(state.ctx(), &myself).await?;
-            let _ = state
-                .leases
-                .cast(LeaseMsg::SetSupervisor(state.supervisor.clone()));
+            state.respawn_supervisor(&myself).await?;
         } else if id == state.supervisor.get_id() {
             tracing::error!(error = %err, "probe supervisor failed; restarting");
-            state.supervisor = spawn_supervisor(state.ctx(), &myself).await?;
-            let _ = state
-                .leases
-                .cast(LeaseMsg::SetSupervisor(state.supervisor.clone()));
+            state.respawn_supervisor(&myself).await?;
         } else if id == state.leases.get_id() {
             tracing::error!(error = %err, "lease keeper failed; restarting");
             let _ = state
                 .supervisor
                 .cast(SupervisorMsg::Shards(Default::default()));
-            state.leases = spawn_leases(
-                &state.args,
-                state.supervisor.clone(),
-                state.dns.clone(),
-                &myself,
-            )
-            .await?;
+            state.respawn_leases(&myself).await?;
         } else if state.dns.as_ref().is_some_and(|d| d.get_id() == id) {
             // Domain actors and the lease keeper hold the old reference: rebuild the tree below
             // the writer (the new lease keeper starts from a clean set of locks).
@@ -235,13 +244,7 @@ impl Actor for RootSupervisor {
             state.leases.stop(Some("dns restarted".into()));
             state.supervisor.stop(Some("dns restarted".into()));
             state.supervisor = spawn_supervisor(state.ctx(), &myself).await?;
-            state.leases = spawn_leases(
-                &state.args,
-                state.supervisor.clone(),
-                state.dns.clone(),
-                &myself,
-            )
-            .await?;
+            state.respawn_leases(&myself).await?;
         }
         Ok(())
     }
