@@ -7,7 +7,10 @@
 //! * `probes`    — sustained probes/s, CPU-seconds per 1,000 probes, RSS, at N domains × 2 CDNs;
 //! * `idle`      — RSS per idle domain actor (domains without probe targets);
 //! * `detection` — time from breaking the primary edge to each domain's storm being committed;
-//! * `takeover`  — time from killing a node to all its domains probed again by the survivor.
+//! * `takeover`  — time from killing a node to all its domains probed again by the survivor;
+//! * `dns`       — a mass storm applied through Route53 (moto_server);
+//! * `billing`   — one invoice run over N snapshots of M customers ([`billing`]);
+//! * `ingest`    — ingestion of one Cloudflare analytics page from the local fake ([`billing`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,8 +31,25 @@ use crate::engine::RunningEngine;
 use crate::probe::NetworkProber;
 use crate::store::{self, customers};
 
+mod billing;
+
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
+    /// One invoice run over N snapshots for M customers (storms on a share of services).
+    Billing {
+        #[arg(long, default_value_t = 10_000)]
+        customers: usize,
+        #[arg(long, default_value_t = 1_000_000)]
+        snapshots: usize,
+        /// Percentage of services with storms (and a coverage policy).
+        #[arg(long, default_value_t = 10)]
+        storm_percent: usize,
+    },
+    /// Ingestion of one Cloudflare analytics page of N rows from the local fake.
+    Ingest {
+        #[arg(long, default_value_t = 10_000)]
+        rows: usize,
+    },
     /// Sustained probing: N domains × 2 CDNs, half over HTTP and half over HTTPS.
     Probes {
         #[arg(long, default_value_t = 10_000)]
@@ -109,6 +129,12 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             burst,
             naive,
         } => dns_storm(&env, domains, zones, rate, burst, naive).await,
+        BenchCommand::Billing {
+            customers,
+            snapshots,
+            storm_percent,
+        } => billing::billing(&env, customers, snapshots, storm_percent).await,
+        BenchCommand::Ingest { rows } => billing::ingest(&env, rows).await,
     };
     env.stop().await;
     result

@@ -13,7 +13,7 @@ use tranche_actors::engine::EngineConfig;
 
 use tranche_actors::dns::provider::{DnsProvider, NoopProvider};
 
-use crate::config::{DnsProviderKind, Settings};
+use crate::config::{DnsProviderKind, HumanDuration, Settings};
 use crate::db::{self, Database};
 use crate::engine;
 use crate::probe::NetworkProber;
@@ -213,7 +213,66 @@ async fn start_engine(
         rate_per_sec: settings.dns_rate_per_second,
         burst: settings.dns_burst,
     };
-    engine::start(EngineConfig::new(node_id), pool.clone(), prober, Some(dns)).await
+    let billing = if settings.billing {
+        let b = settings.billing_settings()?;
+        tracing::info!(
+            tick = %HumanDuration(b.tick),
+            period = %HumanDuration(b.period),
+            rate_cents_per_gb = %b.rates.cents_per_gb,
+            discount_rate = %b.rates.discount_rate,
+            "invoicing on"
+        );
+        Some(b)
+    } else {
+        tracing::info!("invoicing disabled on this node (TRANCHE_BILLING=false)");
+        None
+    };
+    let usage = usage_options(settings)?;
+    engine::start_with(
+        EngineConfig::new(node_id),
+        pool.clone(),
+        prober,
+        engine::EngineOptions {
+            dns: Some(dns),
+            billing,
+            usage,
+        },
+    )
+    .await
+}
+
+/// Usage ingestion, when a Cloudflare account and token are configured.
+fn usage_options(settings: &Settings) -> anyhow::Result<Option<engine::UsageOptions>> {
+    let (Some(account), Some(token)) = (
+        &settings.cloudflare_account_id,
+        &settings.cloudflare_api_token,
+    ) else {
+        if settings.cloudflare_account_id.is_some() != settings.cloudflare_api_token.is_some() {
+            anyhow::bail!(
+                "Cloudflare usage ingestion needs both CLOUDFLARE_ACCOUNT_ID and CLOUDFLARE_API_TOKEN"
+            );
+        }
+        tracing::info!(
+            "usage ingestion off (set CLOUDFLARE_ACCOUNT_ID and CLOUDFLARE_API_TOKEN to pull Cloudflare analytics)"
+        );
+        return Ok(None);
+    };
+    let usage = settings.usage_settings()?;
+    let source = crate::usage::cloudflare::CloudflareSource::new(
+        settings.cloudflare_base_url.as_deref(),
+        account.clone(),
+        token.clone(),
+    )?;
+    tracing::info!(
+        tick = %HumanDuration(usage.tick),
+        window = %HumanDuration(usage.window),
+        lookback = %HumanDuration(usage.lookback),
+        "usage ingestion from Cloudflare on"
+    );
+    Ok(Some(engine::UsageOptions {
+        settings: usage,
+        sources: vec![Arc::new(source)],
+    }))
 }
 
 async fn route53(settings: &Settings) -> Arc<dyn DnsProvider> {

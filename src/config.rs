@@ -20,6 +20,22 @@
 //! | `dns_ttl_seconds`    | `TRANCHE_DNS_TTL_SECONDS`                     | `60`               |
 //! | `dns_rate_per_second`| `TRANCHE_DNS_RATE_PER_SECOND`                 | `4`                |
 //! | `dns_burst`          | `TRANCHE_DNS_BURST`                           | `8`                |
+//! | `billing`            | `TRANCHE_BILLING`                             | `true`             |
+//! | `billing_tick`       | `BILLING_TICK`, `TRANCHE_BILLING_TICK`        | `1m`               |
+//! | `billing_period`     | `BILLING_PERIOD`, `TRANCHE_BILLING_PERIOD`    | `24h`              |
+//! | `billing_settle`     | `TRANCHE_BILLING_SETTLE`                      | `15m`              |
+//! | `billing_grace`      | `TRANCHE_BILLING_GRACE`                       | `6h`               |
+//! | `billing_rate_cents_per_gb` | `BILLING_RATE_CENTS_PER_GB`, `TRANCHE_…` | `12`              |
+//! | `billing_discount_rate` | `BILLING_DISCOUNT_RATE`, `TRANCHE_…`       | `0.5`              |
+//! | `usage_tick`         | `USAGE_TICK`, `TRANCHE_USAGE_TICK`            | `5m`               |
+//! | `usage_window`       | `USAGE_WINDOW`, `TRANCHE_USAGE_WINDOW`        | `1h`               |
+//! | `usage_lookback`     | `USAGE_LOOKBACK`, `TRANCHE_USAGE_LOOKBACK`    | `6h`               |
+//! | `cloudflare_account_id` | `CLOUDFLARE_ACCOUNT_ID`, `TRANCHE_…`       | none: no ingestion |
+//! | `cloudflare_api_token`  | `CLOUDFLARE_API_TOKEN`, `TRANCHE_…`        | none               |
+//! | `cloudflare_base_url`   | `CLOUDFLARE_BASE_URL`, `TRANCHE_…`         | Cloudflare's       |
+//!
+//! Durations are written `90s`, `5m`, `1h30m`, `24h`, `1d` (or a number of seconds). Money
+//! settings are exact decimals (`"0.5"` or `0.5`).
 //!
 //! The file is `tranche.toml` in the working directory, or the one named by `--config` /
 //! `TRANCHE_CONFIG`. Secrets (`admin_token`, passwords inside `database_url`) are never printed:
@@ -29,9 +45,14 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use tranche_actors::billing::{BillingSettings, Rates};
+use tranche_actors::usage::UsageSettings;
 
 /// Everything `tranche` reads at start-up.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -73,6 +94,34 @@ pub struct Settings {
     pub dns_rate_per_second: f64,
     /// Provider requests allowed at once above the rate.
     pub dns_burst: u32,
+    /// Run invoicing (CustomerBillingActors) on this node.
+    pub billing: bool,
+    /// How often each customer's billing runs.
+    pub billing_tick: HumanDuration,
+    /// Invoice period length, aligned to the Unix epoch (24h: UTC days).
+    pub billing_period: HumanDuration,
+    /// A snapshot is billed once its window ended this long ago.
+    pub billing_settle: HumanDuration,
+    /// A draft invoice is finalized this long after its period ends.
+    pub billing_grace: HumanDuration,
+    /// US cents per GB (2^30 bytes) through either CDN.
+    #[serde(with = "exact_decimal")]
+    pub billing_rate_cents_per_gb: Decimal,
+    /// Share of the backup charge discounted at storm coverage 1.
+    #[serde(with = "exact_decimal")]
+    pub billing_discount_rate: Decimal,
+    /// How often CDN usage analytics are polled.
+    pub usage_tick: HumanDuration,
+    /// Window length of a usage snapshot.
+    pub usage_window: HumanDuration,
+    /// How far back each poll re-reads.
+    pub usage_lookback: HumanDuration,
+    /// Cloudflare account whose analytics are ingested; `None` disables Cloudflare ingestion.
+    pub cloudflare_account_id: Option<String>,
+    /// API token with Account Analytics read.
+    pub cloudflare_api_token: Option<Secret>,
+    /// Cloudflare API base override (e.g. a local fake); default `https://api.cloudflare.com/client/v4`.
+    pub cloudflare_base_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,7 +152,179 @@ impl Default for Settings {
             dns_ttl_seconds: 60,
             dns_rate_per_second: 4.0,
             dns_burst: 8,
+            billing: true,
+            billing_tick: HumanDuration::secs(60),
+            billing_period: HumanDuration::secs(86_400),
+            billing_settle: HumanDuration::secs(15 * 60),
+            billing_grace: HumanDuration::secs(6 * 3600),
+            billing_rate_cents_per_gb: Decimal::from(12),
+            billing_discount_rate: Decimal::new(5, 1),
+            usage_tick: HumanDuration::secs(300),
+            usage_window: HumanDuration::secs(3600),
+            usage_lookback: HumanDuration::secs(6 * 3600),
+            cloudflare_account_id: None,
+            cloudflare_api_token: None,
+            cloudflare_base_url: None,
         }
+    }
+}
+
+impl Settings {
+    /// Invoicing settings, checked: positive durations, rates within the exact range.
+    pub fn billing_settings(&self) -> anyhow::Result<BillingSettings> {
+        let rates = Rates {
+            cents_per_gb: self.billing_rate_cents_per_gb,
+            discount_rate: self.billing_discount_rate,
+        };
+        rates.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        for (name, d) in [
+            ("billing_tick", self.billing_tick),
+            ("billing_period", self.billing_period),
+        ] {
+            if d.0 < Duration::from_secs(1) {
+                anyhow::bail!("{name} must be at least 1s");
+            }
+        }
+        Ok(BillingSettings {
+            tick: self.billing_tick.0,
+            period: self.billing_period.0,
+            settle: self.billing_settle.0,
+            grace: self.billing_grace.0,
+            rates,
+            ..BillingSettings::default()
+        })
+    }
+
+    /// Usage ingestion settings, checked.
+    pub fn usage_settings(&self) -> anyhow::Result<UsageSettings> {
+        if self.usage_tick.0 < Duration::from_secs(1) {
+            anyhow::bail!("usage_tick must be at least 1s");
+        }
+        crate::usage::cloudflare::dimension(self.usage_window.0).map_err(anyhow::Error::msg)?;
+        Ok(UsageSettings {
+            tick: self.usage_tick.0,
+            window: self.usage_window.0,
+            lookback: self.usage_lookback.0,
+            ..UsageSettings::default()
+        })
+    }
+}
+
+/// A duration written for humans: `90s`, `5m`, `1h30m`, `24h`, `2d`, `500ms`, or a number of
+/// seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl HumanDuration {
+    pub const fn secs(s: u64) -> Self {
+        Self(Duration::from_secs(s))
+    }
+
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if let Ok(secs) = text.parse::<u64>() {
+            return Ok(Self::secs(secs));
+        }
+        let mut total = Duration::ZERO;
+        let mut rest = text;
+        if rest.is_empty() {
+            return Err("empty duration".into());
+        }
+        while !rest.is_empty() {
+            let digits = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            let n: u64 = rest[..digits]
+                .parse()
+                .map_err(|_| format!("invalid duration {text:?}: expected e.g. 90s, 5m, 1h30m"))?;
+            rest = &rest[digits..];
+            let unit_len = rest
+                .find(|c: char| c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            let unit = match &rest[..unit_len] {
+                "ms" => Duration::from_millis(n),
+                "s" => Duration::from_secs(n),
+                "m" => Duration::from_secs(n * 60),
+                "h" => Duration::from_secs(n * 3600),
+                "d" => Duration::from_secs(n * 86_400),
+                u => return Err(format!("invalid duration {text:?}: unknown unit {u:?}")),
+            };
+            total += unit;
+            rest = &rest[unit_len..];
+        }
+        Ok(Self(total))
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if !ms.is_multiple_of(1000) {
+            return write!(f, "{ms}ms");
+        }
+        let mut secs = self.0.as_secs();
+        if secs == 0 {
+            return f.write_str("0s");
+        }
+        for (unit, len) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
+            if secs >= len {
+                write!(f, "{}{unit}", secs / len)?;
+                secs %= len;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Secs(s) => Ok(Self::secs(s)),
+            Raw::Text(t) => Self::parse(&t).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Decimals in configuration: a string (`"0.5"`) or a number, taken as the decimal it was
+/// written as (never through binary floating point's approximation).
+mod exact_decimal {
+    use std::str::FromStr;
+
+    use rust_decimal::Decimal;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Decimal, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&d.to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(i64),
+            Float(f64),
+            Text(String),
+        }
+        let text = match Raw::deserialize(d)? {
+            Raw::Int(i) => return Ok(Decimal::from(i)),
+            // The shortest representation that round-trips: the number as written.
+            Raw::Float(f) => f.to_string(),
+            Raw::Text(t) => t,
+        };
+        Decimal::from_str(text.trim())
+            .map_err(|e| serde::de::Error::custom(format!("invalid decimal {text:?}: {e}")))
     }
 }
 
@@ -161,6 +382,23 @@ impl Settings {
             // The seed's variable, then the conventional one; TRANCHE_* below wins over both.
             .merge(Env::raw().only(&["PG_DSN"]).map(|_| "database_url".into()))
             .merge(Env::raw().only(&["DATABASE_URL"]))
+            // The seed's unprefixed billing, usage and Cloudflare variables.
+            .merge(
+                Env::raw()
+                    .only(&[
+                        "BILLING_TICK",
+                        "BILLING_PERIOD",
+                        "BILLING_RATE_CENTS_PER_GB",
+                        "BILLING_DISCOUNT_RATE",
+                        "USAGE_TICK",
+                        "USAGE_WINDOW",
+                        "USAGE_LOOKBACK",
+                        "CLOUDFLARE_ACCOUNT_ID",
+                        "CLOUDFLARE_API_TOKEN",
+                        "CLOUDFLARE_BASE_URL",
+                    ])
+                    .map(|k| k.as_str().to_ascii_lowercase().into()),
+            )
             .merge(Env::prefixed("TRANCHE_").ignore(&["CONFIG"]))
     }
 }
@@ -205,6 +443,61 @@ mod tests {
             assert!(err.to_string().contains("listn"), "{err}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn billing_settings_take_the_seed_variables_and_stay_exact() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("BILLING_PERIOD", "1h");
+            jail.set_env("BILLING_RATE_CENTS_PER_GB", "12.5");
+            jail.set_env("BILLING_DISCOUNT_RATE", "0.1");
+            jail.set_env("USAGE_LOOKBACK", "1h30m");
+            jail.set_env("CLOUDFLARE_ACCOUNT_ID", "acc");
+            let s = Settings::load(None).map_err(|e| *e)?;
+            let b = s.billing_settings().unwrap();
+            assert_eq!(b.period, Duration::from_secs(3600));
+            assert_eq!(b.rates.cents_per_gb.to_string(), "12.5");
+            assert_eq!(b.rates.discount_rate.to_string(), "0.1");
+            assert_eq!(
+                s.usage_settings().unwrap().lookback,
+                Duration::from_secs(5400)
+            );
+            assert_eq!(s.cloudflare_account_id.as_deref(), Some("acc"));
+            jail.set_env("BILLING_DISCOUNT_RATE", "1.5");
+            let s = Settings::load(None).map_err(|e| *e)?;
+            assert!(s.billing_settings().is_err());
+            jail.set_env("USAGE_WINDOW", "2h");
+            let s = Settings::load(None).map_err(|e| *e)?;
+            assert!(s.usage_settings().is_err());
+            jail.set_env("BILLING_TICK", "soon");
+            assert!(Settings::load(None).is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn durations_parse_and_print() {
+        for (text, secs) in [
+            ("90s", 90),
+            ("5m", 300),
+            ("1h30m", 5400),
+            ("24h", 86_400),
+            ("2d", 172_800),
+            ("45", 45),
+        ] {
+            assert_eq!(
+                HumanDuration::parse(text).unwrap().0,
+                Duration::from_secs(secs)
+            );
+        }
+        assert_eq!(
+            HumanDuration::parse("500ms").unwrap().0,
+            Duration::from_millis(500)
+        );
+        assert_eq!(HumanDuration::secs(5400).to_string(), "1h30m");
+        assert_eq!(HumanDuration::secs(86_400).to_string(), "1d");
+        assert!(HumanDuration::parse("5 minutes").is_err());
+        assert!(HumanDuration::parse("").is_err());
     }
 
     #[test]

@@ -28,6 +28,7 @@
 //! * [`probe`] — the network prober: one HTTP(S) request through one CDN, new connection each.
 //! * [`demo`] — `tranche demo` and the switchable fake CDN edges it and the tests use.
 //! * [`bench`] — `tranche bench …`, the engine benchmarks recorded in BENCHMARKS.md.
+//! * [`usage`] — usage sources (Cloudflare's GraphQL analytics) and a local fake of them.
 //! * [`telemetry`] — `tracing` subscriber setup (text for terminals, JSON for production).
 
 pub mod api;
@@ -42,3 +43,4 @@ pub mod probe;
 pub mod startup;
 pub mod store;
 pub mod telemetry;
+pub mod usage;

@@ -15,7 +15,9 @@
 //!
 //! * [`storm`] — the pure core: availability windows and the storm state machine.
 //! * [`probe`] — the probing port (request, result, outcome classes, the `Prober` trait).
+//! * [`billing`] — billing arithmetic: a snapshot and its service's storms → a priced line.
 //! * [`dns`] — DNS steering's pure core: the ChangeBatch planner and the provider port.
+//! * [`usage`] — usage ingestion's source port and pure core (poll spans, attribution).
 //! * [`engine`] — the actors (root supervisor, lease keeper, probe supervisor, domain actors,
 //!   observation writer) and their ports to the database.
 //!
@@ -23,8 +25,10 @@
 //! makes them unit- and property-testable. The actors reach the outside world only through
 //! ports the `tranche` crate implements.
 
+pub mod billing;
 pub mod dns;
 pub mod domain;
 pub mod engine;
 pub mod probe;
 pub mod storm;
+pub mod usage;

@@ -166,6 +166,8 @@ async fn harness(patch: PolicyPatch, primary_up: bool, panic_once: bool) -> Harn
         leases: Arc::new(AllShards),
         prober: prober.clone(),
         dns: None,
+        billing: None,
+        usage: None,
     })
     .await
     .unwrap();

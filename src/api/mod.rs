@@ -1,6 +1,7 @@
 //! The HTTP API: poem + poem-openapi.
 //!
-//! One module per resource ([`services`], [`domains`], [`policies`], [`admin`], [`health`]), each
+//! One module per resource ([`services`], [`domains`], [`policies`], [`engine`], [`dns`],
+//! [`usage`], [`invoices`], [`admin`], [`health`]), each
 //! an `#[OpenApi]` struct; [`openapi`] combines them into the document served at `/openapi.json`
 //! (Swagger UI at `/docs`) and committed under `openapi/`. Shared pieces: [`ApiContext`] (what
 //! handlers need), [`auth`] (who is calling), [`error`] (the one error type and body shape) and
@@ -13,9 +14,11 @@ pub mod domains;
 pub mod engine;
 pub mod error;
 pub mod health;
+pub mod invoices;
 pub mod json;
 pub mod policies;
 pub mod services;
+pub mod usage;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -51,6 +54,10 @@ pub enum ApiTags {
     Dns,
     /// Storms: when a primary CDN was below its policy and traffic moved to the backup.
     Storms,
+    /// Usage snapshots: bytes through each CDN per window, pushed or pulled from CDN analytics.
+    Usage,
+    /// Invoices with storm-time discounts, and the billing runs that produce them.
+    Billing,
     /// Operator endpoints (admin token).
     Admin,
     /// Liveness and readiness.
@@ -63,6 +70,8 @@ pub type Api = (
     policies::PoliciesApi,
     engine::EngineApi,
     dns::DnsApi,
+    usage::UsageApi,
+    invoices::InvoicesApi,
     admin::AdminApi,
     health::HealthApi,
 );
@@ -76,6 +85,8 @@ pub fn openapi() -> OpenApiService<Api, ()> {
             policies::PoliciesApi,
             engine::EngineApi,
             dns::DnsApi,
+            usage::UsageApi,
+            invoices::InvoicesApi,
             admin::AdminApi,
             health::HealthApi,
         ),

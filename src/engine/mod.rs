@@ -1,7 +1,8 @@
 //! The engine's adapters: its ports implemented over PostgreSQL ([`store::PgEngineStore`],
-//! [`leases::PgLeaseBackend`]), the configuration-change listener, and [`start`], which wires
+//! [`leases::PgLeaseBackend`], [`billing::PgBillingStore`], [`billing::PgUsageStore`]), the configuration-change listener, and [`start`], which wires
 //! them to the network prober and starts the actor tree (`tranche_actors::engine`).
 
+pub mod billing;
 pub mod leases;
 pub mod store;
 
@@ -10,11 +11,13 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
+use tranche_actors::billing::BillingSettings;
 use tranche_actors::dns::planner::BatchLimits;
 use tranche_actors::dns::provider::DnsProvider;
 use tranche_actors::dns::rate::TokenBucket;
-use tranche_actors::engine::{DnsSetup, Engine, EngineConfig, RootArgs};
+use tranche_actors::engine::{BillingSetup, DnsSetup, Engine, EngineConfig, RootArgs, UsageSetup};
 use tranche_actors::probe::Prober;
+use tranche_actors::usage::{UsageSettings, UsageSource};
 
 /// The channel the configuration tables notify on (see the engine migration).
 pub const CONFIG_CHANNEL: &str = "tranche_config";
@@ -22,6 +25,8 @@ pub const CONFIG_CHANNEL: &str = "tranche_config";
 /// A running engine plus its listener task.
 pub struct RunningEngine {
     pub engine: Arc<Engine>,
+    /// The billing store, when this node bills (its fault injection is for tests and drills).
+    pub billing: Option<Arc<billing::PgBillingStore>>,
     listener: tokio::task::JoinHandle<()>,
 }
 
@@ -51,14 +56,67 @@ pub struct DnsOptions {
     pub burst: u32,
 }
 
-/// Starts this node's actor tree over `pool`; `dns: None` leaves desired weights unapplied.
+/// Usage ingestion settings for [`start_with`].
+pub struct UsageOptions {
+    pub settings: UsageSettings,
+    pub sources: Vec<Arc<dyn UsageSource>>,
+}
+
+/// The optional parts of a node: each `None` leaves that work to other nodes (or undone).
+#[derive(Default)]
+pub struct EngineOptions {
+    /// DNS steering; `None` leaves desired weights unapplied.
+    pub dns: Option<DnsOptions>,
+    /// Invoicing.
+    pub billing: Option<BillingSettings>,
+    /// Usage ingestion from CDN analytics.
+    pub usage: Option<UsageOptions>,
+}
+
+/// Starts this node's actor tree over `pool` (probing and storms, plus DNS steering when `dns`
+/// is given).
 pub async fn start(
     config: EngineConfig,
     pool: PgPool,
     prober: Arc<dyn Prober>,
     dns: Option<DnsOptions>,
 ) -> anyhow::Result<RunningEngine> {
+    start_with(
+        config,
+        pool,
+        prober,
+        EngineOptions {
+            dns,
+            ..EngineOptions::default()
+        },
+    )
+    .await
+}
+
+/// Starts this node's actor tree over `pool` with the optional parts in `options`.
+pub async fn start_with(
+    config: EngineConfig,
+    pool: PgPool,
+    prober: Arc<dyn Prober>,
+    options: EngineOptions,
+) -> anyhow::Result<RunningEngine> {
+    let EngineOptions {
+        dns,
+        billing,
+        usage,
+    } = options;
     let store = Arc::new(store::PgEngineStore::new(pool.clone()));
+    let billing_store = billing
+        .as_ref()
+        .map(|_| Arc::new(billing::PgBillingStore::new(pool.clone())));
+    let billing = billing
+        .zip(billing_store.clone())
+        .map(|(settings, store)| BillingSetup { store, settings });
+    let usage = usage.map(|u| UsageSetup {
+        store: Arc::new(billing::PgUsageStore::new(pool.clone())),
+        settings: u.settings,
+        sources: u.sources,
+    });
     let leases = Arc::new(leases::PgLeaseBackend::new(pool.clone()));
     let dns = dns.map(|d| DnsSetup {
         store: store.clone(),
@@ -73,12 +131,18 @@ pub async fn start(
             leases,
             prober,
             dns,
+            billing,
+            usage,
         })
         .await
         .map_err(|e| anyhow::anyhow!("could not start the engine: {e}"))?,
     );
     let listener = tokio::spawn(listen_for_config(pool, engine.clone()));
-    Ok(RunningEngine { engine, listener })
+    Ok(RunningEngine {
+        engine,
+        billing: billing_store,
+        listener,
+    })
 }
 
 /// Forwards configuration notifications to the engine. Reconnects after errors; periodic

@@ -396,7 +396,9 @@ impl EngineStore for PgEngineStore {
 
 /// Fencing: the lease row is share-locked until the transaction ends, so the epoch cannot move
 /// on between this check and the caller's writes (a new owner's bump waits, then wins).
-async fn check_fence(
+/// Fails with [`StoreError::Fenced`] unless `fence` is the shard's current epoch; the shared
+/// row lock holds the epoch still until the transaction ends.
+pub(crate) async fn check_fence(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     fence: Fence,
 ) -> Result<(), StoreError> {

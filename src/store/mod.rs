@@ -10,6 +10,8 @@ pub mod api_keys;
 pub mod customers;
 pub mod dns;
 pub mod domains;
+pub mod invoices;
 pub mod policies;
 pub mod services;
 pub mod storms;
+pub mod usage;

@@ -257,6 +257,42 @@ impl TestApp {
                 .unwrap();
         self.engine = Some(engine);
     }
+
+    /// Starts an engine node (no probing targets needed) with the optional parts in `options`.
+    pub async fn start_engine_with(&mut self, options: tranche::engine::EngineOptions) {
+        self.engine = Some(start_node(&self.pool, options).await);
+    }
+
+    /// The running engine (panics if none was started).
+    pub fn engine(&self) -> &tranche_actors::engine::Engine {
+        &self.engine.as_ref().expect("no engine started").engine
+    }
+}
+
+/// Starts one engine node on `pool` with a probe-everything network prober.
+pub async fn start_node(
+    pool: &PgPool,
+    options: tranche::engine::EngineOptions,
+) -> tranche::engine::RunningEngine {
+    let node = format!(
+        "test-node-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let prober = std::sync::Arc::new(tranche::probe::NetworkProber::new(&[], true).unwrap());
+    tranche::engine::start_with(test_engine_config(&node), pool.clone(), prober, options)
+        .await
+        .unwrap()
+}
+
+/// Billing for tests: runs only when asked (`bill_now`; the tick is an hour), bills windows as
+/// soon as they end, never finalizes on its own (a year's grace).
+pub fn test_billing() -> tranche_actors::billing::BillingSettings {
+    tranche_actors::billing::BillingSettings {
+        tick: std::time::Duration::from_secs(3600),
+        settle: std::time::Duration::ZERO,
+        grace: std::time::Duration::from_secs(365 * 86_400),
+        ..Default::default()
+    }
 }
 
 impl TestApp {

@@ -2,6 +2,7 @@
 
 mod admin;
 mod auth;
+mod billing;
 mod cluster;
 mod dns_faults;
 mod domains;
@@ -16,4 +17,5 @@ mod probe;
 mod robustness;
 mod route53;
 mod services;
+mod usage;
 mod walkthrough;

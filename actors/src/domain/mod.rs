@@ -16,7 +16,7 @@ pub use hostname::Hostname;
 pub use names::ServiceName;
 pub use policy::{PolicyError, PolicyKind, PolicyParams, PolicyPatch};
 pub use probe::{ExpectedStatuses, ProbeScheme};
-pub use shard::{SHARDS, default_zone, shard_of};
+pub use shard::{SHARDS, customer_shard, default_zone, shard_of};
 pub use target::{ProbePath, ProbeTarget, TargetHost};
 
 /// Why a value was rejected. The message is meant for the API client, without the field name

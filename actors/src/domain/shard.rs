@@ -16,6 +16,12 @@ pub fn shard_of(key: &str) -> u16 {
     (hash % u64::from(SHARDS)) as u16
 }
 
+/// The billing shard of a customer: its id modulo [`SHARDS`] (ids are sequential, so this
+/// spreads evenly, and SQL can compute it: `id % 256`).
+pub fn customer_shard(customer_id: i64) -> u16 {
+    customer_id.rem_euclid(i64::from(SHARDS)) as u16
+}
+
 /// The DNS zone a hostname is steered in, until the DNS provider says otherwise: its last two
 /// labels (`app.eu.example.com` → `example.com`). Multi-label public suffixes (`co.uk`) group
 /// a little coarsely, which only affects how work is spread, not correctness.

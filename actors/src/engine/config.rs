@@ -46,3 +46,15 @@ impl EngineConfig {
         }
     }
 }
+
+/// Exponential backoff with jitter: `base × 2^(attempt−1)` capped at `max`, then a random
+/// point in its upper half, so actors that failed together do not retry in lockstep.
+pub fn jittered_backoff(base: Duration, attempt: u32, max: Duration) -> Duration {
+    use std::hash::BuildHasher;
+    let exp = base
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(16))
+        .min(max);
+    let random = std::collections::hash_map::RandomState::new().hash_one(attempt);
+    let half = exp.as_millis() as u64 / 2;
+    Duration::from_millis(half + random % (half + 1))
+}

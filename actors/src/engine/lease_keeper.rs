@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::watch;
 
 use super::config::EngineConfig;
 use super::dns_supervisor::DnsMsg;
@@ -24,6 +25,8 @@ pub struct LeaseArgs {
     pub supervisor: ActorRef<SupervisorMsg>,
     /// The DNS supervisor, told about shard changes too (`None`: DNS steering off).
     pub dns: Option<ActorRef<DnsMsg>>,
+    /// Where the owned shards are published for everyone else (billing, usage ingestion).
+    pub shards: Arc<watch::Sender<OwnedShards>>,
 }
 
 pub struct LeaseState {
@@ -31,6 +34,7 @@ pub struct LeaseState {
     backend: Arc<dyn LeaseBackend>,
     supervisor: ActorRef<SupervisorMsg>,
     dns: Option<ActorRef<DnsMsg>>,
+    shards: Arc<watch::Sender<OwnedShards>>,
     owned: OwnedShards,
 }
 
@@ -67,6 +71,7 @@ impl Actor for LeaseKeeper {
             backend: args.backend,
             supervisor: args.supervisor,
             dns: args.dns,
+            shards: args.shards,
             owned: OwnedShards::new(),
         })
     }
@@ -124,6 +129,13 @@ impl LeaseState {
         if let Some(dns) = &self.dns {
             let _ = dns.cast(DnsMsg::Shards(self.owned.clone()));
         }
+        self.shards.send_if_modified(|current| {
+            let changed = *current != self.owned;
+            if changed {
+                current.clone_from(&self.owned);
+            }
+            changed
+        });
     }
 
     async fn tick(&mut self) {

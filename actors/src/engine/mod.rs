@@ -5,6 +5,9 @@
 //!  ├─ ObservationWriter   batches probe results into per-minute aggregates
 //!  ├─ DnsSupervisor       one ZoneActor per DNS zone with steered domains on those shards
 //!  │    └─ ZoneActor      applies desired weights through the DNS provider, batched
+//!  ├─ BillingSupervisor  one CustomerBillingActor per customer on those shards
+//!  │    └─ CustomerBillingActor  every tick: bills unbilled snapshots, finalizes invoices
+//!  ├─ UsageIngestor      pulls CDN usage analytics for those customers' services
 //!  ├─ ProbeSupervisor     one DomainActor per domain on the shards this node owns
 //!  │    └─ DomainActor    probes primary + backup, runs the storm machine, commits decisions
 //!  └─ LeaseKeeper         heartbeats, takes its fair share of shards (advisory locks + epochs)
@@ -20,6 +23,7 @@
 //! [`ports::LeaseBackend`], [`crate::probe::Prober`]); the `tranche` crate implements them
 //! over PostgreSQL and the network.
 
+pub mod billing;
 pub mod config;
 pub mod dns_supervisor;
 pub mod domain_actor;
@@ -28,6 +32,7 @@ pub mod observation_writer;
 pub mod ports;
 pub mod probe_supervisor;
 pub mod root;
+pub mod usage_ingestor;
 pub mod zone_actor;
 
 use std::time::Duration;
@@ -39,7 +44,7 @@ use lease_keeper::LeaseMsg;
 use observation_writer::ObservationMsg;
 use ports::OwnedShards;
 use probe_supervisor::SupervisorMsg;
-pub use root::{DnsSetup, RootArgs};
+pub use root::{BillingSetup, DnsSetup, RootArgs, UsageSetup};
 use root::{RootMsg, RootSupervisor};
 
 /// A running engine on this node.
@@ -112,6 +117,27 @@ impl Engine {
         if let Some((writer, _, _)) = self.children().await {
             let _ = ractor::call!(writer, ObservationMsg::FlushNow);
         }
+    }
+
+    /// Runs every billing actor on this node now; the sum of their runs (`None`: this node
+    /// does not bill).
+    pub async fn bill_now(&self) -> Option<Result<ports::BillingRunSummary, String>> {
+        let billing = ractor::call!(self.root, RootMsg::Billing).ok()??;
+        ractor::call!(billing, billing::BillingMsg::RunAll).ok()
+    }
+
+    /// Customers with a billing actor on this node.
+    pub async fn billed_customers(&self) -> Vec<i64> {
+        match ractor::call!(self.root, RootMsg::Billing).ok().flatten() {
+            Some(b) => ractor::call!(b, billing::BillingMsg::Customers).unwrap_or_default(),
+            None => Vec::new(),
+        }
+    }
+
+    /// Runs usage ingestion now (`None`: this node does not ingest usage).
+    pub async fn ingest_usage_now(&self) -> Option<usage_ingestor::IngestSummary> {
+        let usage = ractor::call!(self.root, RootMsg::Usage).ok()??;
+        ractor::call!(usage, usage_ingestor::UsageMsg::IngestNow).ok()
     }
 
     /// Stops the tree cleanly: releases the shards, stops the actors, flushes.

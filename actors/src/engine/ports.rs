@@ -178,3 +178,81 @@ pub trait DnsStore: Send + Sync + 'static {
     /// Records that a submitted change reached every name server.
     async fn dns_insync(&self, change_id: &str) -> Result<(), StoreError>;
 }
+
+/// What one billing run of a customer did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BillingRunSummary {
+    /// Invoices that received line items.
+    pub invoices_touched: u32,
+    /// Of those, invoices this run created.
+    pub invoices_created: u32,
+    pub invoices_finalized: u32,
+    pub snapshots_billed: u32,
+}
+
+impl BillingRunSummary {
+    pub fn did_something(&self) -> bool {
+        self.invoices_touched > 0 || self.invoices_finalized > 0 || self.snapshots_billed > 0
+    }
+
+    pub fn add(&mut self, other: &Self) {
+        self.invoices_touched += other.invoices_touched;
+        self.invoices_created += other.invoices_created;
+        self.invoices_finalized += other.invoices_finalized;
+        self.snapshots_billed += other.snapshots_billed;
+    }
+}
+
+/// The database side of invoicing.
+#[async_trait::async_trait]
+pub trait BillingStore: Send + Sync + 'static {
+    /// Customers whose billing shard is one of `shards`, with that shard.
+    async fn customers_on_shards(&self, shards: &[u16]) -> Result<Vec<(i64, u16)>, StoreError>;
+    /// One billing run for `customer_id`, in one transaction fenced by `fence`: bills the
+    /// customer's unbilled snapshots whose windows ended at least `settings.settle` before
+    /// `now` onto their periods' draft invoices, finalizes drafts past their grace, and records
+    /// the run. A failed run is rolled back whole and recorded with its error.
+    async fn bill_customer(
+        &self,
+        customer_id: i64,
+        fence: Fence,
+        now: DateTime<Utc>,
+        settings: &crate::billing::BillingSettings,
+        node_id: &str,
+    ) -> Result<BillingRunSummary, StoreError>;
+}
+
+/// A service whose usage is pulled from CDN analytics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageService {
+    pub service_id: i64,
+    pub customer_id: i64,
+    /// CDN names as configured on the service (compared case-insensitively with a source's).
+    pub primary_cdn: String,
+    pub backup_cdn: String,
+    /// Live hostnames of the service.
+    pub hostnames: Vec<String>,
+}
+
+/// Usage of one service in one window, as a source reports it now (cumulative for the window).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageReport {
+    pub service_id: i64,
+    pub customer_id: i64,
+    pub window_start: DateTime<Utc>,
+    pub window_end: DateTime<Utc>,
+    pub primary_bytes: i64,
+    pub backup_bytes: i64,
+    pub source: String,
+}
+
+/// The database side of usage ingestion.
+#[async_trait::async_trait]
+pub trait UsageStore: Send + Sync + 'static {
+    /// Live services of customers whose billing shard is one of `shards`.
+    async fn usage_services(&self, shards: &[u16]) -> Result<Vec<UsageService>, StoreError>;
+    /// Records reports idempotently (see `usage_snapshots`): a replay changes nothing, an
+    /// invoiced snapshot is never changed (late usage becomes an adjustment snapshot). Returns
+    /// how many snapshots were created, updated or added as adjustments.
+    async fn record_usage(&self, reports: &[UsageReport]) -> Result<usize, StoreError>;
+}

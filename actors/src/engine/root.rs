@@ -1,7 +1,10 @@
 //! RootSupervisor: the top of a node's actor tree.
 //!
 //! It starts the observation writer, the DNS supervisor (when DNS steering is configured), the
-//! probe supervisor and the lease keeper, linked, in that order (each needs the ones before). A child that fails is restarted; a restarted probe
+//! billing supervisor and usage ingestor (when configured), the probe supervisor and the lease
+//! keeper, linked, in that order (each needs the ones before). The lease keeper publishes the
+//! owned shards to the probe and DNS supervisors directly and to everyone else through a watch
+//! channel the root owns, so it survives the restart of either side. A child that fails is restarted; a restarted probe
 //! supervisor is handed to the lease keeper, which re-sends the owned shards; a restarted lease
 //! keeper drops every lock first, so ownership restarts from a clean slate.
 
@@ -9,18 +12,24 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
+use tokio::sync::watch;
+
+use super::billing::{BillingArgs, BillingCtx, BillingMsg, BillingSupervisor};
 use super::config::EngineConfig;
 use super::dns_supervisor::{DnsMsg, DnsSupervisor};
 use super::domain_actor::EngineCtx;
 use super::lease_keeper::{LeaseArgs, LeaseKeeper, LeaseMsg};
 use super::observation_writer::{ObservationMsg, ObservationWriter, WriterArgs};
-use super::ports::{DnsStore, EngineStore, LeaseBackend};
+use super::ports::{BillingStore, DnsStore, EngineStore, LeaseBackend, OwnedShards, UsageStore};
 use super::probe_supervisor::{ProbeSupervisor, SupervisorMsg};
+use super::usage_ingestor::{UsageArgs, UsageIngestor, UsageMsg};
 use super::zone_actor::DnsCtx;
+use crate::billing::BillingSettings;
 use crate::dns::planner::BatchLimits;
 use crate::dns::provider::DnsProvider;
 use crate::dns::rate::TokenBucket;
 use crate::probe::Prober;
+use crate::usage::{UsageSettings, UsageSource};
 
 pub struct RootSupervisor;
 
@@ -31,6 +40,23 @@ pub struct RootArgs {
     pub prober: Arc<dyn Prober>,
     /// DNS steering; `None` leaves desired weights unapplied (API-only or tests).
     pub dns: Option<DnsSetup>,
+    /// Invoicing; `None` bills nothing on this node.
+    pub billing: Option<BillingSetup>,
+    /// Usage ingestion from CDN analytics; `None` pulls nothing on this node.
+    pub usage: Option<UsageSetup>,
+}
+
+/// What invoicing needs.
+pub struct BillingSetup {
+    pub store: Arc<dyn BillingStore>,
+    pub settings: BillingSettings,
+}
+
+/// What usage ingestion needs.
+pub struct UsageSetup {
+    pub store: Arc<dyn UsageStore>,
+    pub settings: UsageSettings,
+    pub sources: Vec<Arc<dyn UsageSource>>,
 }
 
 /// What DNS steering needs.
@@ -47,6 +73,10 @@ pub struct RootState {
     pub(crate) supervisor: ActorRef<SupervisorMsg>,
     pub(crate) leases: ActorRef<LeaseMsg>,
     pub(crate) dns: Option<ActorRef<DnsMsg>>,
+    pub(crate) billing: Option<ActorRef<BillingMsg>>,
+    pub(crate) usage: Option<ActorRef<UsageMsg>>,
+    /// The owned shards, as the lease keeper last published them.
+    shards: Arc<watch::Sender<OwnedShards>>,
 }
 
 /// References to the root's children: writer, probe supervisor, lease keeper, DNS supervisor.
@@ -60,6 +90,10 @@ pub type Children = (
 pub enum RootMsg {
     /// The references of the children (for the engine handle).
     Children(ractor::RpcReplyPort<Children>),
+    /// The billing supervisor, if this node bills.
+    Billing(ractor::RpcReplyPort<Option<ActorRef<BillingMsg>>>),
+    /// The usage ingestor, if this node ingests usage.
+    Usage(ractor::RpcReplyPort<Option<ActorRef<UsageMsg>>>),
 }
 
 impl RootState {
@@ -83,8 +117,14 @@ impl RootState {
     /// A new lease keeper reporting to the current supervisors; it starts from a clean set of
     /// locks.
     async fn respawn_leases(&mut self, root: &ActorRef<RootMsg>) -> Result<(), ActorProcessingErr> {
-        self.leases =
-            spawn_leases(&self.args, self.supervisor.clone(), self.dns.clone(), root).await?;
+        self.leases = spawn_leases(
+            &self.args,
+            self.supervisor.clone(),
+            self.dns.clone(),
+            self.shards.clone(),
+            root,
+        )
+        .await?;
         Ok(())
     }
 }
@@ -150,10 +190,56 @@ async fn spawn_supervisor(
     )
 }
 
+async fn spawn_billing(
+    args: &RootArgs,
+    shards: &watch::Sender<OwnedShards>,
+    root: &ActorRef<RootMsg>,
+) -> Result<Option<ActorRef<BillingMsg>>, ActorProcessingErr> {
+    let Some(setup) = &args.billing else {
+        return Ok(None);
+    };
+    let billing_args = BillingArgs {
+        ctx: Arc::new(BillingCtx {
+            config: args.config.clone(),
+            settings: setup.settings.clone(),
+            store: setup.store.clone(),
+        }),
+        shards: shards.subscribe(),
+    };
+    Ok(Some(
+        Actor::spawn_linked(None, BillingSupervisor, billing_args, root.get_cell())
+            .await?
+            .0,
+    ))
+}
+
+async fn spawn_usage(
+    args: &RootArgs,
+    shards: &watch::Sender<OwnedShards>,
+    root: &ActorRef<RootMsg>,
+) -> Result<Option<ActorRef<UsageMsg>>, ActorProcessingErr> {
+    let Some(setup) = &args.usage else {
+        return Ok(None);
+    };
+    let usage_args = UsageArgs {
+        config: args.config.clone(),
+        settings: setup.settings.clone(),
+        store: setup.store.clone(),
+        sources: setup.sources.clone(),
+        shards: shards.subscribe(),
+    };
+    Ok(Some(
+        Actor::spawn_linked(None, UsageIngestor, usage_args, root.get_cell())
+            .await?
+            .0,
+    ))
+}
+
 async fn spawn_leases(
     args: &RootArgs,
     supervisor: ActorRef<SupervisorMsg>,
     dns: Option<ActorRef<DnsMsg>>,
+    shards: Arc<watch::Sender<OwnedShards>>,
     root: &ActorRef<RootMsg>,
 ) -> Result<ActorRef<LeaseMsg>, ActorProcessingErr> {
     let lease_args = LeaseArgs {
@@ -161,6 +247,7 @@ async fn spawn_leases(
         backend: args.leases.clone(),
         supervisor,
         dns,
+        shards,
     };
     Ok(
         Actor::spawn_linked(None, LeaseKeeper, lease_args, root.get_cell())
@@ -179,16 +266,29 @@ impl Actor for RootSupervisor {
         myself: ActorRef<RootMsg>,
         args: RootArgs,
     ) -> Result<RootState, ActorProcessingErr> {
+        let shards = Arc::new(watch::Sender::new(OwnedShards::new()));
         let writer = spawn_writer(&args, &myself).await?;
         let dns = spawn_dns(&args, &myself).await?;
+        let billing = spawn_billing(&args, &shards, &myself).await?;
+        let usage = spawn_usage(&args, &shards, &myself).await?;
         let supervisor = spawn_supervisor(ctx(&args, writer.clone(), dns.clone()), &myself).await?;
-        let leases = spawn_leases(&args, supervisor.clone(), dns.clone(), &myself).await?;
+        let leases = spawn_leases(
+            &args,
+            supervisor.clone(),
+            dns.clone(),
+            shards.clone(),
+            &myself,
+        )
+        .await?;
         Ok(RootState {
             args,
             writer,
             supervisor,
             leases,
             dns,
+            billing,
+            usage,
+            shards,
         })
     }
 
@@ -206,6 +306,12 @@ impl Actor for RootSupervisor {
                     state.leases.clone(),
                     state.dns.clone(),
                 ));
+            }
+            RootMsg::Billing(reply) => {
+                let _ = reply.send(state.billing.clone());
+            }
+            RootMsg::Usage(reply) => {
+                let _ = reply.send(state.usage.clone());
             }
         }
         Ok(())
@@ -235,6 +341,7 @@ impl Actor for RootSupervisor {
             let _ = state
                 .supervisor
                 .cast(SupervisorMsg::Shards(Default::default()));
+            state.shards.send_replace(OwnedShards::new());
             state.respawn_leases(&myself).await?;
         } else if state.dns.as_ref().is_some_and(|d| d.get_id() == id) {
             // Domain actors and the lease keeper hold the old reference: rebuild the tree below
@@ -245,6 +352,12 @@ impl Actor for RootSupervisor {
             state.supervisor.stop(Some("dns restarted".into()));
             state.supervisor = spawn_supervisor(state.ctx(), &myself).await?;
             state.respawn_leases(&myself).await?;
+        } else if state.billing.as_ref().is_some_and(|b| b.get_id() == id) {
+            tracing::error!(error = %err, "billing supervisor failed; restarting");
+            state.billing = spawn_billing(&state.args, &state.shards, &myself).await?;
+        } else if state.usage.as_ref().is_some_and(|u| u.get_id() == id) {
+            tracing::error!(error = %err, "usage ingestor failed; restarting");
+            state.usage = spawn_usage(&state.args, &state.shards, &myself).await?;
         }
         Ok(())
     }
@@ -257,6 +370,15 @@ impl Actor for RootSupervisor {
         // Leases first (releases the shards), then the actors, then the last flush.
         stop_and_wait(state.leases.get_cell()).await;
         stop_and_wait(state.supervisor.get_cell()).await;
+        for cell in [
+            state.billing.as_ref().map(|b| b.get_cell()),
+            state.usage.as_ref().map(|u| u.get_cell()),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            stop_and_wait(cell).await;
+        }
         if let Some(dns) = &state.dns {
             stop_and_wait(dns.get_cell()).await;
         }

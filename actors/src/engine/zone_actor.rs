@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use super::config::EngineConfig;
+use super::config::{EngineConfig, jittered_backoff};
 use super::ports::{DnsStore, Fence, StoreError};
 use crate::dns::planner::{Batch, BatchLimits, plan};
 use crate::dns::provider::{DnsProvider, ProviderError};
@@ -127,15 +127,8 @@ impl Actor for ZoneActor {
 impl ZoneState {
     fn backoff(&mut self, myself: &ActorRef<ZoneMsg>) {
         self.failures += 1;
-        let exp = BACKOFF_BASE
-            .saturating_mul(1 << self.failures.min(8))
-            .min(BACKOFF_MAX);
-        // Full jitter keeps zone actors from retrying in lockstep.
-        use std::hash::BuildHasher;
-        let random =
-            std::collections::hash_map::RandomState::new().hash_one((self.failures, &self.zone));
-        let half = exp.as_millis() as u64 / 2;
-        let delay = Duration::from_millis(half + random % (half + 1));
+        // Jitter keeps zone actors from retrying in lockstep.
+        let delay = jittered_backoff(BACKOFF_BASE, self.failures + 1, BACKOFF_MAX);
         self.backoff_until = Some(tokio::time::Instant::now() + delay);
         myself.send_after(delay, || ZoneMsg::Wake);
     }

@@ -1,0 +1,358 @@
+//! BillingSupervisor: one CustomerBillingActor per customer whose billing shard this node owns.
+//!
+//! Each customer actor runs every `tick` (the first run phase-spread over the tick, so a node's
+//! customers do not all hit the database at once) and asks the store for one billing run. The
+//! run is one fenced transaction; a run that fails leaves nothing behind and the next tick
+//! retries. Shards moving to another node stop the actors here; the new owner's actors pick up
+//! exactly the snapshots still unbilled.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio::sync::watch;
+
+use super::config::EngineConfig;
+use super::ports::{BillingRunSummary, BillingStore, Fence, OwnedShards, StoreError};
+use crate::billing::BillingSettings;
+
+/// What the billing actors of a node share.
+pub struct BillingCtx {
+    pub config: EngineConfig,
+    pub settings: BillingSettings,
+    pub store: Arc<dyn BillingStore>,
+}
+
+pub struct BillingSupervisor;
+
+pub struct BillingArgs {
+    pub ctx: Arc<BillingCtx>,
+    /// The shards this node owns (published by the lease keeper).
+    pub shards: watch::Receiver<OwnedShards>,
+}
+
+pub struct BillingSupervisorState {
+    ctx: Arc<BillingCtx>,
+    owned: OwnedShards,
+    customers: HashMap<i64, (ActorRef<CustomerMsg>, Fence)>,
+    by_actor: HashMap<ActorId, i64>,
+    forwarder: tokio::task::JoinHandle<()>,
+}
+
+pub enum BillingMsg {
+    Shards(OwnedShards),
+    /// Re-read the customers of the owned shards.
+    Reconcile,
+    /// Runs every customer's billing now and replies with the sum of the runs (tests, bench).
+    RunAll(RpcReplyPort<Result<BillingRunSummary, String>>),
+    /// Customers with a billing actor here.
+    Customers(RpcReplyPort<Vec<i64>>),
+}
+
+/// Forwards the lease keeper's shard announcements to `actor`.
+pub(crate) fn forward_shards<M: ractor::Message>(
+    mut shards: watch::Receiver<OwnedShards>,
+    actor: ActorRef<M>,
+    wrap: fn(OwnedShards) -> M,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let owned = shards.borrow_and_update().clone();
+            if actor.cast(wrap(owned)).is_err() || shards.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+impl Actor for BillingSupervisor {
+    type Msg = BillingMsg;
+    type State = BillingSupervisorState;
+    type Arguments = BillingArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<BillingMsg>,
+        args: BillingArgs,
+    ) -> Result<BillingSupervisorState, ActorProcessingErr> {
+        myself.send_interval(args.ctx.config.reconcile_interval, || BillingMsg::Reconcile);
+        let forwarder = forward_shards(args.shards, myself.clone(), BillingMsg::Shards);
+        Ok(BillingSupervisorState {
+            ctx: args.ctx,
+            owned: OwnedShards::new(),
+            customers: HashMap::new(),
+            by_actor: HashMap::new(),
+            forwarder,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<BillingMsg>,
+        msg: BillingMsg,
+        state: &mut BillingSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            BillingMsg::Shards(owned) => {
+                if owned != state.owned {
+                    state.owned = owned;
+                    state.reconcile(&myself).await;
+                }
+            }
+            BillingMsg::Reconcile => state.reconcile(&myself).await,
+            BillingMsg::RunAll(reply) => {
+                let actors: Vec<ActorRef<CustomerMsg>> =
+                    state.customers.values().map(|(a, _)| a.clone()).collect();
+                tokio::spawn(async move {
+                    let _ = reply.send(run_all(actors).await);
+                });
+            }
+            BillingMsg::Customers(reply) => {
+                let _ = reply.send(state.customers.keys().copied().collect());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<BillingMsg>,
+        event: SupervisionEvent,
+        state: &mut BillingSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let cell = match &event {
+            SupervisionEvent::ActorFailed(cell, _)
+            | SupervisionEvent::ActorTerminated(cell, ..) => cell.clone(),
+            _ => return Ok(()),
+        };
+        if let Some(customer) = state.by_actor.remove(&cell.get_id()) {
+            state.customers.remove(&customer);
+            if let SupervisionEvent::ActorFailed(_, err) = event {
+                tracing::error!(customer_id = customer, error = %err, "billing actor failed; restarting");
+            }
+            state.reconcile(&myself).await;
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<BillingMsg>,
+        state: &mut BillingSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.forwarder.abort();
+        for (actor, _) in state.customers.values() {
+            actor.stop(None);
+        }
+        Ok(())
+    }
+}
+
+/// Runs the given customers' billing now, a few at a time, and sums the runs.
+async fn run_all(actors: Vec<ActorRef<CustomerMsg>>) -> Result<BillingRunSummary, String> {
+    const CONCURRENCY: usize = 8;
+    let mut total = BillingRunSummary::default();
+    let mut pending = tokio::task::JoinSet::new();
+    let mut actors = actors.into_iter();
+    loop {
+        while pending.len() < CONCURRENCY {
+            let Some(actor) = actors.next() else { break };
+            pending.spawn(async move {
+                ractor::call!(actor, CustomerMsg::RunNow)
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r)
+            });
+        }
+        match pending.join_next().await {
+            Some(Ok(Ok(run))) => total.add(&run),
+            Some(Ok(Err(e))) => return Err(e),
+            Some(Err(e)) => return Err(e.to_string()),
+            None => return Ok(total),
+        }
+    }
+}
+
+impl BillingSupervisorState {
+    async fn reconcile(&mut self, myself: &ActorRef<BillingMsg>) {
+        let wanted: HashMap<i64, Fence> = if self.owned.is_empty() {
+            HashMap::new()
+        } else {
+            let shards: Vec<u16> = self.owned.keys().copied().collect();
+            match self.ctx.store.customers_on_shards(&shards).await {
+                Ok(customers) => customers
+                    .into_iter()
+                    .filter_map(|(customer, shard)| {
+                        self.owned
+                            .get(&shard)
+                            .map(|&epoch| (customer, Fence { shard, epoch }))
+                    })
+                    .collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not load customers; keeping the billing actors");
+                    return;
+                }
+            }
+        };
+        let gone: Vec<i64> = self
+            .customers
+            .keys()
+            .filter(|c| !wanted.contains_key(*c))
+            .copied()
+            .collect();
+        for customer in gone {
+            if let Some((actor, _)) = self.customers.remove(&customer) {
+                self.by_actor.remove(&actor.get_id());
+                actor.stop(None);
+            }
+        }
+        for (customer, fence) in wanted {
+            match self.customers.get_mut(&customer) {
+                Some((actor, current)) if *current != fence => {
+                    *current = fence;
+                    let _ = actor.cast(CustomerMsg::Fence(fence));
+                }
+                Some(_) => {}
+                None => {
+                    let args = CustomerArgs {
+                        customer_id: customer,
+                        fence,
+                        ctx: self.ctx.clone(),
+                    };
+                    match Actor::spawn_linked(None, CustomerBillingActor, args, myself.get_cell())
+                        .await
+                    {
+                        Ok((actor, _)) => {
+                            self.by_actor.insert(actor.get_id(), customer);
+                            self.customers.insert(customer, (actor, fence));
+                        }
+                        Err(e) => {
+                            tracing::warn!(customer_id = customer, error = %e, "could not start billing actor")
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Bills one customer every tick.
+pub struct CustomerBillingActor;
+
+pub struct CustomerArgs {
+    pub customer_id: i64,
+    pub fence: Fence,
+    pub ctx: Arc<BillingCtx>,
+}
+
+pub struct CustomerState {
+    customer_id: i64,
+    fence: Fence,
+    ctx: Arc<BillingCtx>,
+}
+
+pub enum CustomerMsg {
+    Tick,
+    /// The shard's fencing epoch changed.
+    Fence(Fence),
+    /// Run now and reply with the run's summary.
+    RunNow(RpcReplyPort<Result<BillingRunSummary, String>>),
+}
+
+/// Where in the tick a customer's runs fall: spread by id, the same on every node.
+fn phase(customer_id: i64, tick: Duration) -> Duration {
+    let tick_ms = tick.as_millis().max(1) as u64;
+    let spread = (customer_id as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) % tick_ms;
+    Duration::from_millis(spread)
+}
+
+impl Actor for CustomerBillingActor {
+    type Msg = CustomerMsg;
+    type State = CustomerState;
+    type Arguments = CustomerArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<CustomerMsg>,
+        args: CustomerArgs,
+    ) -> Result<CustomerState, ActorProcessingErr> {
+        let tick = args.ctx.settings.tick;
+        let first = phase(args.customer_id, tick);
+        let me = myself.clone();
+        // The first run at the customer's phase, then every tick (ractor timers die with the
+        // actor).
+        myself.send_after(first, move || {
+            me.send_interval(tick, || CustomerMsg::Tick);
+            CustomerMsg::Tick
+        });
+        Ok(CustomerState {
+            customer_id: args.customer_id,
+            fence: args.fence,
+            ctx: args.ctx,
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<CustomerMsg>,
+        msg: CustomerMsg,
+        state: &mut CustomerState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            CustomerMsg::Tick => {
+                let _ = state.run().await;
+            }
+            CustomerMsg::Fence(fence) => state.fence = fence,
+            CustomerMsg::RunNow(reply) => {
+                let _ = reply.send(state.run().await.map_err(|e| e.to_string()));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl CustomerState {
+    /// Bills until fewer than a batch of snapshots remain.
+    async fn run(&mut self) -> Result<BillingRunSummary, StoreError> {
+        let mut total = BillingRunSummary::default();
+        loop {
+            let now = (self.ctx.config.clock)();
+            let run = self
+                .ctx
+                .store
+                .bill_customer(
+                    self.customer_id,
+                    self.fence,
+                    now,
+                    &self.ctx.settings,
+                    &self.ctx.config.node_id,
+                )
+                .await;
+            match run {
+                Ok(run) => {
+                    total.add(&run);
+                    if run.did_something() {
+                        tracing::info!(
+                            customer_id = self.customer_id,
+                            snapshots = run.snapshots_billed,
+                            invoices = run.invoices_touched,
+                            finalized = run.invoices_finalized,
+                            "billing run"
+                        );
+                    }
+                    if (run.snapshots_billed as usize) < self.ctx.settings.batch {
+                        return Ok(total);
+                    }
+                }
+                Err(e @ StoreError::Fenced { .. }) => {
+                    tracing::info!(customer_id = self.customer_id, error = %e, "billing skipped: shard moved");
+                    return Err(e);
+                }
+                Err(e) => {
+                    tracing::warn!(customer_id = self.customer_id, error = %e, "billing run failed; retrying next tick");
+                    return Err(e);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,347 @@
+//! Usage snapshots: recorded idempotently, never changed once invoiced.
+//!
+//! A report carries the usage a source sees *now* for one window (cumulative), keyed by
+//! (service, window, source). [`record`] makes the stored revisions of that key add up to it:
+//!
+//! * no snapshot yet → revision 0 is created (`created`);
+//! * the latest revision is unbilled → it is set to the report minus what earlier, invoiced
+//!   revisions already billed (`updated`, or `unchanged` when that is what it holds);
+//! * every revision is invoiced and the report exceeds their sum → a new revision holds the
+//!   difference: an *adjustment*, billed on the next invoice (`adjusted`); a report below what
+//!   was billed records nothing (`below_billed`): invoiced usage is never reduced or credited
+//!   automatically.
+//!
+//! Writers of one service are serialised by a transaction-scoped advisory lock; the rows read
+//! are locked `for update`, so a billing run (which locks the snapshots it bills `for update
+//! skip locked`) either bills a snapshot before the report sees it (→ adjustment) or after the
+//! report changed it (→ billed with the new values), never in between.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use sqlx::{FromRow, PgPool};
+use tranche_actors::engine::ports::UsageReport;
+use uuid::Uuid;
+
+/// Advisory-lock key space of usage writers (`pg_advisory_xact_lock(USAGE_LOCK_SPACE, id)`).
+const USAGE_LOCK_SPACE: i32 = 0x5553_4147; // "USAG"
+
+#[derive(Debug, Clone, FromRow)]
+pub struct SnapshotRow {
+    pub id: Uuid,
+    pub service_id: i64,
+    pub customer_id: i64,
+    pub window_start: DateTime<Utc>,
+    pub window_end: DateTime<Utc>,
+    pub primary_bytes: i64,
+    pub backup_bytes: i64,
+    pub source: String,
+    pub revision: i32,
+    pub invoice_id: Option<Uuid>,
+    pub billed_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+macro_rules! columns {
+    () => {
+        "id, service_id, customer_id, window_start, window_end, primary_bytes, backup_bytes,
+         source, revision, invoice_id, billed_at, created_at, updated_at"
+    };
+}
+
+/// What [`record`] did with one report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Created,
+    Updated,
+    Unchanged,
+    Adjusted,
+    BelowBilled,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Updated => "updated",
+            Self::Unchanged => "unchanged",
+            Self::Adjusted => "adjusted",
+            Self::BelowBilled => "below_billed",
+        }
+    }
+
+    /// Whether a snapshot was written.
+    pub fn wrote(self) -> bool {
+        matches!(self, Self::Created | Self::Updated | Self::Adjusted)
+    }
+}
+
+type Key = (i64, DateTime<Utc>, DateTime<Utc>, String);
+
+fn key(r: &UsageReport) -> Key {
+    (r.service_id, r.window_start, r.window_end, r.source.clone())
+}
+
+/// Records `reports` in one transaction; per report, what happened and the snapshot that now
+/// carries it (for `below_billed`/`unchanged` with every revision billed: the latest revision).
+/// Reports repeating a key within the call: the last one wins.
+pub async fn record(
+    pool: &PgPool,
+    reports: &[UsageReport],
+) -> sqlx::Result<Vec<(Outcome, SnapshotRow)>> {
+    let mut tx = pool.begin().await?;
+    let mut services: Vec<i64> = reports.iter().map(|r| r.service_id).collect();
+    services.sort_unstable();
+    services.dedup();
+    sqlx::query(
+        "select pg_advisory_xact_lock($1, (s % 2147483647)::int4)
+           from unnest($2::int8[]) s order by s",
+    )
+    .bind(USAGE_LOCK_SPACE)
+    .bind(&services)
+    .execute(&mut *tx)
+    .await?;
+
+    let existing: Vec<SnapshotRow> = sqlx::query_as(concat!(
+        "select ",
+        columns!(),
+        " from usage_snapshots u
+          where (u.service_id, u.window_start, u.window_end, u.source) in
+                (select * from unnest($1::int8[], $2::timestamptz[], $3::timestamptz[], $4::text[]))
+          order by revision
+          for update"
+    ))
+    .bind(reports.iter().map(|r| r.service_id).collect::<Vec<_>>())
+    .bind(reports.iter().map(|r| r.window_start).collect::<Vec<_>>())
+    .bind(reports.iter().map(|r| r.window_end).collect::<Vec<_>>())
+    .bind(reports.iter().map(|r| r.source.clone()).collect::<Vec<_>>())
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut revisions: HashMap<Key, Vec<SnapshotRow>> = HashMap::new();
+    for row in existing {
+        let k = (
+            row.service_id,
+            row.window_start,
+            row.window_end,
+            row.source.clone(),
+        );
+        revisions.entry(k).or_default().push(row);
+    }
+
+    // Last report per key wins.
+    let mut latest: HashMap<Key, usize> = HashMap::new();
+    for (i, r) in reports.iter().enumerate() {
+        latest.insert(key(r), i);
+    }
+
+    enum Plan {
+        Insert { revision: i32, p: i64, b: i64 },
+        Update { id: Uuid, p: i64, b: i64 },
+        Keep(Outcome, Box<SnapshotRow>),
+    }
+    let mut plans: Vec<(usize, Plan)> = Vec::with_capacity(latest.len());
+    for (k, &i) in &latest {
+        let r = &reports[i];
+        let plan = match revisions.get(k) {
+            None => Plan::Insert {
+                revision: 0,
+                p: r.primary_bytes,
+                b: r.backup_bytes,
+            },
+            Some(revs) => {
+                let billed = revs.iter().filter(|s| s.invoice_id.is_some());
+                let (bp, bb) = billed.fold((0i64, 0i64), |(p, b), s| {
+                    (
+                        p.saturating_add(s.primary_bytes),
+                        b.saturating_add(s.backup_bytes),
+                    )
+                });
+                let want_p = r.primary_bytes.saturating_sub(bp).max(0);
+                let want_b = r.backup_bytes.saturating_sub(bb).max(0);
+                let last = revs.last().expect("grouped rows are non-empty");
+                if last.invoice_id.is_none() {
+                    if last.primary_bytes == want_p && last.backup_bytes == want_b {
+                        Plan::Keep(Outcome::Unchanged, Box::new(last.clone()))
+                    } else {
+                        Plan::Update {
+                            id: last.id,
+                            p: want_p,
+                            b: want_b,
+                        }
+                    }
+                } else if want_p > 0 || want_b > 0 {
+                    Plan::Insert {
+                        revision: last.revision + 1,
+                        p: want_p,
+                        b: want_b,
+                    }
+                } else if r.primary_bytes < bp || r.backup_bytes < bb {
+                    Plan::Keep(Outcome::BelowBilled, Box::new(last.clone()))
+                } else {
+                    Plan::Keep(Outcome::Unchanged, Box::new(last.clone()))
+                }
+            }
+        };
+        plans.push((i, plan));
+    }
+
+    let mut out: Vec<(usize, Outcome, SnapshotRow)> = Vec::with_capacity(plans.len());
+    let inserts: Vec<(usize, i32, i64, i64)> = plans
+        .iter()
+        .filter_map(|(i, p)| match p {
+            Plan::Insert { revision, p, b } => Some((*i, *revision, *p, *b)),
+            _ => None,
+        })
+        .collect();
+    if !inserts.is_empty() {
+        let rows: Vec<SnapshotRow> = sqlx::query_as(concat!(
+            "insert into usage_snapshots
+                    (service_id, customer_id, window_start, window_end, primary_bytes,
+                     backup_bytes, source, revision)
+             select * from unnest($1::int8[], $2::int8[], $3::timestamptz[], $4::timestamptz[],
+                                  $5::int8[], $6::int8[], $7::text[], $8::int4[])
+             returning ",
+            columns!()
+        ))
+        .bind(
+            inserts
+                .iter()
+                .map(|x| reports[x.0].service_id)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            inserts
+                .iter()
+                .map(|x| reports[x.0].customer_id)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            inserts
+                .iter()
+                .map(|x| reports[x.0].window_start)
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            inserts
+                .iter()
+                .map(|x| reports[x.0].window_end)
+                .collect::<Vec<_>>(),
+        )
+        .bind(inserts.iter().map(|x| x.2).collect::<Vec<_>>())
+        .bind(inserts.iter().map(|x| x.3).collect::<Vec<_>>())
+        .bind(
+            inserts
+                .iter()
+                .map(|x| reports[x.0].source.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(inserts.iter().map(|x| x.1).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut by_key: HashMap<Key, SnapshotRow> = rows
+            .into_iter()
+            .map(|row| {
+                (
+                    (
+                        row.service_id,
+                        row.window_start,
+                        row.window_end,
+                        row.source.clone(),
+                    ),
+                    row,
+                )
+            })
+            .collect();
+        for (i, revision, ..) in &inserts {
+            if let Some(row) = by_key.remove(&key(&reports[*i])) {
+                let outcome = if *revision == 0 {
+                    Outcome::Created
+                } else {
+                    Outcome::Adjusted
+                };
+                out.push((*i, outcome, row));
+            }
+        }
+    }
+    let updates: Vec<(usize, Uuid, i64, i64)> = plans
+        .iter()
+        .filter_map(|(i, p)| match p {
+            Plan::Update { id, p, b } => Some((*i, *id, *p, *b)),
+            _ => None,
+        })
+        .collect();
+    if !updates.is_empty() {
+        let rows: Vec<SnapshotRow> = sqlx::query_as(
+            "update usage_snapshots u
+                set primary_bytes = v.p, backup_bytes = v.b
+               from unnest($1::uuid[], $2::int8[], $3::int8[]) v(id, p, b)
+              where u.id = v.id and u.invoice_id is null
+          returning u.*",
+        )
+        .bind(updates.iter().map(|x| x.1).collect::<Vec<_>>())
+        .bind(updates.iter().map(|x| x.2).collect::<Vec<_>>())
+        .bind(updates.iter().map(|x| x.3).collect::<Vec<_>>())
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut by_id: HashMap<Uuid, SnapshotRow> = rows.into_iter().map(|r| (r.id, r)).collect();
+        for (i, id, ..) in &updates {
+            let row = by_id
+                .remove(id)
+                .ok_or_else(|| sqlx::Error::Protocol("a locked snapshot changed".into()))?;
+            out.push((*i, Outcome::Updated, row));
+        }
+    }
+    for (i, plan) in plans {
+        if let Plan::Keep(outcome, row) = plan {
+            out.push((i, outcome, *row));
+        }
+    }
+    tx.commit().await?;
+    out.sort_by_key(|(i, ..)| *i);
+    Ok(out.into_iter().map(|(_, o, r)| (o, r)).collect())
+}
+
+/// Filter of [`list`].
+#[derive(Debug, Default)]
+pub struct SnapshotFilter {
+    /// Snapshots whose window starts at or after this.
+    pub from: Option<DateTime<Utc>>,
+    /// Snapshots whose window starts before this.
+    pub to: Option<DateTime<Utc>>,
+    /// `true`: only unbilled; `false`: only invoiced.
+    pub unbilled: Option<bool>,
+    pub limit: i64,
+}
+
+/// A live service's snapshots, newest window first (revisions in order).
+pub async fn list(
+    pool: &PgPool,
+    customer_id: i64,
+    service_id: i64,
+    filter: &SnapshotFilter,
+) -> sqlx::Result<Option<Vec<SnapshotRow>>> {
+    if !super::services::exists(pool, customer_id, service_id).await? {
+        return Ok(None);
+    }
+    let rows = sqlx::query_as(concat!(
+        "select ",
+        columns!(),
+        " from usage_snapshots
+          where service_id = $1 and customer_id = $2
+            and ($3::timestamptz is null or window_start >= $3)
+            and ($4::timestamptz is null or window_start < $4)
+            and ($5::boolean is null or (invoice_id is null) = $5)
+          order by window_start desc, source, revision
+          limit $6"
+    ))
+    .bind(service_id)
+    .bind(customer_id)
+    .bind(filter.from)
+    .bind(filter.to)
+    .bind(filter.unbilled)
+    .bind(filter.limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(Some(rows))
+}
