@@ -7,8 +7,8 @@
 --
 -- Exactly-once billing is guarded three times: the billing transaction checks the customer
 -- shard's fencing epoch, locks the snapshots it bills (`for update skip locked`) and tags them
--- only where `invoice_id is null`, and a snapshot can be on at most one line item
--- (`invoice_line_items_snapshot_id_key`).
+-- only where `invoice_id is null`, and a snapshot can be on at most one line item (the line's
+-- primary key is the snapshot's id).
 
 create table invoices (
     id              uuid constraint invoices_pkey primary key default gen_random_uuid(),
@@ -55,7 +55,10 @@ create table usage_snapshots (
     -- 0: the report itself. n > 0: an adjustment, the usage reported for this window after
     -- revisions 0..n-1 were invoiced (an invoiced snapshot is never changed).
     revision      integer not null default 0 constraint usage_snapshots_revision_check check (revision >= 0),
-    invoice_id    uuid constraint usage_snapshots_invoice_id_fkey references invoices (id),
+    -- The invoice it is billed on. Written only by the billing transaction, together with the
+    -- snapshot's line item (whose foreign key holds the invoice); no second key check here,
+    -- since billing tags a million snapshots a run.
+    invoice_id    uuid,
     billed_at     timestamptz,
     created_at    timestamptz not null default now(),
     updated_at    timestamptz not null default now(),
@@ -63,17 +66,17 @@ create table usage_snapshots (
     constraint usage_snapshots_key unique (service_id, window_start, window_end, source, revision)
 );
 create index usage_snapshots_unbilled_idx on usage_snapshots (customer_id, window_end) where invoice_id is null;
-create index usage_snapshots_invoice_id_idx on usage_snapshots (invoice_id) where invoice_id is not null;
-create index usage_snapshots_service_id_window_start_idx on usage_snapshots (service_id, window_start desc);
-create trigger usage_snapshots_set_updated_at before update on usage_snapshots
-    for each row execute function tranche_set_updated_at();
+-- No updated_at trigger here: the two statements that update snapshots (recording usage,
+-- tagging them billed) set updated_at themselves, and billing tags a million rows a run.
+-- (The key above also serves per-service listings by window.)
 
 create table invoice_line_items (
-    id                     uuid constraint invoice_line_items_pkey primary key default gen_random_uuid(),
+    -- A snapshot is on at most one line, whichever node and run billed it: the line's key.
+    -- (Lines are written only by the billing transaction, from the snapshots it has locked;
+    -- no per-line foreign-key check back to them.)
+    snapshot_id            uuid constraint invoice_line_items_pkey primary key,
     invoice_id             uuid not null
                            constraint invoice_line_items_invoice_id_fkey references invoices (id) on delete cascade,
-    snapshot_id            uuid not null
-                           constraint invoice_line_items_snapshot_id_fkey references usage_snapshots (id),
     service_id             bigint not null,
     window_start           timestamptz not null,
     window_end             timestamptz not null,
@@ -101,7 +104,6 @@ create table invoice_line_items (
     -- The storms whose intervals produced the discount.
     storm_ids              uuid[] not null default '{}',
     created_at             timestamptz not null default now(),
-    constraint invoice_line_items_snapshot_id_key unique (snapshot_id),
     constraint invoice_line_items_total_check check (total_cents = subtotal_cents - discount_cents)
 );
 create index invoice_line_items_invoice_id_idx on invoice_line_items (invoice_id, window_start);

@@ -71,7 +71,7 @@ impl From<InvoiceRow> for Invoice {
 /// away from zero.
 #[derive(Debug, Clone, Object)]
 pub struct LineItem {
-    pub id: Uuid,
+    /// The usage snapshot billed (a snapshot is on one line only; this identifies the line).
     pub snapshot_id: Uuid,
     pub service_id: i64,
     pub window_start: DateTime<Utc>,
@@ -106,7 +106,6 @@ pub struct LineItem {
 impl From<LineRow> for LineItem {
     fn from(r: LineRow) -> Self {
         Self {
-            id: r.id,
             snapshot_id: r.snapshot_id,
             service_id: r.service_id,
             window_start: r.window_start,

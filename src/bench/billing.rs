@@ -257,6 +257,7 @@ pub async fn ingest(env: &Env, rows: usize) -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     for label in ["first ingestion", "replay (idempotent)"] {
+        let pages = fake.pages();
         let started = Instant::now();
         let summary = node
             .engine
@@ -270,7 +271,7 @@ pub async fn ingest(env: &Env, rows: usize) -> anyhow::Result<()> {
         println!(
             "{label}: {} rows in {} page(s), {} snapshots written, {:.3} s, {:.0} rows/s",
             summary.rows,
-            fake.pages(),
+            fake.pages() - pages,
             summary.snapshots_written,
             wall.as_secs_f64(),
             summary.rows as f64 / wall.as_secs_f64()

@@ -161,6 +161,13 @@ impl PgBillingStore {
     ) -> Result<BillingRunSummary, StoreError> {
         let mut tx = self.pool.begin().await.map_err(other)?;
         check_fence(&mut tx, fence).await?;
+        // Foreign-key checks run as plans cached per connection; planned while `invoices` was
+        // small (a fresh install, a first backlog), they would scan the table for every line.
+        // Custom plans see its current size.
+        sqlx::query("select set_config('plan_cache_mode', 'force_custom_plan', true)")
+            .execute(&mut *tx)
+            .await
+            .map_err(other)?;
         let settled = now - duration(settings.settle);
         let snapshots: Vec<UnbilledRow> = sqlx::query_as(
             "select id, service_id, window_start, window_end, primary_bytes, backup_bytes,
@@ -260,15 +267,13 @@ impl PgBillingStore {
             periods.insert(current.0, current.1);
         }
         // Draft invoices of the periods written to, created where missing.
-        let mut invoice_of: HashMap<DateTime<Utc>, Uuid> = HashMap::new();
-        for (&start, &end) in &periods {
-            if finalized.contains(&start) {
-                continue;
-            }
-            let (id, created) = draft_invoice(tx, customer_id, start, end, node_id).await?;
-            summary.invoices_created += u32::from(created);
-            invoice_of.insert(start, id);
-        }
+        let drafts: Vec<(DateTime<Utc>, DateTime<Utc>)> = periods
+            .iter()
+            .filter(|(s, _)| !finalized.contains(*s))
+            .map(|(s, e)| (*s, *e))
+            .collect();
+        let (invoice_of, created) = draft_invoices(tx, customer_id, &drafts, node_id).await?;
+        summary.invoices_created = created;
 
         let mut lines: Vec<(Uuid, Priced)> = Vec::with_capacity(priced.len());
         for mut p in priced {
@@ -324,7 +329,7 @@ impl PgBillingStore {
         let ids: Vec<Uuid> = lines.iter().map(|(_, p)| p.snapshot.id).collect();
         let invoices: Vec<Uuid> = lines.iter().map(|(i, _)| *i).collect();
         let tagged = sqlx::query(
-            "update usage_snapshots u set invoice_id = v.invoice, billed_at = now()
+            "update usage_snapshots u set invoice_id = v.invoice, billed_at = now(), updated_at = now()
                from unnest($1::uuid[], $2::uuid[]) v(id, invoice)
               where u.id = v.id and u.invoice_id is null",
         )
@@ -345,44 +350,50 @@ impl PgBillingStore {
     }
 }
 
-/// The draft invoice of `customer_id` for the period, created if missing; whether it was.
-async fn draft_invoice(
+/// The draft invoices of `customer_id` for `periods` (sorted), created where missing and locked;
+/// also how many were created.
+async fn draft_invoices(
     tx: &mut Transaction<'_, Postgres>,
     customer_id: i64,
-    start: DateTime<Utc>,
-    end: DateTime<Utc>,
+    periods: &[(DateTime<Utc>, DateTime<Utc>)],
     node_id: &str,
-) -> Result<(Uuid, bool), StoreError> {
-    let created: Option<Uuid> = sqlx::query_scalar(
+) -> Result<(HashMap<DateTime<Utc>, Uuid>, u32), StoreError> {
+    let starts: Vec<DateTime<Utc>> = periods.iter().map(|p| p.0).collect();
+    let ends: Vec<DateTime<Utc>> = periods.iter().map(|p| p.1).collect();
+    let created = sqlx::query(
         "insert into invoices (customer_id, period_start, period_end, created_by_node)
-         values ($1, $2, $3, $4)
-         on conflict (customer_id, period_start) do nothing
-         returning id",
+         select $1, s, e, $4 from unnest($2::timestamptz[], $3::timestamptz[]) t(s, e) order by s
+         on conflict (customer_id, period_start) do nothing",
     )
     .bind(customer_id)
-    .bind(start)
-    .bind(end)
+    .bind(&starts)
+    .bind(&ends)
     .bind(node_id)
-    .fetch_optional(&mut **tx)
+    .execute(&mut **tx)
     .await
-    .map_err(other)?;
-    if let Some(id) = created {
-        return Ok((id, true));
-    }
-    let (id, status): (Uuid, String) = sqlx::query_as(
-        "select id, status from invoices where customer_id = $1 and period_start = $2 for update",
+    .map_err(other)?
+    .rows_affected();
+    let rows: Vec<(Uuid, DateTime<Utc>, String)> = sqlx::query_as(
+        "select id, period_start, status from invoices
+          where customer_id = $1 and period_start = any($2)
+          order by period_start
+          for update",
     )
     .bind(customer_id)
-    .bind(start)
-    .fetch_one(&mut **tx)
+    .bind(&starts)
+    .fetch_all(&mut **tx)
     .await
     .map_err(other)?;
-    if status != "draft" {
-        return Err(StoreError::Other(format!(
-            "invoice {id} was finalized during the run"
-        )));
+    let mut ids = HashMap::with_capacity(rows.len());
+    for (id, start, status) in rows {
+        if status != "draft" {
+            return Err(StoreError::Other(format!(
+                "invoice {id} was finalized during the run"
+            )));
+        }
+        ids.insert(start, id);
     }
-    Ok((id, false))
+    Ok((ids, created as u32))
 }
 
 /// Prices the snapshots with their services' storms and coverage factors.

@@ -76,7 +76,6 @@ pub async fn get(pool: &PgPool, customer_id: i64, id: Uuid) -> sqlx::Result<Opti
 
 #[derive(Debug, Clone, FromRow)]
 pub struct LineRow {
-    pub id: Uuid,
     pub snapshot_id: Uuid,
     pub service_id: i64,
     pub window_start: DateTime<Utc>,
@@ -104,7 +103,7 @@ pub struct LineRow {
 /// An invoice's line items, by window.
 pub async fn lines(pool: &PgPool, invoice_id: Uuid) -> sqlx::Result<Vec<LineRow>> {
     sqlx::query_as(
-        "select id, snapshot_id, service_id, window_start, window_end, source, adjustment,
+        "select snapshot_id, service_id, window_start, window_end, source, adjustment,
                 primary_bytes, backup_bytes, rate_cents_per_gb, discount_rate,
                 storm_overlap_seconds, max_coverage_factor, coverage, primary_charge_exact,
                 primary_charge_cents, backup_charge_exact, backup_charge_cents, subtotal_cents,

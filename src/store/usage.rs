@@ -274,7 +274,7 @@ pub async fn record(
     if !updates.is_empty() {
         let rows: Vec<SnapshotRow> = sqlx::query_as(
             "update usage_snapshots u
-                set primary_bytes = v.p, backup_bytes = v.b
+                set primary_bytes = v.p, backup_bytes = v.b, updated_at = now()
                from unnest($1::uuid[], $2::int8[], $3::int8[]) v(id, p, b)
               where u.id = v.id and u.invoice_id is null
           returning u.*",

@@ -151,7 +151,7 @@ impl Actor for BillingSupervisor {
 
 /// Runs the given customers' billing now, a few at a time, and sums the runs.
 async fn run_all(actors: Vec<ActorRef<CustomerMsg>>) -> Result<BillingRunSummary, String> {
-    const CONCURRENCY: usize = 8;
+    const CONCURRENCY: usize = 4;
     let mut total = BillingRunSummary::default();
     let mut pending = tokio::task::JoinSet::new();
     let mut actors = actors.into_iter();
