@@ -282,6 +282,21 @@ async fn invoices_equal_the_pure_function_with_storms_and_policies() {
     assert_eq!(runs.as_array().unwrap().len(), 1, "{runs}");
     assert_eq!(runs[0]["snapshots_billed"], 5);
     assert_eq!(runs[0]["error"], Value::Null);
+
+    // Another customer sees none of it.
+    let (_, key) = app.create_customer("other").await;
+    let other = Auth::Key(key);
+    app.get(&format!("/v1/invoices/{id}"), &other)
+        .await
+        .expect_error(404, "not_found", None);
+    assert_eq!(
+        app.get("/v1/invoices", &other).await.expect(200).body,
+        json!([])
+    );
+    assert_eq!(
+        app.get("/v1/billing-runs", &other).await.expect(200).body,
+        json!([])
+    );
 }
 
 #[tokio::test]

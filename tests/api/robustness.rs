@@ -21,6 +21,13 @@ async fn hostile_inputs_never_produce_a_server_error() {
         "/v1/services/0/domains".to_owned(),
         "/v1/services/9223372036854775807".to_owned(),
         "/v1/admin/customers".to_owned(),
+        format!("/v1/services/{sid}/usage-snapshots"),
+        format!("/v1/services/{sid}/usage-snapshots?from=yesterday&limit=0"),
+        "/v1/invoices".to_owned(),
+        "/v1/invoices?status=x&before=never&limit=-1".to_owned(),
+        "/v1/invoices/00000000-0000-0000-0000-000000000000".to_owned(),
+        "/v1/invoices/1".to_owned(),
+        "/v1/billing-runs?limit=1000000".to_owned(),
     ];
     let huge = "x".repeat(100_000);
     let bodies: Vec<String> = vec![
@@ -38,6 +45,10 @@ async fn hostile_inputs_never_produce_a_server_error() {
         "{\"name\": \"a\", \"name\": \"b\", \"primary_cdn\": \"x\", \"backup_cdn\": \"y\"}".into(),
         "\u{feff}{}".into(),
         "{\"name\":\"é.example.com\"}".into(),
+        json!({ "snapshots": "all" }).to_string(),
+        json!({ "snapshots": [{ "window_start": "2026-11-20T10:00:00Z", "window_end": "9999-12-31T23:59:59Z", "primary_bytes": 1e30, "backup_bytes": -0.5 }] }).to_string(),
+        json!({ "snapshots": [{ "window_start": "-262143-01-01T00:00:00Z", "window_end": "2026-11-20T10:00:00Z", "primary_bytes": 9223372036854775807_i64, "backup_bytes": 9223372036854775807_i64 }] }).to_string(),
+        json!({ "snapshots": (0..1001).map(|i| json!({ "window_start": "2026-11-20T10:00:00Z", "window_end": "2026-11-20T11:00:00Z", "primary_bytes": i, "backup_bytes": 0, "source": format!("s{i}") })).collect::<Vec<_>>() }).to_string(),
     ];
     let methods = [
         Method::GET,
