@@ -109,7 +109,7 @@ create table invoice_line_items (
 create index invoice_line_items_invoice_id_idx on invoice_line_items (invoice_id, window_start);
 
 -- One row per billing run that billed snapshots, finalized an invoice, or failed (a run that
--- finds nothing to do writes nothing).
+-- finds nothing to do writes nothing), kept for the retention period.
 create table billing_runs (
     id                  uuid constraint billing_runs_pkey primary key default gen_random_uuid(),
     customer_id         bigint not null
@@ -124,3 +124,5 @@ create table billing_runs (
     error               text
 );
 create index billing_runs_customer_id_started_at_idx on billing_runs (customer_id, started_at desc);
+-- Records are pruned after a retention period (90 days by default).
+create index billing_runs_finished_at_idx on billing_runs (finished_at);

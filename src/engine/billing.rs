@@ -147,6 +147,15 @@ impl BillingStore for PgBillingStore {
             ok => ok,
         }
     }
+
+    async fn prune_runs(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        sqlx::query("delete from billing_runs where finished_at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await
+            .map(|r| r.rows_affected())
+            .map_err(other)
+    }
 }
 
 impl PgBillingStore {

@@ -588,6 +588,30 @@ async fn a_crash_before_tagging_leaves_no_partial_invoice() {
     assert_eq!(bill(&app).await.snapshots_billed, 1);
     let invoices = app.get("/v1/invoices", &DEV).await.expect(200).body;
     assert_eq!(invoices[0]["total_cents"], "24");
+
+    // Run records are kept for the retention period, then pruned.
+    let runs = |pool: PgPool| async move {
+        sqlx::query_scalar::<_, i64>("select count(*) from billing_runs")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(runs(app.pool.clone()).await, 2);
+    assert_eq!(
+        store
+            .prune_runs(Utc::now() - TimeDelta::days(1))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store
+            .prune_runs(Utc::now() + TimeDelta::seconds(1))
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(runs(app.pool.clone()).await, 0);
 }
 
 /// Seeds `customers` customers with two services each and `windows` hourly snapshots per

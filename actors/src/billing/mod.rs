@@ -86,6 +86,8 @@ pub struct BillingSettings {
     pub rates: Rates,
     /// Most snapshots one transaction bills; a run repeats until fewer remain.
     pub batch: usize,
+    /// How long billing-run records are kept. Default 90 days.
+    pub run_retention: Duration,
 }
 
 impl Default for BillingSettings {
@@ -97,6 +99,7 @@ impl Default for BillingSettings {
             grace: Duration::from_secs(6 * 3600),
             rates: Rates::default(),
             batch: 5000,
+            run_retention: Duration::from_secs(90 * 86_400),
         }
     }
 }

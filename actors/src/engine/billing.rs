@@ -48,7 +48,12 @@ pub enum BillingMsg {
     RunAll(RpcReplyPort<Result<BillingRunSummary, String>>),
     /// Customers with a billing actor here.
     Customers(RpcReplyPort<Vec<i64>>),
+    /// Deletes billing-run records older than the retention.
+    Prune,
 }
+
+/// How often old billing-run records are pruned (by every node; the delete is idempotent).
+const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// Forwards the lease keeper's shard announcements to `actor`.
 pub(crate) fn forward_shards<M: ractor::Message>(
@@ -77,6 +82,7 @@ impl Actor for BillingSupervisor {
         args: BillingArgs,
     ) -> Result<BillingSupervisorState, ActorProcessingErr> {
         myself.send_interval(args.ctx.config.reconcile_interval, || BillingMsg::Reconcile);
+        myself.send_interval(PRUNE_INTERVAL, || BillingMsg::Prune);
         let forwarder = forward_shards(args.shards, myself.clone(), BillingMsg::Shards);
         Ok(BillingSupervisorState {
             ctx: args.ctx,
@@ -110,6 +116,16 @@ impl Actor for BillingSupervisor {
             }
             BillingMsg::Customers(reply) => {
                 let _ = reply.send(state.customers.keys().copied().collect());
+            }
+            BillingMsg::Prune => {
+                let retention = chrono::TimeDelta::from_std(state.ctx.settings.run_retention)
+                    .unwrap_or(chrono::TimeDelta::MAX);
+                let before = (state.ctx.config.clock)() - retention;
+                match state.ctx.store.prune_runs(before).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(rows = n, "pruned old billing-run records"),
+                    Err(e) => tracing::warn!(error = %e, "could not prune billing-run records"),
+                }
             }
         }
         Ok(())

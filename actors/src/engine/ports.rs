@@ -220,6 +220,8 @@ pub trait BillingStore: Send + Sync + 'static {
         settings: &crate::billing::BillingSettings,
         node_id: &str,
     ) -> Result<BillingRunSummary, StoreError>;
+    /// Deletes billing-run records that finished before `before`; returns how many went.
+    async fn prune_runs(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
 }
 
 /// A service whose usage is pulled from CDN analytics.
