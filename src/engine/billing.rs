@@ -486,9 +486,10 @@ async fn insert_lines(
     lines: &[(Uuid, Priced)],
     settings: &BillingSettings,
 ) -> Result<(), StoreError> {
-    let col = |f: &dyn Fn(&Priced) -> Decimal| -> Vec<Decimal> {
+    // One array per column.
+    fn column<T>(lines: &[(Uuid, Priced)], f: impl Fn(&Priced) -> T) -> Vec<T> {
         lines.iter().map(|(_, p)| f(p)).collect()
-    };
+    }
     // Storm ids travel as one text array of comma-separated lists (Postgres arrays of arrays
     // must be rectangular).
     let storm_lists: Vec<String> = lines
@@ -523,57 +524,27 @@ async fn insert_lines(
                   factor, coverage, pe, pc, be, bc, subtotal, de, dc, total, storms)",
     )
     .bind(lines.iter().map(|(i, _)| *i).collect::<Vec<_>>())
-    .bind(lines.iter().map(|(_, p)| p.snapshot.id).collect::<Vec<_>>())
-    .bind(
-        lines
-            .iter()
-            .map(|(_, p)| p.snapshot.service_id)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        lines
-            .iter()
-            .map(|(_, p)| p.snapshot.window_start)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        lines
-            .iter()
-            .map(|(_, p)| p.snapshot.window_end)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        lines
-            .iter()
-            .map(|(_, p)| p.snapshot.source.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(lines.iter().map(|(_, p)| p.adjustment).collect::<Vec<_>>())
-    .bind(
-        lines
-            .iter()
-            .map(|(_, p)| p.snapshot.primary_bytes)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        lines
-            .iter()
-            .map(|(_, p)| p.snapshot.backup_bytes)
-            .collect::<Vec<_>>(),
-    )
+    .bind(column(lines, |p| p.snapshot.id))
+    .bind(column(lines, |p| p.snapshot.service_id))
+    .bind(column(lines, |p| p.snapshot.window_start))
+    .bind(column(lines, |p| p.snapshot.window_end))
+    .bind(column(lines, |p| p.snapshot.source.clone()))
+    .bind(column(lines, |p| p.adjustment))
+    .bind(column(lines, |p| p.snapshot.primary_bytes))
+    .bind(column(lines, |p| p.snapshot.backup_bytes))
     .bind(settings.rates.cents_per_gb)
     .bind(settings.rates.discount_rate)
-    .bind(col(&|p| p.line.storm_overlap_seconds))
-    .bind(col(&|p| p.line.max_coverage_factor))
-    .bind(col(&|p| p.line.coverage))
-    .bind(col(&|p| p.line.primary.exact))
-    .bind(col(&|p| p.line.primary.cents))
-    .bind(col(&|p| p.line.backup.exact))
-    .bind(col(&|p| p.line.backup.cents))
-    .bind(col(&|p| p.line.subtotal_cents))
-    .bind(col(&|p| p.line.discount_exact))
-    .bind(col(&|p| p.line.discount_cents))
-    .bind(col(&|p| p.line.total_cents))
+    .bind(column(lines, |p| p.line.storm_overlap_seconds))
+    .bind(column(lines, |p| p.line.max_coverage_factor))
+    .bind(column(lines, |p| p.line.coverage))
+    .bind(column(lines, |p| p.line.primary.exact))
+    .bind(column(lines, |p| p.line.primary.cents))
+    .bind(column(lines, |p| p.line.backup.exact))
+    .bind(column(lines, |p| p.line.backup.cents))
+    .bind(column(lines, |p| p.line.subtotal_cents))
+    .bind(column(lines, |p| p.line.discount_exact))
+    .bind(column(lines, |p| p.line.discount_cents))
+    .bind(column(lines, |p| p.line.total_cents))
     .bind(storm_lists)
     .execute(&mut **tx)
     .await

@@ -717,6 +717,21 @@ async fn expected_totals(pool: &PgPool, customers: &[i64]) -> HashMap<i64, Decim
     totals
 }
 
+/// Waits until none of `customers`' snapshots is unbilled.
+async fn all_billed(pool: &PgPool, customers: &[i64], what: &str) {
+    eventually(what, Duration::from_secs(60), || async {
+        let unbilled: i64 = sqlx::query_scalar(
+            "select count(*) from usage_snapshots where customer_id = any($1) and invoice_id is null",
+        )
+        .bind(customers)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        (unbilled == 0).then_some(())
+    })
+    .await;
+}
+
 /// Every snapshot is on exactly one line, and each customer's invoices add up to `expected`.
 async fn assert_billed_exactly_once(
     pool: &PgPool,
@@ -887,21 +902,7 @@ async fn three_nodes_bill_thousands_of_snapshots_exactly_once() {
     }
     // The nodes bill on their own ticks while shards move between them as they join.
     let pool = app.pool.clone();
-    eventually("every snapshot billed", Duration::from_secs(60), || {
-        let pool = pool.clone();
-        let customers = customers.clone();
-        async move {
-            let unbilled: i64 = sqlx::query_scalar(
-                "select count(*) from usage_snapshots where customer_id = any($1) and invoice_id is null",
-            )
-            .bind(&customers)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-            (unbilled == 0).then_some(())
-        }
-    })
-    .await;
+    all_billed(&pool, &customers, "every snapshot billed").await;
     // Kill one node mid-flight, add usage, and let the survivors bill it.
     nodes.remove(0).crash();
     sqlx::query(
@@ -922,21 +923,7 @@ async fn three_nodes_bill_thousands_of_snapshots_exactly_once() {
         }
         e
     };
-    eventually("the late usage billed by the survivors", Duration::from_secs(60), || {
-        let pool = pool.clone();
-        let customers = customers.clone();
-        async move {
-            let unbilled: i64 = sqlx::query_scalar(
-                "select count(*) from usage_snapshots where customer_id = any($1) and invoice_id is null",
-            )
-            .bind(&customers)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-            (unbilled == 0).then_some(())
-        }
-    })
-    .await;
+    all_billed(&pool, &customers, "the late usage billed by the survivors").await;
     assert_billed_exactly_once(&app.pool, &customers, &expected).await;
     for node in nodes {
         node.shutdown().await;

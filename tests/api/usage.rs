@@ -68,6 +68,19 @@ async fn start(app: &mut TestApp, fake: &FakeCloudflare, page: u32, token: &str)
     .await;
 }
 
+/// A service with one hostname, and a fake Cloudflare with one row for it an hour ago.
+async fn one_hostname(app: &TestApp, bytes: u64) -> (i64, FakeCloudflare) {
+    let web = app.create_service(&DEV, "web").await;
+    add_domain(app, web, "www.example.com").await;
+    let fake = FakeCloudflare::start(ACCOUNT, TOKEN).await.unwrap();
+    fake.set_rows(vec![Row {
+        host: "www.example.com".into(),
+        at: hour(1),
+        bytes,
+    }]);
+    (web, fake)
+}
+
 async fn snapshots(app: &TestApp, service: i64) -> Vec<serde_json::Value> {
     app.get(&format!("/v1/services/{service}/usage-snapshots"), &DEV)
         .await
@@ -230,14 +243,7 @@ async fn ingestion_pages_attributes_and_replays_idempotently() {
 #[tokio::test]
 async fn errors_back_off_and_recover() {
     let mut app = spawn_app().await;
-    let web = app.create_service(&DEV, "web").await;
-    add_domain(&app, web, "www.example.com").await;
-    let fake = FakeCloudflare::start(ACCOUNT, TOKEN).await.unwrap();
-    fake.set_rows(vec![Row {
-        host: "www.example.com".into(),
-        at: hour(1),
-        bytes: 42,
-    }]);
+    let (web, fake) = one_hostname(&app, 42).await;
     start(&mut app, &fake, 100, TOKEN).await;
     let before = fake.requests();
     fake.fail_next([
@@ -288,14 +294,7 @@ async fn errors_back_off_and_recover() {
 #[tokio::test]
 async fn a_rejected_token_fails_at_once_without_retries() {
     let mut app = spawn_app().await;
-    let web = app.create_service(&DEV, "web").await;
-    add_domain(&app, web, "www.example.com").await;
-    let fake = FakeCloudflare::start(ACCOUNT, TOKEN).await.unwrap();
-    fake.set_rows(vec![Row {
-        host: "www.example.com".into(),
-        at: hour(1),
-        bytes: 42,
-    }]);
+    let (web, fake) = one_hostname(&app, 42).await;
     start(&mut app, &fake, 100, "wrong-token").await;
     let before = fake.requests();
     let summary = app.engine().ingest_usage_now().await.unwrap();
