@@ -27,7 +27,9 @@ cargo build --release --quiet --bin tranche
 
 workdir=$(mktemp -d /tmp/tranche-bench-XXXXXX)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-TRANCHE_DATA_DIR="$workdir/data" TRANCHE_ADMIN_TOKEN=$TOKEN RUST_LOG=warn \
+# The benchmark measures the server, not the per-key rate limiter.
+TRANCHE_API_RATE_PER_SECOND=1000000 TRANCHE_API_BURST=1000000 \
+  TRANCHE_DATA_DIR="$workdir/data" TRANCHE_ADMIN_TOKEN=$TOKEN RUST_LOG=warn \
   ./target/release/tranche serve --listen "127.0.0.1:$port" >"$workdir/serve.log" 2>&1 &
 server=$!
 cleanup() { kill -TERM "$server" 2>/dev/null; wait "$server" 2>/dev/null || true; rm -rf "$workdir"; }

@@ -20,6 +20,8 @@
 //! | `dns_ttl_seconds`    | `TRANCHE_DNS_TTL_SECONDS`                     | `60`               |
 //! | `dns_rate_per_second`| `TRANCHE_DNS_RATE_PER_SECOND`                 | `4`                |
 //! | `dns_burst`          | `TRANCHE_DNS_BURST`                           | `8`                |
+//! | `api_rate_per_second`| `TRANCHE_API_RATE_PER_SECOND`                 | `50`               |
+//! | `api_burst`          | `TRANCHE_API_BURST`                           | `100`              |
 //! | `billing`            | `TRANCHE_BILLING`                             | `true`             |
 //! | `billing_tick`       | `BILLING_TICK`, `TRANCHE_BILLING_TICK`        | `1m`               |
 //! | `billing_period`     | `BILLING_PERIOD`, `TRANCHE_BILLING_PERIOD`    | `24h`              |
@@ -94,6 +96,10 @@ pub struct Settings {
     pub dns_rate_per_second: f64,
     /// Provider requests allowed at once above the rate.
     pub dns_burst: u32,
+    /// Requests per second each API key may make (per node), sustained.
+    pub api_rate_per_second: f64,
+    /// Requests each API key may make at once above the rate.
+    pub api_burst: u32,
     /// Run invoicing (CustomerBillingActors) on this node.
     pub billing: bool,
     /// How often each customer's billing runs.
@@ -152,6 +158,8 @@ impl Default for Settings {
             dns_ttl_seconds: 60,
             dns_rate_per_second: 4.0,
             dns_burst: 8,
+            api_rate_per_second: 50.0,
+            api_burst: 100,
             billing: true,
             billing_tick: HumanDuration::secs(60),
             billing_period: HumanDuration::secs(86_400),

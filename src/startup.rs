@@ -38,6 +38,10 @@ impl Application {
             pool,
             dev: settings.dev,
             admin_token: settings.admin_token.clone(),
+            limiter: api::rate_limit::RateLimiter::new(
+                settings.api_rate_per_second,
+                settings.api_burst,
+            ),
         });
         Ok(Self {
             listener,

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use poem::web::Data;
+use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde::Deserialize;
@@ -11,8 +12,47 @@ use serde::Deserialize;
 use super::auth::Admin;
 use super::error::{ApiError, ApiResult};
 use super::json::JsonBody;
+use super::services::Deleted;
 use super::{ApiContext, ApiTags};
-use crate::store::customers;
+use crate::store::customers::{self, CustomerRow};
+
+impl From<CustomerRow> for Customer {
+    fn from(c: CustomerRow) -> Self {
+        Self {
+            id: c.id,
+            name: c.name,
+            status: c.status,
+            created_at: c.created_at,
+            updated_at: c.updated_at,
+        }
+    }
+}
+
+/// Body of `PATCH /v1/admin/customers/{id}`: any non-empty subset.
+#[derive(Debug, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateCustomer {
+    pub name: Option<String>,
+    /// `active` or `suspended`. A suspended customer's keys answer 401 at once, on every node;
+    /// its engine work (probing, DNS, billing) continues.
+    pub status: Option<String>,
+}
+
+fn customer_not_found(id: i64) -> ApiError {
+    ApiError::not_found(format!("customer {id} not found"))
+}
+
+fn valid_name(field: &str, name: &str) -> ApiResult<()> {
+    if name.is_empty() || name.chars().count() > 200 {
+        Err(ApiError::invalid(
+            field,
+            format!("{field} must be 1 to 200 characters"),
+        ))
+    } else {
+        Ok(())
+    }
+}
 
 /// A customer (tenant).
 #[derive(Debug, Clone, Object)]
@@ -82,30 +122,14 @@ impl AdminApi {
     ) -> ApiResult<CreatedCustomer> {
         let body = body.0;
         let name = body.name.trim();
-        if name.is_empty() || name.chars().count() > 200 {
-            return Err(ApiError::invalid(
-                "name",
-                "name must be 1 to 200 characters",
-            ));
-        }
+        valid_name("name", name)?;
         let key_name = body.key_name.as_deref().map(str::trim).unwrap_or("default");
-        if key_name.is_empty() || key_name.chars().count() > 200 {
-            return Err(ApiError::invalid(
-                "key_name",
-                "key_name must be 1 to 200 characters",
-            ));
-        }
+        valid_name("key_name", key_name)?;
         let (customer, key, generated) =
             customers::create_with_key(&ctx.pool, name, key_name).await?;
         tracing::info!(customer.id = customer.id, api_key.prefix = %key.prefix, "customer provisioned");
         Ok(CreatedCustomer::Created(Json(ProvisionedCustomer {
-            customer: Customer {
-                id: customer.id,
-                name: customer.name,
-                status: customer.status,
-                created_at: customer.created_at,
-                updated_at: customer.updated_at,
-            },
+            customer: customer.into(),
             api_key: CreatedApiKey {
                 id: key.id,
                 name: key.name,
@@ -115,5 +139,113 @@ impl AdminApi {
                 created_at: key.created_at,
             },
         })))
+    }
+
+    /// Customers, by id (page with `after`).
+    #[oai(
+        path = "/v1/admin/customers",
+        method = "get",
+        operation_id = "list_customers"
+    )]
+    async fn list_customers(
+        &self,
+        _admin: Admin,
+        ctx: Data<&Arc<ApiContext>>,
+        /// Customers with an id greater than this (the last id of the previous page).
+        after: Query<Option<i64>>,
+        /// At most this many (1–1000, default 100).
+        limit: Query<Option<i64>>,
+    ) -> ApiResult<Json<Vec<Customer>>> {
+        let limit = super::page_limit(limit.0)?;
+        let rows = customers::list(&ctx.pool, after.0.unwrap_or(0), limit).await?;
+        Ok(Json(rows.into_iter().map(Customer::from).collect()))
+    }
+
+    /// One customer.
+    #[oai(
+        path = "/v1/admin/customers/:id",
+        method = "get",
+        operation_id = "get_customer"
+    )]
+    async fn get_customer(
+        &self,
+        _admin: Admin,
+        ctx: Data<&Arc<ApiContext>>,
+        id: Path<i64>,
+    ) -> ApiResult<Json<Customer>> {
+        customers::get(&ctx.pool, id.0)
+            .await?
+            .map(|c| Json(c.into()))
+            .ok_or_else(|| customer_not_found(id.0))
+    }
+
+    /// Rename, suspend or reactivate a customer.
+    #[oai(
+        path = "/v1/admin/customers/:id",
+        method = "patch",
+        operation_id = "update_customer"
+    )]
+    async fn update_customer(
+        &self,
+        _admin: Admin,
+        ctx: Data<&Arc<ApiContext>>,
+        id: Path<i64>,
+        body: JsonBody<UpdateCustomer>,
+    ) -> ApiResult<Json<Customer>> {
+        let body = body.0;
+        let name = body.name.as_deref().map(str::trim);
+        if let Some(name) = name {
+            valid_name("name", name)?;
+        }
+        let status = body.status.as_deref();
+        if let Some(s) = status
+            && s != "active"
+            && s != "suspended"
+        {
+            return Err(ApiError::invalid(
+                "status",
+                "status must be active or suspended",
+            ));
+        }
+        if name.is_none() && status.is_none() {
+            return Err(ApiError::invalid(
+                "name",
+                "send name and/or status to change",
+            ));
+        }
+        let row = customers::update(&ctx.pool, id.0, name, status)
+            .await?
+            .ok_or_else(|| customer_not_found(id.0))?;
+        tracing::info!(customer.id = row.id, customer.status = %row.status, "customer updated");
+        Ok(Json(row.into()))
+    }
+
+    /// Delete a customer and everything it owns. Refused (409) once it has invoices: billing
+    /// records are kept; suspend the customer instead.
+    #[oai(
+        path = "/v1/admin/customers/:id",
+        method = "delete",
+        operation_id = "delete_customer"
+    )]
+    async fn delete_customer(
+        &self,
+        _admin: Admin,
+        ctx: Data<&Arc<ApiContext>>,
+        id: Path<i64>,
+    ) -> ApiResult<Deleted> {
+        match customers::delete(&ctx.pool, id.0).await? {
+            customers::Deleted::Deleted => {
+                tracing::info!(customer.id = id.0, "customer deleted");
+                Ok(Deleted::NoContent)
+            }
+            customers::Deleted::NotFound => Err(customer_not_found(id.0)),
+            customers::Deleted::HasInvoices => Err(ApiError::conflict(
+                format!(
+                    "customer {} has invoices, which are kept; suspend it instead",
+                    id.0
+                ),
+                None,
+            )),
+        }
     }
 }

@@ -11,6 +11,9 @@
 //!    for an existing active customer; outside dev mode → 401.
 //! 3. Neither → 401.
 //!
+//! An authenticated caller then takes a token from its rate-limit bucket (per key; per customer
+//! for dev-mode requests): over the limit → 429 with `Retry-After`.
+//!
 //! [`Admin`] guards `/v1/admin/*`: `Authorization: Bearer <TRANCHE_ADMIN_TOKEN>`.
 
 use std::sync::Arc;
@@ -25,6 +28,7 @@ use subtle::ConstantTimeEq;
 
 use super::ApiContext;
 use super::error::ApiError;
+use super::rate_limit::Caller;
 use crate::store::{api_keys, customers};
 
 /// Header naming the customer (the seed API's tenant context).
@@ -61,6 +65,11 @@ pub struct Tenant {
 }
 
 impl Tenant {
+    /// Whether the credentials carry the scope named `scope`.
+    pub fn has(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == scope)
+    }
+
     /// Fails with 403 unless the credentials carry `scope`.
     pub fn require(&self, scope: Scope) -> Result<(), ApiError> {
         if self.scopes.iter().any(|s| s == scope.as_str()) {
@@ -279,6 +288,9 @@ async fn authenticate(req: &Request) -> Result<Tenant, ApiError> {
                 tracing::warn!(api_key.id = key.id, error = %e, "could not record key use");
             }
         }
+        ctx.limiter
+            .check(Caller::Key(key.id))
+            .map_err(ApiError::too_many_requests)?;
         return Ok(Tenant {
             customer_id: key.customer_id,
             key_id: Some(key.id),
@@ -296,11 +308,15 @@ async fn authenticate(req: &Request) -> Result<Tenant, ApiError> {
         )));
     }
     match customers::status(&ctx.pool, customer_id).await?.as_deref() {
-        Some("active") => Ok(Tenant {
-            customer_id,
-            key_id: None,
-            scopes: api_keys::ALL_SCOPES.iter().map(|s| s.to_string()).collect(),
-        }),
+        Some("active") => ctx
+            .limiter
+            .check(Caller::Customer(customer_id))
+            .map_err(ApiError::too_many_requests)
+            .map(|()| Tenant {
+                customer_id,
+                key_id: None,
+                scopes: api_keys::ALL_SCOPES.iter().map(|s| s.to_string()).collect(),
+            }),
         Some(_) => Err(ApiError::unauthorized("this customer is suspended")),
         None => Err(ApiError::unauthorized(format!(
             "unknown customer {customer_id}"

@@ -48,6 +48,10 @@ pub enum ApiError {
     /// The body is well-formed JSON but a field is missing, unknown or invalid.
     #[oai(status = 422)]
     Unprocessable(Json<ErrorBody>),
+    /// This API key (or dev-mode customer) sent more requests than its rate limit allows;
+    /// retry after `Retry-After` seconds.
+    #[oai(status = 429)]
+    TooManyRequests(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
     /// Something failed on Tranche's side; it has been logged.
     #[oai(status = 500)]
     Internal(Json<ErrorBody>),
@@ -97,6 +101,19 @@ impl ApiError {
         move |e| Self::invalid(field, format!("{field} {}", e.0))
     }
 
+    /// Rate limited: retry after `retry_after` (rounded up to whole seconds).
+    pub fn too_many_requests(retry_after: std::time::Duration) -> Self {
+        let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+        Self::TooManyRequests(
+            body(
+                "rate_limited",
+                format!("rate limit exceeded; retry in {secs} s"),
+                None,
+            ),
+            secs.max(1),
+        )
+    }
+
     pub fn internal() -> Self {
         Self::Internal(body(
             "internal",
@@ -113,6 +130,7 @@ impl ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::TooManyRequests(..) => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }

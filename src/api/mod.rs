@@ -16,7 +16,9 @@ pub mod error;
 pub mod health;
 pub mod invoices;
 pub mod json;
+pub mod keys;
 pub mod policies;
+pub mod rate_limit;
 pub mod services;
 pub mod usage;
 
@@ -40,6 +42,8 @@ pub struct ApiContext {
     pub dev: bool,
     /// Token for `/v1/admin/*`; `None` disables the admin API.
     pub admin_token: Option<Secret>,
+    /// Per-key request rate limit.
+    pub limiter: rate_limit::RateLimiter,
 }
 
 #[derive(Tags)]
@@ -58,6 +62,8 @@ pub enum ApiTags {
     Usage,
     /// Invoices with storm-time discounts, and the billing runs that produce them.
     Billing,
+    /// Your API keys (the `admin` scope).
+    ApiKeys,
     /// Operator endpoints (admin token).
     Admin,
     /// Liveness and readiness.
@@ -72,6 +78,7 @@ pub type Api = (
     dns::DnsApi,
     usage::UsageApi,
     invoices::InvoicesApi,
+    keys::KeysApi,
     admin::AdminApi,
     health::HealthApi,
 );
@@ -87,6 +94,7 @@ pub fn openapi() -> OpenApiService<Api, ()> {
             dns::DnsApi,
             usage::UsageApi,
             invoices::InvoicesApi,
+            keys::KeysApi,
             admin::AdminApi,
             health::HealthApi,
         ),

@@ -118,6 +118,57 @@ pub async fn touch(pool: &PgPool, id: i64) -> sqlx::Result<()> {
         .map(drop)
 }
 
+/// A key as its customer sees it in listings.
+#[derive(Debug, Clone, FromRow)]
+pub struct KeyListRow {
+    pub id: i64,
+    pub name: String,
+    pub prefix: String,
+    pub scopes: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// The customer's keys, newest first (revoked ones included, marked).
+pub async fn list(pool: &PgPool, customer_id: i64) -> sqlx::Result<Vec<KeyListRow>> {
+    sqlx::query_as(
+        "select id, name, prefix, scopes, created_at, last_used_at, revoked_at
+           from api_keys where customer_id = $1 order by id desc",
+    )
+    .bind(customer_id)
+    .fetch_all(pool)
+    .await
+}
+
+/// Creates a key for the customer; the returned secret is not stored.
+pub async fn create(
+    pool: &PgPool,
+    customer_id: i64,
+    name: &str,
+    scopes: &[&str],
+) -> sqlx::Result<(KeyRow, GeneratedKey)> {
+    let mut tx = pool.begin().await?;
+    let generated = generate();
+    let key = insert(&mut tx, customer_id, name, &generated, scopes).await?;
+    tx.commit().await?;
+    Ok((key, generated))
+}
+
+/// Revokes the customer's key `id` (at once, for every node: authentication reads the row).
+/// Revoking a revoked key keeps its first revocation time. `None`: no such key.
+pub async fn revoke(pool: &PgPool, customer_id: i64, id: i64) -> sqlx::Result<Option<KeyListRow>> {
+    sqlx::query_as(
+        "update api_keys set revoked_at = coalesce(revoked_at, now())
+          where id = $1 and customer_id = $2
+      returning id, name, prefix, scopes, created_at, last_used_at, revoked_at",
+    )
+    .bind(id)
+    .bind(customer_id)
+    .fetch_optional(pool)
+    .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -72,3 +72,90 @@ pub async fn status(pool: &PgPool, id: i64) -> sqlx::Result<Option<String>> {
         .fetch_optional(pool)
         .await
 }
+
+macro_rules! columns {
+    () => {
+        "id, name, status, created_at, updated_at"
+    };
+}
+
+/// Customers by id, after `after` (paging).
+pub async fn list(pool: &PgPool, after: i64, limit: i64) -> sqlx::Result<Vec<CustomerRow>> {
+    sqlx::query_as(concat!(
+        "select ",
+        columns!(),
+        " from customers where id > $1 order by id limit $2"
+    ))
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn get(pool: &PgPool, id: i64) -> sqlx::Result<Option<CustomerRow>> {
+    sqlx::query_as(concat!(
+        "select ",
+        columns!(),
+        " from customers where id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Renames and/or suspends/reactivates a customer. A suspended customer's keys answer 401 on
+/// every node from the next request on (authentication reads the status).
+pub async fn update(
+    pool: &PgPool,
+    id: i64,
+    name: Option<&str>,
+    status: Option<&str>,
+) -> sqlx::Result<Option<CustomerRow>> {
+    sqlx::query_as(concat!(
+        "update customers set name = coalesce($2, name), status = coalesce($3, status)
+          where id = $1 returning ",
+        columns!()
+    ))
+    .bind(id)
+    .bind(name)
+    .bind(status)
+    .fetch_optional(pool)
+    .await
+}
+
+/// What [`delete`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Deleted {
+    Deleted,
+    NotFound,
+    /// The customer has invoices: billing records are kept; suspend the customer instead.
+    HasInvoices,
+}
+
+/// Deletes a customer and everything it owns (services, domains, storms, keys, usage), unless
+/// it has invoices.
+pub async fn delete(pool: &PgPool, id: i64) -> sqlx::Result<Deleted> {
+    let mut tx = pool.begin().await?;
+    let exists: Option<i64> =
+        sqlx::query_scalar("select id from customers where id = $1 for update")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if exists.is_none() {
+        return Ok(Deleted::NotFound);
+    }
+    let invoiced: bool =
+        sqlx::query_scalar("select exists (select 1 from invoices where customer_id = $1)")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+    if invoiced {
+        return Ok(Deleted::HasInvoices);
+    }
+    sqlx::query("delete from customers where id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Deleted::Deleted)
+}

@@ -184,3 +184,40 @@ async fn dev_mode_trusts_the_header_or_query_for_existing_customers_only() {
         .await
         .expect_error(403, "forbidden", Some("X-Customer-ID"));
 }
+
+#[tokio::test]
+async fn each_key_is_rate_limited_with_retry_after() {
+    let app = spawn_app_with(|s| {
+        s.api_rate_per_second = 1.0;
+        s.api_burst = 3;
+    })
+    .await;
+    let (_, key) = app.create_customer("busy").await;
+    let (_, other) = app.create_customer("calm").await;
+    for _ in 0..3 {
+        app.get("/v1/services", &Auth::Key(key.clone()))
+            .await
+            .expect(200);
+    }
+    let limited = app
+        .get("/v1/services", &Auth::Key(key.clone()))
+        .await
+        .expect_error(429, "rate_limited", None);
+    let retry: u64 = limited.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry), "Retry-After {retry}");
+    // Another key (another bucket) is not affected; the admin API is not limited.
+    app.get("/v1/services", &Auth::Key(other)).await.expect(200);
+    for _ in 0..5 {
+        app.post(
+            "/v1/admin/customers",
+            &Auth::Admin,
+            serde_json::json!({ "name": "more" }),
+        )
+        .await
+        .expect(201);
+    }
+}

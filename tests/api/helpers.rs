@@ -209,6 +209,9 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         dev: true,
         admin_token: Some(Secret::new(ADMIN_TOKEN)),
+        // Tests fire requests far faster than a client should; the rate-limit test sets its own.
+        api_rate_per_second: 1e6,
+        api_burst: 1_000_000,
         ..Settings::default()
     };
     configure(&mut settings);

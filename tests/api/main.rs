@@ -17,5 +17,6 @@ mod probe;
 mod robustness;
 mod route53;
 mod services;
+mod tenants;
 mod usage;
 mod walkthrough;

@@ -1,0 +1,173 @@
+//! `/v1/api-keys`: a customer's API keys. Managing keys needs the `admin` scope; a new key's
+//! scopes must be among the caller's.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use poem::web::Data;
+use poem_openapi::param::Path;
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+use serde::Deserialize;
+
+use super::admin::CreatedApiKey;
+use super::auth::{Scope, Tenant};
+use super::error::{ApiError, ApiResult};
+use super::json::JsonBody;
+use super::{ApiContext, ApiTags};
+use crate::store::api_keys::{self, ALL_SCOPES, KeyListRow};
+
+/// An API key as listed (the secret is never shown again).
+#[derive(Debug, Clone, Object)]
+pub struct ApiKeyInfo {
+    pub id: i64,
+    pub name: String,
+    /// The visible part of the key (`tr_…`), to recognise it.
+    pub prefix: String,
+    /// `read`, `write`, `admin`.
+    pub scopes: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    /// Last authenticated use (refreshed at most once a minute).
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// Set once revoked: the key answers 401 from then on.
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl From<KeyListRow> for ApiKeyInfo {
+    fn from(k: KeyListRow) -> Self {
+        Self {
+            id: k.id,
+            name: k.name,
+            prefix: k.prefix,
+            scopes: k.scopes,
+            created_at: k.created_at,
+            last_used_at: k.last_used_at,
+            revoked_at: k.revoked_at,
+        }
+    }
+}
+
+/// Body of `POST /v1/api-keys`.
+#[derive(Debug, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApiKey {
+    /// What the key is for (1–200 characters).
+    pub name: String,
+    /// Some of `read`, `write`, `admin`, each at most once, all held by the calling key
+    /// (default `["read"]`).
+    pub scopes: Option<Vec<String>>,
+}
+
+#[derive(ApiResponse)]
+pub enum CreatedKey {
+    /// The key was created; its secret is in the body and nowhere else.
+    #[oai(status = 201)]
+    Created(Json<CreatedApiKey>),
+}
+
+#[derive(ApiResponse)]
+pub enum Revoked {
+    /// The key is revoked (or already was).
+    #[oai(status = 200)]
+    Ok(Json<ApiKeyInfo>),
+}
+
+pub struct KeysApi;
+
+#[OpenApi(tag = "ApiTags::ApiKeys")]
+impl KeysApi {
+    /// Your API keys, newest first, revoked ones included.
+    #[oai(path = "/v1/api-keys", method = "get", operation_id = "list_api_keys")]
+    async fn list(
+        &self,
+        tenant: Tenant,
+        ctx: Data<&Arc<ApiContext>>,
+    ) -> ApiResult<Json<Vec<ApiKeyInfo>>> {
+        tenant.require(Scope::Admin)?;
+        let rows = api_keys::list(&ctx.pool, tenant.customer_id).await?;
+        Ok(Json(rows.into_iter().map(ApiKeyInfo::from).collect()))
+    }
+
+    /// Create an API key. The secret (≥ 128 random bits; 256 in fact) is shown in this response
+    /// only; Tranche stores a hash.
+    #[oai(
+        path = "/v1/api-keys",
+        method = "post",
+        operation_id = "create_api_key"
+    )]
+    async fn create(
+        &self,
+        tenant: Tenant,
+        ctx: Data<&Arc<ApiContext>>,
+        body: JsonBody<CreateApiKey>,
+    ) -> ApiResult<CreatedKey> {
+        tenant.require(Scope::Admin)?;
+        let body = body.0;
+        let name = body.name.trim();
+        if name.is_empty() || name.chars().count() > 200 {
+            return Err(ApiError::invalid(
+                "name",
+                "name must be 1 to 200 characters",
+            ));
+        }
+        let requested = body.scopes.unwrap_or_else(|| vec!["read".into()]);
+        if requested.is_empty() {
+            return Err(ApiError::invalid(
+                "scopes",
+                "scopes must name at least one scope",
+            ));
+        }
+        let mut scopes: Vec<&str> = Vec::with_capacity(requested.len());
+        for (i, s) in requested.iter().enumerate() {
+            let field = format!("scopes[{i}]");
+            let Some(known) = ALL_SCOPES.iter().find(|k| **k == s.as_str()) else {
+                return Err(ApiError::invalid(
+                    &field,
+                    format!("{field} must be read, write or admin (got {s:?})"),
+                ));
+            };
+            if scopes.contains(known) {
+                return Err(ApiError::invalid(&field, format!("{field} repeats {s:?}")));
+            }
+            if !tenant.has(known) {
+                return Err(ApiError::forbidden(
+                    format!("a key cannot grant the `{s}` scope it does not hold"),
+                    Some(&field),
+                ));
+            }
+            scopes.push(known);
+        }
+        let (key, generated) =
+            api_keys::create(&ctx.pool, tenant.customer_id, name, &scopes).await?;
+        tracing::info!(customer.id = tenant.customer_id, api_key.prefix = %key.prefix, "API key created");
+        Ok(CreatedKey::Created(Json(CreatedApiKey {
+            id: key.id,
+            name: key.name,
+            prefix: key.prefix,
+            scopes: key.scopes,
+            secret: generated.secret,
+            created_at: key.created_at,
+        })))
+    }
+
+    /// Revoke an API key: from the next request on, on every node, it answers 401.
+    #[oai(
+        path = "/v1/api-keys/:id",
+        method = "delete",
+        operation_id = "revoke_api_key"
+    )]
+    async fn revoke(
+        &self,
+        tenant: Tenant,
+        ctx: Data<&Arc<ApiContext>>,
+        id: Path<i64>,
+    ) -> ApiResult<Revoked> {
+        tenant.require(Scope::Admin)?;
+        let row = api_keys::revoke(&ctx.pool, tenant.customer_id, id.0)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("API key {} not found", id.0)))?;
+        tracing::info!(customer.id = tenant.customer_id, api_key.prefix = %row.prefix, "API key revoked");
+        Ok(Revoked::Ok(Json(row.into())))
+    }
+}

@@ -1,0 +1,250 @@
+//! Tenants and keys: the admin lifecycle of customers, and a customer's own API keys.
+
+use serde_json::json;
+
+use crate::helpers::{Auth, spawn_app};
+
+#[tokio::test]
+async fn key_lifecycle_create_use_list_revoke() {
+    let app = spawn_app().await;
+    let (_, root) = app.create_customer("acme").await;
+    let root = Auth::Key(root);
+    let created = app
+        .post(
+            "/v1/api-keys",
+            &root,
+            json!({ "name": "ci", "scopes": ["read"] }),
+        )
+        .await
+        .expect(201)
+        .body;
+    let ci = Auth::Key(created["secret"].as_str().unwrap().to_owned());
+    assert_eq!(created["scopes"], json!(["read"]));
+    let ci_id = created["id"].as_i64().unwrap();
+
+    // The new key reads, but may not write or manage keys.
+    app.get("/v1/services", &ci).await.expect(200);
+    app.post(
+        "/v1/services",
+        &ci,
+        json!({ "name": "x", "primary_cdn": "a", "backup_cdn": "b" }),
+    )
+    .await
+    .expect_error(403, "forbidden", None);
+    app.get("/v1/api-keys", &ci)
+        .await
+        .expect_error(403, "forbidden", None);
+
+    // Listing shows prefixes, scopes and use, never a secret.
+    let list = app.get("/v1/api-keys", &root).await.expect(200).body;
+    let keys = list.as_array().unwrap();
+    assert_eq!(keys.len(), 2);
+    assert!(keys.iter().all(|k| k.get("secret").is_none()), "{list}");
+    assert_eq!(keys[0]["id"], ci_id);
+    assert!(keys[0]["last_used_at"].is_string(), "used above: {list}");
+    assert!(
+        created["secret"]
+            .as_str()
+            .unwrap()
+            .starts_with(keys[0]["prefix"].as_str().unwrap())
+    );
+
+    // Revoked: 401 at once; revoking again keeps the first time.
+    let revoked = app
+        .delete(&format!("/v1/api-keys/{ci_id}"), &root)
+        .await
+        .expect(200)
+        .body;
+    assert!(revoked["revoked_at"].is_string());
+    app.get("/v1/services", &ci)
+        .await
+        .expect_error(401, "unauthorized", None);
+    let again = app
+        .delete(&format!("/v1/api-keys/{ci_id}"), &root)
+        .await
+        .expect(200)
+        .body;
+    assert_eq!(again["revoked_at"], revoked["revoked_at"]);
+    app.delete("/v1/api-keys/999999", &root)
+        .await
+        .expect_error(404, "not_found", None);
+    // Another customer cannot see or revoke it.
+    let (_, other) = app.create_customer("other").await;
+    app.delete(&format!("/v1/api-keys/{ci_id}"), &Auth::Key(other.clone()))
+        .await
+        .expect_error(404, "not_found", None);
+    assert_eq!(
+        app.get("/v1/api-keys", &Auth::Key(other))
+            .await
+            .expect(200)
+            .body
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn keys_cannot_grant_scopes_they_lack_and_bad_scopes_name_the_field() {
+    let app = spawn_app().await;
+    let (_, root) = app.create_customer("acme").await;
+    let root = Auth::Key(root);
+    let manager = app
+        .post(
+            "/v1/api-keys",
+            &root,
+            json!({ "name": "keys", "scopes": ["read", "admin"] }),
+        )
+        .await
+        .expect(201)
+        .body["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let manager = Auth::Key(manager);
+    app.post(
+        "/v1/api-keys",
+        &manager,
+        json!({ "name": "w", "scopes": ["write"] }),
+    )
+    .await
+    .expect_error(403, "forbidden", Some("scopes[0]"));
+    app.post("/v1/api-keys", &manager, json!({ "name": "r" }))
+        .await
+        .expect(201);
+    app.post(
+        "/v1/api-keys",
+        &root,
+        json!({ "name": "x", "scopes": ["owner"] }),
+    )
+    .await
+    .expect_error(422, "validation_failed", Some("scopes[0]"));
+    app.post(
+        "/v1/api-keys",
+        &root,
+        json!({ "name": "x", "scopes": ["read", "read"] }),
+    )
+    .await
+    .expect_error(422, "validation_failed", Some("scopes[1]"));
+    app.post("/v1/api-keys", &root, json!({ "name": "x", "scopes": [] }))
+        .await
+        .expect_error(422, "validation_failed", Some("scopes"));
+    app.post("/v1/api-keys", &root, json!({ "name": " " }))
+        .await
+        .expect_error(422, "validation_failed", Some("name"));
+    app.post(
+        "/v1/api-keys",
+        &root,
+        json!({ "name": "x", "secret": "mine" }),
+    )
+    .await
+    .expect_error(422, "validation_failed", Some("secret"));
+}
+
+#[tokio::test]
+async fn operators_list_suspend_reactivate_and_delete_customers() {
+    let app = spawn_app().await;
+    let (acme, key) = app.create_customer("acme").await;
+    let (beta, beta_key) = app.create_customer("beta").await;
+    let key = Auth::Key(key);
+
+    let all = app
+        .get("/v1/admin/customers", &Auth::Admin)
+        .await
+        .expect(200)
+        .body;
+    let ids: Vec<i64> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_i64().unwrap())
+        .collect();
+    assert!(ids.contains(&acme) && ids.contains(&beta), "{all}");
+    let page = app
+        .get(
+            &format!("/v1/admin/customers?after={acme}&limit=1"),
+            &Auth::Admin,
+        )
+        .await
+        .expect(200)
+        .body;
+    assert_eq!(page[0]["id"], beta);
+    app.get(&format!("/v1/admin/customers/{acme}"), &key)
+        .await
+        .expect_error(401, "unauthorized", None);
+
+    // Suspended: its keys answer 401 at once; reactivated: they work again.
+    let suspended = app
+        .patch(
+            &format!("/v1/admin/customers/{acme}"),
+            &Auth::Admin,
+            json!({ "status": "suspended" }),
+        )
+        .await
+        .expect(200)
+        .body;
+    assert_eq!(suspended["status"], "suspended");
+    let refused = app
+        .get("/v1/services", &key)
+        .await
+        .expect_error(401, "unauthorized", None);
+    assert!(
+        refused.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("suspended")
+    );
+    app.patch(
+        &format!("/v1/admin/customers/{acme}"),
+        &Auth::Admin,
+        json!({ "status": "active", "name": "Acme Inc" }),
+    )
+    .await
+    .expect(200);
+    app.get("/v1/services", &key).await.expect(200);
+    app.patch(
+        &format!("/v1/admin/customers/{acme}"),
+        &Auth::Admin,
+        json!({ "status": "gone" }),
+    )
+    .await
+    .expect_error(422, "validation_failed", Some("status"));
+    app.patch(
+        "/v1/admin/customers/999999",
+        &Auth::Admin,
+        json!({ "status": "active" }),
+    )
+    .await
+    .expect_error(404, "not_found", None);
+
+    // A customer with invoices is kept (409); one without is deleted with everything it owns.
+    sqlx::query(
+        "insert into invoices (customer_id, period_start, period_end)
+         values ($1, '2026-11-20', '2026-11-21')",
+    )
+    .bind(acme)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    app.delete(&format!("/v1/admin/customers/{acme}"), &Auth::Admin)
+        .await
+        .expect_error(409, "conflict", None);
+    app.create_service(&Auth::Key(beta_key.clone()), "web")
+        .await;
+    app.delete(&format!("/v1/admin/customers/{beta}"), &Auth::Admin)
+        .await
+        .expect(204);
+    app.get(&format!("/v1/admin/customers/{beta}"), &Auth::Admin)
+        .await
+        .expect_error(404, "not_found", None);
+    app.get("/v1/services", &Auth::Key(beta_key))
+        .await
+        .expect_error(401, "unauthorized", None);
+    let left: i64 = sqlx::query_scalar("select count(*) from services where customer_id = $1")
+        .bind(beta)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0);
+}
