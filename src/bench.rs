@@ -778,8 +778,8 @@ async fn dns_storm(
     }
     sqlx::query(
         "insert into service_domains (service_id, hostname, dns_zone, shard, primary_target, backup_target,
-                                      verification_token, steering_enabled)
-         select $1, h, z, s, 'edge.cdn-a.example', 'edge.cdn-b.example', 'bench', true
+                                      verification_token, steering_enabled, verification_status)
+         select $1, h, z, s, 'edge.cdn-a.example', 'edge.cdn-b.example', 'bench', true, 'verified'
            from unnest($2::text[], $3::text[], $4::smallint[]) as t(h, z, s)",
     )
     .bind(service.id)

@@ -236,6 +236,13 @@ async fn start_engine(
             dns: Some(dns),
             billing,
             usage,
+            verify: Some(engine::VerifyOptions {
+                lookup: Arc::new(engine::verification::HickoryTxt::new(
+                    &settings.verification_nameservers,
+                )?),
+                policy: settings.verify_policy(),
+                tick: std::time::Duration::from_secs(5),
+            }),
         },
     )
     .await

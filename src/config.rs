@@ -22,6 +22,9 @@
 //! | `dns_burst`          | `TRANCHE_DNS_BURST`                           | `8`                |
 //! | `api_rate_per_second`| `TRANCHE_API_RATE_PER_SECOND`                 | `50`               |
 //! | `api_burst`          | `TRANCHE_API_BURST`                           | `100`              |
+//! | `verification_nameservers` | `TRANCHE_VERIFICATION_NAMESERVERS`      | the system's       |
+//! | `verification_deadline` | `TRANCHE_VERIFICATION_DEADLINE`            | `72h`              |
+//! | `verification_recheck`  | `TRANCHE_VERIFICATION_RECHECK`             | `6h`               |
 //! | `billing`            | `TRANCHE_BILLING`                             | `true`             |
 //! | `billing_tick`       | `BILLING_TICK`, `TRANCHE_BILLING_TICK`        | `1m`               |
 //! | `billing_period`     | `BILLING_PERIOD`, `TRANCHE_BILLING_PERIOD`    | `24h`              |
@@ -100,6 +103,12 @@ pub struct Settings {
     pub api_rate_per_second: f64,
     /// Requests each API key may make at once above the rate.
     pub api_burst: u32,
+    /// DNS servers the TXT ownership challenges are looked up with; empty uses the system's.
+    pub verification_nameservers: Vec<SocketAddr>,
+    /// A pending domain fails verification this long after it was added.
+    pub verification_deadline: HumanDuration,
+    /// How often verified domains' challenges are re-checked.
+    pub verification_recheck: HumanDuration,
     /// Run invoicing (CustomerBillingActors) on this node.
     pub billing: bool,
     /// How often each customer's billing runs.
@@ -160,6 +169,9 @@ impl Default for Settings {
             dns_burst: 8,
             api_rate_per_second: 50.0,
             api_burst: 100,
+            verification_nameservers: Vec::new(),
+            verification_deadline: HumanDuration::secs(72 * 3600),
+            verification_recheck: HumanDuration::secs(6 * 3600),
             billing: true,
             billing_tick: HumanDuration::secs(60),
             billing_period: HumanDuration::secs(86_400),
@@ -178,6 +190,15 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// Domain verification timing.
+    pub fn verify_policy(&self) -> tranche_actors::verify::Policy {
+        tranche_actors::verify::Policy {
+            deadline: self.verification_deadline.0,
+            recheck: self.verification_recheck.0,
+            ..Default::default()
+        }
+    }
+
     /// Invoicing settings, checked: positive durations, rates within the exact range.
     pub fn billing_settings(&self) -> anyhow::Result<BillingSettings> {
         let rates = Rates {

@@ -42,6 +42,10 @@ impl Application {
                 settings.api_rate_per_second,
                 settings.api_burst,
             ),
+            verifier: Arc::new(crate::engine::verification::HickoryTxt::new(
+                &settings.verification_nameservers,
+            )?),
+            verify_policy: settings.verify_policy(),
         });
         Ok(Self {
             listener,

@@ -18,6 +18,7 @@
 //! * [`billing`] — billing arithmetic: a snapshot and its service's storms → a priced line.
 //! * [`dns`] — DNS steering's pure core: the ChangeBatch planner and the provider port.
 //! * [`usage`] — usage ingestion's source port and pure core (poll spans, attribution).
+//! * [`verify`] — domain ownership verification's state machine (TXT challenge).
 //! * [`engine`] — the actors (root supervisor, lease keeper, probe supervisor, domain actors,
 //!   observation writer) and their ports to the database.
 //!
@@ -32,3 +33,4 @@ pub mod engine;
 pub mod probe;
 pub mod storm;
 pub mod usage;
+pub mod verify;

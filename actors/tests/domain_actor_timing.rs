@@ -168,6 +168,7 @@ async fn harness(patch: PolicyPatch, primary_up: bool, panic_once: bool) -> Harn
         dns: None,
         billing: None,
         usage: None,
+        verify: None,
     })
     .await
     .unwrap();

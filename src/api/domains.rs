@@ -18,10 +18,9 @@ use super::error::{ApiError, ApiResult};
 use super::json::JsonBody;
 use super::services::{Deleted, service_not_found};
 use super::{ApiContext, ApiTags};
+use crate::engine::verification;
 use crate::store::domains;
-
-/// Prefix of the TXT record that proves ownership of a hostname.
-pub const CHALLENGE_LABEL: &str = "_tranche-challenge";
+use tranche_actors::verify::{challenge_name, evaluate};
 
 /// A customer hostname, probed through each of the service's CDNs.
 #[derive(Debug, Clone, Object)]
@@ -47,8 +46,8 @@ pub struct Domain {
     pub dns_zone: String,
     /// Ownership verification: Tranche steers DNS only for verified hostnames.
     pub verification: Verification,
-    /// Whether Tranche may rewrite this hostname's weighted DNS records (until ownership
-    /// verification exists: on in dev mode, off otherwise).
+    /// Whether Tranche may rewrite this hostname's weighted DNS records: set when the domain
+    /// is verified (dev mode verifies at once). Unverified domains are never steered.
     pub steering_enabled: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -64,6 +63,15 @@ pub struct Verification {
     /// Value the TXT record must hold.
     pub record_value: String,
     pub verified_at: Option<DateTime<Utc>>,
+    /// When the challenge was last looked up.
+    pub last_checked_at: Option<DateTime<Utc>>,
+    /// Why the last lookup did not verify (null once verified and found).
+    pub last_error: Option<String>,
+    /// Lookups so far without success.
+    pub attempts: i32,
+    /// A verified domain whose challenge record has since disappeared: it stays verified and
+    /// steered, but publish the record again.
+    pub lost_at: Option<DateTime<Utc>>,
 }
 
 impl From<domains::DomainRow> for Domain {
@@ -71,9 +79,13 @@ impl From<domains::DomainRow> for Domain {
         Self {
             verification: Verification {
                 status: r.verification_status,
-                record_name: format!("{CHALLENGE_LABEL}.{}", r.hostname),
+                record_name: challenge_name(&r.hostname),
                 record_value: r.verification_token,
                 verified_at: r.verified_at,
+                last_checked_at: r.verification_checked_at,
+                last_error: r.verification_error,
+                attempts: r.verification_attempts,
+                lost_at: r.verification_lost_at,
             },
             id: r.id,
             service_id: r.service_id,
@@ -217,11 +229,15 @@ impl DomainsApi {
             dns_zone: Some(zone),
             verification_token: &token,
             steering_enabled: ctx.dev,
+            verified: ctx.dev,
         };
         let row = domains::create(&ctx.pool, tenant.customer_id, id.0, &new)
             .await?
             .ok_or_else(|| service_not_found(id.0))?;
         tracing::info!(service.id = id.0, domain.id = row.id, domain.name = %row.hostname, "domain added");
+        if ctx.dev {
+            tracing::warn!(domain.name = %row.hostname, "DEV MODE: domain auto-verified without a TXT challenge; Tranche will steer its DNS");
+        }
         let location = format!("/v1/services/{}/domains/{}", id.0, row.id);
         Ok(CreatedDomain::Created(Json(row.into()), location))
     }
@@ -249,6 +265,48 @@ impl DomainsApi {
                 domain_id.0, id.0
             )))
         }
+    }
+
+    /// Check the domain's TXT challenge now (`_tranche-challenge.<hostname>` holding the
+    /// token): verifies it when the record is there, and says why not otherwise. Also the way
+    /// to retry a `failed` domain.
+    #[oai(
+        path = "/v1/services/:id/domains/:domain_id/verify",
+        method = "post",
+        operation_id = "verify_domain"
+    )]
+    async fn verify(
+        &self,
+        tenant: Tenant,
+        ctx: Data<&Arc<ApiContext>>,
+        id: Path<i64>,
+        domain_id: Path<i64>,
+    ) -> ApiResult<Json<Domain>> {
+        tenant.require(Scope::Write)?;
+        let not_found = || {
+            ApiError::not_found(format!(
+                "domain {} of service {} not found",
+                domain_id.0, id.0
+            ))
+        };
+        domains::get(&ctx.pool, tenant.customer_id, id.0, domain_id.0)
+            .await?
+            .ok_or_else(not_found)?;
+        let check = verification::check_for(&ctx.pool, domain_id.0)
+            .await?
+            .ok_or_else(not_found)?;
+        // The lookup happens outside any transaction; the result is written only if the
+        // domain is still in the state it was checked for.
+        let lookup = ctx.verifier.txt(&challenge_name(&check.hostname)).await;
+        let now = Utc::now();
+        let outcome = evaluate(&check, &lookup, now, &ctx.verify_policy);
+        if verification::record(&ctx.pool, &check, &outcome, now).await? && outcome.newly_verified {
+            tracing::info!(domain.id = check.domain_id, domain.name = %check.hostname, "domain verified");
+        }
+        let row = domains::get(&ctx.pool, tenant.customer_id, id.0, domain_id.0)
+            .await?
+            .ok_or_else(not_found)?;
+        Ok(Json(row.into()))
     }
 }
 

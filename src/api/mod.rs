@@ -44,6 +44,9 @@ pub struct ApiContext {
     pub admin_token: Option<Secret>,
     /// Per-key request rate limit.
     pub limiter: rate_limit::RateLimiter,
+    /// TXT lookups for `POST …/verify`.
+    pub verifier: Arc<dyn tranche_actors::engine::ports::TxtLookup>,
+    pub verify_policy: tranche_actors::verify::Policy,
 }
 
 #[derive(Tags)]

@@ -100,6 +100,7 @@ pub async fn run() -> anyhow::Result<()> {
             dns_zone: Some(zone),
             verification_token: "demo",
             steering_enabled: false,
+            verified: false,
         };
         store::domains::create(&pool, customers::DEMO_CUSTOMER_ID, service.id, &new).await?;
     }

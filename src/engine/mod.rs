@@ -5,6 +5,7 @@
 pub mod billing;
 pub mod leases;
 pub mod store;
+pub mod verification;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,9 +16,13 @@ use tranche_actors::billing::BillingSettings;
 use tranche_actors::dns::planner::BatchLimits;
 use tranche_actors::dns::provider::DnsProvider;
 use tranche_actors::dns::rate::TokenBucket;
-use tranche_actors::engine::{BillingSetup, DnsSetup, Engine, EngineConfig, RootArgs, UsageSetup};
+use tranche_actors::engine::ports::TxtLookup;
+use tranche_actors::engine::{
+    BillingSetup, DnsSetup, Engine, EngineConfig, RootArgs, UsageSetup, VerifySetup,
+};
 use tranche_actors::probe::Prober;
 use tranche_actors::usage::{UsageSettings, UsageSource};
+use tranche_actors::verify::Policy;
 
 /// The channel the configuration tables notify on (see the engine migration).
 pub const CONFIG_CHANNEL: &str = "tranche_config";
@@ -71,6 +76,16 @@ pub struct EngineOptions {
     pub billing: Option<BillingSettings>,
     /// Usage ingestion from CDN analytics.
     pub usage: Option<UsageOptions>,
+    /// Domain ownership verification.
+    pub verify: Option<VerifyOptions>,
+}
+
+/// Domain verification settings for [`start_with`].
+pub struct VerifyOptions {
+    pub lookup: Arc<dyn TxtLookup>,
+    pub policy: Policy,
+    /// How often due checks are looked for.
+    pub tick: Duration,
 }
 
 /// Starts this node's actor tree over `pool` (probing and storms, plus DNS steering when `dns`
@@ -104,7 +119,14 @@ pub async fn start_with(
         dns,
         billing,
         usage,
+        verify,
     } = options;
+    let verify = verify.map(|v| VerifySetup {
+        store: Arc::new(verification::PgVerificationStore::new(pool.clone())),
+        lookup: v.lookup,
+        policy: v.policy,
+        tick: v.tick,
+    });
     let store = Arc::new(store::PgEngineStore::new(pool.clone()));
     let billing_store = billing
         .as_ref()
@@ -133,6 +155,7 @@ pub async fn start_with(
             dns,
             billing,
             usage,
+            verify,
         })
         .await
         .map_err(|e| anyhow::anyhow!("could not start the engine: {e}"))?,

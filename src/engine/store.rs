@@ -473,6 +473,7 @@ impl DnsStore for PgEngineStore {
             "select distinct d.dns_zone, d.shard
                from service_domains d join services s on s.id = d.service_id
               where d.deleted_at is null and s.deleted_at is null and d.steering_enabled
+                and d.verification_status = 'verified'
                 and d.dns_zone is not null and d.shard = any($1)",
         )
         .bind(&shards)
@@ -495,7 +496,7 @@ impl DnsStore for PgEngineStore {
                left join dns_pins p on p.domain_id = d.id
                left join dns_records r on r.domain_id = d.id
               where d.dns_zone = $1 and d.deleted_at is null and s.deleted_at is null
-                and d.steering_enabled
+                and d.steering_enabled and d.verification_status = 'verified'
                 and d.primary_target is not null and d.backup_target is not null
                 and (r.applied_primary_weight is null
                      or r.applied_primary_weight

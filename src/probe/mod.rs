@@ -64,15 +64,7 @@ impl NetworkProber {
         // Resumption skips the certificate chain verification and key exchange that dominate a
         // probe's cost. Every probed hostname keeps its session (rustls' default holds 256).
         config.resumption = rustls::client::Resumption::in_memory_sessions(SESSION_CACHE);
-        let resolver = match hickory_resolver::TokioResolver::builder_tokio()
-            .and_then(|b| b.build())
-        {
-            Ok(r) => Some(r),
-            Err(e) => {
-                tracing::warn!(error = %e, "no system DNS configuration; only IP-literal probe targets will work");
-                None
-            }
-        };
+        let resolver = resolver(&[], None)?;
         Ok(Self {
             tls: TlsConnector::from(Arc::new(config)),
             resolver,
@@ -83,27 +75,9 @@ impl NetworkProber {
     /// Resolves edge hostnames through these nameservers (UDP, then TCP) instead of the
     /// system's: for private DNS views, and for tests with a local DNS server.
     pub fn with_nameservers(mut self, servers: &[SocketAddr]) -> anyhow::Result<Self> {
-        use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
-        use hickory_resolver::net::runtime::TokioRuntimeProvider;
-        if servers.is_empty() {
-            return Ok(self);
+        if !servers.is_empty() {
+            self.resolver = resolver(servers, None)?;
         }
-        let name_servers = servers
-            .iter()
-            .map(|addr| {
-                let mut udp = ConnectionConfig::udp();
-                udp.port = addr.port();
-                let mut tcp = ConnectionConfig::tcp();
-                tcp.port = addr.port();
-                NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
-            })
-            .collect();
-        let resolver = hickory_resolver::TokioResolver::builder_with_config(
-            ResolverConfig::from_name_servers(name_servers),
-            TokioRuntimeProvider::default(),
-        )
-        .build()?;
-        self.resolver = Some(resolver);
         Ok(self)
     }
 
@@ -268,6 +242,48 @@ impl Prober for NetworkProber {
             error,
         }
     }
+}
+
+/// A DNS resolver: through `servers` (UDP, then TCP) when given, else the system's
+/// configuration (`None`, logged, when there is none). `fresh` sets a short per-query timeout
+/// and turns the answer cache off (ownership checks must see what is published now).
+pub fn resolver(
+    servers: &[SocketAddr],
+    fresh: Option<std::time::Duration>,
+) -> anyhow::Result<Option<hickory_resolver::TokioResolver>> {
+    use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+    use hickory_resolver::net::runtime::TokioRuntimeProvider;
+    let mut builder = if servers.is_empty() {
+        match hickory_resolver::TokioResolver::builder_tokio() {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "no system DNS configuration; only IP-literal targets will resolve");
+                return Ok(None);
+            }
+        }
+    } else {
+        let name_servers = servers
+            .iter()
+            .map(|addr| {
+                let mut udp = ConnectionConfig::udp();
+                udp.port = addr.port();
+                let mut tcp = ConnectionConfig::tcp();
+                tcp.port = addr.port();
+                NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
+            })
+            .collect();
+        hickory_resolver::TokioResolver::builder_with_config(
+            ResolverConfig::from_name_servers(name_servers),
+            TokioRuntimeProvider::default(),
+        )
+    };
+    if let Some(t) = fresh {
+        let options = builder.options_mut();
+        options.timeout = t;
+        options.attempts = 2;
+        options.cache_size = 0;
+    }
+    Ok(Some(builder.build()?))
 }
 
 #[cfg(test)]

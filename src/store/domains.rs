@@ -19,6 +19,10 @@ pub struct DomainRow {
     pub verification_status: String,
     pub verification_token: String,
     pub verified_at: Option<DateTime<Utc>>,
+    pub verification_checked_at: Option<DateTime<Utc>>,
+    pub verification_error: Option<String>,
+    pub verification_lost_at: Option<DateTime<Utc>>,
+    pub verification_attempts: i32,
     pub steering_enabled: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -29,7 +33,8 @@ macro_rules! columns {
     () => {
         "d.id, d.service_id, d.hostname, d.primary_target, d.backup_target,
     d.probe_path, d.probe_scheme, d.expected_statuses, d.probe_timeout_ms, d.dns_zone, d.shard,
-    d.verification_status, d.verification_token, d.verified_at, d.steering_enabled,
+    d.verification_status, d.verification_token, d.verified_at, d.verification_checked_at,
+    d.verification_error, d.verification_lost_at, d.verification_attempts, d.steering_enabled,
     d.created_at, d.updated_at"
     };
 }
@@ -47,8 +52,10 @@ pub struct NewDomain<'a> {
     pub dns_zone: Option<String>,
     pub shard: i16,
     pub verification_token: &'a str,
-    /// Whether the engine may steer this hostname's DNS (until ownership verification exists).
+    /// Whether the engine may steer this hostname's DNS once it is verified.
     pub steering_enabled: bool,
+    /// Verified at creation (dev mode's auto-verification).
+    pub verified: bool,
 }
 
 /// Live domains of service `service_id`, which must be customer `customer_id`'s.
@@ -84,8 +91,10 @@ pub async fn create(
         "insert into service_domains as d
                 (service_id, hostname, primary_target, backup_target, probe_path, probe_scheme,
                  expected_statuses, probe_timeout_ms, dns_zone, shard, verification_token,
-                 steering_enabled)
-         select s.id, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13
+                 steering_enabled, verification_status, verified_at)
+         select s.id, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
+                case when $14 then 'verified' else 'pending' end,
+                case when $14 then now() end
            from services s
           where s.id = $1 and s.customer_id = $2 and s.deleted_at is null
          returning ",
@@ -105,6 +114,28 @@ pub async fn create(
     .bind(domain.shard)
     .bind(domain.verification_token)
     .bind(domain.steering_enabled)
+    .bind(domain.verified)
+    .fetch_optional(pool)
+    .await
+}
+
+/// A live domain of a live service of the customer.
+pub async fn get(
+    pool: &PgPool,
+    customer_id: i64,
+    service_id: i64,
+    domain_id: i64,
+) -> sqlx::Result<Option<DomainRow>> {
+    sqlx::query_as(concat!(
+        "select ",
+        columns!(),
+        " from service_domains d join services s on s.id = d.service_id
+          where d.id = $1 and d.service_id = $2 and s.customer_id = $3
+            and s.deleted_at is null and d.deleted_at is null"
+    ))
+    .bind(domain_id)
+    .bind(service_id)
+    .bind(customer_id)
     .fetch_optional(pool)
     .await
 }

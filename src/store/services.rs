@@ -71,7 +71,9 @@ pub async fn get_detail(
                                      d.backup_target, d.probe_path, d.probe_scheme,
                                      d.expected_statuses, d.probe_timeout_ms, d.dns_zone,
                                      d.shard, d.verification_status,
-                                     d.verification_token, d.verified_at, d.steering_enabled, d.created_at,
+                                     d.verification_token, d.verified_at, d.verification_checked_at,
+                                     d.verification_error, d.verification_lost_at,
+                                     d.verification_attempts, d.steering_enabled, d.created_at,
                                      d.updated_at
                                 from service_domains d
                                where d.service_id = services.id and d.deleted_at is null) d),

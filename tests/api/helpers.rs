@@ -391,3 +391,131 @@ impl TestApp {
         .unwrap()
     }
 }
+
+/// What the local DNS server answers for a name.
+#[derive(Debug, Clone)]
+pub enum DnsAnswer {
+    A(std::net::Ipv4Addr),
+    /// One TXT record with these character-strings.
+    Txt(Vec<String>),
+}
+
+/// A minimal authoritative DNS server on loopback (UDP), speaking the real wire format: answers
+/// from a table that tests change while it runs, NXDOMAIN for unknown names, an empty answer
+/// for other types, and an optional delay before every answer (a slow server).
+pub struct LocalDns {
+    pub addr: SocketAddr,
+    table: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Vec<DnsAnswer>>>>,
+    delay: std::sync::Arc<std::sync::Mutex<std::time::Duration>>,
+}
+
+impl LocalDns {
+    pub async fn start() -> Self {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let table: std::sync::Arc<
+            std::sync::Mutex<std::collections::HashMap<String, Vec<DnsAnswer>>>,
+        > = Default::default();
+        let delay: std::sync::Arc<std::sync::Mutex<std::time::Duration>> = Default::default();
+        let socket = std::sync::Arc::new(socket);
+        let (t, d) = (table.clone(), delay.clone());
+        tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            loop {
+                let Ok((len, peer)) = socket.recv_from(&mut buf).await else {
+                    return;
+                };
+                let query = buf[..len].to_vec();
+                let (socket, table, delay) = (socket.clone(), t.clone(), d.clone());
+                tokio::spawn(async move {
+                    let wait = *delay.lock().unwrap();
+                    tokio::time::sleep(wait).await;
+                    let resp = answer(&query, &table.lock().unwrap());
+                    if let Some(resp) = resp {
+                        let _ = socket.send_to(&resp, peer).await;
+                    }
+                });
+            }
+        });
+        Self { addr, table, delay }
+    }
+
+    /// Sets (replaces) the answers for `name`; an empty list removes it (NXDOMAIN).
+    pub fn set(&self, name: &str, answers: Vec<DnsAnswer>) {
+        let mut table = self.table.lock().unwrap();
+        if answers.is_empty() {
+            table.remove(&name.to_ascii_lowercase());
+        } else {
+            table.insert(name.to_ascii_lowercase(), answers);
+        }
+    }
+
+    /// Delays every answer from now on.
+    pub fn slow_down(&self, by: std::time::Duration) {
+        *self.delay.lock().unwrap() = by;
+    }
+}
+
+fn answer(
+    query: &[u8],
+    table: &std::collections::HashMap<String, Vec<DnsAnswer>>,
+) -> Option<Vec<u8>> {
+    let len = query.len();
+    if len < 12 {
+        return None;
+    }
+    // Question: labels from byte 12, then QTYPE and QCLASS.
+    let mut pos = 12;
+    let mut labels = Vec::new();
+    while pos < len && query[pos] != 0 {
+        let l = query[pos] as usize;
+        labels.push(String::from_utf8_lossy(query.get(pos + 1..pos + 1 + l)?).to_ascii_lowercase());
+        pos += 1 + l;
+    }
+    let question_end = pos + 5;
+    let qtype = u16::from_be_bytes([*query.get(pos + 1)?, *query.get(pos + 2)?]);
+    let name = labels.join(".");
+    let found = table.get(&name);
+    let records: Vec<Vec<u8>> = found
+        .map(|answers| {
+            answers
+                .iter()
+                .filter_map(|a| match (a, qtype) {
+                    (DnsAnswer::A(ip), 1) => Some((1u16, ip.octets().to_vec())),
+                    (DnsAnswer::Txt(strings), 16) => Some((
+                        16u16,
+                        strings
+                            .iter()
+                            .flat_map(|s| {
+                                let mut b = vec![s.len() as u8];
+                                b.extend_from_slice(s.as_bytes());
+                                b
+                            })
+                            .collect(),
+                    )),
+                    _ => None,
+                })
+                .map(|(rtype, rdata)| {
+                    let mut r = vec![0xc0, 0x0c];
+                    r.extend_from_slice(&rtype.to_be_bytes());
+                    r.extend_from_slice(&[0, 1, 0, 0, 0, 60]);
+                    r.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+                    r.extend_from_slice(&rdata);
+                    r
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut resp = Vec::with_capacity(128);
+    resp.extend_from_slice(&query[..2]); // id
+    let rcode = if found.is_some() { 0 } else { 3 };
+    resp.extend_from_slice(&[0x84, 0x80 | rcode]); // QR, AA, RA, rcode
+    resp.extend_from_slice(&[0, 1]);
+    resp.extend_from_slice(&(records.len() as u16).to_be_bytes());
+    resp.extend_from_slice(&[0, 0, 0, 0]);
+    resp.extend_from_slice(&query[12..question_end]);
+    for r in records {
+        resp.extend_from_slice(&r);
+    }
+    Some(resp)
+}

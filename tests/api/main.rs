@@ -19,4 +19,5 @@ mod route53;
 mod services;
 mod tenants;
 mod usage;
+mod verification;
 mod walkthrough;

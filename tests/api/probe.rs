@@ -120,53 +120,14 @@ async fn every_probe_uses_a_new_connection() {
     assert_eq!(http.connections(), 5, "one TCP connection per probe");
 }
 
-/// A minimal authoritative DNS server on loopback (UDP): A records from a table, NXDOMAIN for
-/// anything else, empty answers for other types. Speaks the real wire format.
+/// The shared local DNS server with these A records.
 async fn local_dns(records: &[(&str, std::net::Ipv4Addr)]) -> std::net::SocketAddr {
-    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    let table: std::collections::HashMap<String, std::net::Ipv4Addr> = records
-        .iter()
-        .map(|(n, ip)| (n.to_ascii_lowercase(), *ip))
-        .collect();
-    tokio::spawn(async move {
-        let mut buf = [0u8; 512];
-        loop {
-            let Ok((len, peer)) = socket.recv_from(&mut buf).await else {
-                return;
-            };
-            let query = &buf[..len];
-            if len < 12 {
-                continue;
-            }
-            // Question: labels from byte 12, then QTYPE and QCLASS.
-            let mut pos = 12;
-            let mut labels = Vec::new();
-            while pos < len && query[pos] != 0 {
-                let l = query[pos] as usize;
-                labels.push(
-                    String::from_utf8_lossy(&query[pos + 1..pos + 1 + l]).to_ascii_lowercase(),
-                );
-                pos += 1 + l;
-            }
-            let question_end = pos + 5;
-            let qtype = u16::from_be_bytes([query[pos + 1], query[pos + 2]]);
-            let name = labels.join(".");
-            let found = table.get(&name);
-            let mut resp = Vec::with_capacity(64);
-            resp.extend_from_slice(&query[..2]); // id
-            let rcode = if found.is_some() { 0 } else { 3 };
-            resp.extend_from_slice(&[0x84, 0x80 | rcode]); // QR, AA, RA, rcode
-            let answers = u16::from(found.is_some() && qtype == 1);
-            resp.extend_from_slice(&[0, 1, 0, answers as u8, 0, 0, 0, 0]);
-            resp.extend_from_slice(&query[12..question_end]);
-            if let (Some(ip), 1) = (found, answers) {
-                resp.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
-                resp.extend_from_slice(&ip.octets());
-            }
-            let _ = socket.send_to(&resp, peer).await;
-        }
-    });
+    let dns = crate::helpers::LocalDns::start().await;
+    for (name, ip) in records {
+        dns.set(name, vec![crate::helpers::DnsAnswer::A(*ip)]);
+    }
+    let addr = dns.addr;
+    std::mem::forget(dns); // its task lives as long as the test runtime
     addr
 }
 

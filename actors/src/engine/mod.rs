@@ -8,6 +8,7 @@
 //!  ├─ BillingSupervisor  one CustomerBillingActor per customer on those shards
 //!  │    └─ CustomerBillingActor  every tick: bills unbilled snapshots, finalizes invoices
 //!  ├─ UsageIngestor      pulls CDN usage analytics for those customers' services
+//!  ├─ DomainVerifier     checks the TXT ownership challenge of the domains on those shards
 //!  ├─ ProbeSupervisor     one DomainActor per domain on the shards this node owns
 //!  │    └─ DomainActor    probes primary + backup, runs the storm machine, commits decisions
 //!  └─ LeaseKeeper         heartbeats, takes its fair share of shards (advisory locks + epochs)
@@ -33,6 +34,7 @@ pub mod ports;
 pub mod probe_supervisor;
 pub mod root;
 pub mod usage_ingestor;
+pub mod verifier;
 pub mod zone_actor;
 
 use std::time::Duration;
@@ -44,7 +46,7 @@ use lease_keeper::LeaseMsg;
 use observation_writer::ObservationMsg;
 use ports::OwnedShards;
 use probe_supervisor::SupervisorMsg;
-pub use root::{BillingSetup, DnsSetup, RootArgs, UsageSetup};
+pub use root::{BillingSetup, DnsSetup, RootArgs, UsageSetup, VerifySetup};
 use root::{RootMsg, RootSupervisor};
 
 /// A running engine on this node.
@@ -138,6 +140,12 @@ impl Engine {
     pub async fn ingest_usage_now(&self) -> Option<usage_ingestor::IngestSummary> {
         let usage = ractor::call!(self.root, RootMsg::Usage).ok()??;
         ractor::call!(usage, usage_ingestor::UsageMsg::IngestNow).ok()
+    }
+
+    /// Runs the domain verifier's due checks now (`None`: this node does not verify).
+    pub async fn verify_now(&self) -> Option<usize> {
+        let verifier = ractor::call!(self.root, RootMsg::Verifier).ok()??;
+        ractor::call!(verifier, verifier::VerifierMsg::CheckNow).ok()
     }
 
     /// Stops the tree cleanly: releases the shards, stops the actors, flushes.

@@ -258,3 +258,30 @@ pub trait UsageStore: Send + Sync + 'static {
     /// how many snapshots were created, updated or added as adjustments.
     async fn record_usage(&self, reports: &[UsageReport]) -> Result<usize, StoreError>;
 }
+
+/// The database side of domain verification.
+#[async_trait::async_trait]
+pub trait VerificationStore: Send + Sync + 'static {
+    /// Domains on `shards` whose next check is due at `now` (pending and verified ones), at
+    /// most `limit`, most overdue first.
+    async fn due_verifications(
+        &self,
+        shards: &[u16],
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<crate::verify::Check>, StoreError>;
+    /// Writes `outcome` if the domain is still in the state `check` was made for (no lock is held
+    /// across the lookup); returns whether it was written.
+    async fn record_verification(
+        &self,
+        check: &crate::verify::Check,
+        outcome: &crate::verify::Outcome,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+}
+
+/// TXT lookups (hickory-resolver in the `tranche` crate).
+#[async_trait::async_trait]
+pub trait TxtLookup: Send + Sync + 'static {
+    async fn txt(&self, name: &str) -> crate::verify::Lookup;
+}

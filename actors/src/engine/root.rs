@@ -20,9 +20,13 @@ use super::dns_supervisor::{DnsMsg, DnsSupervisor};
 use super::domain_actor::EngineCtx;
 use super::lease_keeper::{LeaseArgs, LeaseKeeper, LeaseMsg};
 use super::observation_writer::{ObservationMsg, ObservationWriter, WriterArgs};
-use super::ports::{BillingStore, DnsStore, EngineStore, LeaseBackend, OwnedShards, UsageStore};
+use super::ports::{
+    BillingStore, DnsStore, EngineStore, LeaseBackend, OwnedShards, TxtLookup, UsageStore,
+    VerificationStore,
+};
 use super::probe_supervisor::{ProbeSupervisor, SupervisorMsg};
 use super::usage_ingestor::{UsageArgs, UsageIngestor, UsageMsg};
+use super::verifier::{DomainVerifier, VerifierArgs, VerifierMsg};
 use super::zone_actor::DnsCtx;
 use crate::billing::BillingSettings;
 use crate::dns::planner::BatchLimits;
@@ -30,6 +34,7 @@ use crate::dns::provider::DnsProvider;
 use crate::dns::rate::TokenBucket;
 use crate::probe::Prober;
 use crate::usage::{UsageSettings, UsageSource};
+use crate::verify::Policy;
 
 pub struct RootSupervisor;
 
@@ -44,6 +49,16 @@ pub struct RootArgs {
     pub billing: Option<BillingSetup>,
     /// Usage ingestion from CDN analytics; `None` pulls nothing on this node.
     pub usage: Option<UsageSetup>,
+    /// Domain ownership verification; `None` checks nothing on this node.
+    pub verify: Option<VerifySetup>,
+}
+
+/// What domain verification needs.
+pub struct VerifySetup {
+    pub store: Arc<dyn VerificationStore>,
+    pub lookup: Arc<dyn TxtLookup>,
+    pub policy: Policy,
+    pub tick: std::time::Duration,
 }
 
 /// What invoicing needs.
@@ -75,6 +90,7 @@ pub struct RootState {
     pub(crate) dns: Option<ActorRef<DnsMsg>>,
     pub(crate) billing: Option<ActorRef<BillingMsg>>,
     pub(crate) usage: Option<ActorRef<UsageMsg>>,
+    pub(crate) verifier: Option<ActorRef<VerifierMsg>>,
     /// The owned shards, as the lease keeper last published them.
     shards: Arc<watch::Sender<OwnedShards>>,
 }
@@ -94,6 +110,8 @@ pub enum RootMsg {
     Billing(ractor::RpcReplyPort<Option<ActorRef<BillingMsg>>>),
     /// The usage ingestor, if this node ingests usage.
     Usage(ractor::RpcReplyPort<Option<ActorRef<UsageMsg>>>),
+    /// The domain verifier, if this node verifies domains.
+    Verifier(ractor::RpcReplyPort<Option<ActorRef<VerifierMsg>>>),
 }
 
 impl RootState {
@@ -235,6 +253,29 @@ async fn spawn_usage(
     ))
 }
 
+async fn spawn_verifier(
+    args: &RootArgs,
+    shards: &watch::Sender<OwnedShards>,
+    root: &ActorRef<RootMsg>,
+) -> Result<Option<ActorRef<VerifierMsg>>, ActorProcessingErr> {
+    let Some(setup) = &args.verify else {
+        return Ok(None);
+    };
+    let verifier_args = VerifierArgs {
+        config: args.config.clone(),
+        policy: setup.policy.clone(),
+        tick: setup.tick,
+        store: setup.store.clone(),
+        lookup: setup.lookup.clone(),
+        shards: shards.subscribe(),
+    };
+    Ok(Some(
+        Actor::spawn_linked(None, DomainVerifier, verifier_args, root.get_cell())
+            .await?
+            .0,
+    ))
+}
+
 async fn spawn_leases(
     args: &RootArgs,
     supervisor: ActorRef<SupervisorMsg>,
@@ -271,6 +312,7 @@ impl Actor for RootSupervisor {
         let dns = spawn_dns(&args, &myself).await?;
         let billing = spawn_billing(&args, &shards, &myself).await?;
         let usage = spawn_usage(&args, &shards, &myself).await?;
+        let verifier = spawn_verifier(&args, &shards, &myself).await?;
         let supervisor = spawn_supervisor(ctx(&args, writer.clone(), dns.clone()), &myself).await?;
         let leases = spawn_leases(
             &args,
@@ -288,6 +330,7 @@ impl Actor for RootSupervisor {
             dns,
             billing,
             usage,
+            verifier,
             shards,
         })
     }
@@ -312,6 +355,9 @@ impl Actor for RootSupervisor {
             }
             RootMsg::Usage(reply) => {
                 let _ = reply.send(state.usage.clone());
+            }
+            RootMsg::Verifier(reply) => {
+                let _ = reply.send(state.verifier.clone());
             }
         }
         Ok(())
@@ -358,6 +404,9 @@ impl Actor for RootSupervisor {
         } else if state.usage.as_ref().is_some_and(|u| u.get_id() == id) {
             tracing::error!(error = %err, "usage ingestor failed; restarting");
             state.usage = spawn_usage(&state.args, &state.shards, &myself).await?;
+        } else if state.verifier.as_ref().is_some_and(|v| v.get_id() == id) {
+            tracing::error!(error = %err, "domain verifier failed; restarting");
+            state.verifier = spawn_verifier(&state.args, &state.shards, &myself).await?;
         }
         Ok(())
     }
@@ -373,6 +422,7 @@ impl Actor for RootSupervisor {
         for cell in [
             state.billing.as_ref().map(|b| b.get_cell()),
             state.usage.as_ref().map(|u| u.get_cell()),
+            state.verifier.as_ref().map(|v| v.get_cell()),
         ]
         .into_iter()
         .flatten()

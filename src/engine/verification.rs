@@ -1,0 +1,171 @@
+//! Domain verification over PostgreSQL ([`PgVerificationStore`]) and TXT lookups through
+//! hickory-resolver ([`HickoryTxt`]).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use hickory_resolver::TokioResolver;
+use sqlx::PgPool;
+use tranche_actors::engine::ports::{StoreError, TxtLookup, VerificationStore};
+use tranche_actors::verify::{Check, Lookup, Outcome, Status};
+
+fn other(e: sqlx::Error) -> StoreError {
+    StoreError::Other(e.to_string())
+}
+
+pub struct PgVerificationStore {
+    pool: PgPool,
+}
+
+impl PgVerificationStore {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+type CheckRow = (i64, String, String, String, DateTime<Utc>, i32, bool);
+
+fn check_of((domain_id, hostname, token, status, created_at, attempts, lost): CheckRow) -> Check {
+    Check {
+        domain_id,
+        hostname,
+        token,
+        status: Status::parse(&status).unwrap_or(Status::Pending),
+        created_at,
+        attempts,
+        lost,
+    }
+}
+
+/// The check of one domain (for `POST …/verify`).
+pub async fn check_for(pool: &PgPool, domain_id: i64) -> sqlx::Result<Option<Check>> {
+    let row: Option<CheckRow> = sqlx::query_as(
+        "select id, hostname, verification_token, verification_status, created_at,
+                verification_attempts, verification_lost_at is not null
+           from service_domains where id = $1 and deleted_at is null",
+    )
+    .bind(domain_id)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(check_of))
+}
+
+/// Writes `outcome` if the domain is still in the state `check` saw; whether it was.
+pub async fn record(
+    pool: &PgPool,
+    check: &Check,
+    outcome: &Outcome,
+    now: DateTime<Utc>,
+) -> sqlx::Result<bool> {
+    let done = sqlx::query(
+        "update service_domains
+            set verification_status = $3,
+                verified_at = case when $3 = 'verified' then coalesce(verified_at, $4) end,
+                -- Verifying a domain is what lets the zone actors steer it.
+                steering_enabled = steering_enabled or $5,
+                verification_checked_at = $4,
+                verification_error = $6,
+                verification_attempts = $7,
+                verification_next_at = $8,
+                verification_lost_at = case when $9 then coalesce(verification_lost_at, $4) end
+          where id = $1 and verification_status = $2 and deleted_at is null",
+    )
+    .bind(check.domain_id)
+    .bind(check.status.as_str())
+    .bind(outcome.status.as_str())
+    .bind(now)
+    .bind(outcome.newly_verified)
+    .bind(&outcome.error)
+    .bind(outcome.attempts)
+    .bind(outcome.next_at)
+    .bind(outcome.lost)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+#[async_trait::async_trait]
+impl VerificationStore for PgVerificationStore {
+    async fn due_verifications(
+        &self,
+        shards: &[u16],
+        now: DateTime<Utc>,
+        limit: i64,
+    ) -> Result<Vec<Check>, StoreError> {
+        let shards: Vec<i16> = shards.iter().map(|&s| s as i16).collect();
+        let rows: Vec<CheckRow> = sqlx::query_as(
+            "select d.id, d.hostname, d.verification_token, d.verification_status, d.created_at,
+                    d.verification_attempts, d.verification_lost_at is not null
+               from service_domains d join services s on s.id = d.service_id
+              where d.shard = any($1) and d.deleted_at is null and s.deleted_at is null
+                and d.verification_status in ('pending', 'verified')
+                and (d.verification_next_at is null or d.verification_next_at <= $2)
+              order by d.verification_next_at nulls first
+              limit $3",
+        )
+        .bind(&shards)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(other)?;
+        Ok(rows.into_iter().map(check_of).collect())
+    }
+
+    async fn record_verification(
+        &self,
+        check: &Check,
+        outcome: &Outcome,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        record(&self.pool, check, outcome, now).await.map_err(other)
+    }
+}
+
+/// TXT lookups with hickory-resolver: the system's resolver configuration, or the given
+/// nameservers (UDP, then TCP).
+pub struct HickoryTxt {
+    resolver: Option<TokioResolver>,
+}
+
+impl HickoryTxt {
+    pub fn new(nameservers: &[SocketAddr]) -> anyhow::Result<Self> {
+        Ok(Self {
+            resolver: crate::probe::resolver(nameservers, Some(Duration::from_secs(2)))?,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl TxtLookup for HickoryTxt {
+    async fn txt(&self, name: &str) -> Lookup {
+        let Some(resolver) = &self.resolver else {
+            return Lookup::Error("no DNS resolver configured".into());
+        };
+        match resolver.txt_lookup(format!("{name}.")).await {
+            Ok(lookup) => {
+                let records: Vec<Vec<String>> = lookup
+                    .answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        hickory_resolver::proto::rr::RData::TXT(txt) => Some(
+                            txt.txt_data
+                                .iter()
+                                .map(|s| String::from_utf8_lossy(s).into_owned())
+                                .collect(),
+                        ),
+                        _ => None,
+                    })
+                    .collect();
+                if records.is_empty() {
+                    Lookup::Missing
+                } else {
+                    Lookup::Records(records)
+                }
+            }
+            Err(e) if e.is_no_records_found() || e.is_nx_domain() => Lookup::Missing,
+            Err(e) => Lookup::Error(e.to_string()),
+        }
+    }
+}
