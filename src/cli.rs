@@ -243,6 +243,10 @@ async fn start_engine(
                 policy: settings.verify_policy(),
                 tick: std::time::Duration::from_secs(5),
             }),
+            webhooks: Some(engine::WebhookOptions {
+                allow_private: settings.webhook_allow_private,
+                idle: std::time::Duration::from_millis(500),
+            }),
         },
     )
     .await

@@ -25,6 +25,7 @@
 //! | `verification_nameservers` | `TRANCHE_VERIFICATION_NAMESERVERS`      | the system's       |
 //! | `verification_deadline` | `TRANCHE_VERIFICATION_DEADLINE`            | `72h`              |
 //! | `verification_recheck`  | `TRANCHE_VERIFICATION_RECHECK`             | `6h`               |
+//! | `webhook_allow_private` | `TRANCHE_WEBHOOK_ALLOW_PRIVATE`            | `false`            |
 //! | `billing`            | `TRANCHE_BILLING`                             | `true`             |
 //! | `billing_tick`       | `BILLING_TICK`, `TRANCHE_BILLING_TICK`        | `1m`               |
 //! | `billing_period`     | `BILLING_PERIOD`, `TRANCHE_BILLING_PERIOD`    | `24h`              |
@@ -109,6 +110,8 @@ pub struct Settings {
     pub verification_deadline: HumanDuration,
     /// How often verified domains' challenges are re-checked.
     pub verification_recheck: HumanDuration,
+    /// Let webhook endpoints point at private/loopback addresses (refused by default).
+    pub webhook_allow_private: bool,
     /// Run invoicing (CustomerBillingActors) on this node.
     pub billing: bool,
     /// How often each customer's billing runs.
@@ -172,6 +175,7 @@ impl Default for Settings {
             verification_nameservers: Vec::new(),
             verification_deadline: HumanDuration::secs(72 * 3600),
             verification_recheck: HumanDuration::secs(6 * 3600),
+            webhook_allow_private: false,
             billing: true,
             billing_tick: HumanDuration::secs(60),
             billing_period: HumanDuration::secs(86_400),

@@ -25,6 +25,7 @@
 //!   shutdown signal. Tests boot exactly this.
 //! * [`engine`] — the engine's ports over PostgreSQL (fenced decisions, shard leases,
 //!   observations) and the configuration-change listener; starts the actor tree.
+//! * [`notify`] — webhook delivery: the outbox store and the signing HTTP sender.
 //! * [`probe`] — the network prober: one HTTP(S) request through one CDN, new connection each.
 //! * [`demo`] — `tranche demo` and the switchable fake CDN edges it and the tests use.
 //! * [`bench`] — `tranche bench …`, the engine benchmarks recorded in BENCHMARKS.md.
@@ -39,6 +40,7 @@ pub mod db;
 pub mod demo;
 pub mod dns;
 pub mod engine;
+pub mod notify;
 pub mod probe;
 pub mod startup;
 pub mod store;

@@ -46,6 +46,7 @@ impl Application {
                 &settings.verification_nameservers,
             )?),
             verify_policy: settings.verify_policy(),
+            webhook_allow_private: settings.webhook_allow_private,
         });
         Ok(Self {
             listener,

@@ -169,6 +169,7 @@ async fn harness(patch: PolicyPatch, primary_up: bool, panic_once: bool) -> Harn
         billing: None,
         usage: None,
         verify: None,
+        webhooks: None,
     })
     .await
     .unwrap();

@@ -21,6 +21,7 @@ pub mod policies;
 pub mod rate_limit;
 pub mod services;
 pub mod usage;
+pub mod webhooks;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -47,6 +48,8 @@ pub struct ApiContext {
     /// TXT lookups for `POST …/verify`.
     pub verifier: Arc<dyn tranche_actors::engine::ports::TxtLookup>,
     pub verify_policy: tranche_actors::verify::Policy,
+    /// Whether webhook URLs may point at private addresses.
+    pub webhook_allow_private: bool,
 }
 
 #[derive(Tags)]
@@ -67,6 +70,8 @@ pub enum ApiTags {
     Billing,
     /// Your API keys (the `admin` scope).
     ApiKeys,
+    /// Webhook notifications: endpoints, deliveries, test pings, replays.
+    Webhooks,
     /// Operator endpoints (admin token).
     Admin,
     /// Liveness and readiness.
@@ -82,6 +87,7 @@ pub type Api = (
     usage::UsageApi,
     invoices::InvoicesApi,
     keys::KeysApi,
+    webhooks::WebhooksApi,
     admin::AdminApi,
     health::HealthApi,
 );
@@ -98,6 +104,7 @@ pub fn openapi() -> OpenApiService<Api, ()> {
             usage::UsageApi,
             invoices::InvoicesApi,
             keys::KeysApi,
+            webhooks::WebhooksApi,
             admin::AdminApi,
             health::HealthApi,
         ),

@@ -18,7 +18,7 @@ use tranche_actors::dns::provider::DnsProvider;
 use tranche_actors::dns::rate::TokenBucket;
 use tranche_actors::engine::ports::TxtLookup;
 use tranche_actors::engine::{
-    BillingSetup, DnsSetup, Engine, EngineConfig, RootArgs, UsageSetup, VerifySetup,
+    BillingSetup, DnsSetup, Engine, EngineConfig, RootArgs, UsageSetup, VerifySetup, WebhookSetup,
 };
 use tranche_actors::probe::Prober;
 use tranche_actors::usage::{UsageSettings, UsageSource};
@@ -78,6 +78,15 @@ pub struct EngineOptions {
     pub usage: Option<UsageOptions>,
     /// Domain ownership verification.
     pub verify: Option<VerifyOptions>,
+    /// Webhook delivery (`allow_private`: let deliveries reach private addresses).
+    pub webhooks: Option<WebhookOptions>,
+}
+
+/// Webhook delivery settings for [`start_with`].
+pub struct WebhookOptions {
+    pub allow_private: bool,
+    /// Pause between delivery passes when idle.
+    pub idle: Duration,
 }
 
 /// Domain verification settings for [`start_with`].
@@ -120,7 +129,16 @@ pub async fn start_with(
         billing,
         usage,
         verify,
+        webhooks,
     } = options;
+    let webhooks = match webhooks {
+        Some(w) => Some(WebhookSetup {
+            store: Arc::new(crate::notify::PgWebhookStore::new(pool.clone())),
+            sender: Arc::new(crate::notify::HttpSender::new(w.allow_private)?),
+            idle: w.idle,
+        }),
+        None => None,
+    };
     let verify = verify.map(|v| VerifySetup {
         store: Arc::new(verification::PgVerificationStore::new(pool.clone())),
         lookup: v.lookup,
@@ -156,6 +174,7 @@ pub async fn start_with(
             billing,
             usage,
             verify,
+            webhooks,
         })
         .await
         .map_err(|e| anyhow::anyhow!("could not start the engine: {e}"))?,

@@ -15,3 +15,4 @@ pub mod policies;
 pub mod services;
 pub mod storms;
 pub mod usage;
+pub mod webhooks;

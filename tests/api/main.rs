@@ -21,3 +21,4 @@ mod tenants;
 mod usage;
 mod verification;
 mod walkthrough;
+mod webhooks;

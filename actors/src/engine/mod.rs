@@ -9,6 +9,7 @@
 //!  │    └─ CustomerBillingActor  every tick: bills unbilled snapshots, finalizes invoices
 //!  ├─ UsageIngestor      pulls CDN usage analytics for those customers' services
 //!  ├─ DomainVerifier     checks the TXT ownership challenge of the domains on those shards
+//!  ├─ WebhookDispatcher  delivers those customers' webhook outbox, in order per endpoint
 //!  ├─ ProbeSupervisor     one DomainActor per domain on the shards this node owns
 //!  │    └─ DomainActor    probes primary + backup, runs the storm machine, commits decisions
 //!  └─ LeaseKeeper         heartbeats, takes its fair share of shards (advisory locks + epochs)
@@ -35,6 +36,7 @@ pub mod probe_supervisor;
 pub mod root;
 pub mod usage_ingestor;
 pub mod verifier;
+pub mod webhooks;
 pub mod zone_actor;
 
 use std::time::Duration;
@@ -46,7 +48,7 @@ use lease_keeper::LeaseMsg;
 use observation_writer::ObservationMsg;
 use ports::OwnedShards;
 use probe_supervisor::SupervisorMsg;
-pub use root::{BillingSetup, DnsSetup, RootArgs, UsageSetup, VerifySetup};
+pub use root::{BillingSetup, DnsSetup, RootArgs, UsageSetup, VerifySetup, WebhookSetup};
 use root::{RootMsg, RootSupervisor};
 
 /// A running engine on this node.
@@ -146,6 +148,12 @@ impl Engine {
     pub async fn verify_now(&self) -> Option<usize> {
         let verifier = ractor::call!(self.root, RootMsg::Verifier).ok()??;
         ractor::call!(verifier, verifier::VerifierMsg::CheckNow).ok()
+    }
+
+    /// Runs a webhook delivery pass now (`None`: this node does not send webhooks).
+    pub async fn deliver_webhooks_now(&self) -> Option<usize> {
+        let dispatcher = ractor::call!(self.root, RootMsg::Webhooks).ok()??;
+        ractor::call!(dispatcher, webhooks::DispatcherMsg::PassNow).ok()
     }
 
     /// Stops the tree cleanly: releases the shards, stops the actors, flushes.

@@ -285,3 +285,52 @@ pub trait VerificationStore: Send + Sync + 'static {
 pub trait TxtLookup: Send + Sync + 'static {
     async fn txt(&self, name: &str) -> crate::verify::Lookup;
 }
+
+/// A webhook delivery due to be sent: the endpoint and the event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub id: String,
+    pub endpoint_id: i64,
+    pub url: String,
+    pub secret: String,
+    /// `json` or `slack`.
+    pub format: String,
+    pub customer_id: i64,
+    pub event_id: String,
+    pub event_type: String,
+    pub occurred_at: DateTime<Utc>,
+    /// The event's payload (JSON text).
+    pub payload: String,
+    pub attempts: i32,
+    pub created_at: DateTime<Utc>,
+    pub next_attempt_at: DateTime<Utc>,
+}
+
+/// The outbox of webhook deliveries.
+#[async_trait::async_trait]
+pub trait WebhookStore: Send + Sync + 'static {
+    /// Pending deliveries of customers on `shards`, by endpoint and in order (at most `limit`).
+    async fn pending_deliveries(
+        &self,
+        shards: &[u16],
+        limit: i64,
+    ) -> Result<Vec<Delivery>, StoreError>;
+    /// The receiver accepted the delivery (2xx).
+    async fn delivered(&self, id: &str, status: u16, at: DateTime<Utc>) -> Result<(), StoreError>;
+    /// An attempt failed; `retry_at: None` gives up (`failed`).
+    async fn attempt_failed(
+        &self,
+        id: &str,
+        status: Option<u16>,
+        error: &str,
+        at: DateTime<Utc>,
+        retry_at: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError>;
+}
+
+/// Sends one delivery over HTTP.
+#[async_trait::async_trait]
+pub trait WebhookSender: Send + Sync + 'static {
+    /// The receiver's status for a 2xx answer; otherwise the status (if any) and why.
+    async fn send(&self, delivery: &Delivery) -> Result<u16, (Option<u16>, String)>;
+}

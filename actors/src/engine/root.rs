@@ -22,11 +22,12 @@ use super::lease_keeper::{LeaseArgs, LeaseKeeper, LeaseMsg};
 use super::observation_writer::{ObservationMsg, ObservationWriter, WriterArgs};
 use super::ports::{
     BillingStore, DnsStore, EngineStore, LeaseBackend, OwnedShards, TxtLookup, UsageStore,
-    VerificationStore,
+    VerificationStore, WebhookSender, WebhookStore,
 };
 use super::probe_supervisor::{ProbeSupervisor, SupervisorMsg};
 use super::usage_ingestor::{UsageArgs, UsageIngestor, UsageMsg};
 use super::verifier::{DomainVerifier, VerifierArgs, VerifierMsg};
+use super::webhooks::{DispatcherArgs, DispatcherMsg, WebhookDispatcher};
 use super::zone_actor::DnsCtx;
 use crate::billing::BillingSettings;
 use crate::dns::planner::BatchLimits;
@@ -51,6 +52,16 @@ pub struct RootArgs {
     pub usage: Option<UsageSetup>,
     /// Domain ownership verification; `None` checks nothing on this node.
     pub verify: Option<VerifySetup>,
+    /// Webhook deliveries; `None` sends nothing from this node.
+    pub webhooks: Option<WebhookSetup>,
+}
+
+/// What webhook delivery needs.
+pub struct WebhookSetup {
+    pub store: Arc<dyn WebhookStore>,
+    pub sender: Arc<dyn WebhookSender>,
+    /// Pause between passes when idle.
+    pub idle: std::time::Duration,
 }
 
 /// What domain verification needs.
@@ -91,6 +102,7 @@ pub struct RootState {
     pub(crate) billing: Option<ActorRef<BillingMsg>>,
     pub(crate) usage: Option<ActorRef<UsageMsg>>,
     pub(crate) verifier: Option<ActorRef<VerifierMsg>>,
+    pub(crate) webhooks: Option<ActorRef<DispatcherMsg>>,
     /// The owned shards, as the lease keeper last published them.
     shards: Arc<watch::Sender<OwnedShards>>,
 }
@@ -112,6 +124,8 @@ pub enum RootMsg {
     Usage(ractor::RpcReplyPort<Option<ActorRef<UsageMsg>>>),
     /// The domain verifier, if this node verifies domains.
     Verifier(ractor::RpcReplyPort<Option<ActorRef<VerifierMsg>>>),
+    /// The webhook dispatcher, if this node sends webhooks.
+    Webhooks(ractor::RpcReplyPort<Option<ActorRef<DispatcherMsg>>>),
 }
 
 impl RootState {
@@ -276,6 +290,28 @@ async fn spawn_verifier(
     ))
 }
 
+async fn spawn_webhooks(
+    args: &RootArgs,
+    shards: &watch::Sender<OwnedShards>,
+    root: &ActorRef<RootMsg>,
+) -> Result<Option<ActorRef<DispatcherMsg>>, ActorProcessingErr> {
+    let Some(setup) = &args.webhooks else {
+        return Ok(None);
+    };
+    let dispatcher_args = DispatcherArgs {
+        config: args.config.clone(),
+        idle: setup.idle,
+        store: setup.store.clone(),
+        sender: setup.sender.clone(),
+        shards: shards.subscribe(),
+    };
+    Ok(Some(
+        Actor::spawn_linked(None, WebhookDispatcher, dispatcher_args, root.get_cell())
+            .await?
+            .0,
+    ))
+}
+
 async fn spawn_leases(
     args: &RootArgs,
     supervisor: ActorRef<SupervisorMsg>,
@@ -313,6 +349,7 @@ impl Actor for RootSupervisor {
         let billing = spawn_billing(&args, &shards, &myself).await?;
         let usage = spawn_usage(&args, &shards, &myself).await?;
         let verifier = spawn_verifier(&args, &shards, &myself).await?;
+        let webhooks = spawn_webhooks(&args, &shards, &myself).await?;
         let supervisor = spawn_supervisor(ctx(&args, writer.clone(), dns.clone()), &myself).await?;
         let leases = spawn_leases(
             &args,
@@ -331,6 +368,7 @@ impl Actor for RootSupervisor {
             billing,
             usage,
             verifier,
+            webhooks,
             shards,
         })
     }
@@ -358,6 +396,9 @@ impl Actor for RootSupervisor {
             }
             RootMsg::Verifier(reply) => {
                 let _ = reply.send(state.verifier.clone());
+            }
+            RootMsg::Webhooks(reply) => {
+                let _ = reply.send(state.webhooks.clone());
             }
         }
         Ok(())
@@ -407,6 +448,9 @@ impl Actor for RootSupervisor {
         } else if state.verifier.as_ref().is_some_and(|v| v.get_id() == id) {
             tracing::error!(error = %err, "domain verifier failed; restarting");
             state.verifier = spawn_verifier(&state.args, &state.shards, &myself).await?;
+        } else if state.webhooks.as_ref().is_some_and(|w| w.get_id() == id) {
+            tracing::error!(error = %err, "webhook dispatcher failed; restarting");
+            state.webhooks = spawn_webhooks(&state.args, &state.shards, &myself).await?;
         }
         Ok(())
     }
@@ -423,6 +467,7 @@ impl Actor for RootSupervisor {
             state.billing.as_ref().map(|b| b.get_cell()),
             state.usage.as_ref().map(|u| u.get_cell()),
             state.verifier.as_ref().map(|v| v.get_cell()),
+            state.webhooks.as_ref().map(|w| w.get_cell()),
         ]
         .into_iter()
         .flatten()

@@ -1,0 +1,223 @@
+//! WebhookDispatcher: delivers the outbox of webhook deliveries of the customers whose shard
+//! this node owns — at least once, in order per endpoint, with exponential backoff for 24 hours,
+//! then `failed`.
+//!
+//! Each pass loads pending deliveries grouped by endpoint; every endpoint gets its own task that
+//! sends its deliveries one after another and stops at the first failure (so later events never
+//! overtake an earlier one). Endpoints proceed independently, a bounded number at a time, each
+//! request with a timeout: a slow or dead receiver delays only itself, and nothing here touches
+//! probing, storms or DNS.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::watch;
+
+use super::billing::forward_shards;
+use super::config::EngineConfig;
+use super::ports::{Delivery, OwnedShards, WebhookSender, WebhookStore};
+
+/// Endpoints being delivered to at once.
+const CONCURRENCY: usize = 64;
+/// Deliveries loaded per pass.
+const BATCH: i64 = 5000;
+/// How long a delivery is retried.
+pub const RETRY_FOR: TimeDelta = TimeDelta::hours(24);
+const BACKOFF_BASE: TimeDelta = TimeDelta::seconds(5);
+const BACKOFF_MAX: TimeDelta = TimeDelta::hours(1);
+
+/// When to retry after `attempts` failed attempts (`None`: give up, the 24 h are over).
+pub fn retry_at(
+    created_at: DateTime<Utc>,
+    attempts: i32,
+    now: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    let exp = BACKOFF_BASE * (1i32 << attempts.saturating_sub(1).clamp(0, 20));
+    let next = now + exp.min(BACKOFF_MAX);
+    (next <= created_at + RETRY_FOR).then_some(next)
+}
+
+pub struct WebhookDispatcher;
+
+pub struct DispatcherArgs {
+    pub config: EngineConfig,
+    /// Pause between passes when there was nothing to send.
+    pub idle: Duration,
+    pub store: Arc<dyn WebhookStore>,
+    pub sender: Arc<dyn WebhookSender>,
+    pub shards: watch::Receiver<OwnedShards>,
+}
+
+pub struct DispatcherState {
+    args: DispatcherArgs,
+    owned: OwnedShards,
+    forwarder: Option<tokio::task::JoinHandle<()>>,
+}
+
+pub enum DispatcherMsg {
+    Shards(OwnedShards),
+    Pass,
+    /// Runs a pass now; replies with how many deliveries succeeded (tests).
+    PassNow(RpcReplyPort<usize>),
+}
+
+impl Actor for WebhookDispatcher {
+    type Msg = DispatcherMsg;
+    type State = DispatcherState;
+    type Arguments = DispatcherArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<DispatcherMsg>,
+        args: DispatcherArgs,
+    ) -> Result<DispatcherState, ActorProcessingErr> {
+        let forwarder = Some(forward_shards(
+            args.shards.clone(),
+            myself.clone(),
+            DispatcherMsg::Shards,
+        ));
+        myself.send_after(args.idle, || DispatcherMsg::Pass);
+        Ok(DispatcherState {
+            args,
+            owned: OwnedShards::new(),
+            forwarder,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<DispatcherMsg>,
+        msg: DispatcherMsg,
+        state: &mut DispatcherState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            DispatcherMsg::Shards(owned) => state.owned = owned,
+            DispatcherMsg::Pass => {
+                let sent = state.pass().await;
+                // Busy: go again at once; idle: wait a little.
+                let pause = if sent > 0 {
+                    Duration::from_millis(10)
+                } else {
+                    state.args.idle
+                };
+                myself.send_after(pause, || DispatcherMsg::Pass);
+            }
+            DispatcherMsg::PassNow(reply) => {
+                let _ = reply.send(state.pass().await);
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<DispatcherMsg>,
+        state: &mut DispatcherState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(f) = state.forwarder.take() {
+            f.abort();
+        }
+        Ok(())
+    }
+}
+
+impl DispatcherState {
+    async fn pass(&mut self) -> usize {
+        if self.owned.is_empty() {
+            return 0;
+        }
+        let shards: Vec<u16> = self.owned.keys().copied().collect();
+        let pending = match self.args.store.pending_deliveries(&shards, BATCH).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not load webhook deliveries");
+                return 0;
+            }
+        };
+        let mut by_endpoint: BTreeMap<i64, Vec<Delivery>> = BTreeMap::new();
+        for d in pending {
+            by_endpoint.entry(d.endpoint_id).or_default().push(d);
+        }
+        let now = (self.args.config.clock)();
+        let mut queues = by_endpoint
+            .into_values()
+            // The endpoint's oldest pending delivery decides: in backoff, the whole queue waits.
+            .filter(|q| q.first().is_some_and(|d| d.next_attempt_at <= now));
+        let mut sent = 0;
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            while tasks.len() < CONCURRENCY {
+                let Some(queue) = queues.next() else { break };
+                let (store, sender, clock) = (
+                    self.args.store.clone(),
+                    self.args.sender.clone(),
+                    self.args.config.clock.clone(),
+                );
+                tasks.spawn(async move { deliver_in_order(queue, store, sender, clock).await });
+            }
+            match tasks.join_next().await {
+                Some(Ok(n)) => sent += n,
+                Some(Err(_)) => {}
+                None => return sent,
+            }
+        }
+    }
+}
+
+/// Sends an endpoint's deliveries in order, stopping at the first failure.
+async fn deliver_in_order(
+    queue: Vec<Delivery>,
+    store: Arc<dyn WebhookStore>,
+    sender: Arc<dyn WebhookSender>,
+    clock: super::config::Clock,
+) -> usize {
+    let mut sent = 0;
+    for d in queue {
+        let result = sender.send(&d).await;
+        let at = clock();
+        let recorded = match result {
+            Ok(status) => {
+                sent += 1;
+                store.delivered(&d.id, status, at).await
+            }
+            Err((status, error)) => {
+                let retry = retry_at(d.created_at, d.attempts + 1, at);
+                if retry.is_none() {
+                    tracing::warn!(webhook.endpoint = d.endpoint_id, event = %d.event_type, error = %error, "webhook delivery failed for 24 h; giving up");
+                }
+                let r = store.attempt_failed(&d.id, status, &error, at, retry).await;
+                if retry.is_some() {
+                    // Keep the order: later deliveries wait for this one.
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "could not record a webhook attempt");
+                    }
+                    return sent;
+                }
+                r
+            }
+        };
+        if let Err(e) = recorded {
+            tracing::warn!(error = %e, "could not record a webhook delivery");
+            return sent;
+        }
+    }
+    sent
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_for_a_day_then_give_up() {
+        let t0: DateTime<Utc> = "2026-11-23T00:00:00Z".parse().unwrap();
+        assert_eq!(retry_at(t0, 1, t0), Some(t0 + TimeDelta::seconds(5)));
+        assert_eq!(retry_at(t0, 3, t0), Some(t0 + TimeDelta::seconds(20)));
+        assert_eq!(retry_at(t0, 30, t0), Some(t0 + TimeDelta::hours(1)));
+        let late = t0 + TimeDelta::hours(23) + TimeDelta::minutes(30);
+        assert_eq!(retry_at(t0, 30, late), None);
+    }
+}

@@ -1,0 +1,338 @@
+//! Webhooks against a local receiver: signed deliveries, test pings, Slack format, a receiver
+//! down for a while then up (everything delivered, in order), replays, refused destinations.
+
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use poem::web::Data;
+use poem::{EndpointExt, Route, Server, handler, post};
+use serde_json::{Value, json};
+use tranche::engine::{EngineOptions, WebhookOptions};
+
+use crate::helpers::{Auth, TestApp, eventually, spawn_app, spawn_app_with};
+
+const DEV: Auth = Auth::Header(1);
+
+#[derive(Default)]
+struct Received {
+    requests: Mutex<Vec<(poem::http::HeaderMap, Vec<u8>)>>,
+    status: AtomicU16,
+}
+
+#[handler]
+async fn hook(req: &poem::Request, body: Vec<u8>, state: Data<&Arc<Received>>) -> poem::Response {
+    state
+        .requests
+        .lock()
+        .unwrap()
+        .push((req.headers().clone(), body));
+    let status = state.status.load(Ordering::SeqCst);
+    poem::Response::builder()
+        .status(poem::http::StatusCode::from_u16(status).unwrap())
+        .finish()
+}
+
+/// A local webhook receiver answering `status` (changeable) to every POST.
+async fn receiver() -> (String, Arc<Received>) {
+    let state = Arc::new(Received::default());
+    state.status.store(200, Ordering::SeqCst);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Route::new().at("/hook", post(hook)).data(state.clone());
+    let acceptor = poem::listener::TcpAcceptor::from_tokio(listener).unwrap();
+    tokio::spawn(Server::new_with_acceptor(acceptor).run(app));
+    (format!("http://{addr}/hook"), state)
+}
+
+async fn app_with_dispatcher() -> TestApp {
+    let mut app = spawn_app_with(|s| s.webhook_allow_private = true).await;
+    app.start_engine_with(EngineOptions {
+        webhooks: Some(WebhookOptions {
+            allow_private: true,
+            idle: Duration::from_secs(3600),
+        }),
+        ..EngineOptions::default()
+    })
+    .await;
+    let engine = app.engine();
+    eventually(
+        "the dispatcher owning the shards",
+        Duration::from_secs(20),
+        || async { (engine.owned_shards().await.len() == 256).then_some(()) },
+    )
+    .await;
+    app
+}
+
+fn verify_signature(secret: &str, headers: &poem::http::HeaderMap, body: &[u8]) {
+    let sig = headers["tranche-signature"].to_str().unwrap();
+    let t: i64 = sig
+        .split(',')
+        .find_map(|p| p.strip_prefix("t="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (chrono::Utc::now().timestamp() - t).abs() < 60,
+        "fresh timestamp"
+    );
+    assert_eq!(
+        sig,
+        tranche::notify::signature(secret, t, body),
+        "signature verifies"
+    );
+}
+
+/// A storm on a new domain of a new service of customer 1: its start, then (if `end`) its end.
+async fn storm(app: &TestApp, name: &str, end: bool) {
+    let service = app.create_service(&DEV, name).await;
+    let domain = app
+        .post(
+            &format!("/v1/services/{service}/domains"),
+            &DEV,
+            json!({ "name": format!("{name}.example.com") }),
+        )
+        .await
+        .expect(201)
+        .body["id"]
+        .as_i64()
+        .unwrap();
+    let id: uuid::Uuid = sqlx::query_scalar(
+        "insert into storm_events (service_id, domain_id, kind, started_at)
+         values ($1, $2, 'http_availability', now()) returning id",
+    )
+    .bind(service)
+    .bind(domain)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    if end {
+        sqlx::query("update storm_events set ended_at = now() where id = $1")
+            .bind(id)
+            .execute(&app.pool)
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn endpoints_get_signed_pings_and_slack_sentences() {
+    let app = app_with_dispatcher().await;
+    let (url, received) = receiver().await;
+    let created = app
+        .post("/v1/webhooks", &DEV, json!({ "url": url }))
+        .await
+        .expect(201)
+        .body;
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("whsec_"));
+    let id = created["id"].as_i64().unwrap();
+    let listed = app.get("/v1/webhooks", &DEV).await.expect(200).body;
+    assert!(
+        listed[0].get("secret").is_none(),
+        "secrets are shown once: {listed}"
+    );
+
+    let ping = app
+        .post(&format!("/v1/webhooks/{id}/test"), &DEV, json!({}))
+        .await
+        .expect(202)
+        .body;
+    assert_eq!(app.engine().deliver_webhooks_now().await, Some(1));
+    let (headers, body) = received.requests.lock().unwrap()[0].clone();
+    verify_signature(&secret, &headers, &body);
+    assert_eq!(headers["tranche-event"], "ping");
+    let envelope: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(envelope["id"], ping["event_id"]);
+    assert_eq!(envelope["type"], "ping");
+    assert_eq!(envelope["customer_id"], 1);
+    assert!(envelope["created_at"].is_string());
+    let log = app
+        .get(&format!("/v1/webhooks/{id}/deliveries"), &DEV)
+        .await
+        .expect(200)
+        .body;
+    assert_eq!(log[0]["status"], "delivered");
+    assert_eq!(log[0]["last_status_code"], 200);
+
+    // A Slack endpoint subscribed to storm starts gets a readable sentence, and nothing else.
+    let (slack_url, slack) = receiver().await;
+    app.post(
+        "/v1/webhooks",
+        &DEV,
+        json!({ "url": slack_url, "format": "slack", "event_types": ["storm.started"] }),
+    )
+    .await
+    .expect(201);
+    storm(&app, "shop", true).await;
+    app.engine().deliver_webhooks_now().await;
+    let texts: Vec<Value> = slack
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, b)| serde_json::from_slice(b).unwrap())
+        .collect();
+    assert_eq!(texts.len(), 1, "{texts:?}");
+    let text = texts[0]["text"].as_str().unwrap();
+    assert!(text.contains("Storm on shop.example.com"), "{text}");
+    // The JSON endpoint (all events) got the start and the end.
+    let types: Vec<String> = received
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(h, _)| h["tranche-event"].to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(types, ["ping", "storm.started", "storm.ended"]);
+}
+
+#[tokio::test]
+async fn a_receiver_down_for_a_while_gets_every_event_in_order() {
+    let app = app_with_dispatcher().await;
+    let (url, received) = receiver().await;
+    let endpoint = app
+        .post("/v1/webhooks", &DEV, json!({ "url": url }))
+        .await
+        .expect(201)
+        .body["id"]
+        .as_i64()
+        .unwrap();
+    received.status.store(503, Ordering::SeqCst);
+    for i in 0..5 {
+        storm(&app, &format!("site{i}"), true).await;
+    }
+    // Down: the first delivery fails and holds the rest back (order per endpoint).
+    assert_eq!(app.engine().deliver_webhooks_now().await, Some(0));
+    assert_eq!(received.requests.lock().unwrap().len(), 1);
+    let log = app
+        .get(
+            &format!("/v1/webhooks/{endpoint}/deliveries?limit=20"),
+            &DEV,
+        )
+        .await
+        .expect(200)
+        .body;
+    let oldest = &log.as_array().unwrap()[9];
+    assert_eq!(
+        (oldest["status"].as_str(), oldest["attempts"].as_i64()),
+        (Some("pending"), Some(1))
+    );
+    assert_eq!(oldest["last_status_code"], 503);
+    // Still in backoff: a pass now sends nothing.
+    assert_eq!(app.engine().deliver_webhooks_now().await, Some(0));
+    assert_eq!(received.requests.lock().unwrap().len(), 1);
+
+    // Up again, and the backoff over (moved to now rather than waited for).
+    received.status.store(200, Ordering::SeqCst);
+    sqlx::query("update webhook_deliveries set next_attempt_at = now() where status = 'pending'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(app.engine().deliver_webhooks_now().await, Some(10));
+    let requests = received.requests.lock().unwrap().clone();
+    let ids: Vec<String> = requests[1..]
+        .iter()
+        .map(|(h, _)| h["tranche-event-id"].to_str().unwrap().to_owned())
+        .collect();
+    let emitted: Vec<String> = sqlx::query_scalar(
+        "select e.id::text from webhook_deliveries d join events e on e.id = d.event_id
+          where d.endpoint_id = $1 order by d.seq",
+    )
+    .bind(endpoint)
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(ids, emitted, "every event, once, in emission order");
+    let kinds: Vec<&str> = requests[1..]
+        .iter()
+        .map(|(h, _)| h["tranche-event"].to_str().unwrap())
+        .collect();
+    assert_eq!(kinds.iter().filter(|k| **k == "storm.started").count(), 5);
+
+    // A manual replay delivers the same event again (receivers dedupe on the event id).
+    let first = &app
+        .get(
+            &format!("/v1/webhooks/{endpoint}/deliveries?limit=20"),
+            &DEV,
+        )
+        .await
+        .expect(200)
+        .body
+        .as_array()
+        .unwrap()[9]
+        .clone();
+    let replay = app
+        .post(
+            &format!(
+                "/v1/webhooks/{endpoint}/deliveries/{}/replay",
+                first["id"].as_str().unwrap()
+            ),
+            &DEV,
+            json!({}),
+        )
+        .await
+        .expect(202)
+        .body;
+    assert_eq!(replay["event_id"], first["event_id"]);
+    assert_eq!(app.engine().deliver_webhooks_now().await, Some(1));
+    let last = received.requests.lock().unwrap().last().unwrap().0.clone();
+    assert_eq!(
+        last["tranche-event-id"].to_str().unwrap(),
+        first["event_id"].as_str().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn private_destinations_and_unknown_events_are_refused() {
+    let app = spawn_app().await;
+    for url in [
+        "http://127.0.0.1:9/hook",
+        "http://localhost/x",
+        "http://[::1]/x",
+        "http://10.0.0.8/x",
+    ] {
+        app.post("/v1/webhooks", &DEV, json!({ "url": url }))
+            .await
+            .expect_error(422, "validation_failed", Some("url"));
+    }
+    app.post(
+        "/v1/webhooks",
+        &DEV,
+        json!({ "url": "ftp://example.com/x" }),
+    )
+    .await
+    .expect_error(422, "validation_failed", Some("url"));
+    app.post(
+        "/v1/webhooks",
+        &DEV,
+        json!({ "url": "https://example.com/x", "event_types": ["storm.exploded"] }),
+    )
+    .await
+    .expect_error(422, "validation_failed", Some("event_types[0]"));
+    app.post(
+        "/v1/webhooks",
+        &DEV,
+        json!({ "url": "https://example.com/x", "secret": "short" }),
+    )
+    .await
+    .expect_error(422, "validation_failed", Some("secret"));
+    app.post("/v1/webhooks", &DEV, json!({}))
+        .await
+        .expect_error(422, "validation_failed", Some("url"));
+    let ok = app
+        .post(
+            "/v1/webhooks",
+            &DEV,
+            json!({ "url": "https://hooks.example.com/x", "format": "slack" }),
+        )
+        .await
+        .expect(201)
+        .body;
+    // Another customer sees nothing of it.
+    let (_, key) = app.create_customer("other").await;
+    app.get(&format!("/v1/webhooks/{}", ok["id"]), &Auth::Key(key))
+        .await
+        .expect_error(404, "not_found", None);
+}
