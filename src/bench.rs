@@ -10,7 +10,8 @@
 //! * `takeover`  — time from killing a node to all its domains probed again by the survivor;
 //! * `dns`       — a mass storm applied through Route53 (moto_server);
 //! * `billing`   — one invoice run over N snapshots of M customers ([`billing`]);
-//! * `ingest`    — ingestion of one Cloudflare analytics page from the local fake ([`billing`]).
+//! * `ingest`    — ingestion of one Cloudflare analytics page from the local fake ([`billing`]);
+//! * `webhooks`  — webhook fan-out of a mass storm to a local receiver ([`billing`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +45,13 @@ pub enum BenchCommand {
         /// Percentage of services with storms (and a coverage policy).
         #[arg(long, default_value_t = 10)]
         storm_percent: usize,
+    },
+    /// Webhook fan-out: N domains of M customers enter storm at once.
+    Webhooks {
+        #[arg(long, default_value_t = 1_000)]
+        customers: usize,
+        #[arg(long, default_value_t = 10_000)]
+        domains: usize,
     },
     /// Ingestion of one Cloudflare analytics page of N rows from the local fake.
     Ingest {
@@ -135,6 +143,9 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             storm_percent,
         } => billing::billing(&env, customers, snapshots, storm_percent).await,
         BenchCommand::Ingest { rows } => billing::ingest(&env, rows).await,
+        BenchCommand::Webhooks { customers, domains } => {
+            billing::webhooks(&env, customers, domains).await
+        }
     };
     env.stop().await;
     result

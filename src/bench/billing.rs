@@ -284,3 +284,116 @@ pub async fn ingest(env: &Env, rows: usize) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Webhook fan-out: `domains` storms starting at once for `customers` customers (one endpoint
+/// each, all on one local receiver), timed until every `storm.started` is delivered.
+pub async fn webhooks(env: &Env, customers: usize, domains: usize) -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    let pool = &env.pool;
+    // The receiver on the edges' runtime (its CPU is not Tranche's).
+    let received = Arc::new(AtomicU64::new(0));
+    let counter = received.clone();
+    let receiver_addr = env
+        .edge_runtime
+        .spawn(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let addr = listener.local_addr()?;
+            let app = poem::Route::new().at(
+                "/hook",
+                poem::post(poem::endpoint::make(move |_req| {
+                    let counter = counter.clone();
+                    async move {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        "ok"
+                    }
+                })),
+            );
+            let acceptor = poem::listener::TcpAcceptor::from_tokio(listener)?;
+            tokio::spawn(poem::Server::new_with_acceptor(acceptor).run(app));
+            anyhow::Ok(addr)
+        })
+        .await??;
+    let url = format!("http://{receiver_addr}/hook");
+    let ids: Vec<i64> = sqlx::query_scalar(
+        "insert into customers (name) select 'hooks-' || i from generate_series(1, $1) i returning id",
+    )
+    .bind(customers as i32)
+    .fetch_all(pool)
+    .await?;
+    sqlx::query(
+        "insert into webhook_endpoints (customer_id, url, secret, event_types)
+         select c, $2, 'bench-secret-0123456789', '{storm.started}' from unnest($1::int8[]) c",
+    )
+    .bind(&ids)
+    .bind(&url)
+    .execute(pool)
+    .await?;
+    sqlx::query(
+        "insert into services (customer_id, name, primary_cdn, backup_cdn)
+         select c, 'site', 'cloudflare', 'fastly' from unnest($1::int8[]) c",
+    )
+    .bind(&ids)
+    .execute(pool)
+    .await?;
+    let per_customer = (domains / customers).max(1) as i32;
+    sqlx::query(
+        "insert into service_domains (service_id, hostname, dns_zone, shard, verification_token)
+         select s.id, 'd' || i || '-' || s.id || '.hooks.test', 'hooks.test', 0, 'bench'
+           from services s, generate_series(1, $2) i where s.customer_id = any($1)",
+    )
+    .bind(&ids)
+    .bind(per_customer)
+    .execute(pool)
+    .await?;
+    let node = start_node(
+        env,
+        EngineOptions {
+            webhooks: Some(crate::engine::WebhookOptions {
+                allow_private: true,
+                idle: Duration::from_millis(100),
+            }),
+            ..EngineOptions::default()
+        },
+    )
+    .await?;
+    let waited = Instant::now();
+    while node.engine.owned_shards().await.len() < usize::from(tranche_actors::domain::SHARDS) {
+        if waited.elapsed() > Duration::from_secs(60) {
+            anyhow::bail!("shards not acquired");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The mass storm: every domain's storm opens in one transaction.
+    let started = Instant::now();
+    let storms = sqlx::query(
+        "insert into storm_events (service_id, domain_id, kind, started_at)
+         select d.service_id, d.id, 'http_availability', now()
+           from service_domains d join services s on s.id = d.service_id
+          where s.customer_id = any($1)",
+    )
+    .bind(&ids)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    let committed = started.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while received.load(Ordering::Relaxed) < storms {
+        if Instant::now() > deadline {
+            anyhow::bail!(
+                "only {} of {storms} deliveries after 300 s",
+                received.load(Ordering::Relaxed)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let all = started.elapsed();
+    println!(
+        "{storms} storm.started events for {customers} customers: committed (with their outbox rows) in {:.2} s, all delivered {:.2} s after the storms began, {:.0} deliveries/s",
+        committed.as_secs_f64(),
+        all.as_secs_f64(),
+        storms as f64 / (all - committed).as_secs_f64()
+    );
+    node.shutdown().await;
+    Ok(())
+}
