@@ -10,6 +10,8 @@
 //! * `dns.change_applied`, `dns.change_failed` — `change_id, zone, provider, changes, error`
 //! * `invoice.created` — `invoice_id, period_start, period_end, status`
 //! * `domain.verified`, `domain.verification_failed` — `service_id, domain_id, domain, error`
+//! * `certificate.expiring` — `service_id, domain_id, domain, cdn, expires_at, days_left` (once per
+//!   certificate, when a CDN serves one expiring within 14 days)
 //! * `ping` — `endpoint_id` (sent by `POST /v1/webhooks/{id}/test`)
 
 use std::net::IpAddr;

@@ -114,6 +114,15 @@ pub fn slack_text(d: &Delivery) -> String {
         "domain.verification_failed" => {
             format!(":x: {} could not be verified: {}.", s("domain"), s("error"))
         }
+        "certificate.expiring" => format!(
+            ":hourglass: The {} CDN serves {} a certificate that expires {} ({} days).",
+            s("cdn"),
+            s("domain"),
+            s("expires_at"),
+            data.get("days_left")
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "?".into())
+        ),
         "ping" => ":wave: Tranche webhook test: this endpoint receives notifications.".to_owned(),
         other => format!("Tranche event {other}."),
     }

@@ -336,3 +336,52 @@ async fn private_destinations_and_unknown_events_are_refused() {
         .await
         .expect_error(404, "not_found", None);
 }
+
+#[tokio::test]
+async fn an_expiring_certificate_is_announced_once() {
+    let app = app_with_dispatcher().await;
+    let (url, received) = receiver().await;
+    app.post(
+        "/v1/webhooks",
+        &DEV,
+        json!({ "url": url, "event_types": ["certificate.expiring"] }),
+    )
+    .await
+    .expect(201);
+    let service = app.create_service(&DEV, "shop").await;
+    let domain = app
+        .post(
+            &format!("/v1/services/{service}/domains"),
+            &DEV,
+            json!({ "name": "shop.example.com" }),
+        )
+        .await
+        .expect(201)
+        .body["id"]
+        .as_i64()
+        .unwrap();
+    // What the observation writer records after probes: the primary's certificate expires in
+    // 3 days, the backup's in 90; written twice (two flushes).
+    for _ in 0..2 {
+        sqlx::query(
+            "insert into domain_observations (domain_id, node_id, observed_at, primary_last, backup_last)
+             values ($1, 'n', now(),
+                     jsonb_build_object('cert_expires_at', now() + interval '3 days'),
+                     jsonb_build_object('cert_expires_at', now() + interval '90 days'))
+             on conflict (domain_id) do update set observed_at = now(),
+                     primary_last = domain_observations.primary_last,
+                     backup_last = domain_observations.backup_last",
+        )
+        .bind(domain)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    }
+    assert_eq!(app.engine().deliver_webhooks_now().await, Some(1));
+    let (headers, body) = received.requests.lock().unwrap()[0].clone();
+    assert_eq!(headers["tranche-event"], "certificate.expiring");
+    let data = &serde_json::from_slice::<Value>(&body).unwrap()["data"];
+    assert_eq!(data["domain"], "shop.example.com");
+    assert_eq!(data["cdn"], "primary");
+    assert_eq!(data["days_left"], 3);
+}
