@@ -248,3 +248,24 @@ async fn operators_list_suspend_reactivate_and_delete_customers() {
         .unwrap();
     assert_eq!(left, 0);
 }
+
+#[tokio::test]
+async fn a_failure_mid_provisioning_leaves_nothing_behind() {
+    let app = crate::helpers::spawn_app().await;
+    let before: i64 = sqlx::query_scalar("select count(*) from customers")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    // The customer row is written, then the key insert fails (its name breaks a constraint):
+    // the transaction takes the customer with it.
+    let failed =
+        tranche::store::customers::create_with_key(&app.pool, "half-made", &"k".repeat(300)).await;
+    assert!(failed.is_err());
+    let (customers, keys): (i64, i64) =
+        sqlx::query_as("select (select count(*) from customers), (select count(*) from api_keys)")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(customers, before, "no customer without its key");
+    assert_eq!(keys, 0);
+}
