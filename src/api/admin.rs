@@ -78,6 +78,23 @@ pub struct CreatedApiKey {
     pub created_at: DateTime<Utc>,
 }
 
+impl CreatedApiKey {
+    /// A stored key with the secret generated for it (shown this once).
+    pub fn of(
+        key: crate::store::api_keys::KeyRow,
+        generated: crate::store::api_keys::GeneratedKey,
+    ) -> Self {
+        Self {
+            id: key.id,
+            name: key.name,
+            prefix: key.prefix,
+            scopes: key.scopes,
+            secret: generated.secret,
+            created_at: key.created_at,
+        }
+    }
+}
+
 /// Body of `POST /v1/admin/customers`.
 #[derive(Debug, Object, Deserialize)]
 #[oai(deny_unknown_fields)]
@@ -130,14 +147,7 @@ impl AdminApi {
         tracing::info!(customer.id = customer.id, api_key.prefix = %key.prefix, "customer provisioned");
         Ok(CreatedCustomer::Created(Json(ProvisionedCustomer {
             customer: customer.into(),
-            api_key: CreatedApiKey {
-                id: key.id,
-                name: key.name,
-                prefix: key.prefix,
-                scopes: key.scopes,
-                secret: generated.secret,
-                created_at: key.created_at,
-            },
+            api_key: CreatedApiKey::of(key, generated),
         })))
     }
 

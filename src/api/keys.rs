@@ -141,14 +141,7 @@ impl KeysApi {
         let (key, generated) =
             api_keys::create(&ctx.pool, tenant.customer_id, name, &scopes).await?;
         tracing::info!(customer.id = tenant.customer_id, api_key.prefix = %key.prefix, "API key created");
-        Ok(CreatedKey::Created(Json(CreatedApiKey {
-            id: key.id,
-            name: key.name,
-            prefix: key.prefix,
-            scopes: key.scopes,
-            secret: generated.secret,
-            created_at: key.created_at,
-        })))
+        Ok(CreatedKey::Created(Json(CreatedApiKey::of(key, generated))))
     }
 
     /// Revoke an API key: from the next request on, on every node, it answers 401.
