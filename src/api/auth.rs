@@ -1,6 +1,8 @@
 //! Who is calling: API keys, dev-mode customer headers, the admin token.
 //!
-//! [`Tenant`] is the extractor every customer operation takes. It runs one decision procedure
+//! [`Scoped`] (a [`Tenant`] with a required scope) is the extractor every customer operation
+//! takes; the scope also appears in the operation's security requirement in the OpenAPI
+//! document. It runs one decision procedure
 //! (below) and is declared in the OpenAPI document as the `ApiKey` bearer scheme or, in dev mode,
 //! the `DevCustomerHeader` / `DevCustomerQuery` schemes:
 //!
@@ -36,12 +38,75 @@ pub const CUSTOMER_HEADER: &str = "X-Customer-ID";
 /// Query parameter alternative to [`CUSTOMER_HEADER`].
 pub const CUSTOMER_QUERY: &str = "customer_id";
 
-/// What a key may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a key may do. Every customer operation declares the scope it needs in the OpenAPI
+/// document (the `ApiKey` security requirement) and enforces it in its extractor
+/// ([`Scoped`]), before the request body is even read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, poem_openapi::OAuthScopes)]
+#[oai(rename_all = "lowercase")]
 pub enum Scope {
+    /// Read your resources.
     Read,
+    /// Create, change and delete them.
     Write,
+    /// Manage your API keys.
     Admin,
+}
+
+/// Type-level scopes for [`Scoped`].
+pub mod needs {
+    use super::Scope;
+
+    pub trait Needs: Send + Sync + 'static {
+        const SCOPE: Scope;
+    }
+    pub struct Read;
+    pub struct Write;
+    pub struct Admin;
+    impl Needs for Read {
+        const SCOPE: Scope = Scope::Read;
+    }
+    impl Needs for Write {
+        const SCOPE: Scope = Scope::Write;
+    }
+    impl Needs for Admin {
+        const SCOPE: Scope = Scope::Admin;
+    }
+}
+
+/// An authenticated customer whose credentials carry scope `N` (else 403, before the handler
+/// or its body parser runs). Dereferences to [`Tenant`].
+pub struct Scoped<N: needs::Needs>(Tenant, std::marker::PhantomData<N>);
+
+impl<N: needs::Needs> std::ops::Deref for Scoped<N> {
+    type Target = Tenant;
+
+    fn deref(&self) -> &Tenant {
+        &self.0
+    }
+}
+
+impl<'a, N: needs::Needs> ApiExtractor<'a> for Scoped<N> {
+    const TYPES: &'static [ApiExtractorType] = &[ApiExtractorType::SecurityScheme];
+    type ParamType = ();
+    type ParamRawType = ();
+
+    fn register(registry: &mut Registry) {
+        <Tenant as ApiExtractor>::register(registry);
+    }
+
+    fn security_schemes() -> Vec<&'static str> {
+        <Tenant as ApiExtractor>::security_schemes()
+    }
+
+    async fn from_request(
+        req: &'a Request,
+        _body: &mut poem::RequestBody,
+        _param_opts: ExtractParamOptions<Self::ParamType>,
+    ) -> poem::Result<Self> {
+        let tenant = authenticate(req).await?;
+        tenant.require(N::SCOPE)?;
+        Ok(Scoped(tenant, std::marker::PhantomData))
+    }
 }
 
 impl Scope {

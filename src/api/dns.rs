@@ -9,7 +9,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
 use uuid::Uuid;
 
-use super::auth::{Scope, Tenant};
+use super::auth::{Scope, Scoped, Tenant, needs};
 use super::engine::DnsWeights;
 use super::error::{ApiError, ApiResult};
 use super::json::JsonBody;
@@ -176,11 +176,10 @@ impl DnsApi {
     )]
     async fn service(
         &self,
-        tenant: Tenant,
+        #[oai(scope = "Scope::Read")] tenant: Scoped<needs::Read>,
         ctx: Data<&Arc<ApiContext>>,
         id: Path<i64>,
     ) -> ApiResult<Json<ServiceDns>> {
-        tenant.require(Scope::Read)?;
         let rows = dns::service_dns(&ctx.pool, tenant.customer_id, id.0)
             .await?
             .ok_or_else(|| service_not_found(id.0))?;
@@ -199,13 +198,12 @@ impl DnsApi {
     )]
     async fn pin(
         &self,
-        tenant: Tenant,
+        #[oai(scope = "Scope::Write")] tenant: Scoped<needs::Write>,
         ctx: Data<&Arc<ApiContext>>,
         id: Path<i64>,
         domain_id: Path<i64>,
         body: JsonBody<PinRequest>,
     ) -> ApiResult<Json<DnsPin>> {
-        tenant.require(Scope::Write)?;
         let body = body.0;
         if !(0..=100).contains(&body.primary_weight) {
             return Err(ApiError::invalid(
@@ -257,12 +255,11 @@ impl DnsApi {
     )]
     async fn release(
         &self,
-        tenant: Tenant,
+        #[oai(scope = "Scope::Write")] tenant: Scoped<needs::Write>,
         ctx: Data<&Arc<ApiContext>>,
         id: Path<i64>,
         domain_id: Path<i64>,
     ) -> ApiResult<Released> {
-        tenant.require(Scope::Write)?;
         if dns::release(
             &ctx.pool,
             tenant.customer_id,
@@ -290,7 +287,7 @@ impl DnsApi {
     )]
     async fn changes(
         &self,
-        tenant: Tenant,
+        #[oai(scope = "Scope::Read")] tenant: Scoped<needs::Read>,
         ctx: Data<&Arc<ApiContext>>,
         /// Only changes to this service's domains.
         service_id: Query<Option<i64>>,
@@ -305,7 +302,6 @@ impl DnsApi {
         /// At most this many (1–1000, default 100).
         limit: Query<Option<i64>>,
     ) -> ApiResult<Json<Vec<DnsChange>>> {
-        tenant.require(Scope::Read)?;
         let limit = super::page_limit(limit.0)?;
         if let Some(s) = status.0.as_deref()
             && !STATUSES.contains(&s)

@@ -13,7 +13,7 @@ use tranche_actors::domain::{
     ExpectedStatuses, Hostname, ProbePath, ProbeScheme, ProbeTarget, default_zone, shard_of,
 };
 
-use super::auth::{Scope, Tenant};
+use super::auth::{Scope, Scoped, needs};
 use super::error::{ApiError, ApiResult};
 use super::json::JsonBody;
 use super::services::{Deleted, service_not_found};
@@ -146,11 +146,10 @@ impl DomainsApi {
     )]
     async fn list(
         &self,
-        tenant: Tenant,
+        #[oai(scope = "Scope::Read")] tenant: Scoped<needs::Read>,
         ctx: Data<&Arc<ApiContext>>,
         id: Path<i64>,
     ) -> ApiResult<Json<Vec<Domain>>> {
-        tenant.require(Scope::Read)?;
         let rows = domains::list(&ctx.pool, tenant.customer_id, id.0).await?;
         if rows.is_empty()
             && !crate::store::services::exists(&ctx.pool, tenant.customer_id, id.0).await?
@@ -169,12 +168,11 @@ impl DomainsApi {
     )]
     async fn create(
         &self,
-        tenant: Tenant,
+        #[oai(scope = "Scope::Write")] tenant: Scoped<needs::Write>,
         ctx: Data<&Arc<ApiContext>>,
         id: Path<i64>,
         body: JsonBody<CreateDomain>,
     ) -> ApiResult<CreatedDomain> {
-        tenant.require(Scope::Write)?;
         let body = body.0;
         let hostname = Hostname::parse(&body.name).map_err(ApiError::field("name"))?;
         let target = |field: &'static str, value: Option<String>| {
@@ -251,12 +249,11 @@ impl DomainsApi {
     )]
     async fn delete(
         &self,
-        tenant: Tenant,
+        #[oai(scope = "Scope::Write")] tenant: Scoped<needs::Write>,
         ctx: Data<&Arc<ApiContext>>,
         id: Path<i64>,
         domain_id: Path<i64>,
     ) -> ApiResult<Deleted> {
-        tenant.require(Scope::Write)?;
         if domains::soft_delete(&ctx.pool, tenant.customer_id, id.0, domain_id.0).await? {
             Ok(Deleted::NoContent)
         } else {
@@ -277,12 +274,11 @@ impl DomainsApi {
     )]
     async fn verify(
         &self,
-        tenant: Tenant,
+        #[oai(scope = "Scope::Write")] tenant: Scoped<needs::Write>,
         ctx: Data<&Arc<ApiContext>>,
         id: Path<i64>,
         domain_id: Path<i64>,
     ) -> ApiResult<Json<Domain>> {
-        tenant.require(Scope::Write)?;
         let not_found = || {
             ApiError::not_found(format!(
                 "domain {} of service {} not found",

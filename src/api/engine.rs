@@ -11,7 +11,7 @@ use serde::Deserialize;
 use tranche_actors::domain::SHARDS;
 use uuid::Uuid;
 
-use super::auth::{Admin, Scope, Tenant};
+use super::auth::{Admin, Scope, Scoped, needs};
 use super::error::{ApiError, ApiResult};
 use super::services::service_not_found;
 use super::{ApiContext, ApiTags};
@@ -179,11 +179,10 @@ impl EngineApi {
     )]
     async fn state(
         &self,
-        tenant: Tenant,
+        #[oai(scope = "Scope::Read")] tenant: Scoped<needs::Read>,
         ctx: Data<&Arc<ApiContext>>,
         id: Path<i64>,
     ) -> ApiResult<Json<ServiceState>> {
-        tenant.require(Scope::Read)?;
         let rows = storms::service_state(&ctx.pool, tenant.customer_id, id.0)
             .await?
             .ok_or_else(|| service_not_found(id.0))?;
@@ -203,7 +202,7 @@ impl EngineApi {
     )]
     async fn list(
         &self,
-        tenant: Tenant,
+        #[oai(scope = "Scope::Read")] tenant: Scoped<needs::Read>,
         ctx: Data<&Arc<ApiContext>>,
         /// Only this service's storms.
         service_id: Query<Option<i64>>,
@@ -216,7 +215,6 @@ impl EngineApi {
         /// At most this many (1–1000, default 100).
         limit: Query<Option<i64>>,
     ) -> ApiResult<Json<Vec<Storm>>> {
-        tenant.require(Scope::Read)?;
         let limit = super::page_limit(limit.0)?;
         if let (Some(s), Some(u)) = (since.0, until.0)
             && s > u
@@ -246,11 +244,10 @@ impl EngineApi {
     )]
     async fn get(
         &self,
-        tenant: Tenant,
+        #[oai(scope = "Scope::Read")] tenant: Scoped<needs::Read>,
         ctx: Data<&Arc<ApiContext>>,
         id: Path<Uuid>,
     ) -> ApiResult<Json<Storm>> {
-        tenant.require(Scope::Read)?;
         storms::get(&ctx.pool, tenant.customer_id, id.0)
             .await?
             .map(|r| Json(r.into()))

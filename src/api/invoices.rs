@@ -12,7 +12,7 @@ use poem_openapi::{Object, OpenApi};
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
-use super::auth::{Scope, Tenant};
+use super::auth::{Scope, Scoped, needs};
 use super::error::{ApiError, ApiResult};
 use super::{ApiContext, ApiTags};
 use crate::store::invoices::{
@@ -207,7 +207,7 @@ impl InvoicesApi {
     #[oai(path = "/v1/invoices", method = "get", operation_id = "list_invoices")]
     async fn list(
         &self,
-        tenant: Tenant,
+        #[oai(scope = "Scope::Read")] tenant: Scoped<needs::Read>,
         ctx: Data<&Arc<ApiContext>>,
         /// `draft` or `finalized`.
         status: Query<Option<String>>,
@@ -216,7 +216,6 @@ impl InvoicesApi {
         /// At most this many (1–1000, default 100).
         limit: Query<Option<i64>>,
     ) -> ApiResult<Json<Vec<Invoice>>> {
-        tenant.require(Scope::Read)?;
         if let Some(s) = status.0.as_deref()
             && s != "draft"
             && s != "finalized"
@@ -243,11 +242,10 @@ impl InvoicesApi {
     )]
     async fn get(
         &self,
-        tenant: Tenant,
+        #[oai(scope = "Scope::Read")] tenant: Scoped<needs::Read>,
         ctx: Data<&Arc<ApiContext>>,
         id: Path<Uuid>,
     ) -> ApiResult<Json<InvoiceDetail>> {
-        tenant.require(Scope::Read)?;
         let invoice = invoices::get(&ctx.pool, tenant.customer_id, id.0)
             .await?
             .ok_or_else(|| ApiError::not_found(format!("invoice {} not found", id.0)))?;
@@ -268,12 +266,11 @@ impl InvoicesApi {
     )]
     async fn runs(
         &self,
-        tenant: Tenant,
+        #[oai(scope = "Scope::Read")] tenant: Scoped<needs::Read>,
         ctx: Data<&Arc<ApiContext>>,
         /// At most this many (1–1000, default 100).
         limit: Query<Option<i64>>,
     ) -> ApiResult<Json<Vec<BillingRun>>> {
-        tenant.require(Scope::Read)?;
         let limit = super::page_limit(limit.0)?;
         let rows = invoices::runs(&ctx.pool, tenant.customer_id, limit).await?;
         Ok(Json(rows.into_iter().map(BillingRun::from).collect()))

@@ -11,7 +11,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde::Deserialize;
 
 use super::admin::CreatedApiKey;
-use super::auth::{Scope, Tenant};
+use super::auth::{Scope, Scoped, needs};
 use super::error::{ApiError, ApiResult};
 use super::json::JsonBody;
 use super::{ApiContext, ApiTags};
@@ -81,10 +81,9 @@ impl KeysApi {
     #[oai(path = "/v1/api-keys", method = "get", operation_id = "list_api_keys")]
     async fn list(
         &self,
-        tenant: Tenant,
+        #[oai(scope = "Scope::Admin")] tenant: Scoped<needs::Admin>,
         ctx: Data<&Arc<ApiContext>>,
     ) -> ApiResult<Json<Vec<ApiKeyInfo>>> {
-        tenant.require(Scope::Admin)?;
         let rows = api_keys::list(&ctx.pool, tenant.customer_id).await?;
         Ok(Json(rows.into_iter().map(ApiKeyInfo::from).collect()))
     }
@@ -98,11 +97,10 @@ impl KeysApi {
     )]
     async fn create(
         &self,
-        tenant: Tenant,
+        #[oai(scope = "Scope::Admin")] tenant: Scoped<needs::Admin>,
         ctx: Data<&Arc<ApiContext>>,
         body: JsonBody<CreateApiKey>,
     ) -> ApiResult<CreatedKey> {
-        tenant.require(Scope::Admin)?;
         let body = body.0;
         let name = body.name.trim();
         if name.is_empty() || name.chars().count() > 200 {
@@ -152,11 +150,10 @@ impl KeysApi {
     )]
     async fn revoke(
         &self,
-        tenant: Tenant,
+        #[oai(scope = "Scope::Admin")] tenant: Scoped<needs::Admin>,
         ctx: Data<&Arc<ApiContext>>,
         id: Path<i64>,
     ) -> ApiResult<Revoked> {
-        tenant.require(Scope::Admin)?;
         let row = api_keys::revoke(&ctx.pool, tenant.customer_id, id.0)
             .await?
             .ok_or_else(|| ApiError::not_found(format!("API key {} not found", id.0)))?;

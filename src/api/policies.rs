@@ -10,7 +10,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde::Deserialize;
 use tranche_actors::domain::{PolicyError, PolicyKind, PolicyParams, PolicyPatch};
 
-use super::auth::{Scope, Tenant};
+use super::auth::{Scope, Scoped, needs};
 use super::error::{ApiError, ApiResult, ErrorBody};
 use super::json::JsonBody;
 use super::services::{Deleted, service_not_found};
@@ -141,11 +141,10 @@ impl PoliciesApi {
     )]
     async fn list(
         &self,
-        tenant: Tenant,
+        #[oai(scope = "Scope::Read")] tenant: Scoped<needs::Read>,
         ctx: Data<&Arc<ApiContext>>,
         id: Path<i64>,
     ) -> ApiResult<Json<Vec<StormPolicy>>> {
-        tenant.require(Scope::Read)?;
         let rows = policies::list(&ctx.pool, tenant.customer_id, id.0).await?;
         if rows.is_empty()
             && !crate::store::services::exists(&ctx.pool, tenant.customer_id, id.0).await?
@@ -163,12 +162,11 @@ impl PoliciesApi {
     )]
     async fn create(
         &self,
-        tenant: Tenant,
+        #[oai(scope = "Scope::Write")] tenant: Scoped<needs::Write>,
         ctx: Data<&Arc<ApiContext>>,
         id: Path<i64>,
         body: JsonBody<CreateStormPolicy>,
     ) -> ApiResult<CreatedPolicy> {
-        tenant.require(Scope::Write)?;
         let body = body.0;
         let kind = match body.kind.as_deref() {
             None => PolicyKind::HttpAvailability,
@@ -200,13 +198,12 @@ impl PoliciesApi {
     )]
     async fn update(
         &self,
-        tenant: Tenant,
+        #[oai(scope = "Scope::Write")] tenant: Scoped<needs::Write>,
         ctx: Data<&Arc<ApiContext>>,
         id: Path<i64>,
         policy_id: Path<i64>,
         body: JsonBody<UpdateStormPolicy>,
     ) -> ApiResult<Json<StormPolicy>> {
-        tenant.require(Scope::Write)?;
         let patch = body.0.into_patch()?;
         if patch.is_empty() {
             return Err(ApiError::Unprocessable(Json(ErrorBody {
@@ -233,12 +230,11 @@ impl PoliciesApi {
     )]
     async fn delete(
         &self,
-        tenant: Tenant,
+        #[oai(scope = "Scope::Write")] tenant: Scoped<needs::Write>,
         ctx: Data<&Arc<ApiContext>>,
         id: Path<i64>,
         policy_id: Path<i64>,
     ) -> ApiResult<Deleted> {
-        tenant.require(Scope::Write)?;
         if policies::delete(&ctx.pool, tenant.customer_id, id.0, policy_id.0).await? {
             Ok(Deleted::NoContent)
         } else {

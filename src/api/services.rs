@@ -10,7 +10,7 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde::Deserialize;
 use tranche_actors::domain::{CdnName, ServiceName};
 
-use super::auth::{Scope, Tenant};
+use super::auth::{Scope, Scoped, needs};
 use super::domains::Domain;
 use super::error::{ApiError, ApiResult};
 use super::json::JsonBody;
@@ -109,10 +109,9 @@ impl ServicesApi {
     #[oai(path = "/v1/services", method = "get", operation_id = "list_services")]
     async fn list(
         &self,
-        tenant: Tenant,
+        #[oai(scope = "Scope::Read")] tenant: Scoped<needs::Read>,
         ctx: Data<&Arc<ApiContext>>,
     ) -> ApiResult<Json<Vec<Service>>> {
-        tenant.require(Scope::Read)?;
         let rows = services::list(&ctx.pool, tenant.customer_id).await?;
         Ok(Json(rows.into_iter().map(Service::from).collect()))
     }
@@ -125,11 +124,10 @@ impl ServicesApi {
     )]
     async fn create(
         &self,
-        tenant: Tenant,
+        #[oai(scope = "Scope::Write")] tenant: Scoped<needs::Write>,
         ctx: Data<&Arc<ApiContext>>,
         body: JsonBody<CreateService>,
     ) -> ApiResult<CreatedService> {
-        tenant.require(Scope::Write)?;
         let body = body.0;
         let name = ServiceName::parse(&body.name).map_err(ApiError::field("name"))?;
         let primary = CdnName::parse(&body.primary_cdn).map_err(ApiError::field("primary_cdn"))?;
@@ -165,11 +163,10 @@ impl ServicesApi {
     )]
     async fn get(
         &self,
-        tenant: Tenant,
+        #[oai(scope = "Scope::Read")] tenant: Scoped<needs::Read>,
         ctx: Data<&Arc<ApiContext>>,
         id: Path<i64>,
     ) -> ApiResult<Json<ServiceDetail>> {
-        tenant.require(Scope::Read)?;
         let detail = services::get_detail(&ctx.pool, tenant.customer_id, id.0)
             .await?
             .ok_or_else(|| service_not_found(id.0))?;
@@ -193,12 +190,11 @@ impl ServicesApi {
     )]
     async fn update(
         &self,
-        tenant: Tenant,
+        #[oai(scope = "Scope::Write")] tenant: Scoped<needs::Write>,
         ctx: Data<&Arc<ApiContext>>,
         id: Path<i64>,
         body: JsonBody<UpdateService>,
     ) -> ApiResult<Json<Service>> {
-        tenant.require(Scope::Write)?;
         let body = body.0;
         if body.name.is_none() && body.primary_cdn.is_none() && body.backup_cdn.is_none() {
             return Err(ApiError::Unprocessable(poem_openapi::payload::Json(
@@ -248,11 +244,10 @@ impl ServicesApi {
     )]
     async fn delete(
         &self,
-        tenant: Tenant,
+        #[oai(scope = "Scope::Write")] tenant: Scoped<needs::Write>,
         ctx: Data<&Arc<ApiContext>>,
         id: Path<i64>,
     ) -> ApiResult<Deleted> {
-        tenant.require(Scope::Write)?;
         if services::soft_delete(&ctx.pool, tenant.customer_id, id.0).await? {
             tracing::info!(
                 customer.id = tenant.customer_id,

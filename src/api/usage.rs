@@ -13,7 +13,7 @@ use serde::Deserialize;
 use tranche_actors::engine::ports::UsageReport;
 use uuid::Uuid;
 
-use super::auth::{Scope, Tenant};
+use super::auth::{Scope, Scoped, needs};
 use super::error::{ApiError, ApiResult};
 use super::json::JsonBody;
 use super::services::service_not_found;
@@ -210,12 +210,11 @@ impl UsageApi {
     )]
     async fn record(
         &self,
-        tenant: Tenant,
+        #[oai(scope = "Scope::Write")] tenant: Scoped<needs::Write>,
         ctx: Data<&Arc<ApiContext>>,
         id: Path<i64>,
         body: JsonBody<RecordSnapshots>,
     ) -> ApiResult<Json<RecordedSnapshots>> {
-        tenant.require(Scope::Write)?;
         if !crate::store::services::exists(&ctx.pool, tenant.customer_id, id.0).await? {
             return Err(service_not_found(id.0));
         }
@@ -241,7 +240,7 @@ impl UsageApi {
     )]
     async fn list(
         &self,
-        tenant: Tenant,
+        #[oai(scope = "Scope::Read")] tenant: Scoped<needs::Read>,
         ctx: Data<&Arc<ApiContext>>,
         id: Path<i64>,
         /// Windows starting at or after this time (RFC 3339).
@@ -253,7 +252,6 @@ impl UsageApi {
         /// At most this many (1–1000, default 100).
         limit: Query<Option<i64>>,
     ) -> ApiResult<Json<Vec<UsageSnapshot>>> {
-        tenant.require(Scope::Read)?;
         let filter = SnapshotFilter {
             from: from.0,
             to: to.0,

@@ -26,7 +26,7 @@ use rand::RngCore;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::auth::{Scope, Tenant};
+use super::auth::{Scope, Scoped, needs};
 use super::error::{ApiError, ApiResult};
 use super::json::JsonBody;
 use super::services::Deleted;
@@ -239,10 +239,9 @@ impl WebhooksApi {
     #[oai(path = "/v1/webhooks", method = "get", operation_id = "list_webhooks")]
     async fn list(
         &self,
-        tenant: Tenant,
+        #[oai(scope = "Scope::Read")] tenant: Scoped<needs::Read>,
         ctx: Data<&Arc<ApiContext>>,
     ) -> ApiResult<Json<Vec<WebhookEndpoint>>> {
-        tenant.require(Scope::Read)?;
         let rows = webhooks::list(&ctx.pool, tenant.customer_id).await?;
         Ok(Json(
             rows.into_iter()
@@ -260,11 +259,10 @@ impl WebhooksApi {
     )]
     async fn create(
         &self,
-        tenant: Tenant,
+        #[oai(scope = "Scope::Write")] tenant: Scoped<needs::Write>,
         ctx: Data<&Arc<ApiContext>>,
         body: JsonBody<WebhookInput>,
     ) -> ApiResult<CreatedEndpoint> {
-        tenant.require(Scope::Write)?;
         if body.0.url.is_none() {
             return Err(ApiError::invalid("url", "url is required"));
         }
@@ -288,11 +286,10 @@ impl WebhooksApi {
     )]
     async fn get(
         &self,
-        tenant: Tenant,
+        #[oai(scope = "Scope::Read")] tenant: Scoped<needs::Read>,
         ctx: Data<&Arc<ApiContext>>,
         id: Path<i64>,
     ) -> ApiResult<Json<WebhookEndpoint>> {
-        tenant.require(Scope::Read)?;
         webhooks::get(&ctx.pool, tenant.customer_id, id.0)
             .await?
             .map(|r| Json(WebhookEndpoint::of(r, false)))
@@ -307,12 +304,11 @@ impl WebhooksApi {
     )]
     async fn update(
         &self,
-        tenant: Tenant,
+        #[oai(scope = "Scope::Write")] tenant: Scoped<needs::Write>,
         ctx: Data<&Arc<ApiContext>>,
         id: Path<i64>,
         body: JsonBody<WebhookInput>,
     ) -> ApiResult<Json<WebhookEndpoint>> {
-        tenant.require(Scope::Write)?;
         let rotated = body.0.secret.is_some();
         let f = fields(body.0, ctx.webhook_allow_private)?;
         webhooks::update(&ctx.pool, tenant.customer_id, id.0, &f)
@@ -329,11 +325,10 @@ impl WebhooksApi {
     )]
     async fn delete(
         &self,
-        tenant: Tenant,
+        #[oai(scope = "Scope::Write")] tenant: Scoped<needs::Write>,
         ctx: Data<&Arc<ApiContext>>,
         id: Path<i64>,
     ) -> ApiResult<Deleted> {
-        tenant.require(Scope::Write)?;
         if webhooks::delete(&ctx.pool, tenant.customer_id, id.0).await? {
             Ok(Deleted::NoContent)
         } else {
@@ -349,11 +344,10 @@ impl WebhooksApi {
     )]
     async fn test(
         &self,
-        tenant: Tenant,
+        #[oai(scope = "Scope::Write")] tenant: Scoped<needs::Write>,
         ctx: Data<&Arc<ApiContext>>,
         id: Path<i64>,
     ) -> ApiResult<Queued> {
-        tenant.require(Scope::Write)?;
         webhooks::get(&ctx.pool, tenant.customer_id, id.0)
             .await?
             .ok_or_else(|| endpoint_not_found(id.0))?;
@@ -369,13 +363,12 @@ impl WebhooksApi {
     )]
     async fn deliveries(
         &self,
-        tenant: Tenant,
+        #[oai(scope = "Scope::Read")] tenant: Scoped<needs::Read>,
         ctx: Data<&Arc<ApiContext>>,
         id: Path<i64>,
         /// At most this many (1–1000, default 100).
         limit: Query<Option<i64>>,
     ) -> ApiResult<Json<Vec<WebhookDelivery>>> {
-        tenant.require(Scope::Read)?;
         let limit = super::page_limit(limit.0)?;
         webhooks::get(&ctx.pool, tenant.customer_id, id.0)
             .await?
@@ -392,12 +385,11 @@ impl WebhooksApi {
     )]
     async fn replay(
         &self,
-        tenant: Tenant,
+        #[oai(scope = "Scope::Write")] tenant: Scoped<needs::Write>,
         ctx: Data<&Arc<ApiContext>>,
         id: Path<i64>,
         delivery_id: Path<Uuid>,
     ) -> ApiResult<Replayed> {
-        tenant.require(Scope::Write)?;
         webhooks::get(&ctx.pool, tenant.customer_id, id.0)
             .await?
             .ok_or_else(|| endpoint_not_found(id.0))?;
