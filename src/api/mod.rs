@@ -70,7 +70,17 @@ pub enum ApiTags {
     Billing,
     /// Your API keys (the `admin` scope).
     ApiKeys,
-    /// Webhook notifications: endpoints, deliveries, test pings, replays.
+    /// Webhook notifications: endpoints, deliveries, test pings, replays, and the events
+    /// themselves. Event types and their `data`: `storm.started` (storm_id, service_id,
+    /// domain_id, domain, kind, started_at, trigger); `storm.ended` (storm_id, service_id,
+    /// domain_id, domain, kind, started_at, ended_at); `storm.backup_unhealthy` (service_id,
+    /// domain_id, domain, since, primary_availability, backup_availability);
+    /// `dns.change_applied` / `dns.change_failed` (change_id, zone, provider, changes, error);
+    /// `invoice.created` (invoice_id, period_start, period_end, status); `domain.verified` /
+    /// `domain.verification_failed` (service_id, domain_id, domain, error);
+    /// `certificate.expiring` (service_id, domain_id, domain, cdn, expires_at, days_left);
+    /// `ping` (endpoint_id). Deliveries are signed: `Tranche-Signature: t=<unix>,v1=<hex
+    /// HMAC-SHA256(secret, "<t>.<body>")>`.
     Webhooks,
     /// Operator endpoints (admin token).
     Admin,

@@ -133,6 +133,19 @@ impl From<DeliveryRow> for WebhookDelivery {
     }
 }
 
+/// An event: what webhooks deliver (as the JSON body) and `GET /v1/events` lists.
+#[derive(Debug, Clone, Object)]
+pub struct Event {
+    pub id: Uuid,
+    /// One of the event types (see the Webhooks tag), or `ping`.
+    #[oai(rename = "type")]
+    pub event_type: String,
+    pub created_at: DateTime<Utc>,
+    pub customer_id: i64,
+    /// The type's payload (its fields are listed in the Webhooks tag's description).
+    pub data: serde_json::Value,
+}
+
 /// A queued test event.
 #[derive(Debug, Clone, Object)]
 pub struct QueuedPing {
@@ -375,6 +388,42 @@ impl WebhooksApi {
             .ok_or_else(|| endpoint_not_found(id.0))?;
         let rows = webhooks::deliveries(&ctx.pool, id.0, limit).await?;
         Ok(Json(rows.into_iter().map(WebhookDelivery::from).collect()))
+    }
+
+    /// Your events (what webhooks deliver), newest first.
+    #[oai(path = "/v1/events", method = "get", operation_id = "list_events")]
+    async fn events(
+        &self,
+        #[oai(scope = "Scope::Read")] tenant: Scoped<needs::Read>,
+        ctx: Data<&Arc<ApiContext>>,
+        /// Only this event type.
+        #[oai(name = "type")]
+        event_type: Query<Option<String>>,
+        /// Events before this time (RFC 3339), to page backwards.
+        before: Query<Option<DateTime<Utc>>>,
+        /// At most this many (1–1000, default 100).
+        limit: Query<Option<i64>>,
+    ) -> ApiResult<Json<Vec<Event>>> {
+        let limit = super::page_limit(limit.0)?;
+        let rows = webhooks::events(
+            &ctx.pool,
+            tenant.customer_id,
+            event_type.0.as_deref(),
+            before.0,
+            limit,
+        )
+        .await?;
+        Ok(Json(
+            rows.into_iter()
+                .map(|r| Event {
+                    id: r.id,
+                    event_type: r.r#type,
+                    created_at: r.occurred_at,
+                    customer_id: r.customer_id,
+                    data: r.payload,
+                })
+                .collect(),
+        ))
     }
 
     /// Deliver an event again (e.g. after fixing a receiver that gave up).

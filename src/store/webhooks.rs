@@ -189,3 +189,36 @@ pub async fn replay(
     .fetch_optional(pool)
     .await
 }
+
+#[derive(Debug, Clone, FromRow)]
+pub struct EventRow {
+    pub id: Uuid,
+    pub customer_id: i64,
+    pub r#type: String,
+    pub occurred_at: DateTime<Utc>,
+    pub payload: serde_json::Value,
+}
+
+/// The customer's events, newest first.
+pub async fn events(
+    pool: &PgPool,
+    customer_id: i64,
+    event_type: Option<&str>,
+    before: Option<DateTime<Utc>>,
+    limit: i64,
+) -> sqlx::Result<Vec<EventRow>> {
+    sqlx::query_as(
+        "select id, customer_id, type, occurred_at, payload from events
+          where customer_id = $1
+            and ($2::text is null or type = $2)
+            and ($3::timestamptz is null or occurred_at < $3)
+          order by occurred_at desc, id
+          limit $4",
+    )
+    .bind(customer_id)
+    .bind(event_type)
+    .bind(before)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}

@@ -186,6 +186,23 @@ async fn endpoints_get_signed_pings_and_slack_sentences() {
         .map(|(h, _)| h["tranche-event"].to_str().unwrap().to_owned())
         .collect();
     assert_eq!(types, ["ping", "storm.started", "storm.ended"]);
+
+    // The same events, as the API lists them (newest first), filterable by type.
+    let events = app.get("/v1/events", &DEV).await.expect(200).body;
+    let listed: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, ["storm.ended", "storm.started", "ping"]);
+    let started = app
+        .get("/v1/events?type=storm.started", &DEV)
+        .await
+        .expect(200)
+        .body;
+    assert_eq!(started.as_array().unwrap().len(), 1);
+    assert_eq!(started[0]["data"]["domain"], "shop.example.com");
 }
 
 #[tokio::test]
