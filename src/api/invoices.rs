@@ -13,11 +13,11 @@ use rust_decimal::Decimal;
 use uuid::Uuid;
 
 use super::auth::{Scope, Scoped, needs};
+use super::engine::Storm;
 use super::error::{ApiError, ApiResult};
 use super::{ApiContext, ApiTags};
-use crate::store::invoices::{
-    self, BillingRunRow, InvoiceFilter, InvoiceRow, InvoiceStormRow, LineRow,
-};
+use crate::store::invoices::{self, BillingRunRow, InvoiceFilter, InvoiceRow, LineRow};
+use crate::store::storms;
 
 /// A decimal as the API writes it: exact, without trailing zeros.
 fn money(d: Decimal) -> String {
@@ -132,40 +132,14 @@ impl From<LineRow> for LineItem {
     }
 }
 
-/// A storm that produced a discount on the invoice.
-#[derive(Debug, Clone, Object)]
-pub struct InvoiceStorm {
-    pub id: Uuid,
-    pub service_id: i64,
-    pub domain_id: Option<i64>,
-    pub domain: Option<String>,
-    pub kind: String,
-    pub started_at: DateTime<Utc>,
-    /// Null while the storm is still active.
-    pub ended_at: Option<DateTime<Utc>>,
-}
-
-impl From<InvoiceStormRow> for InvoiceStorm {
-    fn from(r: InvoiceStormRow) -> Self {
-        Self {
-            id: r.id,
-            service_id: r.service_id,
-            domain_id: r.domain_id,
-            domain: r.hostname,
-            kind: r.kind,
-            started_at: r.started_at,
-            ended_at: r.ended_at,
-        }
-    }
-}
-
 /// An invoice with its line items and the storms behind its discounts.
 #[derive(Debug, Clone, Object)]
 pub struct InvoiceDetail {
     #[oai(flatten)]
     pub invoice: Invoice,
     pub lines: Vec<LineItem>,
-    pub storms: Vec<InvoiceStorm>,
+    /// The storms that produced the discounts.
+    pub storms: Vec<Storm>,
 }
 
 /// One billing run of a customer (runs that found nothing to do are not recorded).
@@ -250,11 +224,11 @@ impl InvoicesApi {
             .await?
             .ok_or_else(|| ApiError::not_found(format!("invoice {} not found", id.0)))?;
         let lines = invoices::lines(&ctx.pool, invoice.id).await?;
-        let storms = invoices::storms(&ctx.pool, invoice.id).await?;
+        let storms = storms::of_invoice(&ctx.pool, tenant.customer_id, invoice.id).await?;
         Ok(Json(InvoiceDetail {
             invoice: invoice.into(),
             lines: lines.into_iter().map(LineItem::from).collect(),
-            storms: storms.into_iter().map(InvoiceStorm::from).collect(),
+            storms: storms.into_iter().map(Storm::from).collect(),
         }))
     }
 

@@ -118,30 +118,6 @@ pub async fn lines(pool: &PgPool, invoice_id: Uuid) -> sqlx::Result<Vec<LineRow>
 }
 
 #[derive(Debug, Clone, FromRow)]
-pub struct InvoiceStormRow {
-    pub id: Uuid,
-    pub service_id: i64,
-    pub domain_id: Option<i64>,
-    pub hostname: Option<String>,
-    pub kind: String,
-    pub started_at: DateTime<Utc>,
-    pub ended_at: Option<DateTime<Utc>>,
-}
-
-/// The storms that produced an invoice's discounts.
-pub async fn storms(pool: &PgPool, invoice_id: Uuid) -> sqlx::Result<Vec<InvoiceStormRow>> {
-    sqlx::query_as(
-        "select e.id, e.service_id, e.domain_id, d.hostname, e.kind, e.started_at, e.ended_at
-           from storm_events e left join service_domains d on d.id = e.domain_id
-          where e.id in (select unnest(storm_ids) from invoice_line_items where invoice_id = $1)
-          order by e.started_at, e.id",
-    )
-    .bind(invoice_id)
-    .fetch_all(pool)
-    .await
-}
-
-#[derive(Debug, Clone, FromRow)]
 pub struct BillingRunRow {
     pub id: Uuid,
     pub node_id: String,

@@ -94,6 +94,23 @@ macro_rules! select_storms {
     };
 }
 
+/// The customer's storms that produced discounts on invoice `invoice_id`, oldest first.
+pub async fn of_invoice(
+    pool: &PgPool,
+    customer_id: i64,
+    invoice_id: Uuid,
+) -> sqlx::Result<Vec<StormRow>> {
+    sqlx::query_as(concat!(
+        select_storms!(),
+        " and e.id in (select unnest(storm_ids) from invoice_line_items where invoice_id = $2)
+          order by e.started_at, e.id"
+    ))
+    .bind(customer_id)
+    .bind(invoice_id)
+    .fetch_all(pool)
+    .await
+}
+
 /// The customer's storms, newest first.
 pub async fn list(pool: &PgPool, customer_id: i64, f: &StormFilter) -> sqlx::Result<Vec<StormRow>> {
     sqlx::query_as(concat!(
