@@ -316,12 +316,22 @@ async fn a_storm_moves_route53_weights_to_the_backup_and_back() {
         ramps >= 2,
         "the ramp went through intermediate weights ({ramps} ramp changes)"
     );
-    let applied: (i16, i16) =
-        sqlx::query_as("select applied_primary_weight, applied_backup_weight from dns_records")
+    // Route53 shows the change as soon as it accepts it; the zone actor records the weights as
+    // applied once the change is INSYNC, a poll later.
+    eventually(
+        "applied weights recorded as 100/0",
+        Duration::from_secs(15),
+        || async {
+            let applied: (i16, i16) = sqlx::query_as(
+                "select applied_primary_weight, applied_backup_weight from dns_records",
+            )
             .fetch_one(&app.pool)
             .await
             .unwrap();
-    assert_eq!(applied, (100, 0));
+            (applied == (100, 0)).then_some(())
+        },
+    )
+    .await;
 
     // The API: desired vs applied per domain, and the audit log (only for the owner).
     let view = app
