@@ -73,6 +73,8 @@ pub struct CreatedApiKey {
     /// The visible part of the key, shown in listings.
     pub prefix: String,
     pub scopes: Vec<String>,
+    /// The applications a `job-status` key reports for (empty for other keys).
+    pub applications: Vec<String>,
     /// The whole key, for `Authorization: Bearer …`. Store it now: Tranche keeps only a hash.
     pub secret: String,
     pub created_at: DateTime<Utc>,
@@ -89,6 +91,7 @@ impl CreatedApiKey {
             name: key.name,
             prefix: key.prefix,
             scopes: key.scopes,
+            applications: key.applications,
             secret: generated.secret,
             created_at: key.created_at,
         }

@@ -50,6 +50,10 @@ pub enum Scope {
     Write,
     /// Manage your API keys.
     Admin,
+    /// Report job status (`POST /v1/job-status`) for the applications the key names, and
+    /// nothing else. Scheduler keys hold only this.
+    #[oai(rename = "job-status")]
+    JobStatus,
 }
 
 /// Type-level scopes for [`Scoped`].
@@ -62,6 +66,7 @@ pub mod needs {
     pub struct Read;
     pub struct Write;
     pub struct Admin;
+    pub struct JobStatus;
     impl Needs for Read {
         const SCOPE: Scope = Scope::Read;
     }
@@ -70,6 +75,9 @@ pub mod needs {
     }
     impl Needs for Admin {
         const SCOPE: Scope = Scope::Admin;
+    }
+    impl Needs for JobStatus {
+        const SCOPE: Scope = Scope::JobStatus;
     }
 }
 
@@ -115,6 +123,7 @@ impl Scope {
             Self::Read => "read",
             Self::Write => "write",
             Self::Admin => "admin",
+            Self::JobStatus => api_keys::JOB_STATUS,
         }
     }
 }
@@ -127,6 +136,8 @@ pub struct Tenant {
     pub key_id: Option<i64>,
     /// The key's scopes (all of them in dev mode).
     scopes: Vec<String>,
+    /// The applications a `job-status` key reports for; `None` (dev mode): any.
+    applications: Option<Vec<String>>,
 }
 
 impl Tenant {
@@ -144,6 +155,22 @@ impl Tenant {
                 format!("this API key lacks the `{}` scope", scope.as_str()),
                 None,
             ))
+        }
+    }
+
+    /// Fails with 403 (naming `field`) unless the credentials may report job status for
+    /// `application`.
+    pub fn may_report_for(&self, application: &str, field: &str) -> Result<(), ApiError> {
+        self.require(Scope::JobStatus)?;
+        match &self.applications {
+            Some(apps) if !apps.iter().any(|a| a == application) => Err(ApiError::forbidden(
+                format!(
+                    "this API key reports job status for {} only, not {application:?}",
+                    apps.join(", ")
+                ),
+                Some(field),
+            )),
+            _ => Ok(()),
         }
     }
 }
@@ -360,6 +387,7 @@ async fn authenticate(req: &Request) -> Result<Tenant, ApiError> {
             customer_id: key.customer_id,
             key_id: Some(key.id),
             scopes: key.scopes,
+            applications: Some(key.applications),
         });
     }
     let Some(customer_id) = claimed else {
@@ -380,7 +408,11 @@ async fn authenticate(req: &Request) -> Result<Tenant, ApiError> {
             .map(|()| Tenant {
                 customer_id,
                 key_id: None,
-                scopes: api_keys::ALL_SCOPES.iter().map(|s| s.to_string()).collect(),
+                scopes: api_keys::KNOWN_SCOPES
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
+                applications: None,
             }),
         Some(_) => Err(ApiError::unauthorized("this customer is suspended")),
         None => Err(ApiError::unauthorized(format!(

@@ -15,7 +15,61 @@ use super::auth::{Scope, Scoped, needs};
 use super::error::{ApiError, ApiResult};
 use super::json::JsonBody;
 use super::{ApiContext, ApiTags};
-use crate::store::api_keys::{self, ALL_SCOPES, KeyListRow};
+use crate::store::api_keys::{self, JOB_STATUS, KNOWN_SCOPES, KeyListRow};
+
+/// Most applications one `job-status` key may name.
+const MAX_APPLICATIONS: usize = 100;
+
+/// Whether `name` is a valid application name: 1–100 of `A-Z a-z 0-9 . _ -` (the
+/// `job_status_application_check` constraint).
+pub fn valid_application(name: &str) -> bool {
+    (1..=100).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// The `applications` of a new key: required with `job-status`, refused without it.
+fn applications(job_status: bool, requested: Option<Vec<String>>) -> ApiResult<Vec<String>> {
+    let Some(requested) = requested else {
+        return if job_status {
+            Err(ApiError::invalid(
+                "applications",
+                "a job-status key needs applications: the applications it reports for",
+            ))
+        } else {
+            Ok(Vec::new())
+        };
+    };
+    if !job_status {
+        return Err(ApiError::invalid(
+            "applications",
+            "applications apply to the job-status scope only",
+        ));
+    }
+    if requested.is_empty() || requested.len() > MAX_APPLICATIONS {
+        return Err(ApiError::invalid(
+            "applications",
+            format!("applications must name 1 to {MAX_APPLICATIONS} applications"),
+        ));
+    }
+    for (i, app) in requested.iter().enumerate() {
+        let field = format!("applications[{i}]");
+        if !valid_application(app) {
+            return Err(ApiError::invalid(
+                &field,
+                format!("{field} must be 1-100 characters of A-Z, a-z, 0-9, '.', '_' or '-'"),
+            ));
+        }
+        if requested[..i].contains(app) {
+            return Err(ApiError::invalid(
+                &field,
+                format!("{field} repeats {app:?}"),
+            ));
+        }
+    }
+    Ok(requested)
+}
 
 /// An API key as listed (the secret is never shown again).
 #[derive(Debug, Clone, Object)]
@@ -24,8 +78,10 @@ pub struct ApiKeyInfo {
     pub name: String,
     /// The visible part of the key (`tr_…`), to recognise it.
     pub prefix: String,
-    /// `read`, `write`, `admin`.
+    /// `read`, `write`, `admin`, `job-status`.
     pub scopes: Vec<String>,
+    /// The applications a `job-status` key reports for (empty for other keys).
+    pub applications: Vec<String>,
     pub created_at: DateTime<Utc>,
     /// Last authenticated use (refreshed at most once a minute).
     pub last_used_at: Option<DateTime<Utc>>,
@@ -40,6 +96,7 @@ impl From<KeyListRow> for ApiKeyInfo {
             name: k.name,
             prefix: k.prefix,
             scopes: k.scopes,
+            applications: k.applications,
             created_at: k.created_at,
             last_used_at: k.last_used_at,
             revoked_at: k.revoked_at,
@@ -54,9 +111,13 @@ impl From<KeyListRow> for ApiKeyInfo {
 pub struct CreateApiKey {
     /// What the key is for (1–200 characters).
     pub name: String,
-    /// Some of `read`, `write`, `admin`, each at most once, all held by the calling key
-    /// (default `["read"]`).
+    /// Some of `read`, `write`, `admin`, `job-status`, each at most once (default
+    /// `["read"]`). `read`, `write` and `admin` must be held by the calling key; any key
+    /// managing keys (`admin`) may grant `job-status`, which only reports job status.
     pub scopes: Option<Vec<String>>,
+    /// With `job-status` (and only then): the 1–100 applications the key may report job
+    /// status for, each 1–100 of `A-Z a-z 0-9 . _ -`.
+    pub applications: Option<Vec<String>>,
 }
 
 #[derive(ApiResponse)]
@@ -119,16 +180,16 @@ impl KeysApi {
         let mut scopes: Vec<&str> = Vec::with_capacity(requested.len());
         for (i, s) in requested.iter().enumerate() {
             let field = format!("scopes[{i}]");
-            let Some(known) = ALL_SCOPES.iter().find(|k| **k == s.as_str()) else {
+            let Some(known) = KNOWN_SCOPES.iter().find(|k| **k == s.as_str()) else {
                 return Err(ApiError::invalid(
                     &field,
-                    format!("{field} must be read, write or admin (got {s:?})"),
+                    format!("{field} must be read, write, admin or job-status (got {s:?})"),
                 ));
             };
             if scopes.contains(known) {
                 return Err(ApiError::invalid(&field, format!("{field} repeats {s:?}")));
             }
-            if !tenant.has(known) {
+            if *known != JOB_STATUS && !tenant.has(known) {
                 return Err(ApiError::forbidden(
                     format!("a key cannot grant the `{s}` scope it does not hold"),
                     Some(&field),
@@ -136,8 +197,9 @@ impl KeysApi {
             }
             scopes.push(known);
         }
+        let applications = applications(scopes.contains(&JOB_STATUS), body.applications)?;
         let (key, generated) =
-            api_keys::create(&ctx.pool, tenant.customer_id, name, &scopes).await?;
+            api_keys::create(&ctx.pool, tenant.customer_id, name, &scopes, &applications).await?;
         tracing::info!(customer.id = tenant.customer_id, api_key.prefix = %key.prefix, "API key created");
         Ok(CreatedKey::Created(Json(CreatedApiKey::of(key, generated))))
     }

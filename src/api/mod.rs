@@ -1,7 +1,7 @@
 //! The HTTP API: poem + poem-openapi.
 //!
 //! One module per resource ([`services`], [`domains`], [`policies`], [`engine`], [`dns`],
-//! [`usage`], [`invoices`], [`admin`], [`health`]), each
+//! [`usage`], [`invoices`], [`keys`], [`jobs`], [`webhooks`], [`admin`], [`health`]), each
 //! an `#[OpenApi]` struct; [`openapi`] combines them into the document served at `/openapi.json`
 //! (Swagger UI at `/docs`) and committed under `openapi/`. Shared pieces: [`ApiContext`] (what
 //! handlers need), [`auth`] (who is calling), [`error`] (the one error type and body shape) and
@@ -15,6 +15,7 @@ pub mod engine;
 pub mod error;
 pub mod health;
 pub mod invoices;
+pub mod jobs;
 pub mod json;
 pub mod keys;
 pub mod policies;
@@ -70,6 +71,9 @@ pub enum ApiTags {
     Billing,
     /// Your API keys (the `admin` scope).
     ApiKeys,
+    /// Job status: schedulers report runs of their jobs (`job-status` keys, limited to named
+    /// applications), the input of SLO tracking.
+    Jobs,
     /// Webhook notifications: endpoints, deliveries, test pings, replays, and the events
     /// themselves. Event types and their `data`: `storm.started` (storm_id, service_id,
     /// domain_id, domain, kind, started_at, trigger); `storm.ended` (storm_id, service_id,
@@ -97,6 +101,7 @@ pub type Api = (
     usage::UsageApi,
     invoices::InvoicesApi,
     keys::KeysApi,
+    jobs::JobsApi,
     webhooks::WebhooksApi,
     admin::AdminApi,
     health::HealthApi,
@@ -114,6 +119,7 @@ pub fn openapi() -> OpenApiService<Api, ()> {
             usage::UsageApi,
             invoices::InvoicesApi,
             keys::KeysApi,
+            jobs::JobsApi,
             webhooks::WebhooksApi,
             admin::AdminApi,
             health::HealthApi,

@@ -13,6 +13,10 @@ use subtle::ConstantTimeEq;
 
 /// Scopes a customer's first key gets.
 pub const ALL_SCOPES: [&str; 3] = ["read", "write", "admin"];
+/// The scope that lets a key report job status, for the applications it names only.
+pub const JOB_STATUS: &str = "job-status";
+/// Every scope a key can hold.
+pub const KNOWN_SCOPES: [&str; 4] = ["read", "write", "admin", JOB_STATUS];
 
 /// A freshly generated key. `secret` is the whole key, shown to the client once.
 pub struct GeneratedKey {
@@ -29,6 +33,8 @@ pub struct KeyRow {
     pub name: String,
     pub prefix: String,
     pub scopes: Vec<String>,
+    /// The applications a `job-status` key reports for (empty without that scope).
+    pub applications: Vec<String>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -39,6 +45,7 @@ pub struct KeyAuthRow {
     pub customer_id: i64,
     pub secret_hash: Vec<u8>,
     pub scopes: Vec<String>,
+    pub applications: Vec<String>,
     pub last_used_at: Option<DateTime<Utc>>,
     pub customer_status: String,
 }
@@ -81,17 +88,19 @@ pub async fn insert(
     name: &str,
     key: &GeneratedKey,
     scopes: &[&str],
+    applications: &[String],
 ) -> sqlx::Result<KeyRow> {
     sqlx::query_as(
-        "insert into api_keys (customer_id, name, prefix, secret_hash, scopes)
-         values ($1, $2, $3, $4, $5)
-         returning id, customer_id, name, prefix, scopes, created_at",
+        "insert into api_keys (customer_id, name, prefix, secret_hash, scopes, applications)
+         values ($1, $2, $3, $4, $5, $6)
+         returning id, customer_id, name, prefix, scopes, applications, created_at",
     )
     .bind(customer_id)
     .bind(name)
     .bind(&key.prefix)
     .bind(&key.hash[..])
     .bind(scopes)
+    .bind(applications)
     .fetch_one(&mut **tx)
     .await
 }
@@ -99,7 +108,7 @@ pub async fn insert(
 /// The unrevoked key with this prefix, with its customer's status.
 pub async fn find_for_auth(pool: &PgPool, prefix: &str) -> sqlx::Result<Option<KeyAuthRow>> {
     sqlx::query_as(
-        "select k.id, k.customer_id, k.secret_hash, k.scopes, k.last_used_at,
+        "select k.id, k.customer_id, k.secret_hash, k.scopes, k.applications, k.last_used_at,
                 c.status as customer_status
            from api_keys k join customers c on c.id = k.customer_id
           where k.prefix = $1 and k.revoked_at is null",
@@ -125,6 +134,7 @@ pub struct KeyListRow {
     pub name: String,
     pub prefix: String,
     pub scopes: Vec<String>,
+    pub applications: Vec<String>,
     pub created_at: DateTime<Utc>,
     pub last_used_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
@@ -133,7 +143,7 @@ pub struct KeyListRow {
 /// The customer's keys, newest first (revoked ones included, marked).
 pub async fn list(pool: &PgPool, customer_id: i64) -> sqlx::Result<Vec<KeyListRow>> {
     sqlx::query_as(
-        "select id, name, prefix, scopes, created_at, last_used_at, revoked_at
+        "select id, name, prefix, scopes, applications, created_at, last_used_at, revoked_at
            from api_keys where customer_id = $1 order by id desc",
     )
     .bind(customer_id)
@@ -147,10 +157,11 @@ pub async fn create(
     customer_id: i64,
     name: &str,
     scopes: &[&str],
+    applications: &[String],
 ) -> sqlx::Result<(KeyRow, GeneratedKey)> {
     let mut tx = pool.begin().await?;
     let generated = generate();
-    let key = insert(&mut tx, customer_id, name, &generated, scopes).await?;
+    let key = insert(&mut tx, customer_id, name, &generated, scopes, applications).await?;
     tx.commit().await?;
     Ok((key, generated))
 }
@@ -161,7 +172,7 @@ pub async fn revoke(pool: &PgPool, customer_id: i64, id: i64) -> sqlx::Result<Op
     sqlx::query_as(
         "update api_keys set revoked_at = coalesce(revoked_at, now())
           where id = $1 and customer_id = $2
-      returning id, name, prefix, scopes, created_at, last_used_at, revoked_at",
+      returning id, name, prefix, scopes, applications, created_at, last_used_at, revoked_at",
     )
     .bind(id)
     .bind(customer_id)

@@ -39,6 +39,7 @@ pub async fn create_with_key(
         key_name,
         &generated,
         &api_keys::ALL_SCOPES,
+        &[],
     )
     .await?;
     tx.commit().await?;

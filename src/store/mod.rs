@@ -11,6 +11,7 @@ pub mod customers;
 pub mod dns;
 pub mod domains;
 pub mod invoices;
+pub mod jobs;
 pub mod policies;
 pub mod services;
 pub mod storms;

@@ -11,6 +11,7 @@ mod fencing;
 mod health;
 mod helpers;
 mod isolation;
+mod jobs;
 mod openapi;
 mod policies;
 mod probe;
