@@ -124,6 +124,9 @@ pub struct DnsChange {
     pub status: String,
     /// Attempt number (retries after throttling or errors count up).
     pub attempt: i32,
+    /// For a failed attempt: Tranche retries it (throttling, a provider error, a batch being
+    /// bisected) rather than marking the domains failed.
+    pub will_retry: bool,
     pub provider_change_id: Option<String>,
     pub error: Option<String>,
     pub submitted_at: DateTime<Utc>,
@@ -140,6 +143,7 @@ impl From<DnsChangeRow> for DnsChange {
             changes: r.changes,
             status: r.status,
             attempt: r.attempt,
+            will_retry: r.will_retry,
             provider_change_id: r.provider_change_id,
             error: r.error,
             submitted_at: r.submitted_at,

@@ -13,6 +13,7 @@ pub mod dns;
 pub mod domains;
 pub mod engine;
 pub mod error;
+pub mod events;
 pub mod health;
 pub mod invoices;
 pub mod jobs;
@@ -75,16 +76,11 @@ pub enum ApiTags {
     /// applications), the input of SLO tracking.
     Jobs,
     /// Webhook notifications: endpoints, deliveries, test pings, replays, and the events
-    /// themselves. Event types and their `data`: `storm.started` (storm_id, service_id,
-    /// domain_id, domain, kind, started_at, trigger); `storm.ended` (storm_id, service_id,
-    /// domain_id, domain, kind, started_at, ended_at); `storm.backup_unhealthy` (service_id,
-    /// domain_id, domain, since, primary_availability, backup_availability);
-    /// `dns.change_applied` / `dns.change_failed` (change_id, zone, provider, changes, error);
-    /// `invoice.created` (invoice_id, period_start, period_end, status); `domain.verified` /
-    /// `domain.verification_failed` (service_id, domain_id, domain, error);
-    /// `certificate.expiring` (service_id, domain_id, domain, cdn, expires_at, days_left);
-    /// `ping` (endpoint_id). Deliveries are signed: `Tranche-Signature: t=<unix>,v1=<hex
-    /// HMAC-SHA256(secret, "<t>.<body>")>`.
+    /// themselves. Each event type's body is a schema of its own: see `Event` (discriminated
+    /// by `type`: `storm.started`, `storm.ended`, `storm.backup_unhealthy`,
+    /// `dns.change_applied`, `dns.change_failed`, `invoice.created`, `domain.verified`,
+    /// `domain.verification_failed`, `certificate.expiring`, `ping`). Deliveries are signed:
+    /// `Tranche-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
     Webhooks,
     /// Operator endpoints (admin token).
     Admin,

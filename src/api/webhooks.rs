@@ -1,18 +1,7 @@
 //! `/v1/webhooks`: where Tranche sends notifications, their delivery log, test pings and
 //! replays. See [`crate::notify`] for the body and the signature.
 //!
-//! Event types and their `data`:
-//!
-//! * `storm.started` — `storm_id, service_id, domain_id, domain, kind, started_at, trigger`
-//! * `storm.ended` — `storm_id, service_id, domain_id, domain, kind, started_at, ended_at`
-//! * `storm.backup_unhealthy` — `service_id, domain_id, domain, since, primary_availability,
-//!   backup_availability`
-//! * `dns.change_applied`, `dns.change_failed` — `change_id, zone, provider, changes, error`
-//! * `invoice.created` — `invoice_id, period_start, period_end, status`
-//! * `domain.verified`, `domain.verification_failed` — `service_id, domain_id, domain, error`
-//! * `certificate.expiring` — `service_id, domain_id, domain, cdn, expires_at, days_left` (once per
-//!   certificate, when a CDN serves one expiring within 14 days)
-//! * `ping` — `endpoint_id` (sent by `POST /v1/webhooks/{id}/test`)
+//! Event types and their `data` are typed in [`super::events`] (the OpenAPI `Event` schema).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -28,6 +17,7 @@ use uuid::Uuid;
 
 use super::auth::{Scope, Scoped, needs};
 use super::error::{ApiError, ApiResult};
+use super::events::EventJson;
 use super::json::JsonBody;
 use super::services::Deleted;
 use super::{ApiContext, ApiTags};
@@ -131,19 +121,6 @@ impl From<DeliveryRow> for WebhookDelivery {
             created_at: r.created_at,
         }
     }
-}
-
-/// An event: what webhooks deliver (as the JSON body) and `GET /v1/events` lists.
-#[derive(Debug, Clone, Object)]
-pub struct Event {
-    pub id: Uuid,
-    /// One of the event types (see the Webhooks tag), or `ping`.
-    #[oai(rename = "type")]
-    pub event_type: String,
-    pub created_at: DateTime<Utc>,
-    pub customer_id: i64,
-    /// The type's payload (its fields are listed in the Webhooks tag's description).
-    pub data: serde_json::Value,
 }
 
 /// A queued test event.
@@ -403,7 +380,7 @@ impl WebhooksApi {
         before: Query<Option<DateTime<Utc>>>,
         /// At most this many (1–1000, default 100).
         limit: Query<Option<i64>>,
-    ) -> ApiResult<Json<Vec<Event>>> {
+    ) -> ApiResult<Json<Vec<EventJson>>> {
         let limit = super::page_limit(limit.0)?;
         let rows = webhooks::events(
             &ctx.pool,
@@ -415,12 +392,14 @@ impl WebhooksApi {
         .await?;
         Ok(Json(
             rows.into_iter()
-                .map(|r| Event {
-                    id: r.id,
-                    event_type: r.r#type,
-                    created_at: r.occurred_at,
-                    customer_id: r.customer_id,
-                    data: r.payload,
+                .map(|r| {
+                    EventJson(crate::notify::envelope(
+                        r.id,
+                        &r.r#type,
+                        r.occurred_at,
+                        r.customer_id,
+                        r.payload,
+                    ))
                 })
                 .collect(),
         ))

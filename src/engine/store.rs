@@ -640,11 +640,16 @@ impl DnsStore for PgEngineStore {
             .parse()
             .map_err(|e| StoreError::Other(format!("{e}")))?;
         let mut tx = self.pool.begin().await.map_err(other)?;
+        // No domain marked failed: the zone actor retries (backoff, or the halves of a
+        // bisected batch); `dns.change_failed` waits for that to fail for good or for long.
         sqlx::query(
-            "update dns_changes set status = 'failed', error = $2, failed_at = now() where id = $1",
+            "update dns_changes set status = 'failed', error = $2, failed_at = now(),
+                    will_retry = $3
+              where id = $1",
         )
         .bind(change)
         .bind(error)
+        .bind(permanent.is_empty())
         .execute(&mut *tx)
         .await
         .map_err(other)?;

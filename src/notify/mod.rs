@@ -63,12 +63,30 @@ pub fn is_private(ip: IpAddr) -> bool {
 
 /// The envelope of every JSON delivery.
 pub fn json_body(d: &Delivery) -> Value {
+    envelope(
+        &d.event_id,
+        &d.event_type,
+        d.occurred_at,
+        d.customer_id,
+        serde_json::from_str::<Value>(&d.payload).unwrap_or(Value::Null),
+    )
+}
+
+/// An event as delivered: `{id, type, created_at, customer_id, data}` (documented per type as
+/// the OpenAPI `Event` schema, `crate::api::events`).
+pub fn envelope(
+    id: impl serde::Serialize,
+    event_type: &str,
+    created_at: chrono::DateTime<chrono::Utc>,
+    customer_id: i64,
+    data: Value,
+) -> Value {
     json!({
-        "id": d.event_id,
-        "type": d.event_type,
-        "created_at": d.occurred_at,
-        "customer_id": d.customer_id,
-        "data": serde_json::from_str::<Value>(&d.payload).unwrap_or(Value::Null),
+        "id": id,
+        "type": event_type,
+        "created_at": created_at,
+        "customer_id": customer_id,
+        "data": data,
     })
 }
 

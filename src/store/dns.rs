@@ -64,6 +64,7 @@ pub struct DnsChangeRow {
     pub changes: serde_json::Value,
     pub status: String,
     pub attempt: i32,
+    pub will_retry: bool,
     pub provider_change_id: Option<String>,
     pub error: Option<String>,
     pub submitted_at: DateTime<Utc>,
@@ -98,8 +99,8 @@ pub async fn changes(
          select c.id, c.zone, c.provider,
                 (select coalesce(jsonb_agg(x), '[]'::jsonb) from jsonb_array_elements(c.changes) x
                   where (x->>'domain_id')::bigint in (select id from mine)) as changes,
-                c.status, c.attempt, c.provider_change_id, c.error, c.submitted_at, c.insync_at,
-                c.failed_at
+                c.status, c.attempt, c.will_retry, c.provider_change_id, c.error, c.submitted_at,
+                c.insync_at, c.failed_at
            from dns_changes c
           where c.domain_ids && (select coalesce(array_agg(id), '{}') from mine)
             and ($4::text is null or c.status = $4)

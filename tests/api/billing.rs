@@ -297,6 +297,7 @@ async fn invoices_equal_the_pure_function_with_storms_and_policies() {
         app.get("/v1/billing-runs", &other).await.expect(200).body,
         json!([])
     );
+    crate::helpers::assert_events_conform(&app.pool, &["invoice.created"]).await;
 }
 
 #[tokio::test]

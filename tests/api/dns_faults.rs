@@ -220,6 +220,21 @@ async fn throttling_server_errors_and_prior_requests_are_retried_until_applied()
             || all.contains("Internal"),
         "{all}"
     );
+    // Transient failures are retried, not reported: dns.change_failed only once they have
+    // lasted 5 attempts.
+    let (retried, long, told): (i64, i64, i64) = sqlx::query_as(
+        "select count(*) filter (where will_retry), count(*) filter (where attempt = 5),
+                (select count(*) from events where type = 'dns.change_failed')
+           from dns_changes where status = 'failed'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        retried, failed,
+        "every transient failure is marked will_retry"
+    );
+    assert_eq!(told, long, "only failures at attempt 5 are reported");
     let last_attempt: i32 = sqlx::query_scalar("select attempt from dns_changes where status <> 'failed' order by submitted_at desc limit 1")
         .fetch_one(&app.pool)
         .await
@@ -319,6 +334,23 @@ async fn a_rejected_record_is_isolated_and_the_rest_of_the_zone_applied() {
     );
     assert_eq!(view["applied_weights"], serde_json::Value::Null);
     assert_eq!(view["converged"], false);
+
+    // The customer hears of the rejected record once, not of each bisection step.
+    crate::helpers::assert_events_conform(&app.pool, &["dns.change_failed"]).await;
+    let failed: Vec<serde_json::Value> =
+        sqlx::query_scalar("select payload from events where type = 'dns.change_failed'")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["will_retry"], false);
+    assert_eq!(failed[0]["changes"][0]["name"], "bad.example.test");
+    assert!(
+        failed[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("InvalidChangeBatch")
+    );
 }
 
 /// A provider that accepts a batch and never answers: a node stuck mid-change.

@@ -307,6 +307,25 @@ async fn storm_opens_on_primary_failure_only_and_recovers_with_a_ramp() {
         minutes > 10,
         "per-minute aggregates are written ({minutes})"
     );
+
+    // Both CDNs down, the backup first: no failover, the customer is told.
+    s.backup.set(Behaviour::Status(503));
+    eventually("backup seen failing", Duration::from_secs(10), || async {
+        let st = s.state().await;
+        (st["backup"]["availability"].as_f64() == Some(0.0)).then_some(())
+    })
+    .await;
+    s.primary.set(Behaviour::Status(503));
+    eventually("backup_unhealthy", Duration::from_secs(10), || async {
+        (s.state().await["state"] == "backup_unhealthy").then_some(())
+    })
+    .await;
+    // Every event the engine produced here matches its documented schema.
+    crate::helpers::assert_events_conform(
+        &s.app.pool,
+        &["storm.started", "storm.ended", "storm.backup_unhealthy"],
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -163,6 +163,38 @@ where
     }
 }
 
+/// Checks the events of the `expected` types in the database against the documented event
+/// schema (the OpenAPI `Event` union, unknown fields refused), and that there is at least one
+/// of each. Called by the tests that drive the real engine, so what the triggers and the
+/// engine write is what the document says.
+pub async fn assert_events_conform(pool: &PgPool, expected: &[&str]) {
+    let rows: Vec<(
+        uuid::Uuid,
+        String,
+        chrono::DateTime<chrono::Utc>,
+        i64,
+        Value,
+    )> = sqlx::query_as(
+        "select id, type, occurred_at, customer_id, payload from events
+              where type = any($1)",
+    )
+    .bind(expected)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for (id, ty, at, customer, payload) in rows {
+        let body = tranche::notify::envelope(id, &ty, at, customer, payload);
+        if let Err(e) = tranche::api::events::conforms(&body) {
+            panic!("event does not match its documented schema: {e}\n{body:#}");
+        }
+        seen.insert(ty);
+    }
+    for ty in expected {
+        assert!(seen.contains(*ty), "no {ty} event among {seen:?}");
+    }
+}
+
 pub struct Response {
     pub status: StatusCode,
     pub headers: reqwest::header::HeaderMap,

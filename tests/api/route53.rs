@@ -333,6 +333,12 @@ async fn a_storm_moves_route53_weights_to_the_backup_and_back() {
     )
     .await;
 
+    crate::helpers::assert_events_conform(
+        &app.pool,
+        &["storm.started", "storm.ended", "dns.change_applied"],
+    )
+    .await;
+
     // The API: desired vs applied per domain, and the audit log (only for the owner).
     let view = app
         .get(&format!("/v1/services/{service}/dns"), &demo)

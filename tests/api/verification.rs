@@ -185,6 +185,11 @@ async fn pending_domains_fail_after_the_deadline_and_can_be_retried() {
         verify(&app, &key, service, &domain).await["verification"]["status"],
         "verified"
     );
+    crate::helpers::assert_events_conform(
+        &app.pool,
+        &["domain.verification_failed", "domain.verified"],
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -358,13 +358,16 @@ async fn private_destinations_and_unknown_events_are_refused() {
 async fn an_expiring_certificate_is_announced_once() {
     let app = app_with_dispatcher().await;
     let (url, received) = receiver().await;
-    app.post(
-        "/v1/webhooks",
-        &DEV,
-        json!({ "url": url, "event_types": ["certificate.expiring"] }),
-    )
-    .await
-    .expect(201);
+    let endpoint = app
+        .post(
+            "/v1/webhooks",
+            &DEV,
+            json!({ "url": url, "event_types": ["certificate.expiring"] }),
+        )
+        .await
+        .expect(201)
+        .body["id"]
+        .clone();
     let service = app.create_service(&DEV, "shop").await;
     let domain = app
         .post(
@@ -401,4 +404,8 @@ async fn an_expiring_certificate_is_announced_once() {
     assert_eq!(data["domain"], "shop.example.com");
     assert_eq!(data["cdn"], "primary");
     assert_eq!(data["days_left"], 3);
+    app.post(&format!("/v1/webhooks/{endpoint}/test"), &DEV, json!({}))
+        .await
+        .expect(202);
+    crate::helpers::assert_events_conform(&app.pool, &["certificate.expiring", "ping"]).await;
 }

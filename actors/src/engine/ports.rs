@@ -169,6 +169,7 @@ pub trait DnsStore: Send + Sync + 'static {
         fence: Fence,
     ) -> Result<(), StoreError>;
     /// Records a failed attempt; `permanent` domains are marked failed until their next decision.
+    /// With none, the zone actor will retry (the attempt is recorded as `will_retry`).
     async fn dns_failed(
         &self,
         change_id: &str,

@@ -1,0 +1,279 @@
+//! The event contract: one typed schema per event type, as webhooks deliver them and
+//! `GET /v1/events` lists them.
+//!
+//! Events are written by database triggers (`migrations/`), in the transaction of the fact they
+//! report, so the payloads are built in SQL. This module is their documentation in the OpenAPI
+//! document — the [`Event`] union, discriminated by `type` — and their contract: a test parses
+//! every kind of event the triggers produce through it, with unknown fields refused, so the
+//! two cannot drift.
+//!
+//! Ratios (availabilities, thresholds) are decimal strings, exact like money; times are
+//! RFC 3339.
+
+use std::borrow::Cow;
+
+use chrono::{DateTime, Utc};
+use poem_openapi::registry::{MetaSchemaRef, Registry};
+use poem_openapi::types::{ToJSON, Type};
+use poem_openapi::{Object, Union};
+use uuid::Uuid;
+
+use super::engine::DnsWeights;
+
+/// What the storm detector saw when it opened a storm.
+#[derive(Debug, Clone, Object)]
+#[oai(deny_unknown_fields)]
+pub struct StormTrigger {
+    /// The primary CDN's availability over the window (decimal string), null if unknown.
+    pub primary_availability: Option<String>,
+    pub primary_attempts: i64,
+    /// The backup CDN's availability over the window (decimal string), null if unknown.
+    pub backup_availability: Option<String>,
+    pub backup_attempts: i64,
+    /// The policy's threshold (decimal string).
+    pub threshold_avail: String,
+    pub window_seconds: i64,
+    /// The domain's state before the storm (`normal`, `backup_unhealthy`, …).
+    pub from_state: String,
+    /// Set when the storm ends: the primary's availability then (decimal string).
+    pub closing_primary_availability: Option<String>,
+}
+
+/// `data` of `storm.started`: a domain's primary CDN fell below its policy; traffic moves to
+/// the backup.
+#[derive(Debug, Clone, Object)]
+#[oai(deny_unknown_fields)]
+pub struct StormStarted {
+    pub storm_id: Uuid,
+    pub service_id: i64,
+    pub domain_id: i64,
+    /// The hostname.
+    pub domain: String,
+    /// The policy kind (`http_availability`).
+    pub kind: String,
+    pub started_at: DateTime<Utc>,
+    pub trigger: StormTrigger,
+}
+
+/// `data` of `storm.ended`: the primary recovered; traffic ramps back.
+#[derive(Debug, Clone, Object)]
+#[oai(deny_unknown_fields)]
+pub struct StormEnded {
+    pub storm_id: Uuid,
+    pub service_id: i64,
+    pub domain_id: i64,
+    pub domain: String,
+    pub kind: String,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: DateTime<Utc>,
+}
+
+/// `data` of `storm.backup_unhealthy`: the primary is down but the backup is not healthy
+/// either, so Tranche does not fail over.
+#[derive(Debug, Clone, Object)]
+#[oai(deny_unknown_fields)]
+pub struct BackupUnhealthy {
+    pub service_id: i64,
+    pub domain_id: i64,
+    pub domain: String,
+    pub since: DateTime<Utc>,
+    /// Decimal string, null if unknown.
+    pub primary_availability: Option<String>,
+    /// Decimal string, null if unknown.
+    pub backup_availability: Option<String>,
+}
+
+/// One domain's records in a DNS change.
+#[derive(Debug, Clone, Object)]
+#[oai(deny_unknown_fields)]
+pub struct DnsChangeEntry {
+    pub domain_id: i64,
+    /// The record name (the hostname).
+    pub name: String,
+    /// Record type: `A`, `AAAA` or `CNAME`.
+    #[oai(rename = "type")]
+    pub record_type: String,
+    /// The weights before (null for the first write).
+    pub from: Option<DnsWeights>,
+    pub to: DnsWeights,
+    /// `initial`, `failover`, `ramp` or `manual` (an operator pin).
+    pub reason: String,
+    /// The storm that caused it, if any.
+    pub storm_id: Option<Uuid>,
+}
+
+/// `data` of `dns.change_applied` (the provider reports the change in sync on its
+/// authoritative servers — Route53's `INSYNC`) and `dns.change_failed` (rejected for good, or
+/// still failing after 5 attempts while Tranche keeps retrying).
+#[derive(Debug, Clone, Object)]
+#[oai(deny_unknown_fields)]
+pub struct DnsChangeEvent {
+    pub change_id: Uuid,
+    pub zone: String,
+    /// `route53`, …
+    pub provider: String,
+    /// The customer's domains in the change (a batch may hold other customers' too).
+    pub changes: Vec<DnsChangeEntry>,
+    /// Why it failed (null when applied).
+    pub error: Option<String>,
+    /// Which attempt this was (1 for the first).
+    pub attempt: i32,
+    /// `dns.change_failed` only: Tranche keeps retrying (a transient failure that has lasted 5
+    /// attempts); `false` means the records were rejected and need attention.
+    pub will_retry: bool,
+}
+
+/// `data` of `invoice.created`: a draft invoice opened for a billing period.
+#[derive(Debug, Clone, Object)]
+#[oai(deny_unknown_fields)]
+pub struct InvoiceCreated {
+    pub invoice_id: Uuid,
+    pub period_start: DateTime<Utc>,
+    pub period_end: DateTime<Utc>,
+    /// `draft` (it is finalized after the grace period).
+    pub status: String,
+}
+
+/// `data` of `domain.verified` and `domain.verification_failed`.
+#[derive(Debug, Clone, Object)]
+#[oai(deny_unknown_fields)]
+pub struct DomainVerification {
+    pub service_id: i64,
+    pub domain_id: i64,
+    pub domain: String,
+    /// Why verification failed (null when verified).
+    pub error: Option<String>,
+}
+
+/// `data` of `certificate.expiring`: a CDN serves the domain a certificate that expires within
+/// 14 days (sent once per certificate).
+#[derive(Debug, Clone, Object)]
+#[oai(deny_unknown_fields)]
+pub struct CertificateExpiring {
+    pub service_id: i64,
+    pub domain_id: i64,
+    pub domain: String,
+    /// `primary` or `backup`.
+    pub cdn: String,
+    pub expires_at: DateTime<Utc>,
+    /// Whole days left (0 once expired).
+    pub days_left: i64,
+}
+
+/// `data` of `ping`, sent by `POST /v1/webhooks/{id}/test` to that endpoint only.
+#[derive(Debug, Clone, Object)]
+#[oai(deny_unknown_fields)]
+pub struct Ping {
+    pub endpoint_id: i64,
+}
+
+/// Declares one envelope per event type: the fields every event has, and its typed `data`.
+macro_rules! envelopes {
+    ($($(#[$doc:meta])* $name:ident => $data:ty;)*) => {$(
+        $(#[$doc])*
+        #[derive(Debug, Clone, Object)]
+        pub struct $name {
+            /// Unique per event: receivers dedupe on it (delivery is at least once).
+            pub id: Uuid,
+            pub created_at: DateTime<Utc>,
+            pub customer_id: i64,
+            pub data: $data,
+        }
+    )*};
+}
+
+envelopes! {
+    /// `storm.started`
+    StormStartedEvent => StormStarted;
+    /// `storm.ended`
+    StormEndedEvent => StormEnded;
+    /// `storm.backup_unhealthy`
+    BackupUnhealthyEvent => BackupUnhealthy;
+    /// `dns.change_applied`
+    DnsChangeAppliedEvent => DnsChangeEvent;
+    /// `dns.change_failed`
+    DnsChangeFailedEvent => DnsChangeEvent;
+    /// `invoice.created`
+    InvoiceCreatedEvent => InvoiceCreated;
+    /// `domain.verified`
+    DomainVerifiedEvent => DomainVerification;
+    /// `domain.verification_failed`
+    DomainVerificationFailedEvent => DomainVerification;
+    /// `certificate.expiring`
+    CertificateExpiringEvent => CertificateExpiring;
+    /// `ping`
+    PingEvent => Ping;
+}
+
+/// An event, as the JSON body of a webhook delivery and in `GET /v1/events`. `type` says which
+/// `data` it carries.
+#[derive(Debug, Clone, Union)]
+#[oai(discriminator_name = "type")]
+pub enum Event {
+    #[oai(mapping = "storm.started")]
+    StormStarted(StormStartedEvent),
+    #[oai(mapping = "storm.ended")]
+    StormEnded(StormEndedEvent),
+    #[oai(mapping = "storm.backup_unhealthy")]
+    BackupUnhealthy(BackupUnhealthyEvent),
+    #[oai(mapping = "dns.change_applied")]
+    DnsChangeApplied(DnsChangeAppliedEvent),
+    #[oai(mapping = "dns.change_failed")]
+    DnsChangeFailed(DnsChangeFailedEvent),
+    #[oai(mapping = "invoice.created")]
+    InvoiceCreated(InvoiceCreatedEvent),
+    #[oai(mapping = "domain.verified")]
+    DomainVerified(DomainVerifiedEvent),
+    #[oai(mapping = "domain.verification_failed")]
+    DomainVerificationFailed(DomainVerificationFailedEvent),
+    #[oai(mapping = "certificate.expiring")]
+    CertificateExpiring(CertificateExpiringEvent),
+    #[oai(mapping = "ping")]
+    Ping(PingEvent),
+}
+
+/// A stored event as sent, documented as [`Event`]. The body is the stored JSON itself (the
+/// same bytes a webhook receives), never re-encoded through the typed structs, so a listing
+/// never fails on an event; the contract test keeps the two equal.
+#[derive(Debug, Clone)]
+pub struct EventJson(pub serde_json::Value);
+
+impl Type for EventJson {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = serde_json::Value;
+    type RawElementValueType = serde_json::Value;
+
+    fn name() -> Cow<'static, str> {
+        <Event as Type>::name()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        <Event as Type>::schema_ref()
+    }
+
+    fn register(registry: &mut Registry) {
+        <Event as Type>::register(registry);
+    }
+
+    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+        Some(&self.0)
+    }
+
+    fn raw_element_iter<'a>(
+        &'a self,
+    ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+        Box::new(std::iter::once(&self.0))
+    }
+}
+
+impl ToJSON for EventJson {
+    fn to_json(&self) -> Option<serde_json::Value> {
+        Some(self.0.clone())
+    }
+}
+
+/// Parses a delivered event body against the documented schema (the contract test's check).
+pub fn conforms(body: &serde_json::Value) -> Result<Event, String> {
+    <Event as poem_openapi::types::ParseFromJSON>::parse_from_json(Some(body.clone()))
+        .map_err(|e| e.into_message())
+}
