@@ -14,6 +14,7 @@
 //! compare in constant time, and reject timestamps older than a few minutes (replays).
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -49,11 +50,16 @@ pub fn is_private(ip: IpAddr) -> bool {
                 || v4.is_link_local()
                 || v4.is_unspecified()
                 || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.octets()[0] == 0 // "this network"
                 || v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64 // 100.64/10
+                || v4.octets()[..3] == [192, 0, 0] // IETF protocol assignments
+                || v4.octets()[0] == 198 && (v4.octets()[1] & 0xfe) == 18 // 198.18/15
         }
         IpAddr::V6(v6) => {
             v6.is_loopback()
                 || v6.is_unspecified()
+                || v6.is_multicast()
                 || (v6.segments()[0] & 0xfe00) == 0xfc00 // unique local
                 || (v6.segments()[0] & 0xffc0) == 0xfe80 // link local
                 || v6.to_ipv4_mapped().is_some_and(|v4| is_private(IpAddr::V4(v4)))
@@ -154,45 +160,82 @@ pub struct HttpSender {
 
 impl HttpSender {
     pub fn new(allow_private: bool) -> anyhow::Result<Self> {
+        let mut builder = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("tranche-webhooks/", env!("CARGO_PKG_VERSION")));
+        if !allow_private {
+            // The client connects only to addresses this resolver returned, so the check and
+            // the connection see the same answer: no DNS-rebinding window between them.
+            builder = builder.dns_resolver(Arc::new(PublicOnly));
+        }
         Ok(Self {
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .connect_timeout(Duration::from_secs(5))
-                .redirect(reqwest::redirect::Policy::none())
-                .user_agent(concat!("tranche-webhooks/", env!("CARGO_PKG_VERSION")))
-                .build()?,
+            client: builder.build()?,
             allow_private,
         })
     }
 
-    async fn destination_allowed(&self, url: &reqwest::Url) -> Result<(), String> {
-        if self.allow_private {
-            return Ok(());
-        }
+    /// Refuses a URL whose host is a private IP literal (literals never reach the resolver).
+    fn literal_allowed(&self, url: &reqwest::Url) -> Result<(), String> {
         let host = url.host_str().ok_or("the URL has no host")?;
-        let port = url.port_or_known_default().unwrap_or(443);
-        let addrs = tokio::net::lookup_host((host, port))
-            .await
-            .map_err(|e| format!("resolving {host}: {e}"))?;
-        for a in addrs {
-            if is_private(a.ip()) {
-                return Err(format!(
-                    "{host} resolves to the private address {}; refused (webhook_allow_private)",
-                    a.ip()
-                ));
-            }
+        let Ok(ip) = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        else {
+            return Ok(()); // a name: checked by the resolver
+        };
+        if !self.allow_private && is_private(ip) {
+            return Err(format!(
+                "{ip} is a private address; refused (webhook_allow_private)"
+            ));
         }
         Ok(())
     }
+}
+
+/// A resolver for webhook deliveries that fails when a name resolves to any private address.
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        Box::pin(async move {
+            let host = name.as_str().to_owned();
+            let addrs: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            if let Some(private) = addrs.iter().find(|a| is_private(a.ip())) {
+                return Err(format!(
+                    "{host} resolves to the private address {}; refused (webhook_allow_private)",
+                    private.ip()
+                )
+                .into());
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// An error and its causes, one line (reqwest hides the cause behind "error sending request").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let msg = c.to_string();
+        if !out.contains(&msg) {
+            out.push_str(": ");
+            out.push_str(&msg);
+        }
+        cause = c.source();
+    }
+    out
 }
 
 #[async_trait::async_trait]
 impl WebhookSender for HttpSender {
     async fn send(&self, d: &Delivery) -> Result<u16, (Option<u16>, String)> {
         let url = reqwest::Url::parse(&d.url).map_err(|e| (None, format!("bad URL: {e}")))?;
-        self.destination_allowed(&url)
-            .await
-            .map_err(|e| (None, e))?;
+        self.literal_allowed(&url).map_err(|e| (None, e))?;
         let body = if d.format == "slack" {
             json!({ "text": slack_text(d) })
         } else {
@@ -211,7 +254,7 @@ impl WebhookSender for HttpSender {
             .body(body)
             .send()
             .await
-            .map_err(|e| (None, format!("request failed: {e}")))?;
+            .map_err(|e| (None, format!("request failed: {}", error_chain(&e))))?;
         let status = response.status().as_u16();
         if response.status().is_success() {
             Ok(status)
@@ -373,5 +416,68 @@ mod tests {
         for ip in ["1.1.1.1", "2606:4700::1111"] {
             assert!(!is_private(ip.parse().unwrap()), "{ip}");
         }
+    }
+
+    /// A one-shot HTTP server on loopback answering 204; counts the connections it accepted.
+    async fn receiver() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut buf = vec![0u8; 65536];
+                let _ = socket.read(&mut buf).await;
+                let _ = socket
+                    .write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n")
+                    .await;
+            }
+        });
+        (port, hits)
+    }
+
+    fn delivery(url: String) -> Delivery {
+        Delivery {
+            id: Uuid::new_v4().to_string(),
+            endpoint_id: 1,
+            url,
+            secret: "s".repeat(32),
+            format: "json".into(),
+            customer_id: 1,
+            event_id: Uuid::new_v4().to_string(),
+            event_type: "ping".into(),
+            occurred_at: Utc::now(),
+            payload: r#"{"endpoint_id": 1}"#.into(),
+            attempts: 0,
+            created_at: Utc::now(),
+            next_attempt_at: Utc::now(),
+        }
+    }
+
+    /// The address the sender connects to is the one it checked: a name resolving to a private
+    /// address fails inside the client's own resolution, before any connection.
+    #[tokio::test]
+    async fn private_destinations_are_refused_where_the_client_resolves() {
+        let (port, hits) = receiver().await;
+        let strict = HttpSender::new(false).unwrap();
+        for url in [
+            format!("http://localhost:{port}/hook"),
+            format!("http://127.0.0.1:{port}/hook"),
+            format!("http://[::ffff:127.0.0.1]:{port}/hook"),
+        ] {
+            let (status, error) = strict.send(&delivery(url.clone())).await.unwrap_err();
+            assert_eq!(status, None);
+            assert!(error.contains("private address"), "{url}: {error}");
+        }
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+        // Allowed by configuration: delivered.
+        let lax = HttpSender::new(true).unwrap();
+        let sent = lax
+            .send(&delivery(format!("http://localhost:{port}/hook")))
+            .await;
+        assert_eq!(sent, Ok(204));
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }
