@@ -11,7 +11,8 @@
 //! * `dns`       — a mass storm applied through Route53 (moto_server);
 //! * `billing`   — one invoice run over N snapshots of M customers ([`billing`]);
 //! * `ingest`    — ingestion of one Cloudflare analytics page from the local fake ([`billing`]);
-//! * `webhooks`  — webhook fan-out of a mass storm to a local receiver ([`billing`]).
+//! * `webhooks`  — webhook fan-out of a mass storm to a local receiver, with probing and DNS
+//!   latencies measured in the same run ([`webhooks`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,6 +34,7 @@ use crate::probe::NetworkProber;
 use crate::store::{self, customers};
 
 mod billing;
+mod webhooks;
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -46,12 +48,16 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 10)]
         storm_percent: usize,
     },
-    /// Webhook fan-out: N domains of M customers enter storm at once.
+    /// Webhook fan-out: N domains of M customers enter storm at once, while live domains are
+    /// probed and failed over through Route53 (moto_server).
     Webhooks {
         #[arg(long, default_value_t = 1_000)]
         customers: usize,
         #[arg(long, default_value_t = 10_000)]
         domains: usize,
+        /// Live domains per phase, probed every second and steered.
+        #[arg(long, default_value_t = 200)]
+        live: usize,
     },
     /// Ingestion of one Cloudflare analytics page of N rows from the local fake.
     Ingest {
@@ -143,9 +149,11 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             storm_percent,
         } => billing::billing(&env, customers, snapshots, storm_percent).await,
         BenchCommand::Ingest { rows } => billing::ingest(&env, rows).await,
-        BenchCommand::Webhooks { customers, domains } => {
-            billing::webhooks(&env, customers, domains).await
-        }
+        BenchCommand::Webhooks {
+            customers,
+            domains,
+            live,
+        } => webhooks::webhooks(&env, customers, domains, live).await,
     };
     env.stop().await;
     result
