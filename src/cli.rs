@@ -246,6 +246,7 @@ async fn start_engine(
             webhooks: Some(engine::WebhookOptions {
                 allow_private: settings.webhook_allow_private,
                 idle: std::time::Duration::from_millis(500),
+                retention: settings.event_retention.0,
             }),
         },
     )

@@ -26,6 +26,7 @@
 //! | `verification_deadline` | `TRANCHE_VERIFICATION_DEADLINE`            | `72h`              |
 //! | `verification_recheck`  | `TRANCHE_VERIFICATION_RECHECK`             | `6h`               |
 //! | `webhook_allow_private` | `TRANCHE_WEBHOOK_ALLOW_PRIVATE`            | `false`            |
+//! | `event_retention`    | `TRANCHE_EVENT_RETENTION`                     | `30d`              |
 //! | `billing`            | `TRANCHE_BILLING`                             | `true`             |
 //! | `billing_tick`       | `BILLING_TICK`, `TRANCHE_BILLING_TICK`        | `1m`               |
 //! | `billing_period`     | `BILLING_PERIOD`, `TRANCHE_BILLING_PERIOD`    | `24h`              |
@@ -112,6 +113,8 @@ pub struct Settings {
     pub verification_recheck: HumanDuration,
     /// Let webhook endpoints point at private/loopback addresses (refused by default).
     pub webhook_allow_private: bool,
+    /// How long events and their webhook delivery logs are kept (pending deliveries always).
+    pub event_retention: HumanDuration,
     /// Run invoicing (CustomerBillingActors) on this node.
     pub billing: bool,
     /// How often each customer's billing runs.
@@ -176,6 +179,7 @@ impl Default for Settings {
             verification_deadline: HumanDuration::secs(72 * 3600),
             verification_recheck: HumanDuration::secs(6 * 3600),
             webhook_allow_private: false,
+            event_retention: HumanDuration::secs(30 * 86_400),
             billing: true,
             billing_tick: HumanDuration::secs(60),
             billing_period: HumanDuration::secs(86_400),

@@ -282,6 +282,7 @@ pub async fn webhooks(
             webhooks: Some(WebhookOptions {
                 allow_private: true,
                 idle: Duration::from_millis(100),
+                retention: crate::engine::EVENT_RETENTION,
             }),
             ..EngineOptions::default()
         },

@@ -87,7 +87,12 @@ pub struct WebhookOptions {
     pub allow_private: bool,
     /// Pause between delivery passes when idle.
     pub idle: Duration,
+    /// How long events and their delivery logs are kept.
+    pub retention: Duration,
 }
+
+/// Events are kept 30 days by default.
+pub const EVENT_RETENTION: Duration = Duration::from_secs(30 * 86_400);
 
 /// Domain verification settings for [`start_with`].
 pub struct VerifyOptions {
@@ -136,6 +141,7 @@ pub async fn start_with(
             store: Arc::new(crate::notify::PgWebhookStore::new(pool.clone())),
             sender: Arc::new(crate::notify::HttpSender::new(w.allow_private)?),
             idle: w.idle,
+            retention: w.retention,
         }),
         None => None,
     };

@@ -379,6 +379,30 @@ impl WebhookStore for PgWebhookStore {
         .map(drop)
         .map_err(other)
     }
+
+    async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        // In slices, so no statement holds many locks or runs for long.
+        let mut total = 0;
+        loop {
+            let deleted = sqlx::query(
+                "delete from events where id in (
+                     select e.id from events e
+                      where e.occurred_at < $1
+                        and not exists (select 1 from webhook_deliveries d
+                                         where d.event_id = e.id and d.status = 'pending')
+                      limit 5000)",
+            )
+            .bind(before)
+            .execute(&self.pool)
+            .await
+            .map_err(other)?
+            .rows_affected();
+            total += deleted;
+            if deleted < 5000 {
+                return Ok(total);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

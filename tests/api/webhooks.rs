@@ -51,6 +51,7 @@ async fn app_with_dispatcher() -> TestApp {
         webhooks: Some(WebhookOptions {
             allow_private: true,
             idle: Duration::from_secs(3600),
+            retention: tranche::engine::EVENT_RETENTION,
         }),
         ..EngineOptions::default()
     })
@@ -408,4 +409,62 @@ async fn an_expiring_certificate_is_announced_once() {
         .await
         .expect(202);
     crate::helpers::assert_events_conform(&app.pool, &["certificate.expiring", "ping"]).await;
+}
+
+/// Old events go with their delivery logs; one still being delivered stays, as do recent ones.
+#[tokio::test]
+async fn old_events_are_pruned_unless_still_pending() {
+    use tranche_actors::engine::ports::WebhookStore;
+
+    let app = spawn_app().await;
+    let id = app
+        .post(
+            "/v1/webhooks",
+            &DEV,
+            json!({ "url": "https://example.com/hook" }),
+        )
+        .await
+        .expect(201)
+        .body["id"]
+        .clone();
+    for _ in 0..3 {
+        app.post(&format!("/v1/webhooks/{id}/test"), &DEV, json!({}))
+            .await
+            .expect(202);
+    }
+    let events: Vec<uuid::Uuid> =
+        sqlx::query_scalar("select id from events order by occurred_at, id")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    let (delivered_old, pending_old, recent) = (events[0], events[1], events[2]);
+    sqlx::query("update events set occurred_at = now() - interval '40 days' where id = any($1)")
+        .bind([delivered_old, pending_old])
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    sqlx::query("update webhook_deliveries set status = 'delivered' where event_id = any($1)")
+        .bind([delivered_old, recent])
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let store = tranche::notify::PgWebhookStore::new(app.pool.clone());
+    let pruned = store
+        .prune_events(chrono::Utc::now() - chrono::TimeDelta::days(30))
+        .await
+        .unwrap();
+    assert_eq!(pruned, 1);
+    let left: Vec<uuid::Uuid> =
+        sqlx::query_scalar("select id from events order by occurred_at, id")
+            .fetch_all(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(left, vec![pending_old, recent]);
+    let deliveries: i64 =
+        sqlx::query_scalar("select count(*) from webhook_deliveries where event_id = $1")
+            .bind(delivered_old)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(deliveries, 0, "the delivery log goes with its event");
 }

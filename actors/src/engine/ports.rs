@@ -327,6 +327,9 @@ pub trait WebhookStore: Send + Sync + 'static {
         at: DateTime<Utc>,
         retry_at: Option<DateTime<Utc>>,
     ) -> Result<(), StoreError>;
+    /// Deletes events that occurred before `before`, with their deliveries, unless a delivery
+    /// is still pending; returns how many events went.
+    async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
 }
 
 /// Sends one delivery over HTTP.

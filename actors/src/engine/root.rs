@@ -62,6 +62,8 @@ pub struct WebhookSetup {
     pub sender: Arc<dyn WebhookSender>,
     /// Pause between passes when idle.
     pub idle: std::time::Duration,
+    /// How long events and their delivery logs are kept.
+    pub retention: std::time::Duration,
 }
 
 /// What domain verification needs.
@@ -301,6 +303,7 @@ async fn spawn_webhooks(
     let dispatcher_args = DispatcherArgs {
         config: args.config.clone(),
         idle: setup.idle,
+        retention: setup.retention,
         store: setup.store.clone(),
         sender: setup.sender.clone(),
         shards: shards.subscribe(),

@@ -7,6 +7,9 @@
 //! overtake an earlier one). Endpoints proceed independently, a bounded number at a time, each
 //! request with a timeout: a slow or dead receiver delays only itself, and nothing here touches
 //! probing, storms or DNS.
+//!
+//! Every hour it also deletes events older than the retention (30 days by default) with their
+//! delivery logs — never one with a delivery still pending.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -46,6 +49,8 @@ pub struct DispatcherArgs {
     pub config: EngineConfig,
     /// Pause between passes when there was nothing to send.
     pub idle: Duration,
+    /// How long events and their delivery logs are kept.
+    pub retention: Duration,
     pub store: Arc<dyn WebhookStore>,
     pub sender: Arc<dyn WebhookSender>,
     pub shards: watch::Receiver<OwnedShards>,
@@ -62,7 +67,12 @@ pub enum DispatcherMsg {
     Pass,
     /// Runs a pass now; replies with how many deliveries succeeded (tests).
     PassNow(RpcReplyPort<usize>),
+    /// Deletes events older than the retention (and their deliveries), unless still pending.
+    Prune,
 }
+
+/// How often old events are pruned (by every node; the delete is idempotent).
+const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 
 impl Actor for WebhookDispatcher {
     type Msg = DispatcherMsg;
@@ -80,6 +90,7 @@ impl Actor for WebhookDispatcher {
             DispatcherMsg::Shards,
         ));
         myself.send_after(args.idle, || DispatcherMsg::Pass);
+        myself.send_interval(PRUNE_INTERVAL, || DispatcherMsg::Prune);
         Ok(DispatcherState {
             args,
             owned: OwnedShards::new(),
@@ -107,6 +118,15 @@ impl Actor for WebhookDispatcher {
             }
             DispatcherMsg::PassNow(reply) => {
                 let _ = reply.send(state.pass().await);
+            }
+            DispatcherMsg::Prune => {
+                let retention = TimeDelta::from_std(state.args.retention).unwrap_or(TimeDelta::MAX);
+                let before = (state.args.config.clock)() - retention;
+                match state.args.store.prune_events(before).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(events = n, "pruned old events and deliveries"),
+                    Err(e) => tracing::warn!(error = %e, "could not prune old events"),
+                }
             }
         }
         Ok(())
