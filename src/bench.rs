@@ -47,6 +47,13 @@ pub enum BenchCommand {
         /// Percentage of services with storms (and a coverage policy).
         #[arg(long, default_value_t = 10)]
         storm_percent: usize,
+        /// Also print where PostgreSQL spent the run (pg_stat_statements, nested included).
+        #[arg(long)]
+        statements: bool,
+        /// A PostgreSQL server setting for the run's cluster, `name=value` (repeatable), e.g.
+        /// `--pg-setting shared_buffers=2GB`.
+        #[arg(long = "pg-setting")]
+        pg_settings: Vec<String>,
     },
     /// Webhook fan-out: N domains of M customers enter storm at once, while live domains are
     /// probed and failed over through Route53 (moto_server).
@@ -120,7 +127,15 @@ pub enum BenchCommand {
 }
 
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
-    let env = Env::start().await?;
+    let (statements, settings) = match &cmd {
+        BenchCommand::Billing {
+            statements,
+            pg_settings,
+            ..
+        } => (*statements, pg_settings.clone()),
+        _ => (false, Vec::new()),
+    };
+    let env = Env::start(statements, settings).await?;
     let result = match cmd {
         BenchCommand::Probes {
             domains,
@@ -147,6 +162,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             customers,
             snapshots,
             storm_percent,
+            ..
         } => billing::billing(&env, customers, snapshots, storm_percent).await,
         BenchCommand::Ingest { rows } => billing::ingest(&env, rows).await,
         BenchCommand::Webhooks {
@@ -170,16 +186,24 @@ struct Env {
     https: FakeEdge,
     backup_http: FakeEdge,
     backup_https: FakeEdge,
+    /// pg_stat_statements is loaded (`bench billing --statements`).
+    statements: bool,
 }
 
 impl Env {
-    async fn start() -> anyhow::Result<Self> {
+    async fn start(statements: bool, settings: Vec<String>) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("tranche-bench-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
-        let server = tokio::task::block_in_place(|| {
-            EmbeddedPostgres::start(&EmbeddedOptions::throwaway(&dir))
-        })?;
+        let mut options = EmbeddedOptions::throwaway(&dir);
+        options.settings = settings;
+        if statements {
+            options.settings.extend([
+                "shared_preload_libraries=pg_stat_statements".into(),
+                "pg_stat_statements.track=all".into(),
+            ]);
+        }
+        let server = tokio::task::block_in_place(|| EmbeddedPostgres::start(&options))?;
         server.ensure_database("tranche").await?;
         let pool = crate::db::pool(server.connect_options("tranche"), 16).await?;
         crate::db::migrate(&pool).await?;
@@ -214,6 +238,7 @@ impl Env {
             https,
             backup_http,
             backup_https,
+            statements,
         })
     }
 

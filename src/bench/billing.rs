@@ -108,6 +108,14 @@ pub async fn billing(
     sqlx::query("analyze").execute(pool).await?;
     let total = scalar(pool, "select count(*) from usage_snapshots").await?;
     println!("seeded in {:.1?}", seeded.elapsed());
+    if env.statements {
+        sqlx::query("create extension if not exists pg_stat_statements")
+            .execute(pool)
+            .await?;
+        sqlx::query("select pg_stat_statements_reset()")
+            .execute(pool)
+            .await?;
+    }
 
     let settings = BillingSettings {
         tick: Duration::from_secs(24 * 3600),
@@ -178,6 +186,28 @@ pub async fn billing(
         pg1 - pg0,
         peak_rss_kib() / 1024
     );
+    // Sequential scans are the usual sign of a plan gone wrong under load.
+    let scans: Vec<(String, i64, i64)> = sqlx::query_as(
+        "select relname::text, seq_scan, seq_tup_read from pg_stat_user_tables
+          where seq_tup_read > 0 order by seq_tup_read desc limit 5",
+    )
+    .fetch_all(pool)
+    .await?;
+    for (table, scans, rows) in scans {
+        println!("  seq scans: {table} {scans} scans, {rows} rows read");
+    }
+    if env.statements {
+        // Where PostgreSQL spent the run, nested statements (triggers, FK checks) included.
+        let top: Vec<(String, i64, f64)> = sqlx::query_as(
+            "select left(regexp_replace(query, '\\s+', ' ', 'g'), 110), calls, total_exec_time
+               from pg_stat_statements order by total_exec_time desc limit 15",
+        )
+        .fetch_all(pool)
+        .await?;
+        for (q, calls, ms) in top {
+            println!("  {ms:>9.0} ms {calls:>8} {q}");
+        }
+    }
     node.shutdown().await;
     if unbilled != 0 || lines != total {
         anyhow::bail!(

@@ -39,6 +39,8 @@ pub struct EmbeddedOptions {
     pub root: PathBuf,
     /// Throwaway cluster for tests: `fsync`, synchronous commit and full-page writes off.
     pub throwaway: bool,
+    /// Extra server settings (`name=value`, passed as `-c`), e.g. for profiling.
+    pub settings: Vec<String>,
 }
 
 impl EmbeddedOptions {
@@ -47,6 +49,7 @@ impl EmbeddedOptions {
         Self {
             root: root.to_path_buf(),
             throwaway: false,
+            settings: Vec::new(),
         }
     }
 
@@ -55,6 +58,7 @@ impl EmbeddedOptions {
         Self {
             root: root.to_path_buf(),
             throwaway: true,
+            settings: Vec::new(),
         }
     }
 }
@@ -119,6 +123,9 @@ impl EmbeddedPostgres {
             cmd.args(["-c", "fsync=off"])
                 .args(["-c", "synchronous_commit=off"])
                 .args(["-c", "full_page_writes=off"]);
+        }
+        for setting in &options.settings {
+            cmd.arg("-c").arg(setting);
         }
         cmd.stdin(Stdio::null())
             .stdout(log.try_clone()?)

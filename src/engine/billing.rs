@@ -8,12 +8,13 @@
 //!    `for update skip locked` (a concurrent run, or a usage writer, holds the others);
 //! 3. load the services' storms and coverage factors, price every snapshot with the pure
 //!    [`tranche_actors::billing::price`];
-//! 4. find or create the draft invoice of each snapshot's period (one per customer and period,
-//!    by a unique key); a snapshot of a period whose invoice is already finalized goes, as an
-//!    adjustment, on the draft of the period containing `now`;
-//! 5. insert the line items (a snapshot can be on one line only, by a unique key), add their
-//!    sums to the invoices, tag the snapshots `where invoice_id is null` (all or the run fails);
-//! 6. finalize drafts whose period ended more than the grace ago; record the run.
+//! 4. lock the existing invoices of the snapshots' periods; a snapshot of a period whose invoice
+//!    is already finalized goes, as an adjustment, on the draft of the period containing `now`;
+//! 5. add the lines' sums to the draft invoice of each period, creating the drafts that do not
+//!    exist yet (one per customer and period, by a unique key), in one upsert;
+//! 6. insert the line items (a snapshot can be on one line only, by its primary key), tag the
+//!    snapshots `where invoice_id is null` (all or the run fails);
+//! 7. finalize drafts whose period ended more than the grace ago; record the run.
 //!
 //! Anything failing rolls the whole run back; the failure is then recorded in `billing_runs`
 //! with its error, and the next tick retries.
@@ -275,59 +276,37 @@ impl PgBillingStore {
         if periods.keys().any(|p| finalized.contains(p)) {
             periods.insert(current.0, current.1);
         }
-        // Draft invoices of the periods written to, created where missing.
-        let drafts: Vec<(DateTime<Utc>, DateTime<Utc>)> = periods
-            .iter()
-            .filter(|(s, _)| !finalized.contains(*s))
-            .map(|(s, e)| (*s, *e))
-            .collect();
-        let (invoice_of, created) = draft_invoices(tx, customer_id, &drafts, node_id).await?;
-        summary.invoices_created = created;
-
-        let mut lines: Vec<(Uuid, Priced)> = Vec::with_capacity(priced.len());
+        // Each line's period: its snapshot's, or (an adjustment) the current one when that
+        // period's invoice is finalized.
+        let mut targets: Vec<(DateTime<Utc>, Priced)> = Vec::with_capacity(priced.len());
         for mut p in priced {
             let period = period_of(p.snapshot.window_start, settings.period).0;
-            let target = match invoice_of.get(&period) {
-                Some(id) => *id,
-                None => {
-                    p.adjustment = true;
-                    *invoice_of
-                        .get(&current.0)
-                        .ok_or_else(|| StoreError::Other("no draft invoice for now".into()))?
-                }
+            let target = if finalized.contains(&period) {
+                p.adjustment = true;
+                current.0
+            } else {
+                period
             };
-            lines.push((target, p));
+            targets.push((target, p));
         }
-        insert_lines(tx, &lines, settings).await?;
-
-        // Add the lines' sums to their invoices.
-        let mut sums: BTreeMap<Uuid, (Decimal, Decimal, Decimal, i32)> = BTreeMap::new();
-        for (invoice, p) in &lines {
-            let e = sums.entry(*invoice).or_default();
-            e.0 += p.line.subtotal_cents;
-            e.1 += p.line.discount_cents;
-            e.2 += p.line.total_cents;
-            e.3 += 1;
+        // Per draft: the sums of its new lines.
+        let mut sums: BTreeMap<DateTime<Utc>, Sums> = BTreeMap::new();
+        for (period, p) in &targets {
+            let e = sums.entry(*period).or_default();
+            e.subtotal += p.line.subtotal_cents;
+            e.discount += p.line.discount_cents;
+            e.total += p.line.total_cents;
+            e.lines += 1;
         }
+        let (invoice_of, created) =
+            upsert_drafts(tx, customer_id, &sums, &periods, node_id).await?;
+        summary.invoices_created = created;
         summary.invoices_touched = sums.len() as u32;
-        sqlx::query(
-            "update invoices i
-                set subtotal_cents = i.subtotal_cents + v.subtotal,
-                    discount_cents = i.discount_cents + v.discount,
-                    total_cents = i.total_cents + v.total,
-                    line_count = i.line_count + v.lines
-               from unnest($1::uuid[], $2::numeric[], $3::numeric[], $4::numeric[], $5::int4[])
-                    v(id, subtotal, discount, total, lines)
-              where i.id = v.id and i.status = 'draft'",
-        )
-        .bind(sums.keys().copied().collect::<Vec<_>>())
-        .bind(sums.values().map(|v| v.0).collect::<Vec<_>>())
-        .bind(sums.values().map(|v| v.1).collect::<Vec<_>>())
-        .bind(sums.values().map(|v| v.2).collect::<Vec<_>>())
-        .bind(sums.values().map(|v| v.3).collect::<Vec<_>>())
-        .execute(&mut **tx)
-        .await
-        .map_err(other)?;
+        let lines: Vec<(Uuid, Priced)> = targets
+            .into_iter()
+            .map(|(period, p)| (invoice_of[&period], p))
+            .collect();
+        insert_lines(tx, &lines, settings).await?;
 
         if self.fail_before_tagging.load(Ordering::SeqCst) {
             return Err(StoreError::Other(
@@ -359,50 +338,66 @@ impl PgBillingStore {
     }
 }
 
-/// The draft invoices of `customer_id` for `periods` (sorted), created where missing and locked;
-/// also how many were created.
-async fn draft_invoices(
+/// What a run adds to one draft invoice.
+#[derive(Default)]
+struct Sums {
+    subtotal: Decimal,
+    discount: Decimal,
+    total: Decimal,
+    lines: i32,
+}
+
+/// Adds `sums` (per period start) to the customer's draft invoices of those periods, creating
+/// the drafts that do not exist yet (their ends from `periods`), in one statement. Returns each
+/// period's invoice id and how many were created. Every period must be a draft: the run holds
+/// the existing invoices `for update`, so one finalized since is an error.
+async fn upsert_drafts(
     tx: &mut Transaction<'_, Postgres>,
     customer_id: i64,
-    periods: &[(DateTime<Utc>, DateTime<Utc>)],
+    sums: &BTreeMap<DateTime<Utc>, Sums>,
+    periods: &BTreeMap<DateTime<Utc>, DateTime<Utc>>,
     node_id: &str,
 ) -> Result<(HashMap<DateTime<Utc>, Uuid>, u32), StoreError> {
-    let starts: Vec<DateTime<Utc>> = periods.iter().map(|p| p.0).collect();
-    let ends: Vec<DateTime<Utc>> = periods.iter().map(|p| p.1).collect();
-    let created = sqlx::query(
-        "insert into invoices (customer_id, period_start, period_end, created_by_node)
-         select $1, s, e, $4 from unnest($2::timestamptz[], $3::timestamptz[]) t(s, e) order by s
-         on conflict (customer_id, period_start) do nothing",
+    let starts: Vec<DateTime<Utc>> = sums.keys().copied().collect();
+    let ends: Vec<DateTime<Utc>> = starts.iter().map(|s| periods[s]).collect();
+    let rows: Vec<(Uuid, DateTime<Utc>, bool)> = sqlx::query_as(
+        "insert into invoices (customer_id, period_start, period_end, created_by_node,
+                               subtotal_cents, discount_cents, total_cents, line_count)
+         select $1, s, e, $4, sub, dis, tot, n
+           from unnest($2::timestamptz[], $3::timestamptz[], $5::numeric[], $6::numeric[],
+                       $7::numeric[], $8::int4[]) t(s, e, sub, dis, tot, n)
+          order by s
+         on conflict (customer_id, period_start) do update
+            set subtotal_cents = invoices.subtotal_cents + excluded.subtotal_cents,
+                discount_cents = invoices.discount_cents + excluded.discount_cents,
+                total_cents = invoices.total_cents + excluded.total_cents,
+                line_count = invoices.line_count + excluded.line_count
+          where invoices.status = 'draft'
+         returning id, period_start, xmax = 0",
     )
     .bind(customer_id)
     .bind(&starts)
     .bind(&ends)
     .bind(node_id)
-    .execute(&mut **tx)
-    .await
-    .map_err(other)?
-    .rows_affected();
-    let rows: Vec<(Uuid, DateTime<Utc>, String)> = sqlx::query_as(
-        "select id, period_start, status from invoices
-          where customer_id = $1 and period_start = any($2)
-          order by period_start
-          for update",
-    )
-    .bind(customer_id)
-    .bind(&starts)
+    .bind(sums.values().map(|v| v.subtotal).collect::<Vec<_>>())
+    .bind(sums.values().map(|v| v.discount).collect::<Vec<_>>())
+    .bind(sums.values().map(|v| v.total).collect::<Vec<_>>())
+    .bind(sums.values().map(|v| v.lines).collect::<Vec<_>>())
     .fetch_all(&mut **tx)
     .await
     .map_err(other)?;
-    let mut ids = HashMap::with_capacity(rows.len());
-    for (id, start, status) in rows {
-        if status != "draft" {
-            return Err(StoreError::Other(format!(
-                "invoice {id} was finalized during the run"
-            )));
-        }
-        ids.insert(start, id);
+    if rows.len() != starts.len() {
+        return Err(StoreError::Other(format!(
+            "{} of {} invoices were finalized during the run",
+            starts.len() - rows.len(),
+            starts.len()
+        )));
     }
-    Ok((ids, created as u32))
+    let created = rows.iter().filter(|r| r.2).count() as u32;
+    Ok((
+        rows.into_iter().map(|(id, s, _)| (s, id)).collect(),
+        created,
+    ))
 }
 
 /// Prices the snapshots with their services' storms and coverage factors.

@@ -930,3 +930,102 @@ async fn three_nodes_bill_thousands_of_snapshots_exactly_once() {
         node.shutdown().await;
     }
 }
+
+/// Lines always name an existing invoice and go with it; every new draft is announced once, in
+/// period order, to the endpoints subscribed to `invoice.created`.
+#[tokio::test]
+async fn lines_belong_to_invoices_and_new_drafts_are_announced_in_order() {
+    let mut app = spawn_app().await;
+    let service = app.create_service(&DEV, "web").await;
+    app.post(
+        "/v1/webhooks",
+        &DEV,
+        json!({ "url": "https://example.com/hook", "event_types": ["invoice.created"] }),
+    )
+    .await
+    .expect(201);
+    // Three UTC days, two windows each.
+    let windows = [
+        "2026-11-18T01:00:00Z",
+        "2026-11-18T02:00:00Z",
+        "2026-11-19T01:00:00Z",
+        "2026-11-19T02:00:00Z",
+        "2026-11-20T01:00:00Z",
+        "2026-11-20T02:00:00Z",
+    ];
+    post_usage(
+        &app,
+        &DEV,
+        service,
+        windows.iter().map(|w| window(w, 1, GB, 0)).collect(),
+    )
+    .await;
+    start_billing(&mut app, test_billing(), 1).await;
+    let run = bill(&app).await;
+    assert_eq!((run.invoices_created, run.snapshots_billed), (3, 6));
+    // A second run on the same drafts adds to them instead of creating more.
+    post_usage(
+        &app,
+        &DEV,
+        service,
+        vec![window("2026-11-18T03:00:00Z", 1, GB, 0)],
+    )
+    .await;
+    let run = bill(&app).await;
+    assert_eq!((run.invoices_created, run.invoices_touched), (0, 1));
+    let (lines, count): (i64, i64) = sqlx::query_as(
+        "select (select count(*) from invoice_line_items),
+                (select line_count::int8 from invoices where period_start = '2026-11-18T00:00:00Z')",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!((lines, count), (7, 3));
+
+    let announced: Vec<String> = sqlx::query_scalar(
+        "select e.payload->>'period_start' from webhook_deliveries d join events e on e.id = d.event_id
+          where e.type = 'invoice.created' order by d.seq",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(announced.len(), 3, "{announced:?}");
+    assert!(
+        announced.windows(2).all(|w| w[0] < w[1]),
+        "in period order: {announced:?}"
+    );
+
+    // A line naming no invoice is refused by the database.
+    let orphan = sqlx::query(
+        "insert into invoice_line_items
+                (snapshot_id, invoice_id, service_id, window_start, window_end, source,
+                 primary_bytes, backup_bytes, rate_cents_per_gb, discount_rate,
+                 storm_overlap_seconds, max_coverage_factor, coverage, primary_charge_exact,
+                 primary_charge_cents, backup_charge_exact, backup_charge_cents, subtotal_cents,
+                 discount_exact, discount_cents, total_cents)
+         values (gen_random_uuid(), gen_random_uuid(), $1, now(), now(), 'api', 0, 0, 12, 0.5,
+                 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)",
+    )
+    .bind(service)
+    .execute(&app.pool)
+    .await
+    .unwrap_err();
+    assert_eq!(
+        orphan
+            .as_database_error()
+            .and_then(|e| e.constraint())
+            .map(str::to_owned),
+        Some("invoice_line_items_invoice_id_fkey".to_owned()),
+        "{orphan}"
+    );
+    // Deleting an invoice deletes its lines.
+    sqlx::query("delete from invoices where period_start = '2026-11-18T00:00:00Z'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let lines: i64 = sqlx::query_scalar("select count(*) from invoice_line_items")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(lines, 4);
+}
