@@ -395,6 +395,14 @@ impl TestApp {
     }
 
     /// Provisions a customer through the admin API; returns its id and API key.
+    /// Creates an API key with `auth` (`body`: name, scopes, …); the created key and its
+    /// credentials.
+    pub async fn create_key(&self, auth: &Auth, body: Value) -> (Value, Auth) {
+        let created = self.post("/v1/api-keys", auth, body).await.expect(201).body;
+        let secret = created["secret"].as_str().unwrap().to_owned();
+        (created, Auth::Key(secret))
+    }
+
     pub async fn create_customer(&self, name: &str) -> (i64, String) {
         let resp = self
             .post(

@@ -7,18 +7,15 @@ use crate::helpers::{Auth, TestApp, spawn_app};
 
 /// A `job-status` key for `applications`, made with the customer's root key.
 async fn job_key(app: &TestApp, root: &Auth, applications: Value) -> Auth {
-    let created = app
-        .post(
-            "/v1/api-keys",
+    let (created, key) = app
+        .create_key(
             root,
             json!({ "name": "scheduler", "scopes": ["job-status"], "applications": applications }),
         )
-        .await
-        .expect(201)
-        .body;
+        .await;
     assert_eq!(created["scopes"], json!(["job-status"]));
     assert_eq!(created["applications"], applications);
-    Auth::Key(created["secret"].as_str().unwrap().to_owned())
+    key
 }
 
 fn report(application: &str, run: &str, status: &str, at: chrono::DateTime<Utc>) -> Value {
@@ -153,21 +150,12 @@ async fn job_status_keys_need_applications_and_only_they_take_them() {
             .expect_error(422, "validation_failed", Some(field));
     }
     // A key without `admin` cannot make keys at all, job-status ones included.
-    let reader = app
-        .post(
-            "/v1/api-keys",
-            &root,
-            json!({ "name": "r", "scopes": ["read"] }),
-        )
-        .await
-        .expect(201)
-        .body["secret"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (_, reader) = app
+        .create_key(&root, json!({ "name": "r", "scopes": ["read"] }))
+        .await;
     app.post(
         "/v1/api-keys",
-        &Auth::Key(reader),
+        &reader,
         json!({ "name": "s", "scopes": ["job-status"], "applications": ["x"] }),
     )
     .await

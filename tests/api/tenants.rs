@@ -90,19 +90,12 @@ async fn keys_cannot_grant_scopes_they_lack_and_bad_scopes_name_the_field() {
     let app = spawn_app().await;
     let (_, root) = app.create_customer("acme").await;
     let root = Auth::Key(root);
-    let manager = app
-        .post(
-            "/v1/api-keys",
+    let (_, manager) = app
+        .create_key(
             &root,
             json!({ "name": "keys", "scopes": ["read", "admin"] }),
         )
-        .await
-        .expect(201)
-        .body["secret"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let manager = Auth::Key(manager);
+        .await;
     app.post(
         "/v1/api-keys",
         &manager,
@@ -285,49 +278,29 @@ async fn every_operation_enforces_the_scope_it_declares() {
         ("write", json!(["read", "admin"])),
         ("admin", json!(["read", "write"])),
     ] {
-        let key = app
-            .post(
-                "/v1/api-keys",
+        let (_, key) = app
+            .create_key(
                 &root,
                 json!({ "name": format!("no-{missing}"), "scopes": scopes }),
             )
-            .await
-            .expect(201)
-            .body["secret"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        without.insert(missing, Auth::Key(key));
+            .await;
+        without.insert(missing, key);
     }
     // `job-status` is held by scheduler keys only, and they hold nothing else.
-    let scheduler = app
-        .post(
-            "/v1/api-keys",
+    let (_, scheduler) = app
+        .create_key(
             &root,
             json!({ "name": "scheduler", "scopes": ["job-status"], "applications": ["app"] }),
         )
-        .await
-        .expect(201)
-        .body["secret"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let scheduler = Auth::Key(scheduler);
+        .await;
     // Path placeholders are `1`: `DELETE /v1/api-keys/1` revokes the customer's first key, so
     // the walk uses a second key with every customer scope.
-    let all = app
-        .post(
-            "/v1/api-keys",
+    let (_, all) = app
+        .create_key(
             &root,
             json!({ "name": "all", "scopes": ["read", "write", "admin"] }),
         )
-        .await
-        .expect(201)
-        .body["secret"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let all = Auth::Key(all);
+        .await;
     without.insert("job-status", all.clone());
     let spec: Value = serde_json::from_str(&tranche::api::spec_json()).unwrap();
     let mut checked = 0;
