@@ -127,6 +127,83 @@ pub struct CreateDomain {
     pub dns_zone: Option<String>,
 }
 
+/// Body of `PATCH /v1/services/{id}/domains/{domain_id}`: any subset of the probe settings.
+/// The hostname and its zone are the domain's identity (its ownership challenge and DNS
+/// records): to change them, add a new domain.
+#[derive(Debug, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateDomain {
+    pub primary_target: Option<String>,
+    pub backup_target: Option<String>,
+    pub probe_path: Option<String>,
+    /// `https` or `http`.
+    pub probe_scheme: Option<String>,
+    /// Statuses that count as up: codes and ranges, e.g. `200-299,301`.
+    pub expected_statuses: Option<String>,
+    /// Probe timeout in milliseconds, 100–60000.
+    pub probe_timeout_ms: Option<i32>,
+}
+
+/// The probe settings of a create or update request, validated (each `None` when absent).
+struct ProbeSettings {
+    primary_target: Option<String>,
+    backup_target: Option<String>,
+    probe_path: Option<ProbePath>,
+    probe_scheme: Option<ProbeScheme>,
+    expected_statuses: Option<ExpectedStatuses>,
+    probe_timeout_ms: Option<i32>,
+}
+
+impl ProbeSettings {
+    /// Validates each present field, naming it when it is wrong.
+    fn parse(
+        primary_target: Option<String>,
+        backup_target: Option<String>,
+        probe_path: Option<String>,
+        probe_scheme: Option<String>,
+        expected_statuses: Option<String>,
+        probe_timeout_ms: Option<i32>,
+    ) -> ApiResult<Self> {
+        let target = |field: &'static str, value: Option<String>| {
+            value
+                .as_deref()
+                .map(ProbeTarget::parse)
+                .transpose()
+                .map(|t| t.map(|t| t.to_string()))
+                .map_err(ApiError::field(field))
+        };
+        if let Some(ms) = probe_timeout_ms
+            && !(100..=60_000).contains(&ms)
+        {
+            return Err(ApiError::invalid(
+                "probe_timeout_ms",
+                format!("probe_timeout_ms must be between 100 and 60000 (got {ms})"),
+            ));
+        }
+        Ok(Self {
+            primary_target: target("primary_target", primary_target)?,
+            backup_target: target("backup_target", backup_target)?,
+            probe_path: probe_path
+                .as_deref()
+                .map(ProbePath::parse)
+                .transpose()
+                .map_err(ApiError::field("probe_path"))?,
+            probe_scheme: probe_scheme
+                .as_deref()
+                .map(ProbeScheme::parse)
+                .transpose()
+                .map_err(ApiError::field("probe_scheme"))?,
+            expected_statuses: expected_statuses
+                .as_deref()
+                .map(ExpectedStatuses::parse)
+                .transpose()
+                .map_err(ApiError::field("expected_statuses"))?,
+            probe_timeout_ms,
+        })
+    }
+}
+
 #[derive(ApiResponse)]
 pub enum CreatedDomain {
     /// The domain was added.
@@ -175,33 +252,26 @@ impl DomainsApi {
     ) -> ApiResult<CreatedDomain> {
         let body = body.0;
         let hostname = Hostname::parse(&body.name).map_err(ApiError::field("name"))?;
-        let target = |field: &'static str, value: Option<String>| {
-            value
-                .as_deref()
-                .map(ProbeTarget::parse)
-                .transpose()
-                .map(|t| t.map(|t| t.to_string()))
-                .map_err(ApiError::field(field))
+        let settings = ProbeSettings::parse(
+            body.primary_target,
+            body.backup_target,
+            Some(body.probe_path.unwrap_or_else(|| ProbePath::DEFAULT.into())),
+            Some(body.probe_scheme.unwrap_or_else(|| "https".into())),
+            Some(
+                body.expected_statuses
+                    .unwrap_or_else(|| ExpectedStatuses::DEFAULT.into()),
+            ),
+            Some(body.probe_timeout_ms.unwrap_or(5000)),
+        )?;
+        let (Some(probe_path), Some(scheme), Some(statuses), Some(timeout_ms)) = (
+            settings.probe_path,
+            settings.probe_scheme,
+            settings.expected_statuses,
+            settings.probe_timeout_ms,
+        ) else {
+            unreachable!("defaults are given above");
         };
-        let primary_target = target("primary_target", body.primary_target)?;
-        let backup_target = target("backup_target", body.backup_target)?;
-        let probe_path = ProbePath::parse(body.probe_path.as_deref().unwrap_or(ProbePath::DEFAULT))
-            .map_err(ApiError::field("probe_path"))?;
-        let scheme = ProbeScheme::parse(body.probe_scheme.as_deref().unwrap_or("https"))
-            .map_err(ApiError::field("probe_scheme"))?;
-        let statuses = ExpectedStatuses::parse(
-            body.expected_statuses
-                .as_deref()
-                .unwrap_or(ExpectedStatuses::DEFAULT),
-        )
-        .map_err(ApiError::field("expected_statuses"))?;
-        let timeout_ms = body.probe_timeout_ms.unwrap_or(5000);
-        if !(100..=60_000).contains(&timeout_ms) {
-            return Err(ApiError::invalid(
-                "probe_timeout_ms",
-                format!("probe_timeout_ms must be between 100 and 60000 (got {timeout_ms})"),
-            ));
-        }
+        let (primary_target, backup_target) = (settings.primary_target, settings.backup_target);
         let zone = match body.dns_zone.as_deref() {
             Some(z) => Hostname::parse(z)
                 .map_err(ApiError::field("dns_zone"))?
@@ -238,6 +308,61 @@ impl DomainsApi {
         }
         let location = format!("/v1/services/{}/domains/{}", id.0, row.id);
         Ok(CreatedDomain::Created(Json(row.into()), location))
+    }
+
+    /// Change a domain's probe settings (any subset). The running engine picks them up at
+    /// once; the window's samples so far are kept.
+    #[oai(
+        path = "/v1/services/:id/domains/:domain_id",
+        method = "patch",
+        operation_id = "update_domain"
+    )]
+    async fn update(
+        &self,
+        #[oai(scope = "Scope::Write")] tenant: Scoped<needs::Write>,
+        ctx: Data<&Arc<ApiContext>>,
+        id: Path<i64>,
+        domain_id: Path<i64>,
+        body: JsonBody<UpdateDomain>,
+    ) -> ApiResult<Json<Domain>> {
+        let b = body.0;
+        let s = ProbeSettings::parse(
+            b.primary_target,
+            b.backup_target,
+            b.probe_path,
+            b.probe_scheme,
+            b.expected_statuses,
+            b.probe_timeout_ms,
+        )?;
+        let patch = domains::DomainPatch {
+            primary_target: s.primary_target.as_deref(),
+            backup_target: s.backup_target.as_deref(),
+            probe_path: s.probe_path.as_ref().map(ProbePath::as_str),
+            probe_scheme: s.probe_scheme.map(ProbeScheme::as_str),
+            expected_statuses: s.expected_statuses.as_ref().map(ToString::to_string),
+            probe_timeout_ms: s.probe_timeout_ms,
+        };
+        if patch.is_empty() {
+            return Err(ApiError::Unprocessable(poem_openapi::payload::Json(
+                super::error::ErrorBody {
+                    code: "validation_failed".into(),
+                    message: "send at least one of primary_target, backup_target, probe_path, \
+                              probe_scheme, expected_statuses, probe_timeout_ms"
+                        .into(),
+                    field: None,
+                },
+            )));
+        }
+        let row = domains::update(&ctx.pool, tenant.customer_id, id.0, domain_id.0, &patch)
+            .await?
+            .ok_or_else(|| {
+                ApiError::not_found(format!(
+                    "domain {} of service {} not found",
+                    domain_id.0, id.0
+                ))
+            })?;
+        tracing::info!(service.id = id.0, domain.id = row.id, "domain updated");
+        Ok(Json(row.into()))
     }
 
     /// Remove a hostname from a service. It stops being probed and steered; its storm history

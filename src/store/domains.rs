@@ -58,6 +58,63 @@ pub struct NewDomain<'a> {
     pub verified: bool,
 }
 
+/// Probe settings to change (`None`: keep).
+#[derive(Debug, Default)]
+pub struct DomainPatch<'a> {
+    pub primary_target: Option<&'a str>,
+    pub backup_target: Option<&'a str>,
+    pub probe_path: Option<&'a str>,
+    pub probe_scheme: Option<&'a str>,
+    pub expected_statuses: Option<String>,
+    pub probe_timeout_ms: Option<i32>,
+}
+
+impl DomainPatch<'_> {
+    pub fn is_empty(&self) -> bool {
+        self.primary_target.is_none()
+            && self.backup_target.is_none()
+            && self.probe_path.is_none()
+            && self.probe_scheme.is_none()
+            && self.expected_statuses.is_none()
+            && self.probe_timeout_ms.is_none()
+    }
+}
+
+/// Applies `patch` to a live domain of the customer's live service; `None` if there is none.
+pub async fn update(
+    pool: &PgPool,
+    customer_id: i64,
+    service_id: i64,
+    domain_id: i64,
+    patch: &DomainPatch<'_>,
+) -> sqlx::Result<Option<DomainRow>> {
+    sqlx::query_as(concat!(
+        "update service_domains d
+            set primary_target = coalesce($4, d.primary_target),
+                backup_target = coalesce($5, d.backup_target),
+                probe_path = coalesce($6, d.probe_path),
+                probe_scheme = coalesce($7, d.probe_scheme),
+                expected_statuses = coalesce($8, d.expected_statuses),
+                probe_timeout_ms = coalesce($9, d.probe_timeout_ms)
+           from services s
+          where d.id = $1 and d.service_id = $2 and s.id = d.service_id and s.customer_id = $3
+            and s.deleted_at is null and d.deleted_at is null
+      returning ",
+        columns!()
+    ))
+    .bind(domain_id)
+    .bind(service_id)
+    .bind(customer_id)
+    .bind(patch.primary_target)
+    .bind(patch.backup_target)
+    .bind(patch.probe_path)
+    .bind(patch.probe_scheme)
+    .bind(patch.expected_statuses.as_deref())
+    .bind(patch.probe_timeout_ms)
+    .fetch_optional(pool)
+    .await
+}
+
 /// Live domains of service `service_id`, which must be customer `customer_id`'s.
 pub async fn list(
     pool: &PgPool,

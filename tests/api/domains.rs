@@ -196,3 +196,66 @@ async fn domains_of_missing_or_deleted_services_are_404() {
         .await
         .expect_error(404, "not_found", None);
 }
+
+#[tokio::test]
+async fn probe_settings_can_be_changed_and_bad_values_name_the_field() {
+    let app = spawn_app().await;
+    let sid = app.create_service(&DEMO, "web").await;
+    let base = format!("/v1/services/{sid}/domains");
+    let created = app
+        .post(&base, &DEMO, json!({ "name": "app.example.com" }))
+        .await
+        .expect(201)
+        .body;
+    let url = format!("{base}/{}", created["id"]);
+
+    let updated = app
+        .patch(
+            &url,
+            &DEMO,
+            json!({ "primary_target": "edge.cdn-a.example", "probe_path": "/healthz", "probe_timeout_ms": 2000 }),
+        )
+        .await
+        .expect(200)
+        .body;
+    assert_eq!(updated["primary_target"], "edge.cdn-a.example");
+    assert_eq!(updated["probe_path"], "/healthz");
+    assert_eq!(updated["probe_timeout_ms"], 2000);
+    // Untouched: everything else, the verification included.
+    assert_eq!(updated["probe_scheme"], created["probe_scheme"]);
+    assert_eq!(updated["verification"], created["verification"]);
+    assert_eq!(
+        app.get(&base, &DEMO).await.expect(200).body[0]["probe_path"],
+        "/healthz"
+    );
+
+    for (body, field) in [
+        (json!({ "probe_timeout_ms": 5 }), Some("probe_timeout_ms")),
+        (json!({ "probe_scheme": "gopher" }), Some("probe_scheme")),
+        (
+            json!({ "expected_statuses": "999" }),
+            Some("expected_statuses"),
+        ),
+        (
+            json!({ "backup_target": "not a host!" }),
+            Some("backup_target"),
+        ),
+        (json!({ "name": "other.example.com" }), Some("name")),
+        (json!({}), None),
+    ] {
+        app.patch(&url, &DEMO, body)
+            .await
+            .expect_error(422, "validation_failed", field);
+    }
+    app.patch(
+        &format!("{base}/999999"),
+        &DEMO,
+        json!({ "probe_path": "/x" }),
+    )
+    .await
+    .expect_error(404, "not_found", None);
+    let (_, other) = app.create_customer("other").await;
+    app.patch(&url, &Auth::Key(other), json!({ "probe_path": "/x" }))
+        .await
+        .expect_error(404, "not_found", None);
+}

@@ -366,6 +366,27 @@ async fn config_changes_reach_the_running_engine() {
         (engine.running_domains().await == vec![id]).then_some(())
     })
     .await;
+    // Changed probe settings reach the running actor: a primary target where nothing listens.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    s.app
+        .patch(
+            &format!("/v1/services/{}/domains/{id}", s.service),
+            &DEMO,
+            json!({ "primary_target": dead.to_string(), "probe_timeout_ms": 500 }),
+        )
+        .await
+        .expect(200);
+    eventually(
+        "probes follow the new target",
+        Duration::from_secs(10),
+        || async {
+            (s.state().await["primary"]["last_probe"]["outcome"] == "connect").then_some(())
+        },
+    )
+    .await;
     // Deleting the service stops everything.
     s.app
         .delete(&format!("/v1/services/{}", s.service), &DEMO)
