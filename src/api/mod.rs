@@ -1,7 +1,8 @@
 //! The HTTP API: poem + poem-openapi.
 //!
 //! One module per resource ([`services`], [`domains`], [`policies`], [`engine`], [`dns`],
-//! [`usage`], [`invoices`], [`keys`], [`jobs`], [`webhooks`], [`admin`], [`health`]), each
+//! [`usage`], [`invoices`], [`keys`], [`settings`], [`jobs`], [`webhooks`], [`admin`],
+//! [`health`]), each
 //! an `#[OpenApi]` struct; [`openapi`] combines them into the document served at `/openapi.json`
 //! (Swagger UI at `/docs`) and committed under `openapi/`. Shared pieces: [`ApiContext`] (what
 //! handlers need), [`auth`] (who is calling), [`error`] (the one error type and body shape) and
@@ -22,6 +23,7 @@ pub mod keys;
 pub mod policies;
 pub mod rate_limit;
 pub mod services;
+pub mod settings;
 pub mod usage;
 pub mod webhooks;
 
@@ -72,6 +74,8 @@ pub enum ApiTags {
     Billing,
     /// Your API keys (the `admin` scope).
     ApiKeys,
+    /// Your account's settings: the defaults of new storm policies.
+    Settings,
     /// Job status: schedulers report runs of their jobs (`job-status` keys, limited to named
     /// applications), the input of SLO tracking.
     Jobs,
@@ -97,6 +101,7 @@ pub type Api = (
     usage::UsageApi,
     invoices::InvoicesApi,
     keys::KeysApi,
+    settings::SettingsApi,
     jobs::JobsApi,
     webhooks::WebhooksApi,
     admin::AdminApi,
@@ -115,6 +120,7 @@ pub fn openapi() -> OpenApiService<Api, ()> {
             usage::UsageApi,
             invoices::InvoicesApi,
             keys::KeysApi,
+            settings::SettingsApi,
             jobs::JobsApi,
             webhooks::WebhooksApi,
             admin::AdminApi,

@@ -58,7 +58,8 @@ impl From<PolicyRow> for StormPolicy {
     }
 }
 
-/// Body of `POST /v1/services/{id}/storm-policies`. Omitted fields take the defaults.
+/// Body of `POST /v1/services/{id}/storm-policies`. Omitted fields take the customer's
+/// defaults (`GET /v1/settings`; out of the box the values below).
 #[derive(Debug, Object, Deserialize)]
 #[oai(deny_unknown_fields)]
 #[serde(deny_unknown_fields)]
@@ -94,7 +95,7 @@ pub struct UpdateStormPolicy {
 }
 
 impl UpdateStormPolicy {
-    fn into_patch(self) -> ApiResult<PolicyPatch> {
+    pub(crate) fn into_patch(self) -> ApiResult<PolicyPatch> {
         Ok(PolicyPatch {
             threshold_avail: self
                 .threshold_avail
@@ -119,7 +120,7 @@ pub enum CreatedPolicy {
     Created(Json<StormPolicy>, #[oai(header = "Location")] String),
 }
 
-fn policy_error(e: PolicyError) -> ApiError {
+pub(crate) fn policy_error(e: PolicyError) -> ApiError {
     ApiError::invalid(e.field, format!("{}: {}", e.field, e.reason))
 }
 
@@ -181,7 +182,10 @@ impl PoliciesApi {
             min_samples: body.min_samples,
         }
         .into_patch()?;
-        let params = PolicyParams::new(kind, &patch).map_err(policy_error)?;
+        // Omitted fields take the customer's defaults (`/v1/settings`).
+        let defaults =
+            crate::store::settings::policy_defaults(&ctx.pool, tenant.customer_id, kind).await?;
+        let params = defaults.apply(&patch).map_err(policy_error)?;
         let row = policies::create(&ctx.pool, tenant.customer_id, id.0, &params)
             .await?
             .ok_or_else(|| service_not_found(id.0))?;

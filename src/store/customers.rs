@@ -17,8 +17,8 @@ pub struct CustomerRow {
     pub updated_at: DateTime<Utc>,
 }
 
-/// Creates a customer and its first API key (all scopes) in one transaction: either both exist
-/// afterwards or neither does. Returns the key with its secret, which is not stored.
+/// Creates a customer, its default settings and its first API key (all scopes) in one
+/// transaction: either all exist afterwards or none does. Returns the key with its secret, which is not stored.
 pub async fn create_with_key(
     pool: &PgPool,
     name: &str,
@@ -32,6 +32,7 @@ pub async fn create_with_key(
     .bind(name)
     .fetch_one(&mut *tx)
     .await?;
+    super::settings::create_defaults(&mut tx, customer.id).await?;
     let generated = api_keys::generate();
     let key = api_keys::insert(
         &mut tx,
@@ -50,13 +51,17 @@ pub async fn create_with_key(
 /// so customers created later through the admin API do not collide with it.
 pub async fn ensure_demo(pool: &PgPool) -> sqlx::Result<()> {
     let mut tx = pool.begin().await?;
-    sqlx::query(
+    let created = sqlx::query(
         "insert into customers (id, name) overriding system value values ($1, 'demo')
          on conflict (id) do nothing",
     )
     .bind(DEMO_CUSTOMER_ID)
     .execute(&mut *tx)
-    .await?;
+    .await?
+    .rows_affected();
+    if created == 1 {
+        super::settings::create_defaults(&mut tx, DEMO_CUSTOMER_ID).await?;
+    }
     sqlx::query(
         "select setval(pg_get_serial_sequence('customers', 'id'),
                        greatest((select max(id) from customers), 1))",

@@ -14,6 +14,7 @@ pub mod invoices;
 pub mod jobs;
 pub mod policies;
 pub mod services;
+pub mod settings;
 pub mod storms;
 pub mod usage;
 pub mod webhooks;

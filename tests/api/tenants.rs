@@ -249,18 +249,133 @@ async fn a_failure_mid_provisioning_leaves_nothing_behind() {
         .fetch_one(&app.pool)
         .await
         .unwrap();
-    // The customer row is written, then the key insert fails (its name breaks a constraint):
-    // the transaction takes the customer with it.
+    let settings_before: i64 = sqlx::query_scalar("select count(*) from customer_settings")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    // The customer and its settings are written, then the key insert fails (its name breaks a
+    // constraint): the transaction takes the customer and its settings with it.
     let failed =
         tranche::store::customers::create_with_key(&app.pool, "half-made", &"k".repeat(300)).await;
     assert!(failed.is_err());
-    let (customers, keys): (i64, i64) =
-        sqlx::query_as("select (select count(*) from customers), (select count(*) from api_keys)")
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
+    let (customers, keys, settings): (i64, i64, i64) = sqlx::query_as(
+        "select (select count(*) from customers), (select count(*) from api_keys),
+                (select count(*) from customer_settings)",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
     assert_eq!(customers, before, "no customer without its key");
     assert_eq!(keys, 0);
+    assert_eq!(
+        settings, settings_before,
+        "no settings without their customer"
+    );
+}
+
+/// Provisioning creates the customer's settings; their policy defaults fill the fields a new
+/// policy leaves out, and only an `admin` key changes them.
+#[tokio::test]
+async fn customer_settings_are_provisioned_and_set_new_policy_defaults() {
+    let app = crate::helpers::spawn_app().await;
+    let (_, root) = app.create_customer("acme").await;
+    let root = Auth::Key(root);
+    let settings = app.get("/v1/settings", &root).await.expect(200).body;
+    assert_eq!(
+        settings["storm_policy_defaults"],
+        json!({ "threshold_avail": 0.9, "window_seconds": 60, "cooldown_seconds": 300,
+                "max_coverage_factor": 1.5, "probe_interval_seconds": 10, "min_samples": 3 })
+    );
+    assert!(
+        settings["updated_at"].is_string(),
+        "created with the customer"
+    );
+
+    let service = app.create_service(&root, "web").await;
+    let before = app
+        .post(
+            &format!("/v1/services/{service}/storm-policies"),
+            &root,
+            json!({}),
+        )
+        .await
+        .expect(201)
+        .body;
+    assert_eq!(before["threshold_avail"], 0.9);
+
+    let changed = app
+        .patch(
+            "/v1/settings",
+            &root,
+            json!({ "storm_policy_defaults": { "threshold_avail": 0.95, "cooldown_seconds": 600 } }),
+        )
+        .await
+        .expect(200)
+        .body;
+    assert_eq!(changed["storm_policy_defaults"]["threshold_avail"], 0.95);
+    assert_eq!(changed["storm_policy_defaults"]["window_seconds"], 60);
+
+    // A new policy takes the new defaults for what it leaves out; the old one is unchanged.
+    let other = app.create_service(&root, "api").await;
+    let after = app
+        .post(
+            &format!("/v1/services/{other}/storm-policies"),
+            &root,
+            json!({ "window_seconds": 120 }),
+        )
+        .await
+        .expect(201)
+        .body;
+    assert_eq!(
+        (
+            &after["threshold_avail"],
+            &after["cooldown_seconds"],
+            &after["window_seconds"]
+        ),
+        (&json!(0.95), &json!(600), &json!(120))
+    );
+    let listed = app
+        .get(&format!("/v1/services/{service}/storm-policies"), &root)
+        .await
+        .expect(200)
+        .body;
+    assert_eq!(listed[0]["threshold_avail"], 0.9);
+
+    // Validation names the nested field; an empty change is refused; `read` cannot change.
+    app.patch(
+        "/v1/settings",
+        &root,
+        json!({ "storm_policy_defaults": { "threshold_avail": 1.5 } }),
+    )
+    .await
+    .expect_error(
+        422,
+        "validation_failed",
+        Some("storm_policy_defaults.threshold_avail"),
+    );
+    app.patch("/v1/settings", &root, json!({}))
+        .await
+        .expect_error(422, "validation_failed", Some("storm_policy_defaults"));
+    let (_, reader) = app
+        .create_key(&root, json!({ "name": "r", "scopes": ["read"] }))
+        .await;
+    app.get("/v1/settings", &reader).await.expect(200);
+    app.patch(
+        "/v1/settings",
+        &reader,
+        json!({ "storm_policy_defaults": { "min_samples": 5 } }),
+    )
+    .await
+    .expect_error(403, "forbidden", None);
+    // Another customer still has the product defaults.
+    let (_, second) = app.create_customer("second").await;
+    assert_eq!(
+        app.get("/v1/settings", &Auth::Key(second))
+            .await
+            .expect(200)
+            .body["storm_policy_defaults"]["threshold_avail"],
+        0.9
+    );
 }
 
 /// Every customer operation in the OpenAPI document declares the scope it needs, and a key
