@@ -468,3 +468,54 @@ async fn old_events_are_pruned_unless_still_pending() {
             .unwrap();
     assert_eq!(deliveries, 0, "the delivery log goes with its event");
 }
+
+/// A receiver that accepts connections and never answers holds back only its own endpoint:
+/// the other endpoint's delivery arrives at once, the hung one times out and is retried later.
+#[tokio::test]
+async fn a_hung_receiver_delays_only_its_own_endpoint() {
+    let app = app_with_dispatcher().await;
+    let (url, received) = receiver().await;
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hung_url = format!("http://{}/hook", hung.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = hung.accept().await {
+            held.push(socket); // read nothing, answer nothing
+        }
+    });
+    let stuck = app
+        .post("/v1/webhooks", &DEV, json!({ "url": hung_url }))
+        .await
+        .expect(201)
+        .body["id"]
+        .clone();
+    app.post("/v1/webhooks", &DEV, json!({ "url": url }))
+        .await
+        .expect(201);
+    storm(&app, "site", false).await;
+
+    // The pass runs while the healthy receiver is watched; it ends when the hung request
+    // times out (10 s).
+    let (pass, ()) = tokio::join!(app.engine().deliver_webhooks_now(), async {
+        eventually(
+            "the healthy endpoint's delivery, not held behind the hung receiver",
+            Duration::from_secs(8),
+            || async { (!received.requests.lock().unwrap().is_empty()).then_some(()) },
+        )
+        .await;
+    });
+    assert_eq!(pass, Some(1), "one delivered, the hung one not");
+    let log = app
+        .get(&format!("/v1/webhooks/{stuck}/deliveries"), &DEV)
+        .await
+        .expect(200)
+        .body;
+    assert_eq!(log[0]["status"], "pending", "retried later: {log}");
+    assert_eq!(log[0]["attempts"], 1);
+    assert!(
+        log[0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("timed out") || e.contains("timeout")),
+        "{log}"
+    );
+}
