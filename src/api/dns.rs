@@ -232,12 +232,7 @@ impl DnsApi {
             &actor(&tenant),
         )
         .await?
-        .ok_or_else(|| {
-            ApiError::not_found(format!(
-                "domain {} of service {} not found",
-                domain_id.0, id.0
-            ))
-        })?;
+        .ok_or_else(|| super::domains::domain_not_found(id.0, domain_id.0))?;
         tracing::info!(
             domain.id = row.domain_id,
             weight = row.primary_weight,

@@ -355,12 +355,7 @@ impl DomainsApi {
         }
         let row = domains::update(&ctx.pool, tenant.customer_id, id.0, domain_id.0, &patch)
             .await?
-            .ok_or_else(|| {
-                ApiError::not_found(format!(
-                    "domain {} of service {} not found",
-                    domain_id.0, id.0
-                ))
-            })?;
+            .ok_or_else(|| domain_not_found(id.0, domain_id.0))?;
         tracing::info!(service.id = id.0, domain.id = row.id, "domain updated");
         Ok(Json(row.into()))
     }
@@ -382,10 +377,7 @@ impl DomainsApi {
         if domains::soft_delete(&ctx.pool, tenant.customer_id, id.0, domain_id.0).await? {
             Ok(Deleted::NoContent)
         } else {
-            Err(ApiError::not_found(format!(
-                "domain {} of service {} not found",
-                domain_id.0, id.0
-            )))
+            Err(domain_not_found(id.0, domain_id.0))
         }
     }
 
@@ -404,12 +396,7 @@ impl DomainsApi {
         id: Path<i64>,
         domain_id: Path<i64>,
     ) -> ApiResult<Json<Domain>> {
-        let not_found = || {
-            ApiError::not_found(format!(
-                "domain {} of service {} not found",
-                domain_id.0, id.0
-            ))
-        };
+        let not_found = || domain_not_found(id.0, domain_id.0);
         domains::get(&ctx.pool, tenant.customer_id, id.0, domain_id.0)
             .await?
             .ok_or_else(not_found)?;
@@ -429,6 +416,13 @@ impl DomainsApi {
             .ok_or_else(not_found)?;
         Ok(Json(row.into()))
     }
+}
+
+/// 404 for a domain that is not a live domain of the caller's live service.
+pub fn domain_not_found(service_id: i64, domain_id: i64) -> ApiError {
+    ApiError::not_found(format!(
+        "domain {domain_id} of service {service_id} not found"
+    ))
 }
 
 /// 128 random bits, hex: the value of the TXT challenge record.
