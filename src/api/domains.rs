@@ -255,22 +255,18 @@ impl DomainsApi {
         let settings = ProbeSettings::parse(
             body.primary_target,
             body.backup_target,
-            Some(body.probe_path.unwrap_or_else(|| ProbePath::DEFAULT.into())),
-            Some(body.probe_scheme.unwrap_or_else(|| "https".into())),
-            Some(
-                body.expected_statuses
-                    .unwrap_or_else(|| ExpectedStatuses::DEFAULT.into()),
-            ),
-            Some(body.probe_timeout_ms.unwrap_or(5000)),
+            body.probe_path,
+            body.probe_scheme,
+            body.expected_statuses,
+            body.probe_timeout_ms,
         )?;
-        let (Some(probe_path), Some(scheme), Some(statuses), Some(timeout_ms)) = (
-            settings.probe_path,
-            settings.probe_scheme,
-            settings.expected_statuses,
-            settings.probe_timeout_ms,
-        ) else {
-            unreachable!("defaults are given above");
-        };
+        let probe_path = settings
+            .probe_path
+            .as_ref()
+            .map_or(ProbePath::DEFAULT, ProbePath::as_str);
+        let scheme = settings.probe_scheme.unwrap_or(ProbeScheme::Https);
+        let statuses = settings.expected_statuses.unwrap_or_default();
+        let timeout_ms = settings.probe_timeout_ms.unwrap_or(5000);
         let (primary_target, backup_target) = (settings.primary_target, settings.backup_target);
         let zone = match body.dns_zone.as_deref() {
             Some(z) => Hostname::parse(z)
@@ -289,7 +285,7 @@ impl DomainsApi {
             hostname: hostname.as_str(),
             primary_target,
             backup_target,
-            probe_path: probe_path.as_str(),
+            probe_path,
             probe_scheme: scheme.as_str(),
             expected_statuses: statuses.to_string(),
             probe_timeout_ms: timeout_ms,
