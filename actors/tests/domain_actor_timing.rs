@@ -55,6 +55,7 @@ impl EngineStore for MemoryStore {
         &self,
         _: &DomainSpec,
         d: &Decision,
+        _: Option<&str>,
         _: Fence,
         _: &str,
     ) -> Result<(), StoreError> {
@@ -63,6 +64,10 @@ impl EngineStore for MemoryStore {
         }
         self.decisions.lock().unwrap().push(d.clone());
         Ok(())
+    }
+    async fn step_applied(&self, _: i64, _: Weights) -> Result<bool, StoreError> {
+        // No DNS steering on this node: never consulted.
+        unreachable!("the engine has no DNS steering here")
     }
     async fn write_observations(&self, _: &str, _: &[Observation]) -> Result<(), StoreError> {
         Ok(())
@@ -78,6 +83,9 @@ struct AllShards;
 impl LeaseBackend for AllShards {
     async fn heartbeat(&self, _: &str, _: &[u16]) -> Result<usize, StoreError> {
         Ok(1)
+    }
+    async fn depose_stale(&self, _: &str, _: Duration) -> Result<Vec<String>, StoreError> {
+        Ok(vec![])
     }
     async fn try_acquire(&self, _: &str, _: u16) -> Result<Option<i64>, StoreError> {
         Ok(Some(1))
@@ -197,6 +205,7 @@ async fn storm_timing_is_exact_on_paused_time() {
             probe_interval_seconds: Some(1),
             min_samples: Some(3),
             cooldown_seconds: Some(5),
+            consecutive_failures: Some(2),
             ..Default::default()
         },
         true,
@@ -220,7 +229,8 @@ async fn storm_timing_is_exact_on_paused_time() {
     tokio::time::sleep(Duration::from_secs(12)).await;
 
     // Primary fails: with 10 samples per window, the second failure takes availability to
-    // 8/10 < 0.9. The storm is decided at the second failed probe: within 2 intervals.
+    // 8/10 < 0.9, and is the second in a row the policy asks for. The storm is decided at the
+    // second failed probe: within 2 intervals.
     let broke = clock();
     prober.primary_up.store(false, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -120,7 +120,8 @@ pub struct DnsChange {
     /// Per domain: `domain_id`, `name`, `type`, `from`, `to` weights, `reason` (`initial`,
     /// `failover`, `ramp`) and the `storm_id` behind a failover.
     pub changes: serde_json::Value,
-    /// `submitted`, `insync` or `failed`.
+    /// `submitted`, `insync`, `failed`, or `superseded` (the node that submitted it stopped
+    /// before the provider answered; the zone's next owner re-planned it — `error` says who).
     pub status: String,
     /// Attempt number (retries after throttling or errors count up).
     pub attempt: i32,
@@ -168,7 +169,7 @@ fn actor(tenant: &Tenant) -> String {
 
 pub struct DnsApi;
 
-const STATUSES: [&str; 3] = ["submitted", "insync", "failed"];
+const STATUSES: [&str; 4] = ["submitted", "insync", "failed", "superseded"];
 
 #[OpenApi(tag = "ApiTags::Dns")]
 impl DnsApi {
@@ -292,7 +293,7 @@ impl DnsApi {
         service_id: Query<Option<i64>>,
         /// Only changes to this domain.
         domain_id: Query<Option<i64>>,
-        /// `submitted`, `insync` or `failed`.
+        /// `submitted`, `insync`, `failed` or `superseded`.
         status: Query<Option<String>>,
         /// Submitted at or after (RFC 3339).
         since: Query<Option<DateTime<Utc>>>,

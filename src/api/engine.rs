@@ -29,9 +29,12 @@ pub struct ServiceState {
 pub struct DomainState {
     pub domain_id: i64,
     pub name: String,
-    /// `healthy`, `storm`, `recovering` or `backup_unhealthy` (primary down, backup not healthy:
-    /// no failover).
+    /// `healthy`, `storm`, `recovering`, `backup_unhealthy` (primary down, backup not healthy:
+    /// no failover) or `unknown` (the primary cannot be judged — no target, every probe
+    /// blocked, too few results — for longer than a window: see `reason`).
     pub state: String,
+    /// Why the domain is in its state, where that needs saying (`unknown`).
+    pub reason: Option<String>,
     /// When the domain entered this state (null: never left `healthy`).
     pub state_since: Option<DateTime<Utc>>,
     /// DNS weights the engine wants (applying them is the DNS steering's job).
@@ -86,6 +89,7 @@ impl From<DomainStateRow> for DomainState {
             domain_id: r.domain_id,
             name: r.hostname,
             state: r.state,
+            reason: r.state_reason,
             state_since: r.state_since,
             desired_weights: DnsWeights {
                 primary: r.desired_primary_weight.into(),
@@ -149,7 +153,8 @@ impl From<StormRow> for Storm {
 pub struct Cluster {
     /// Total number of shards work is split into.
     pub shards: u16,
-    /// Shards no live node holds right now.
+    /// Shards whose lock no node holds right now (the advisory locks are the one truth: a
+    /// shard held by a frozen node counts as owned until the survivors depose it).
     pub unowned_shards: u16,
     pub nodes: Vec<ClusterNode>,
 }
@@ -159,10 +164,16 @@ pub struct ClusterNode {
     pub node_id: String,
     pub started_at: DateTime<Utc>,
     pub heartbeat_at: DateTime<Utc>,
-    /// Heartbeat within the node timeout (3 s).
+    /// Heartbeat within the deadline (3 s) and a lease session that exists. A node that is
+    /// not alive but still holds shards is frozen or stalled: the survivors depose it.
     pub alive: bool,
+    /// Shards whose advisory lock the node's lease session holds now.
     pub shard_count: u32,
     pub shards: Vec<i16>,
+    /// When survivors last ended this node's lease session for a missed heartbeat deadline.
+    pub deposed_at: Option<DateTime<Utc>>,
+    /// The node that deposed it.
+    pub deposed_by: Option<String>,
 }
 
 pub struct EngineApi;
@@ -269,7 +280,6 @@ impl EngineApi {
         let nodes = storms::cluster_nodes(&ctx.pool).await?;
         let owned: std::collections::HashSet<i16> = nodes
             .iter()
-            .filter(|n| n.alive)
             .flat_map(|n| n.shards.iter().copied())
             .collect();
         Ok(Json(Cluster {
@@ -284,6 +294,8 @@ impl EngineApi {
                     heartbeat_at: n.heartbeat_at,
                     alive: n.alive,
                     shards: n.shards,
+                    deposed_at: n.deposed_at,
+                    deposed_by: n.deposed_by,
                 })
                 .collect(),
         }))

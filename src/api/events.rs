@@ -27,12 +27,17 @@ pub struct StormTrigger {
     /// The primary CDN's availability over the window (decimal string), null if unknown.
     pub primary_availability: Option<String>,
     pub primary_attempts: i64,
+    /// Failed probes of the primary in a row when the storm opened (absent on storms opened
+    /// before flap damping).
+    pub primary_consecutive_failures: Option<i64>,
     /// The backup CDN's availability over the window (decimal string), null if unknown.
     pub backup_availability: Option<String>,
     pub backup_attempts: i64,
     /// The policy's threshold (decimal string).
     pub threshold_avail: String,
     pub window_seconds: i64,
+    /// The policy's `consecutive_failures` (absent on storms opened before flap damping).
+    pub consecutive_failures: Option<i64>,
     /// The domain's state before the storm (`normal`, `backup_unhealthy`, …).
     pub from_state: String,
     /// Set when the storm ends: the primary's availability then (decimal string).
@@ -81,6 +86,21 @@ pub struct BackupUnhealthy {
     pub primary_availability: Option<String>,
     /// Decimal string, null if unknown.
     pub backup_availability: Option<String>,
+}
+
+/// `data` of `domain.health_unknown`: the primary CDN of a domain cannot be judged (no
+/// target configured, every probe blocked, too few results) for longer than a window, so no
+/// storm could be declared for it. Sent when the domain enters the `unknown` state.
+#[derive(Debug, Clone, Object)]
+#[oai(deny_unknown_fields)]
+pub struct DomainHealthUnknown {
+    pub service_id: i64,
+    pub domain_id: i64,
+    pub domain: String,
+    pub since: DateTime<Utc>,
+    /// Why, in words (e.g. `probes through the primary are blocked: 10.0.0.5 is not a public
+    /// address`).
+    pub reason: String,
 }
 
 /// One domain's records in a DNS change.
@@ -189,6 +209,8 @@ envelopes! {
     StormEndedEvent => StormEnded;
     /// `storm.backup_unhealthy`
     BackupUnhealthyEvent => BackupUnhealthy;
+    /// `domain.health_unknown`
+    DomainHealthUnknownEvent => DomainHealthUnknown;
     /// `dns.change_applied`
     DnsChangeAppliedEvent => DnsChangeEvent;
     /// `dns.change_failed`
@@ -216,6 +238,8 @@ pub enum Event {
     StormEnded(StormEndedEvent),
     #[oai(mapping = "storm.backup_unhealthy")]
     BackupUnhealthy(BackupUnhealthyEvent),
+    #[oai(mapping = "domain.health_unknown")]
+    DomainHealthUnknown(DomainHealthUnknownEvent),
     #[oai(mapping = "dns.change_applied")]
     DnsChangeApplied(DnsChangeAppliedEvent),
     #[oai(mapping = "dns.change_failed")]

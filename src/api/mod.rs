@@ -82,7 +82,7 @@ pub enum ApiTags {
     /// Webhook notifications: endpoints, deliveries, test pings, replays, and the events
     /// themselves. Each event type's body is a schema of its own: see `Event` (discriminated
     /// by `type`: `storm.started`, `storm.ended`, `storm.backup_unhealthy`,
-    /// `dns.change_applied`, `dns.change_failed`, `invoice.created`, `domain.verified`,
+    /// `domain.health_unknown`, `dns.change_applied`, `dns.change_failed`, `invoice.created`, `domain.verified`,
     /// `domain.verification_failed`, `certificate.expiring`, `ping`). Deliveries are signed:
     /// `Tranche-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
     Webhooks,

@@ -36,6 +36,13 @@ pub struct StormPolicy {
     pub probe_interval_seconds: i32,
     /// Probes a window needs before its availability counts; fewer means "unknown".
     pub min_samples: i32,
+    /// Failed probes of the primary in a row needed, on top of the window, before a storm
+    /// opens: one blip never fails over. Worst-case detection time is
+    /// `consecutive_failures × probe_interval_seconds` plus the domain's probe timeout.
+    pub consecutive_failures: i32,
+    /// Successful probes of the primary in a row needed, on top of the cooldown, before the
+    /// ramp back to the primary starts.
+    pub consecutive_successes: i32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -52,6 +59,8 @@ impl From<PolicyRow> for StormPolicy {
             max_coverage_factor: json_number(r.max_coverage_factor),
             probe_interval_seconds: r.probe_interval_seconds,
             min_samples: r.min_samples,
+            consecutive_failures: r.consecutive_failures,
+            consecutive_successes: r.consecutive_successes,
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -78,6 +87,14 @@ pub struct CreateStormPolicy {
     pub probe_interval_seconds: Option<i32>,
     /// Default 3.
     pub min_samples: Option<i32>,
+    /// Failed probes of the primary in a row before a storm opens, on top of the window
+    /// (1–100, default 3; like Route53's failure threshold). Worst-case detection time:
+    /// `consecutive_failures × probe_interval_seconds` + the probe timeout (default
+    /// 3 × 10 s + 5 s = 35 s).
+    pub consecutive_failures: Option<i32>,
+    /// Successful probes of the primary in a row before the ramp back starts, on top of the
+    /// cooldown (1–100, default 3).
+    pub consecutive_successes: Option<i32>,
 }
 
 /// Body of `PATCH /v1/services/{id}/storm-policies/{policy_id}`: any non-empty subset. The kind
@@ -92,6 +109,8 @@ pub struct UpdateStormPolicy {
     pub max_coverage_factor: Option<f64>,
     pub probe_interval_seconds: Option<i32>,
     pub min_samples: Option<i32>,
+    pub consecutive_failures: Option<i32>,
+    pub consecutive_successes: Option<i32>,
 }
 
 impl UpdateStormPolicy {
@@ -109,6 +128,8 @@ impl UpdateStormPolicy {
                 .transpose()?,
             probe_interval_seconds: self.probe_interval_seconds,
             min_samples: self.min_samples,
+            consecutive_failures: self.consecutive_failures,
+            consecutive_successes: self.consecutive_successes,
         })
     }
 }
@@ -180,6 +201,8 @@ impl PoliciesApi {
             max_coverage_factor: body.max_coverage_factor,
             probe_interval_seconds: body.probe_interval_seconds,
             min_samples: body.min_samples,
+            consecutive_failures: body.consecutive_failures,
+            consecutive_successes: body.consecutive_successes,
         }
         .into_patch()?;
         // Omitted fields take the customer's defaults (`/v1/settings`).
@@ -261,5 +284,7 @@ fn params_of(row: &PolicyRow) -> ApiResult<PolicyParams> {
         max_coverage_factor: row.max_coverage_factor,
         probe_interval_seconds: row.probe_interval_seconds,
         min_samples: row.min_samples,
+        consecutive_failures: row.consecutive_failures,
+        consecutive_successes: row.consecutive_successes,
     })
 }

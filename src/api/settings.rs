@@ -27,6 +27,8 @@ pub struct StormPolicyDefaults {
     pub max_coverage_factor: f64,
     pub probe_interval_seconds: i32,
     pub min_samples: i32,
+    pub consecutive_failures: i32,
+    pub consecutive_successes: i32,
 }
 
 impl From<&PolicyParams> for StormPolicyDefaults {
@@ -38,6 +40,8 @@ impl From<&PolicyParams> for StormPolicyDefaults {
             max_coverage_factor: json_number(p.max_coverage_factor),
             probe_interval_seconds: p.probe_interval_seconds,
             min_samples: p.min_samples,
+            consecutive_failures: p.consecutive_failures,
+            consecutive_successes: p.consecutive_successes,
         }
     }
 }

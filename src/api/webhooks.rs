@@ -24,10 +24,11 @@ use super::{ApiContext, ApiTags};
 use crate::store::webhooks::{self, DeliveryRow, EndpointFields, EndpointRow};
 
 /// Event types an endpoint can subscribe to.
-pub const EVENT_TYPES: [&str; 9] = [
+pub const EVENT_TYPES: [&str; 10] = [
     "storm.started",
     "storm.ended",
     "storm.backup_unhealthy",
+    "domain.health_unknown",
     "dns.change_applied",
     "dns.change_failed",
     "invoice.created",

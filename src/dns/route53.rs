@@ -2,30 +2,75 @@
 //!
 //! For each domain the batch UPSERTs two record sets with the domain's name, type `CNAME` and
 //! `SetIdentifier` `primary` / `backup`, weighted as decided. The hosted zone is the one whose
-//! name is the longest suffix of the hostname (listed once, then cached). Errors are mapped to
-//! what the zone actor should do: retry (throttling, `PriorRequestNotComplete`, 5xx, network),
-//! bisect (`InvalidChangeBatch`, `InvalidInput`) or give up (no hosted zone, access denied).
+//! name is the longest suffix of the hostname, from a cached list of the account's zones that
+//! is refreshed every 5 minutes and on a miss (at most every 5 seconds), so a zone created after
+//! start-up is found. Errors are mapped to what the zone actor should do: retry (throttling,
+//! `PriorRequestNotComplete`, 5xx, network, a zone not found yet), bisect (`InvalidChangeBatch`,
+//! `InvalidInput`) or give up (access denied).
+//!
+//! The SDK's own retries are off: the zone actor's backoff is the only one, so the node-wide
+//! rate limiter and the audit log (one `dns_changes` row per attempt) count every request
+//! Route53 sees. Each call has a timeout, so a hung request cannot hold its zone.
 
 use std::time::Duration;
 
 use aws_sdk_route53::Client;
+use aws_sdk_route53::config::retry::RetryConfig;
+use aws_sdk_route53::config::timeout::TimeoutConfig;
 use aws_sdk_route53::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_route53::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_route53::types::{
     Change, ChangeAction, ChangeBatch, ChangeStatus, ResourceRecord, ResourceRecordSet, RrType,
 };
 use tokio::sync::Mutex;
+use tokio::time::Instant;
 use tranche_actors::dns::planner::{Batch, RecordType};
 use tranche_actors::dns::provider::{DnsProvider, ProviderError, Submitted};
 
 /// TTL of the weighted records unless configured otherwise.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(60);
 
+/// The hosted zone list is re-read when older than this…
+const ZONES_MAX_AGE: Duration = Duration::from_secs(300);
+/// …and on a miss, but not more often than this (`ListHostedZones` counts against the account's
+/// request rate too).
+const ZONES_MIN_REFRESH: Duration = Duration::from_secs(5);
+/// Longest time one Route53 request may take, and to connect.
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Default)]
+struct ZoneCache {
+    /// Hosted zones as (name without trailing dot, id), longest name first.
+    zones: Vec<(String, String)>,
+    loaded_at: Option<Instant>,
+}
+
+impl ZoneCache {
+    fn find(&self, hostname: &str) -> Option<String> {
+        let host = hostname.trim_end_matches('.').to_ascii_lowercase();
+        self.zones
+            .iter()
+            .find(|(name, _)| host == *name || host.ends_with(&format!(".{name}")))
+            .map(|(_, id)| id.clone())
+    }
+
+    fn older_than(&self, age: Duration) -> bool {
+        self.loaded_at.is_none_or(|t| t.elapsed() >= age)
+    }
+}
+
 pub struct Route53Provider {
     client: Client,
     ttl: Duration,
-    /// Hosted zones as (name without trailing dot, id), longest name first; loaded on first use.
-    zones: Mutex<Option<Vec<(String, String)>>>,
+    zones: Mutex<ZoneCache>,
+}
+
+fn timeouts() -> TimeoutConfig {
+    TimeoutConfig::builder()
+        .operation_timeout(OPERATION_TIMEOUT)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .build()
 }
 
 /// The SDK's HTTP client on rustls with *ring* (the project's one crypto provider).
@@ -40,7 +85,10 @@ impl Route53Provider {
     /// Credentials and region from the standard AWS chain (environment, profile, instance
     /// role); `endpoint_url` overrides the service endpoint (e.g. a local `moto_server`).
     pub async fn from_environment(endpoint_url: Option<&str>, ttl: Duration) -> Self {
-        let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http_client());
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http_client())
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(timeouts());
         if let Some(url) = endpoint_url {
             loader = loader.endpoint_url(url);
         }
@@ -56,6 +104,8 @@ impl Route53Provider {
             .region(Region::new("us-east-1"))
             .credentials_provider(Credentials::new("test", "test", None, None, "static"))
             .http_client(http_client())
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(timeouts())
             .build();
         Self::with_client(Client::from_conf(config), ttl)
     }
@@ -64,7 +114,7 @@ impl Route53Provider {
         Self {
             client,
             ttl,
-            zones: Mutex::new(None),
+            zones: Mutex::new(ZoneCache::default()),
         }
     }
 
@@ -74,38 +124,47 @@ impl Route53Provider {
 
     /// Forgets the cached hosted zones (after zones were created or deleted).
     pub async fn refresh_zones(&self) {
-        *self.zones.lock().await = None;
+        *self.zones.lock().await = ZoneCache::default();
+    }
+
+    async fn load_zones(&self, cache: &mut ZoneCache) -> Result<(), ProviderError> {
+        let mut zones = Vec::new();
+        let mut pages = self.client.list_hosted_zones().into_paginator().send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(map_error)?;
+            for zone in page.hosted_zones() {
+                let name = zone.name().trim_end_matches('.').to_ascii_lowercase();
+                let id = zone.id().trim_start_matches("/hostedzone/").to_owned();
+                zones.push((name, id));
+            }
+        }
+        zones.sort_by_key(|(name, _)| std::cmp::Reverse(name.len()));
+        *cache = ZoneCache {
+            zones,
+            loaded_at: Some(Instant::now()),
+        };
+        Ok(())
     }
 
     /// The hosted zone id for `hostname`: the zone with the longest name that is a suffix of it.
+    /// The cached list is re-read when stale, and on a miss when it is not brand new.
     pub async fn zone_id_for(&self, hostname: &str) -> Result<String, ProviderError> {
         let mut cache = self.zones.lock().await;
-        if cache.is_none() {
-            let mut zones = Vec::new();
-            let mut pages = self.client.list_hosted_zones().into_paginator().send();
-            while let Some(page) = pages.next().await {
-                let page = page.map_err(map_error)?;
-                for zone in page.hosted_zones() {
-                    let name = zone.name().trim_end_matches('.').to_ascii_lowercase();
-                    let id = zone.id().trim_start_matches("/hostedzone/").to_owned();
-                    zones.push((name, id));
-                }
-            }
-            zones.sort_by_key(|(name, _)| std::cmp::Reverse(name.len()));
-            *cache = Some(zones);
+        if cache.older_than(ZONES_MAX_AGE) {
+            self.load_zones(&mut cache).await?;
         }
-        let host = hostname.trim_end_matches('.').to_ascii_lowercase();
-        cache
-            .as_ref()
-            .and_then(|zones| {
-                zones
-                    .iter()
-                    .find(|(name, _)| host == *name || host.ends_with(&format!(".{name}")))
-                    .map(|(_, id)| id.clone())
-            })
-            .ok_or_else(|| {
-                ProviderError::Permanent(format!("no Route53 hosted zone contains {hostname}"))
-            })
+        if let Some(id) = cache.find(hostname) {
+            return Ok(id);
+        }
+        if cache.older_than(ZONES_MIN_REFRESH) {
+            self.load_zones(&mut cache).await?;
+            if let Some(id) = cache.find(hostname) {
+                return Ok(id);
+            }
+        }
+        Err(ProviderError::ZoneNotFound(format!(
+            "no Route53 hosted zone contains {hostname} (will look again)"
+        )))
     }
 
     fn record_set(
@@ -154,10 +213,11 @@ where
                 | "TooManyRequestsException" => ProviderError::Throttled(message),
                 "PriorRequestNotComplete" => ProviderError::PriorRequestNotComplete(message),
                 "InvalidChangeBatch" | "InvalidInput" => ProviderError::InvalidChangeBatch(message),
-                "NoSuchHostedZone"
-                | "AccessDenied"
-                | "AccessDeniedException"
-                | "InvalidClientTokenId" => ProviderError::Permanent(message),
+                // A cached zone id that was deleted: the list is refreshed on the next miss.
+                "NoSuchHostedZone" => ProviderError::ZoneNotFound(message),
+                "AccessDenied" | "AccessDeniedException" | "InvalidClientTokenId" => {
+                    ProviderError::Permanent(message)
+                }
                 _ => ProviderError::Transient(message),
             }
         }
@@ -200,14 +260,23 @@ impl DnsProvider for Route53Provider {
             .set_changes(Some(changes))
             .build()
             .map_err(|e| ProviderError::InvalidChangeBatch(e.to_string()))?;
-        let out = self
+        let out = match self
             .client
             .change_resource_record_sets()
             .hosted_zone_id(zone_id)
             .change_batch(change_batch)
             .send()
             .await
-            .map_err(map_error)?;
+            .map_err(map_error)
+        {
+            Ok(out) => out,
+            Err(e @ ProviderError::ZoneNotFound(_)) => {
+                // Deleted since it was listed: list again next time.
+                self.zones.lock().await.loaded_at = None;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         let info = out.change_info();
         Ok(Submitted {
             change_id: info

@@ -3,7 +3,10 @@
 //!
 //! Everything goes through the dedicated connection, so any failure of it (the database
 //! restarted, the network broke) shows up as an error here and the lease keeper drops every
-//! shard at once. A process that dies closes the connection and PostgreSQL frees its locks.
+//! shard at once. A process that dies closes the connection and PostgreSQL frees its locks; a
+//! process that freezes keeps it, so survivors end a session whose node missed its heartbeat
+//! deadline (`depose_stale`). The advisory locks are the one truth about who owns a shard:
+//! [`OWNERS_SQL!`] reads them from `pg_locks` for the API.
 
 use std::time::Duration;
 
@@ -11,11 +14,29 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::Mutex;
 use tranche_actors::engine::ports::{LeaseBackend, StoreError};
 
-/// First key of the two-key advisory lock space used for shards (ASCII "TRNC").
+/// First key of the two-key advisory lock space used for shards (ASCII "TRNC", 1414680131).
 const LOCK_SPACE: i32 = 0x5452_4e43;
+// `OWNERS_SQL!` spells the lock space out as an oid.
+const _: () = assert!(LOCK_SPACE == 1_414_680_131);
 /// A node whose heartbeat is older than this is considered dead when computing fair shares
-/// (a node whose lease session is gone is dead at once).
-pub const NODE_TIMEOUT: Duration = Duration::from_secs(3);
+/// (a node whose lease session is gone is dead at once), and is deposed by the survivors.
+pub const NODE_TIMEOUT: Duration = tranche_actors::engine::config::LEASE_DEADLINE;
+/// `application_name` of lease sessions (visible in `pg_stat_activity`).
+const APPLICATION_NAME: &str = "tranche-lease";
+
+/// `(shard, pid)` of every shard lock held right now: the advisory locks in `pg_locks`
+/// (two-key form: `classid` = the lock space [`LOCK_SPACE`], `objid` = the shard, `objsubid` =
+/// 2). A lock is held by exactly one session, so no shard is ever counted twice. A macro so
+/// queries built with it stay `&'static str`.
+#[macro_export]
+macro_rules! OWNERS_SQL {
+    () => {
+        "select l.objid::int as shard, l.pid from pg_locks l
+          where l.locktype = 'advisory' and l.granted and l.objsubid = 2
+            and l.classid = 1414680131::oid"
+    };
+}
+pub use OWNERS_SQL;
 
 pub struct PgLeaseBackend {
     pool: PgPool,
@@ -44,7 +65,14 @@ impl PgLeaseBackend {
     ) -> Result<T, StoreError> {
         let mut guard = self.conn.lock().await;
         if guard.is_none() {
-            *guard = Some(self.pool.acquire().await.map_err(other)?.detach());
+            let mut conn = self.pool.acquire().await.map_err(other)?.detach();
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "set application_name = '{APPLICATION_NAME}'"
+            )))
+            .execute(&mut conn)
+            .await
+            .map_err(other)?;
+            *guard = Some(conn);
         }
         let conn = guard.as_mut().expect("just set");
         match f(conn).await {
@@ -98,6 +126,62 @@ impl LeaseBackend for PgLeaseBackend {
                     .execute(&mut *c)
                     .await?;
                 Ok(live.max(1) as usize)
+            })
+        })
+        .await
+    }
+
+    async fn depose_stale(
+        &self,
+        node_id: &str,
+        deadline: Duration,
+    ) -> Result<Vec<String>, StoreError> {
+        let node = node_id.to_owned();
+        let deadline_ms = deadline.as_millis() as i64;
+        self.with_conn(move |c| {
+            Box::pin(async move {
+                // The session must be the lease session the node last heartbeated from (started
+                // before that heartbeat, named as ours), not a later one that reused its pid.
+                // The candidates are read first and ended one by one: a volatile function in a
+                // WHERE clause may be evaluated before the other conditions. Their rows stay
+                // locked until the end, so none can heartbeat in between and be deposed fresh.
+                let mut tx = sqlx::Connection::begin(&mut *c).await?;
+                let stale: Vec<(String, i32)> = sqlx::query_as(
+                    "select n.node_id, n.backend_pid
+                       from cluster_nodes n
+                       join pg_stat_activity a on a.pid = n.backend_pid
+                      where n.node_id <> $1
+                        and n.heartbeat_at < now() - make_interval(secs => $2::double precision / 1000)
+                        and a.backend_start <= n.heartbeat_at
+                        and a.application_name = $3
+                        for update of n skip locked",
+                )
+                .bind(&node)
+                .bind(deadline_ms)
+                .bind(APPLICATION_NAME)
+                .fetch_all(&mut *tx)
+                .await?;
+                let mut deposed = Vec::with_capacity(stale.len());
+                for (other, pid) in stale {
+                    let ended: bool = sqlx::query_scalar("select pg_terminate_backend($1, 1000)")
+                        .bind(pid)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    sqlx::query(
+                        "update cluster_nodes set deposed_at = now(), deposed_by = $2
+                          where node_id = $1 and backend_pid = $3",
+                    )
+                    .bind(&other)
+                    .bind(&node)
+                    .bind(pid)
+                    .execute(&mut *tx)
+                    .await?;
+                    if ended {
+                        deposed.push(other);
+                    }
+                }
+                tx.commit().await?;
+                Ok(deposed)
             })
         })
         .await

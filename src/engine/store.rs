@@ -12,7 +12,8 @@ use tranche_actors::domain::{
     ExpectedStatuses, PolicyKind, PolicyParams, ProbePath, ProbeScheme, ProbeTarget, TargetHost,
 };
 use tranche_actors::engine::ports::{
-    DnsStore, DomainSpec, EngineStore, Fence, Observation, PersistedState, StoreError,
+    DnsStore, DomainSpec, EngineStore, Fence, Observation, OrphanedChange, PersistedState,
+    StoreError,
 };
 use tranche_actors::probe::Cdn;
 use tranche_actors::storm::{Decision, StormChange, StormState, Weights};
@@ -51,6 +52,8 @@ struct SpecRow {
     max_coverage_factor: Option<Decimal>,
     probe_interval_seconds: Option<i32>,
     min_samples: Option<i32>,
+    consecutive_failures: Option<i32>,
+    consecutive_successes: Option<i32>,
     state: Option<String>,
     state_since: Option<DateTime<Utc>>,
     desired_primary_weight: Option<i16>,
@@ -66,17 +69,26 @@ impl SpecRow {
                 .transpose()
                 .map_err(|e| e.to_string())
         };
+        let defaults = PolicyParams::defaults(PolicyKind::HttpAvailability);
         let policy = match self.threshold_avail {
             Some(threshold_avail) => PolicyParams {
                 kind: PolicyKind::HttpAvailability,
                 threshold_avail,
-                window_seconds: self.window_seconds.unwrap_or(60),
-                cooldown_seconds: self.cooldown_seconds.unwrap_or(300),
+                window_seconds: self.window_seconds.unwrap_or(defaults.window_seconds),
+                cooldown_seconds: self.cooldown_seconds.unwrap_or(defaults.cooldown_seconds),
                 max_coverage_factor: self.max_coverage_factor.unwrap_or(Decimal::ONE),
-                probe_interval_seconds: self.probe_interval_seconds.unwrap_or(10),
-                min_samples: self.min_samples.unwrap_or(3),
+                probe_interval_seconds: self
+                    .probe_interval_seconds
+                    .unwrap_or(defaults.probe_interval_seconds),
+                min_samples: self.min_samples.unwrap_or(defaults.min_samples),
+                consecutive_failures: self
+                    .consecutive_failures
+                    .unwrap_or(defaults.consecutive_failures),
+                consecutive_successes: self
+                    .consecutive_successes
+                    .unwrap_or(defaults.consecutive_successes),
             },
-            None => PolicyParams::defaults(PolicyKind::HttpAvailability),
+            None => defaults,
         };
         let spec = DomainSpec {
             id: self.id,
@@ -122,7 +134,8 @@ impl EngineStore for PgEngineStore {
                     d.backup_target, d.probe_scheme, d.probe_path, d.expected_statuses,
                     d.probe_timeout_ms,
                     p.threshold_avail, p.window_seconds, p.cooldown_seconds, p.max_coverage_factor,
-                    p.probe_interval_seconds, p.min_samples,
+                    p.probe_interval_seconds, p.min_samples, p.consecutive_failures,
+                    p.consecutive_successes,
                     st.state, st.state_since, st.desired_primary_weight
                from service_domains d
                join services s on s.id = d.service_id
@@ -166,28 +179,17 @@ impl EngineStore for PgEngineStore {
         &self,
         spec: &DomainSpec,
         d: &Decision,
+        reason: Option<&str>,
         fence: Fence,
         node_id: &str,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(other)?;
-        // Fencing: the lease row is share-locked until commit, so the epoch cannot move on
-        // between this check and our writes (a new owner's bump waits for us, then wins).
-        let epoch: Option<i64> =
-            sqlx::query_scalar("select epoch from shard_leases where shard = $1 for share")
-                .bind(fence.shard as i16)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(other)?;
-        if epoch != Some(fence.epoch) {
-            return Err(StoreError::Fenced {
-                shard: fence.shard,
-                epoch: fence.epoch,
-            });
-        }
+        check_fence(&mut tx, fence).await?;
         sqlx::query(
             "insert into domain_states as st (domain_id, state, state_since, desired_primary_weight,
-                    desired_backup_weight, trigger_primary_avail, trigger_backup_avail, decided_by_node)
-             values ($1, $2, $3, $4, $5, $6, $7, $8)
+                    desired_backup_weight, trigger_primary_avail, trigger_backup_avail, decided_by_node,
+                    state_reason)
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9)
              on conflict (domain_id) do update set
                  state = excluded.state,
                  state_since = case when st.state = excluded.state then st.state_since else excluded.state_since end,
@@ -195,29 +197,34 @@ impl EngineStore for PgEngineStore {
                  desired_backup_weight = excluded.desired_backup_weight,
                  trigger_primary_avail = excluded.trigger_primary_avail,
                  trigger_backup_avail = excluded.trigger_backup_avail,
-                 decided_by_node = excluded.decided_by_node",
+                 decided_by_node = excluded.decided_by_node,
+                 state_reason = excluded.state_reason",
         )
         .bind(spec.id)
         .bind(d.state.as_str())
         .bind(d.at)
         .bind(i16::from(d.weights.primary))
         .bind(i16::from(d.weights.backup))
-        .bind(d.primary.ratio())
-        .bind(d.backup.ratio())
+        .bind(d.primary.availability.ratio())
+        .bind(d.backup.availability.ratio())
         .bind(node_id)
+        .bind(reason)
         .execute(&mut *tx)
         .await
         .map_err(other)?;
         let kind = spec.policy.kind.as_str();
         match d.storm {
             Some(StormChange::Opened) => {
+                // Ratios as decimal strings (`Decimal` serializes as one), counts as integers.
                 let trigger = json!({
-                    "primary_availability": d.primary.ratio(),
-                    "primary_attempts": d.primary.attempts(),
-                    "backup_availability": d.backup.ratio(),
-                    "backup_attempts": d.backup.attempts(),
+                    "primary_availability": d.primary.availability.ratio(),
+                    "primary_attempts": d.primary.availability.attempts(),
+                    "primary_consecutive_failures": d.primary.streak.failures(),
+                    "backup_availability": d.backup.availability.ratio(),
+                    "backup_attempts": d.backup.availability.attempts(),
                     "threshold_avail": spec.policy.threshold_avail,
                     "window_seconds": spec.policy.window_seconds,
+                    "consecutive_failures": spec.policy.consecutive_failures,
                     "from_state": d.previous.as_str(),
                 });
                 // Idempotent: if a storm is already open (a retried commit), keep that one.
@@ -240,14 +247,14 @@ impl EngineStore for PgEngineStore {
                 sqlx::query(
                     "update storm_events
                         set ended_at = greatest($3, started_at), closed_by_node = $4,
-                            trigger = trigger || jsonb_build_object('closing_primary_availability', $5::numeric)
+                            trigger = trigger || jsonb_build_object('closing_primary_availability', $5::text)
                       where domain_id = $1 and kind = $2 and ended_at is null",
                 )
                 .bind(spec.id)
                 .bind(kind)
                 .bind(d.at)
                 .bind(node_id)
-                .bind(d.primary.ratio())
+                .bind(d.primary.availability.ratio().map(|r| r.to_string()))
                 .execute(&mut *tx)
                 .await
                 .map_err(other)?;
@@ -255,6 +262,29 @@ impl EngineStore for PgEngineStore {
             None => {}
         }
         tx.commit().await.map_err(other)
+    }
+
+    async fn step_applied(&self, domain_id: i64, weights: Weights) -> Result<bool, StoreError> {
+        let row: Option<StepRow> = sqlx::query_as(
+            "select d.steering_enabled and d.verification_status = 'verified' and d.dns_zone is not null
+                        and d.deleted_at is null as steered,
+                    d.primary_target, d.backup_target,
+                    p.domain_id is not null as pinned,
+                    r.applied_primary_weight as applied_primary,
+                    coalesce(r.failed_at >= st.updated_at, false) as failed,
+                    c.status as last_status
+               from service_domains d
+               left join domain_states st on st.domain_id = d.id
+               left join dns_pins p on p.domain_id = d.id
+               left join dns_records r on r.domain_id = d.id
+               left join dns_changes c on c.id = r.last_change_id
+              where d.id = $1",
+        )
+        .bind(domain_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(other)?;
+        Ok(row.is_none_or(|r| r.in_effect(weights)))
     }
 
     async fn write_observations(
@@ -426,6 +456,37 @@ fn record_of(target: &str) -> Option<(RecordType, String)> {
         TargetHost::Ip(ip @ std::net::IpAddr::V4(_)) => (RecordType::A, ip.to_string()),
         TargetHost::Ip(ip @ std::net::IpAddr::V6(_)) => (RecordType::Aaaa, ip.to_string()),
     })
+}
+
+/// What decides whether a domain's desired weights are in effect at the provider.
+#[derive(FromRow)]
+struct StepRow {
+    steered: bool,
+    primary_target: Option<String>,
+    backup_target: Option<String>,
+    pinned: bool,
+    applied_primary: Option<i16>,
+    failed: bool,
+    last_status: Option<String>,
+}
+
+impl StepRow {
+    /// In effect: applied and in sync — or nothing to wait for, because the zone actors do not
+    /// steer this domain (not verified or steering off, targets missing or of different record
+    /// types; the same rules as `pending_dns`), a pin overrides it, or its records were
+    /// rejected for good.
+    fn in_effect(&self, weights: Weights) -> bool {
+        let types = |t: &Option<String>| t.as_deref().and_then(record_of).map(|(rt, _)| rt);
+        let steered = self.steered && {
+            let (p, b) = (types(&self.primary_target), types(&self.backup_target));
+            p.is_some() && p == b
+        };
+        !steered
+            || self.pinned
+            || self.failed
+            || (self.applied_primary == Some(i16::from(weights.primary))
+                && self.last_status.as_deref() == Some("insync"))
+    }
 }
 
 #[derive(FromRow)]
@@ -671,6 +732,47 @@ impl DnsStore for PgEngineStore {
             .await
             .map_err(other)?;
         }
+        tx.commit().await.map_err(other)
+    }
+
+    async fn orphaned_changes(&self, zone: &str) -> Result<Vec<OrphanedChange>, StoreError> {
+        let rows: Vec<(uuid::Uuid, Option<String>, String)> = sqlx::query_as(
+            "select id, provider_change_id, node_id from dns_changes
+              where zone = $1 and status = 'submitted' order by submitted_at",
+        )
+        .bind(zone)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(other)?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, provider_change_id, node_id)| OrphanedChange {
+                id: id.to_string(),
+                provider_change_id,
+                node_id,
+            })
+            .collect())
+    }
+
+    async fn dns_superseded(
+        &self,
+        change_id: &str,
+        reason: &str,
+        fence: Fence,
+    ) -> Result<(), StoreError> {
+        let change: uuid::Uuid = change_id
+            .parse()
+            .map_err(|e| StoreError::Other(format!("{e}")))?;
+        let mut tx = self.pool.begin().await.map_err(other)?;
+        check_fence(&mut tx, fence).await?;
+        sqlx::query(
+            "update dns_changes set status = 'superseded', error = $2 where id = $1 and status = 'submitted'",
+        )
+        .bind(change)
+        .bind(reason)
+        .execute(&mut *tx)
+        .await
+        .map_err(other)?;
         tx.commit().await.map_err(other)
     }
 

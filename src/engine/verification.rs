@@ -62,6 +62,7 @@ pub async fn record(
         "update service_domains
             set verification_status = $3,
                 verified_at = case when $3 = 'verified' then coalesce(verified_at, $4) end,
+                verification_method = case when $3 = 'verified' then 'dns' end,
                 -- Verifying a domain is what lets the zone actors steer it.
                 steering_enabled = steering_enabled or $5,
                 verification_checked_at = $4,
@@ -100,6 +101,8 @@ impl VerificationStore for PgVerificationStore {
                from service_domains d join services s on s.id = d.service_id
               where d.shard = any($1) and d.deleted_at is null and s.deleted_at is null
                 and d.verification_status in ('pending', 'verified')
+                -- Dev mode's verifications have no challenge record to re-check.
+                and d.verification_method is distinct from 'dev'
                 and (d.verification_next_at is null or d.verification_next_at <= $2)
               order by d.verification_next_at nulls first
               limit $3",

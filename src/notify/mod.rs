@@ -120,6 +120,11 @@ pub fn slack_text(d: &Delivery) -> String {
             ":warning: {}: the primary CDN is down but the backup is not healthy either; no failover.",
             s("domain")
         ),
+        "domain.health_unknown" => format!(
+            ":grey_question: {}: Tranche cannot judge the primary CDN ({}); no storm can be declared until it can.",
+            s("domain"),
+            s("reason")
+        ),
         "dns.change_applied" => format!(
             ":globe_with_meridians: DNS change applied in {}.",
             s("zone")

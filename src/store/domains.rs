@@ -148,10 +148,11 @@ pub async fn create(
         "insert into service_domains as d
                 (service_id, hostname, primary_target, backup_target, probe_path, probe_scheme,
                  expected_statuses, probe_timeout_ms, dns_zone, shard, verification_token,
-                 steering_enabled, verification_status, verified_at)
+                 steering_enabled, verification_status, verified_at, verification_method)
          select s.id, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13,
                 case when $14 then 'verified' else 'pending' end,
-                case when $14 then now() end
+                case when $14 then now() end,
+                case when $14 then 'dev' end
            from services s
           where s.id = $1 and s.customer_id = $2 and s.deleted_at is null
          returning ",

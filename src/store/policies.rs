@@ -16,6 +16,8 @@ pub struct PolicyRow {
     pub max_coverage_factor: Decimal,
     pub probe_interval_seconds: i32,
     pub min_samples: i32,
+    pub consecutive_failures: i32,
+    pub consecutive_successes: i32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -25,7 +27,7 @@ macro_rules! columns {
     () => {
         "p.id, p.service_id, p.kind, p.threshold_avail, p.window_seconds,
     p.cooldown_seconds, p.max_coverage_factor, p.probe_interval_seconds, p.min_samples,
-    p.created_at, p.updated_at"
+    p.consecutive_failures, p.consecutive_successes, p.created_at, p.updated_at"
     };
 }
 
@@ -78,8 +80,9 @@ pub async fn create(
     sqlx::query_as(concat!(
         "insert into storm_policies as p
                 (service_id, kind, threshold_avail, window_seconds, cooldown_seconds,
-                 max_coverage_factor, probe_interval_seconds, min_samples)
-         select s.id, $3, $4, $5, $6, $7, $8, $9
+                 max_coverage_factor, probe_interval_seconds, min_samples,
+                 consecutive_failures, consecutive_successes)
+         select s.id, $3, $4, $5, $6, $7, $8, $9, $10, $11
            from services s
           where s.id = $1 and s.customer_id = $2 and s.deleted_at is null
          returning ",
@@ -95,6 +98,8 @@ pub async fn create(
     .bind(params.max_coverage_factor)
     .bind(params.probe_interval_seconds)
     .bind(params.min_samples)
+    .bind(params.consecutive_failures)
+    .bind(params.consecutive_successes)
     .fetch_optional(pool)
     .await
 }
@@ -131,7 +136,8 @@ pub async fn update(
     sqlx::query_as(concat!(
         "update storm_policies p
             set threshold_avail = $2, window_seconds = $3, cooldown_seconds = $4,
-                max_coverage_factor = $5, probe_interval_seconds = $6, min_samples = $7
+                max_coverage_factor = $5, probe_interval_seconds = $6, min_samples = $7,
+                consecutive_failures = $8, consecutive_successes = $9
           where p.id = $1
          returning ",
         columns!(),
@@ -144,6 +150,8 @@ pub async fn update(
     .bind(params.max_coverage_factor)
     .bind(params.probe_interval_seconds)
     .bind(params.min_samples)
+    .bind(params.consecutive_failures)
+    .bind(params.consecutive_successes)
     .fetch_one(conn)
     .await
 }

@@ -12,6 +12,8 @@ pub struct SettingsRow {
     pub policy_max_coverage_factor: rust_decimal::Decimal,
     pub policy_probe_interval_seconds: i32,
     pub policy_min_samples: i32,
+    pub policy_consecutive_failures: i32,
+    pub policy_consecutive_successes: i32,
     pub updated_at: DateTime<Utc>,
 }
 
@@ -26,8 +28,19 @@ impl SettingsRow {
             max_coverage_factor: self.policy_max_coverage_factor,
             probe_interval_seconds: self.policy_probe_interval_seconds,
             min_samples: self.policy_min_samples,
+            consecutive_failures: self.policy_consecutive_failures,
+            consecutive_successes: self.policy_consecutive_successes,
         }
     }
+}
+
+/// The columns of a [`SettingsRow`], as a macro so queries stay `&'static str`.
+macro_rules! settings_columns {
+    () => {
+        "policy_threshold_avail, policy_window_seconds, policy_cooldown_seconds,
+         policy_max_coverage_factor, policy_probe_interval_seconds, policy_min_samples,
+         policy_consecutive_failures, policy_consecutive_successes, updated_at"
+    };
 }
 
 /// Writes the customer's settings (creating the row if it is missing).
@@ -36,23 +49,25 @@ async fn upsert<'e>(
     customer_id: i64,
     policy: &PolicyParams,
 ) -> sqlx::Result<SettingsRow> {
-    sqlx::query_as(
+    sqlx::query_as(concat!(
         "insert into customer_settings
                 (customer_id, policy_threshold_avail, policy_window_seconds,
                  policy_cooldown_seconds, policy_max_coverage_factor,
-                 policy_probe_interval_seconds, policy_min_samples)
-         values ($1, $2, $3, $4, $5, $6, $7)
+                 policy_probe_interval_seconds, policy_min_samples,
+                 policy_consecutive_failures, policy_consecutive_successes)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9)
          on conflict (customer_id) do update set
              policy_threshold_avail = excluded.policy_threshold_avail,
              policy_window_seconds = excluded.policy_window_seconds,
              policy_cooldown_seconds = excluded.policy_cooldown_seconds,
              policy_max_coverage_factor = excluded.policy_max_coverage_factor,
              policy_probe_interval_seconds = excluded.policy_probe_interval_seconds,
-             policy_min_samples = excluded.policy_min_samples
-         returning policy_threshold_avail, policy_window_seconds, policy_cooldown_seconds,
-                   policy_max_coverage_factor, policy_probe_interval_seconds,
-                   policy_min_samples, updated_at",
-    )
+             policy_min_samples = excluded.policy_min_samples,
+             policy_consecutive_failures = excluded.policy_consecutive_failures,
+             policy_consecutive_successes = excluded.policy_consecutive_successes
+         returning ",
+        settings_columns!()
+    ))
     .bind(customer_id)
     .bind(policy.threshold_avail)
     .bind(policy.window_seconds)
@@ -60,6 +75,8 @@ async fn upsert<'e>(
     .bind(policy.max_coverage_factor)
     .bind(policy.probe_interval_seconds)
     .bind(policy.min_samples)
+    .bind(policy.consecutive_failures)
+    .bind(policy.consecutive_successes)
     .fetch_one(executor)
     .await
 }
@@ -76,12 +93,11 @@ pub async fn create_defaults(
 /// The customer's settings; `None` for a customer provisioned outside the API without them
 /// (callers fall back to the product defaults).
 pub async fn get(pool: &PgPool, customer_id: i64) -> sqlx::Result<Option<SettingsRow>> {
-    sqlx::query_as(
-        "select policy_threshold_avail, policy_window_seconds, policy_cooldown_seconds,
-                policy_max_coverage_factor, policy_probe_interval_seconds, policy_min_samples,
-                updated_at
-           from customer_settings where customer_id = $1",
-    )
+    sqlx::query_as(concat!(
+        "select ",
+        settings_columns!(),
+        " from customer_settings where customer_id = $1"
+    ))
     .bind(customer_id)
     .fetch_optional(pool)
     .await
@@ -108,13 +124,11 @@ pub async fn change_policy_defaults<E>(
     change: impl FnOnce(PolicyParams) -> Result<PolicyParams, E>,
 ) -> sqlx::Result<Result<SettingsRow, E>> {
     let mut tx = pool.begin().await?;
-    let current: Option<SettingsRow> = sqlx::query_as(
-        "select policy_threshold_avail, policy_window_seconds, policy_cooldown_seconds,
-                policy_max_coverage_factor, policy_probe_interval_seconds, policy_min_samples,
-                updated_at
-           from customer_settings where customer_id = $1
-            for update",
-    )
+    let current: Option<SettingsRow> = sqlx::query_as(concat!(
+        "select ",
+        settings_columns!(),
+        " from customer_settings where customer_id = $1 for update"
+    ))
     .bind(customer_id)
     .fetch_optional(&mut *tx)
     .await?;

@@ -4,13 +4,14 @@ use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgPool};
 use uuid::Uuid;
 
-use crate::engine::leases::NODE_TIMEOUT;
+use crate::engine::leases::{NODE_TIMEOUT, OWNERS_SQL};
 
 #[derive(Debug, Clone, FromRow)]
 pub struct DomainStateRow {
     pub domain_id: i64,
     pub hostname: String,
     pub state: String,
+    pub state_reason: Option<String>,
     pub state_since: Option<DateTime<Utc>>,
     pub desired_primary_weight: i16,
     pub desired_backup_weight: i16,
@@ -31,9 +32,13 @@ pub async fn service_state(
     if !super::services::exists(pool, customer_id, service_id).await? {
         return Ok(None);
     }
-    let rows = sqlx::query_as(
-        "select d.id as domain_id, d.hostname,
-                coalesce(st.state, 'healthy') as state, st.state_since,
+    // The owner is the node whose lease session holds the shard's lock right now.
+    let rows = sqlx::query_as(concat!(
+        "with owners as (",
+        OWNERS_SQL!(),
+        ")
+         select d.id as domain_id, d.hostname,
+                coalesce(st.state, 'healthy') as state, st.state_reason, st.state_since,
                 coalesce(st.desired_primary_weight, 100::smallint) as desired_primary_weight,
                 coalesce(st.desired_backup_weight, 0::smallint) as desired_backup_weight,
                 o.primary_avail::text as primary_avail, o.backup_avail::text as backup_avail,
@@ -42,14 +47,12 @@ pub async fn service_state(
            from service_domains d
            left join domain_states st on st.domain_id = d.id
            left join domain_observations o on o.domain_id = d.id
-           left join shard_leases l on l.shard = d.shard
-           left join cluster_nodes n on n.node_id = l.node_id
-                 and n.heartbeat_at > now() - make_interval(secs => $2::double precision / 1000)
+           left join owners w on w.shard = d.shard
+           left join cluster_nodes n on n.backend_pid = w.pid
           where d.service_id = $1 and d.deleted_at is null
-          order by d.id",
-    )
+          order by d.id"
+    ))
     .bind(service_id)
-    .bind(NODE_TIMEOUT.as_millis() as i64)
     .fetch_all(pool)
     .await?;
     Ok(Some(rows))
@@ -146,16 +149,28 @@ pub struct NodeRow {
     pub started_at: DateTime<Utc>,
     pub heartbeat_at: DateTime<Utc>,
     pub alive: bool,
+    /// Shards whose advisory lock the node's lease session holds now.
     pub shards: Vec<i16>,
+    pub deposed_at: Option<DateTime<Utc>>,
+    pub deposed_by: Option<String>,
 }
 
+/// The nodes, each with the shards its lease session holds right now (from `pg_locks`, the
+/// one truth: a crashed node's session is gone with its locks, a frozen one's holds them until
+/// it is deposed). Alive: a fresh heartbeat and a lease session that exists.
 pub async fn cluster_nodes(pool: &PgPool) -> sqlx::Result<Vec<NodeRow>> {
-    sqlx::query_as(
-        "select node_id, started_at, heartbeat_at,
-                heartbeat_at > now() - make_interval(secs => $1::double precision / 1000) as alive,
-                shards
-           from cluster_nodes order by node_id",
-    )
+    sqlx::query_as(concat!(
+        "with owners as (",
+        OWNERS_SQL!(),
+        ")
+         select n.node_id, n.started_at, n.heartbeat_at,
+                n.heartbeat_at > now() - make_interval(secs => $1::double precision / 1000)
+                  and exists (select 1 from pg_stat_activity a where a.pid = n.backend_pid) as alive,
+                coalesce((select array_agg(w.shard::smallint order by w.shard)
+                            from owners w where w.pid = n.backend_pid), '{}') as shards,
+                n.deposed_at, n.deposed_by
+           from cluster_nodes n order by n.node_id"
+    ))
     .bind(NODE_TIMEOUT.as_millis() as i64)
     .fetch_all(pool)
     .await

@@ -9,7 +9,9 @@ use tranche::engine::leases::PgLeaseBackend;
 use tranche::engine::store::PgEngineStore;
 use tranche::probe::NetworkProber;
 use tranche_actors::engine::ports::{EngineStore, Fence, LeaseBackend, StoreError};
-use tranche_actors::storm::{Availability, Decision, StormChange, StormState, Weights};
+use tranche_actors::storm::{
+    Availability, CdnHealth, Decision, StormChange, StormState, Streak, Weights,
+};
 
 use crate::helpers::{Auth, eventually, spawn_app};
 
@@ -22,14 +24,20 @@ fn storm_decision() -> Decision {
         state: StormState::Storm,
         weights: Weights::FAILOVER,
         storm: Some(StormChange::Opened),
-        primary: Availability::Known {
-            successes: 0,
-            attempts: 5,
-        },
-        backup: Availability::Known {
-            successes: 5,
-            attempts: 5,
-        },
+        primary: CdnHealth::new(
+            Availability::Known {
+                successes: 0,
+                attempts: 5,
+            },
+            Streak::failing(3),
+        ),
+        backup: CdnHealth::new(
+            Availability::Known {
+                successes: 5,
+                attempts: 5,
+            },
+            Streak::succeeding(5),
+        ),
     }
 }
 
@@ -57,6 +65,7 @@ async fn a_deposed_node_cannot_open_a_storm() {
         .commit_decision(
             &spec,
             &storm_decision(),
+            None,
             Fence {
                 shard: spec.shard,
                 epoch: epoch_a,
@@ -81,11 +90,11 @@ async fn a_deposed_node_cannot_open_a_storm() {
         epoch: epoch_b,
     };
     store
-        .commit_decision(&spec, &storm_decision(), fence, "node-b")
+        .commit_decision(&spec, &storm_decision(), None, fence, "node-b")
         .await
         .unwrap();
     store
-        .commit_decision(&spec, &storm_decision(), fence, "node-b")
+        .commit_decision(&spec, &storm_decision(), None, fence, "node-b")
         .await
         .unwrap();
     let (open, by): (i64, Option<String>) = sqlx::query_as(

@@ -135,6 +135,18 @@ pub struct TestApp {
     pub engine: Option<tranche::engine::RunningEngine>,
 }
 
+/// With `TRANCHE_TEST_LOG` set (an `EnvFilter`, e.g. `info` or `tranche_actors=debug`), the
+/// application's logs go to the test's captured output (shown for failing tests).
+fn init_test_logs() {
+    use tracing_subscriber::{EnvFilter, fmt};
+    if let Ok(filter) = std::env::var("TRANCHE_TEST_LOG") {
+        let _ = fmt()
+            .with_env_filter(EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 /// Engine settings for tests: fast leases, reconciliation and flushes.
 pub fn test_engine_config(node: &str) -> tranche_actors::engine::EngineConfig {
     let mut config = tranche_actors::engine::EngineConfig::new(node);
@@ -236,6 +248,7 @@ pub async fn spawn_app() -> TestApp {
 
 /// Boots the real application (dev mode on, admin token set unless `configure` changes them).
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
+    init_test_logs();
     let pool = fresh_database().await;
     let mut settings = Settings {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),

@@ -187,7 +187,7 @@ async fn hosted_zone_is_the_longest_matching_suffix() {
     assert_eq!(provider.zone_id_for("eu.example.com").await.unwrap(), inner);
     assert!(matches!(
         provider.zone_id_for("app.example.org").await,
-        Err(ProviderError::Permanent(_))
+        Err(ProviderError::ZoneNotFound(_))
     ));
     // "xample.com" is not a label suffix of anything here.
     assert!(provider.zone_id_for("notexample.com").await.is_err());

@@ -284,7 +284,8 @@ async fn customer_settings_are_provisioned_and_set_new_policy_defaults() {
     assert_eq!(
         settings["storm_policy_defaults"],
         json!({ "threshold_avail": 0.9, "window_seconds": 60, "cooldown_seconds": 300,
-                "max_coverage_factor": 1.5, "probe_interval_seconds": 10, "min_samples": 3 })
+                "max_coverage_factor": 1.5, "probe_interval_seconds": 10, "min_samples": 3,
+                "consecutive_failures": 3, "consecutive_successes": 3 })
     );
     assert!(
         settings["updated_at"].is_string(),

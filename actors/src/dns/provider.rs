@@ -24,6 +24,10 @@ pub enum ProviderError {
     /// 5xx or network failure: retry after a backoff.
     #[error("transient: {0}")]
     Transient(String),
+    /// No hosted zone contains the record (yet): the provider's zone list is refreshed and the
+    /// change retried after a backoff, so a zone created later is picked up without a restart.
+    #[error("zone not found: {0}")]
+    ZoneNotFound(String),
     /// The batch was rejected as invalid: split it to isolate the bad record.
     #[error("invalid change batch: {0}")]
     InvalidChangeBatch(String),
@@ -36,7 +40,10 @@ impl ProviderError {
     pub fn retryable(&self) -> bool {
         matches!(
             self,
-            Self::Throttled(_) | Self::PriorRequestNotComplete(_) | Self::Transient(_)
+            Self::Throttled(_)
+                | Self::PriorRequestNotComplete(_)
+                | Self::Transient(_)
+                | Self::ZoneNotFound(_)
         )
     }
 }

@@ -1,14 +1,20 @@
 //! A token bucket shared by every zone actor of a node: the provider's account-wide rate limit
 //! (Route53 allows 5 requests per second per account).
+//!
+//! Callers never wait inside it. [`TokenBucket::reserve`] takes a token now and answers how
+//! long the caller must wait before using it; tokens may be borrowed from the future, so
+//! reservations are served in the order they were made (first come, first served across the
+//! zones) and an actor schedules its provider call with `send_after` instead of sleeping.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
-use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 pub struct TokenBucket {
     rate_per_sec: f64,
     burst: f64,
+    /// Tokens available at `.1` (negative: reserved ahead of time).
     state: Mutex<(f64, Instant)>,
 }
 
@@ -23,23 +29,19 @@ impl TokenBucket {
         }
     }
 
-    /// Waits for one token.
-    pub async fn acquire(&self) {
-        loop {
-            let wait = {
-                let mut state = self.state.lock().await;
-                let (tokens, last) = &mut *state;
-                let now = Instant::now();
-                *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * self.rate_per_sec)
-                    .min(self.burst);
-                *last = now;
-                if *tokens >= 1.0 {
-                    *tokens -= 1.0;
-                    return;
-                }
-                Duration::from_secs_f64((1.0 - *tokens) / self.rate_per_sec)
-            };
-            tokio::time::sleep(wait).await;
+    /// Reserves one token; returns how long until it may be used (zero: now).
+    pub fn reserve(&self) -> Duration {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (tokens, last) = &mut *state;
+        let now = Instant::now();
+        *tokens =
+            (*tokens + now.duration_since(*last).as_secs_f64() * self.rate_per_sec).min(self.burst);
+        *last = now;
+        *tokens -= 1.0;
+        if *tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-*tokens / self.rate_per_sec)
         }
     }
 }
@@ -49,23 +51,22 @@ mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
-    async fn allows_the_burst_then_the_rate() {
+    async fn allows_the_burst_then_the_rate_in_reservation_order() {
         let bucket = TokenBucket::new(5.0, 10);
-        let start = Instant::now();
         for _ in 0..10 {
-            bucket.acquire().await;
+            assert_eq!(bucket.reserve(), Duration::ZERO, "burst is immediate");
         }
-        assert!(
-            start.elapsed() < Duration::from_millis(1),
-            "burst is immediate"
-        );
-        for _ in 0..5 {
-            bucket.acquire().await;
+        // The next five are 200 ms apart, in the order they were reserved.
+        let waits: Vec<Duration> = (0..5).map(|_| bucket.reserve()).collect();
+        for (k, wait) in waits.iter().enumerate() {
+            let expected = Duration::from_millis(200 * (k as u64 + 1));
+            assert!(
+                wait.abs_diff(expected) < Duration::from_millis(2),
+                "{k}: {wait:?}"
+            );
         }
-        let elapsed = start.elapsed();
-        assert!(
-            elapsed >= Duration::from_millis(990) && elapsed <= Duration::from_millis(1010),
-            "{elapsed:?}"
-        );
+        // Time passing pays the debt back.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(bucket.reserve(), Duration::ZERO);
     }
 }

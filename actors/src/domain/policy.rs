@@ -64,6 +64,12 @@ pub struct PolicyParams {
     pub probe_interval_seconds: i32,
     /// Probes a window needs before its availability counts (fewer → "unknown", never 0%).
     pub min_samples: i32,
+    /// Failed probes of the primary in a row needed, on top of the window, before a storm opens
+    /// (Route53's failure threshold, Cloudflare's consecutive down): one blip never fails over.
+    pub consecutive_failures: i32,
+    /// Successful probes of the primary in a row needed, on top of the cooldown, before the ramp
+    /// back starts.
+    pub consecutive_successes: i32,
 }
 
 /// A partial update; `None` keeps the current value.
@@ -75,6 +81,8 @@ pub struct PolicyPatch {
     pub max_coverage_factor: Option<Decimal>,
     pub probe_interval_seconds: Option<i32>,
     pub min_samples: Option<i32>,
+    pub consecutive_failures: Option<i32>,
+    pub consecutive_successes: Option<i32>,
 }
 
 impl PolicyPatch {
@@ -95,6 +103,7 @@ const MAX_WINDOW_SECONDS: i32 = 86_400;
 const MAX_COOLDOWN_SECONDS: i32 = 7 * 86_400;
 const MAX_INTERVAL_SECONDS: i32 = 3_600;
 const MAX_MIN_SAMPLES: i32 = 10_000;
+const MAX_CONSECUTIVE: i32 = 100;
 
 impl PolicyParams {
     pub fn defaults(kind: PolicyKind) -> Self {
@@ -106,7 +115,21 @@ impl PolicyParams {
             max_coverage_factor: Decimal::new(15, 1),
             probe_interval_seconds: 10,
             min_samples: 3,
+            consecutive_failures: 3,
+            consecutive_successes: 3,
         }
+    }
+
+    /// The longest time from a CDN failing to the storm being decided, in seconds: the probe
+    /// that first sees the failure comes at most one interval later, then
+    /// `consecutive_failures − 1` more intervals, and the last of them may take the whole probe
+    /// timeout (`timeout_ms`) to fail. The window rule can add to it only when the window holds
+    /// so many probes that `consecutive_failures` of them stay above the threshold.
+    pub fn worst_case_detection_ms(&self, timeout_ms: u32) -> u64 {
+        u64::from(self.consecutive_failures.max(1) as u32)
+            * u64::from(self.probe_interval_seconds.max(1) as u32)
+            * 1000
+            + u64::from(timeout_ms)
     }
 
     /// Defaults for `kind` with `patch` applied, validated as a whole.
@@ -129,6 +152,12 @@ impl PolicyParams {
                 .probe_interval_seconds
                 .unwrap_or(self.probe_interval_seconds),
             min_samples: patch.min_samples.unwrap_or(self.min_samples),
+            consecutive_failures: patch
+                .consecutive_failures
+                .unwrap_or(self.consecutive_failures),
+            consecutive_successes: patch
+                .consecutive_successes
+                .unwrap_or(self.consecutive_successes),
         };
         next.validate(patch)?;
         Ok(next)
@@ -196,6 +225,17 @@ impl PolicyParams {
                 ),
             );
         }
+        for (field, value) in [
+            ("consecutive_failures", self.consecutive_failures),
+            ("consecutive_successes", self.consecutive_successes),
+        ] {
+            if !(1..=MAX_CONSECUTIVE).contains(&value) {
+                return fail(
+                    field,
+                    format!("must be between 1 and {MAX_CONSECUTIVE} (got {value})"),
+                );
+            }
+        }
         // A window that cannot hold `min_samples` probes would never have a known availability,
         // so the policy could never declare a storm: reject it instead of failing silently.
         let needed = i64::from(self.probe_interval_seconds) * i64::from(self.min_samples);
@@ -239,6 +279,9 @@ mod tests {
         assert_eq!(p.cooldown_seconds, 300);
         assert_eq!(p.max_coverage_factor, dec("1.5"));
         assert_eq!(p.probe_interval_seconds, 10);
+        assert_eq!((p.consecutive_failures, p.consecutive_successes), (3, 3));
+        // 3 × 10 s + a 5 s probe timeout.
+        assert_eq!(p.worst_case_detection_ms(5000), 35_000);
     }
 
     #[test]
@@ -264,7 +307,21 @@ mod tests {
 
     #[test]
     fn rejects_out_of_range_fields_naming_them() {
-        let cases: [(PolicyPatch, &str); 5] = [
+        let cases: [(PolicyPatch, &str); 7] = [
+            (
+                PolicyPatch {
+                    consecutive_failures: Some(0),
+                    ..Default::default()
+                },
+                "consecutive_failures",
+            ),
+            (
+                PolicyPatch {
+                    consecutive_successes: Some(101),
+                    ..Default::default()
+                },
+                "consecutive_successes",
+            ),
             (
                 PolicyPatch {
                     window_seconds: Some(0),

@@ -2,11 +2,20 @@
 //!
 //! One per service domain, on the node that owns the domain's shard. Every probe interval it
 //! probes the primary and the backup target concurrently (in spawned tasks, never inside
-//! `handle`), records each result in that CDN's window, and evaluates the storm machine. A
-//! decision is committed to the database — state, desired weights and the storm event, fenced by
-//! the shard epoch — *before* the actor adopts it; if the commit fails the actor keeps its old
-//! state and re-decides on the next result. A fenced commit means the shard moved to another
-//! node: the actor stops.
+//! `handle`), records each result in that CDN's window and streak, and evaluates the storm
+//! machine. A `blocked` probe (a private address the operator does not allow) says nothing about
+//! the CDN and is not counted; a domain whose primary cannot be judged becomes `unknown`, with
+//! the reason. While a storm is open the actor asks the store whether its current weights are
+//! applied at the DNS provider, so each ramp step waits for the previous one.
+//!
+//! A decision is committed to the database — state, desired weights and the storm event, fenced
+//! by the shard epoch — *before* the actor adopts it, and only while the node's lease holds by
+//! its own clock; if the commit fails the actor keeps its old state and re-decides on the next
+//! result. A fenced commit means the shard moved to another node: the actor stops.
+//!
+//! The domains of one DNS zone probe in the same part of the interval (a phase from the zone's
+//! name, spread by the zone's size), so an outage is seen by all of them together and their
+//! failovers leave in one ChangeBatch.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,8 +25,8 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use super::config::EngineConfig;
 use super::observation_writer::ObservationMsg;
 use super::ports::{DomainSpec, EngineStore, Fence, Observation, PersistedState, StoreError};
-use crate::probe::{Cdn, ProbeResult, Prober};
-use crate::storm::{Availability, AvailabilityWindow, StormMachine};
+use crate::probe::{Cdn, Outcome, ProbeResult, Prober};
+use crate::storm::{Availability, AvailabilityWindow, CdnHealth, Inputs, StormMachine, Streak};
 
 /// Longest delay before a new actor's first probe.
 const FIRST_PROBE_SPREAD: Duration = Duration::from_secs(2);
@@ -40,7 +49,28 @@ pub struct DomainArgs {
     /// The persisted state, when the caller already loaded it (saves a query per actor at
     /// start-up); `None` makes the actor load it itself.
     pub persisted: Option<Option<PersistedState>>,
+    /// How many domains share this domain's zone on the node (spreads the zone's probes).
+    pub zone_domains: usize,
     pub ctx: Arc<EngineCtx>,
+}
+
+/// Where in the interval a domain probes: the zone's phase plus a per-domain offset within a
+/// spread that grows with the zone (1 ms per domain over 50 ms, at most half the interval), so
+/// a zone's domains see an outage within a fraction of a second of each other without ever
+/// firing all at once.
+pub fn probe_phase(
+    zone: &str,
+    domain_id: i64,
+    zone_domains: usize,
+    interval: Duration,
+) -> Duration {
+    let interval_ms = interval.as_millis().max(1) as u64;
+    let zone_hash = zone.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    let spread_ms = (50 + zone_domains as u64).min(interval_ms / 2).max(1);
+    let own = (domain_id as u64).wrapping_mul(2_654_435_761) % spread_ms;
+    Duration::from_millis((zone_hash % interval_ms + own) % interval_ms)
 }
 
 pub struct DomainState {
@@ -49,6 +79,10 @@ pub struct DomainState {
     ctx: Arc<EngineCtx>,
     primary: AvailabilityWindow,
     backup: AvailabilityWindow,
+    primary_streak: Streak,
+    backup_streak: Streak,
+    /// Why the primary's last probe could not be counted (it was blocked), if it could not.
+    primary_blocked: Option<String>,
     machine: StormMachine,
     /// Stamped on timer messages; bumped when the schedule changes so stale ticks are dropped.
     generation: u64,
@@ -93,18 +127,26 @@ impl Actor for DomainActor {
             ctx: args.ctx,
             primary: AvailabilityWindow::new(),
             backup: AvailabilityWindow::new(),
+            primary_streak: Streak::default(),
+            backup_streak: Streak::default(),
+            primary_blocked: None,
             machine,
             generation: 0,
             realign: None,
             next_due: None,
         };
         // The first probe comes within two seconds (a node taking over a shard probes its new
-        // domains promptly); later probes are spread over the whole interval by a per-domain
-        // phase, so thousands of domains never fire in the same millisecond.
+        // domains promptly); later probes follow the zone's phase (see `probe_phase`).
         let interval_ms = state.interval().as_millis().max(1) as u64;
         let hash = (state.spec.id as u64).wrapping_mul(2_654_435_761);
         let first = hash % interval_ms.min(FIRST_PROBE_SPREAD.as_millis() as u64);
-        let phase = hash % interval_ms;
+        let phase = probe_phase(
+            &state.spec.zone,
+            state.spec.id,
+            args.zone_domains,
+            state.interval(),
+        )
+        .as_millis() as u64;
         let mut state = state;
         state.realign = Some(Duration::from_millis(interval_ms + phase - first));
         myself.send_after(Duration::from_millis(first), move || DomainMsg::Tick(0));
@@ -124,6 +166,11 @@ impl Actor for DomainActor {
                 let due = state.next_due.map_or(now + step, |d| d + step).max(now);
                 state.next_due = Some(due);
                 myself.send_after(due - now, move || DomainMsg::Tick(generation));
+                if state.spec.primary_target.is_none() {
+                    // Nothing to probe through the primary: time alone moves the machine (to
+                    // `unknown`).
+                    state.evaluate(&myself).await;
+                }
                 for cdn in [Cdn::Primary, Cdn::Backup] {
                     if let Some(request) = state.spec.probe_request(cdn) {
                         let prober = state.ctx.prober.clone();
@@ -142,9 +189,12 @@ impl Actor for DomainActor {
                 let spec = *spec;
                 if spec.primary_target != state.spec.primary_target {
                     state.primary.clear();
+                    state.primary_streak = Streak::default();
+                    state.primary_blocked = None;
                 }
                 if spec.backup_target != state.spec.backup_target {
                     state.backup.clear();
+                    state.backup_streak = Streak::default();
                 }
                 let reschedule =
                     spec.policy.probe_interval_seconds != state.spec.policy.probe_interval_seconds;
@@ -167,27 +217,64 @@ impl DomainState {
         Duration::from_secs(self.spec.policy.probe_interval_seconds.max(1) as u64)
     }
 
-    fn availability(&mut self, cdn: Cdn, now: chrono::DateTime<chrono::Utc>) -> Availability {
+    fn health(&mut self, cdn: Cdn, now: chrono::DateTime<chrono::Utc>) -> CdnHealth {
         let policy = &self.spec.policy;
-        let (window, configured) = match cdn {
-            Cdn::Primary => (&mut self.primary, self.spec.primary_target.is_some()),
-            Cdn::Backup => (&mut self.backup, self.spec.backup_target.is_some()),
+        let (window, streak, configured) = match cdn {
+            Cdn::Primary => (
+                &mut self.primary,
+                self.primary_streak,
+                self.spec.primary_target.is_some(),
+            ),
+            Cdn::Backup => (
+                &mut self.backup,
+                self.backup_streak,
+                self.spec.backup_target.is_some(),
+            ),
         };
         if !configured {
-            return Availability::Unknown { attempts: 0 };
+            return CdnHealth::new(Availability::Unknown { attempts: 0 }, Streak::default());
         }
-        window.availability(now, policy.window_seconds, policy.min_samples)
+        CdnHealth::new(
+            window.availability(now, policy.window_seconds, policy.min_samples),
+            streak,
+        )
+    }
+
+    /// Why the primary cannot be judged (for the `unknown` state).
+    fn unknown_reason(&self, primary: &CdnHealth) -> String {
+        if self.spec.primary_target.is_none() {
+            "no primary target is configured".to_owned()
+        } else if let Some(error) = &self.primary_blocked {
+            format!("probes through the primary are blocked: {error}")
+        } else {
+            format!(
+                "too few probe results through the primary in the window ({} of {})",
+                primary.availability.attempts(),
+                self.spec.policy.min_samples
+            )
+        }
     }
 
     async fn on_result(&mut self, myself: &ActorRef<DomainMsg>, cdn: Cdn, result: ProbeResult) {
         let now = (self.ctx.config.clock)();
-        match cdn {
-            Cdn::Primary => self.primary.record(now, result.ok()),
-            Cdn::Backup => self.backup.record(now, result.ok()),
+        // A blocked probe never reached the CDN: it says nothing about its health.
+        if result.outcome != Outcome::Blocked {
+            let ok = result.ok();
+            match cdn {
+                Cdn::Primary => {
+                    self.primary.record(now, ok);
+                    self.primary_streak.record(ok);
+                    self.primary_blocked = None;
+                }
+                Cdn::Backup => {
+                    self.backup.record(now, ok);
+                    self.backup_streak.record(ok);
+                }
+            }
+        } else if cdn == Cdn::Primary {
+            self.primary_blocked = Some(result.error.clone().unwrap_or_default());
         }
-        let primary = self.availability(Cdn::Primary, now);
-        let backup = self.availability(Cdn::Backup, now);
-        let own = if cdn == Cdn::Primary { primary } else { backup };
+        let own = self.health(cdn, now).availability;
         let _ = self
             .ctx
             .observations
@@ -202,17 +289,70 @@ impl DomainState {
                 cert_expires_at: result.cert_expires_at,
                 availability: own.ratio(),
             }));
+        self.evaluate(myself).await;
+    }
 
-        // Decide on a copy; adopt it only once it is committed.
-        let mut next = self.machine.clone();
-        let Some(decision) = next.evaluate(now, primary, backup, &self.spec.policy) else {
-            self.machine = next;
-            return;
-        };
+    /// Whether the machine's current weights are in effect at the DNS provider, asked only
+    /// while it waits for that (a storm is open). Without DNS steering on this node there is
+    /// nothing to wait for.
+    async fn step_applied(&self) -> bool {
+        if !self.machine.awaits_provider() {
+            return false;
+        }
+        if self.ctx.dns.is_none() {
+            return true;
+        }
         match self
             .ctx
             .store
-            .commit_decision(&self.spec, &decision, self.fence, &self.ctx.config.node_id)
+            .step_applied(self.spec.id, self.machine.weights())
+            .await
+        {
+            Ok(applied) => applied,
+            Err(e) => {
+                tracing::warn!(domain.id = self.spec.id, error = %e, "could not read the applied DNS weights; the ramp waits");
+                false
+            }
+        }
+    }
+
+    async fn evaluate(&mut self, myself: &ActorRef<DomainMsg>) {
+        let now = (self.ctx.config.clock)();
+        let primary = self.health(Cdn::Primary, now);
+        let backup = self.health(Cdn::Backup, now);
+        let inputs = Inputs {
+            primary,
+            backup,
+            step_applied: self.step_applied().await,
+        };
+
+        // Decide on a copy; adopt it only once it is committed.
+        let mut next = self.machine.clone();
+        let Some(decision) = next.evaluate(now, inputs, &self.spec.policy) else {
+            self.machine = next;
+            return;
+        };
+        if !self.ctx.config.lease.is_valid() {
+            // The node's lease has lapsed by its own clock (it was frozen, or cannot reach the
+            // database): it may have been deposed. Decide nothing; the owner will.
+            tracing::warn!(
+                domain.id = self.spec.id,
+                "lease expired; not committing a storm decision"
+            );
+            return;
+        }
+        let reason = (decision.state == crate::storm::StormState::Unknown)
+            .then(|| self.unknown_reason(&primary));
+        match self
+            .ctx
+            .store
+            .commit_decision(
+                &self.spec,
+                &decision,
+                reason.as_deref(),
+                self.fence,
+                &self.ctx.config.node_id,
+            )
             .await
         {
             Ok(()) => {
@@ -222,8 +362,9 @@ impl DomainState {
                     from = decision.previous.as_str(),
                     to = decision.state.as_str(),
                     weights = %decision.weights,
-                    primary_avail = ?primary.ratio(),
-                    backup_avail = ?backup.ratio(),
+                    primary_avail = ?primary.availability.ratio(),
+                    backup_avail = ?backup.availability.ratio(),
+                    reason = reason.as_deref().unwrap_or(""),
                     "storm state changed"
                 );
                 self.machine = next;

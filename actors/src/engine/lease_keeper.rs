@@ -5,13 +5,23 @@
 //! its share (so a dead node's shards are taken over), then tells the probe supervisor. Each
 //! acquisition bumps the shard's fencing epoch. If the lease connection fails, every shard is
 //! considered lost at once: the supervisor stops their actors before anything else happens.
+//!
+//! A lease is also bounded in time. Each successful heartbeat extends the node's
+//! [`LeaseValidity`](super::config::LeaseValidity) to the heartbeat's start plus
+//! [`LEASE_DEADLINE`] minus a margin, and actors act outside the node only while it holds. A
+//! node whose heartbeat is older than the deadline is *deposed* by the survivors — they end its
+//! lease session, which frees its advisory locks even though its process (frozen by SIGSTOP, a
+//! VM pause) still holds the connection — and take its shards over with new fencing epochs. To
+//! keep a slow database from making nodes depose each other, a node deposes others only after
+//! its own heartbeats have succeeded without a gap for a whole deadline.
 
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
-use super::config::EngineConfig;
+use super::config::{EngineConfig, LEASE_DEADLINE, LEASE_MARGIN};
 use super::dns_supervisor::DnsMsg;
 use super::ports::{LeaseBackend, OwnedShards};
 use super::probe_supervisor::SupervisorMsg;
@@ -36,6 +46,31 @@ pub struct LeaseState {
     dns: Option<ActorRef<DnsMsg>>,
     shards: Arc<watch::Sender<OwnedShards>>,
     owned: OwnedShards,
+    /// Start of the current run of successful heartbeats, none more than a deadline apart.
+    healthy_since: Option<Instant>,
+    /// Start of the last successful heartbeat.
+    last_ok: Option<Instant>,
+}
+
+/// Whether a node whose heartbeats have succeeded without a gap since `healthy_since` may
+/// depose others at `now`: only after a whole deadline of that, so that after a database outage
+/// every node has had the time to heartbeat again before anyone is judged stale.
+pub fn may_depose(healthy_since: Option<Instant>, now: Instant) -> bool {
+    healthy_since.is_some_and(|since| now.saturating_duration_since(since) >= LEASE_DEADLINE)
+}
+
+/// The run of healthy heartbeats after one that started at `sent` succeeded.
+pub fn healthy_run(
+    healthy_since: Option<Instant>,
+    last_ok: Option<Instant>,
+    sent: Instant,
+) -> Option<Instant> {
+    match (healthy_since, last_ok) {
+        (Some(since), Some(last)) if sent.saturating_duration_since(last) < LEASE_DEADLINE => {
+            Some(since)
+        }
+        _ => Some(sent),
+    }
 }
 
 pub enum LeaseMsg {
@@ -64,6 +99,7 @@ impl Actor for LeaseKeeper {
     ) -> Result<LeaseState, ActorProcessingErr> {
         // A previous incarnation may have held locks on the shared connection.
         args.backend.reset().await;
+        args.config.lease.revoke();
         myself.send_interval(args.config.lease_interval, || LeaseMsg::Tick);
         let _ = myself.cast(LeaseMsg::Tick);
         Ok(LeaseState {
@@ -73,6 +109,8 @@ impl Actor for LeaseKeeper {
             dns: args.dns,
             shards: args.shards,
             owned: OwnedShards::new(),
+            healthy_since: None,
+            last_ok: None,
         })
     }
 
@@ -110,6 +148,8 @@ impl Actor for LeaseKeeper {
 
 impl LeaseState {
     fn lose_everything(&mut self, why: &str) {
+        self.config.lease.revoke();
+        self.healthy_since = None;
         if !self.owned.is_empty() {
             tracing::error!(
                 shards = self.owned.len(),
@@ -141,6 +181,7 @@ impl LeaseState {
     async fn tick(&mut self) {
         let node = self.config.node_id.clone();
         let shards: Vec<u16> = self.owned.keys().copied().collect();
+        let sent = Instant::now();
         let live = match self.backend.heartbeat(&node, &shards).await {
             Ok(live) => live,
             Err(e) => {
@@ -149,6 +190,27 @@ impl LeaseState {
                 return;
             }
         };
+        // The database saw the heartbeat at or after `sent`: by our clock the others cannot
+        // consider it stale before `sent + LEASE_DEADLINE`.
+        self.config
+            .lease
+            .extend_to(sent + LEASE_DEADLINE - LEASE_MARGIN);
+        self.healthy_since = healthy_run(self.healthy_since, self.last_ok, sent);
+        self.last_ok = Some(sent);
+        if may_depose(self.healthy_since, Instant::now()) {
+            match self.backend.depose_stale(&node, LEASE_DEADLINE).await {
+                Ok(deposed) => {
+                    for other in deposed {
+                        tracing::warn!(node = %node, deposed = %other, deadline = ?LEASE_DEADLINE, "deposed a node that missed its heartbeat deadline; its shards are free");
+                    }
+                }
+                Err(e) => {
+                    self.lose_everything(&e.to_string());
+                    self.backend.reset().await;
+                    return;
+                }
+            }
+        }
         let target = fair_share(live);
         let mut changed = false;
 
@@ -199,6 +261,28 @@ impl LeaseState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deposing_needs_a_whole_deadline_of_healthy_heartbeats() {
+        let t0 = Instant::now();
+        let second = std::time::Duration::from_secs(1);
+        assert!(!may_depose(None, t0));
+        let mut since = healthy_run(None, None, t0);
+        let mut last = Some(t0);
+        assert!(!may_depose(since, t0 + second));
+        for k in 1..=3 {
+            let sent = t0 + second * k;
+            since = healthy_run(since, last, sent);
+            last = Some(sent);
+        }
+        assert_eq!(since, Some(t0));
+        assert!(may_depose(since, t0 + second * 3));
+        // A gap of a whole deadline (the node was frozen, or the database away) starts over.
+        let late = t0 + second * 7;
+        since = healthy_run(since, last, late);
+        assert_eq!(since, Some(late));
+        assert!(!may_depose(since, late + second));
+    }
 
     #[test]
     fn fair_share_covers_every_shard() {

@@ -100,14 +100,20 @@ pub trait EngineStore: Send + Sync + 'static {
     /// A domain's persisted state, if it ever had a decision.
     async fn load_state(&self, domain_id: i64) -> Result<Option<PersistedState>, StoreError>;
     /// Commits `decision` — the domain's new state and desired weights, and the storm event it
-    /// opens or closes — in one transaction, if `fence` is still current.
+    /// opens or closes — in one transaction, if `fence` is still current. `reason` says why the
+    /// state is what it is, where that needs saying (`unknown`).
     async fn commit_decision(
         &self,
         spec: &DomainSpec,
         decision: &Decision,
+        reason: Option<&str>,
         fence: Fence,
         node_id: &str,
     ) -> Result<(), StoreError>;
+    /// Whether `weights` — the domain's desired weights — are in effect at the DNS provider:
+    /// applied and in sync, or nothing to wait for (the domain is not steered, an operator pin
+    /// overrides it, or its records were rejected for good).
+    async fn step_applied(&self, domain_id: i64, weights: Weights) -> Result<bool, StoreError>;
     /// Writes a batch of observations (aggregated per minute, latest per domain and CDN).
     async fn write_observations(
         &self,
@@ -124,6 +130,14 @@ pub trait LeaseBackend: Send + Sync + 'static {
     /// Records this node's heartbeat and the shards it holds; returns the number of live nodes
     /// (including this one).
     async fn heartbeat(&self, node_id: &str, shards: &[u16]) -> Result<usize, StoreError>;
+    /// Deposes nodes whose heartbeat is older than `deadline` but whose lease session is still
+    /// open (a frozen process keeps its session, and so its advisory locks): ends that session,
+    /// which frees their shards. Returns the deposed nodes' ids.
+    async fn depose_stale(
+        &self,
+        node_id: &str,
+        deadline: std::time::Duration,
+    ) -> Result<Vec<String>, StoreError>;
     /// Tries to lock `shard` for this node; on success bumps and returns the shard's epoch.
     async fn try_acquire(&self, node_id: &str, shard: u16) -> Result<Option<i64>, StoreError>;
     /// Releases `shard`.
@@ -178,6 +192,24 @@ pub trait DnsStore: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// Records that a submitted change reached every name server.
     async fn dns_insync(&self, change_id: &str) -> Result<(), StoreError>;
+    /// Changes of `zone` still `submitted` (left by a node that stopped or lost the zone).
+    async fn orphaned_changes(&self, zone: &str) -> Result<Vec<OrphanedChange>, StoreError>;
+    /// Marks a change the provider never answered as superseded, with why, if `fence` holds.
+    async fn dns_superseded(
+        &self,
+        change_id: &str,
+        reason: &str,
+        fence: Fence,
+    ) -> Result<(), StoreError>;
+}
+
+/// A DNS change left `submitted` by a previous owner of its zone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrphanedChange {
+    pub id: String,
+    /// The provider's id when it accepted the change (then only its sync is unknown).
+    pub provider_change_id: Option<String>,
+    pub node_id: String,
 }
 
 /// What one billing run of a customer did.

@@ -115,7 +115,7 @@ impl Actor for ProbeSupervisor {
                 {
                     tracing::error!(domain.id = id, error = %err, "domain actor failed; restarting it from the database");
                     if state.owned.get(&r.fence.shard) == Some(&r.fence.epoch) {
-                        state.spawn(&myself, r.spec, r.fence, None).await;
+                        state.spawn(&myself, r.spec, r.fence, None, 1).await;
                     }
                 }
             }
@@ -159,9 +159,11 @@ impl SupervisorState {
         spec: DomainSpec,
         fence: Fence,
         persisted: Option<Option<PersistedState>>,
+        zone_domains: usize,
     ) {
         let id = spec.id;
         let args = DomainArgs {
+            zone_domains,
             spec: spec.clone(),
             fence,
             persisted,
@@ -194,6 +196,15 @@ impl SupervisorState {
                 return;
             }
         };
+        // Domains per zone: each zone's probes are spread by its size (see `probe_phase`).
+        let mut zone_sizes: HashMap<&str, usize> = HashMap::new();
+        for (spec, _) in &domains {
+            *zone_sizes.entry(spec.zone.as_str()).or_default() += 1;
+        }
+        let zone_sizes: HashMap<i64, usize> = domains
+            .iter()
+            .map(|(spec, _)| (spec.id, zone_sizes[spec.zone.as_str()]))
+            .collect();
         let mut wanted = std::collections::HashSet::with_capacity(domains.len());
         for (spec, persisted) in domains {
             let Some(&epoch) = self.owned.get(&spec.shard) else {
@@ -211,7 +222,11 @@ impl SupervisorState {
                     r.fence = fence;
                     let _ = r.actor.cast(DomainMsg::Update(Box::new(spec), fence));
                 }
-                None => self.spawn(myself, spec, fence, Some(persisted)).await,
+                None => {
+                    let zone_domains = zone_sizes[&spec.id];
+                    self.spawn(myself, spec, fence, Some(persisted), zone_domains)
+                        .await
+                }
             }
         }
         let gone: Vec<i64> = self

@@ -1,27 +1,37 @@
 //! The per-domain storm state machine.
 //!
 //! ```text
-//!            primary < threshold, backup healthy
-//!   Healthy ───────────────────────────────────────▶ Storm (weights 0/100, storm opened)
-//!    ▲  │ primary < threshold, backup NOT healthy        │ primary ≥ threshold for cooldown_seconds
-//!    │  ▼                                                ▼
-//!    │ BackupUnhealthy (no failover: 100/0)          Recovering (25/75 → 50/50 → …)
-//!    │   primary healthy → Healthy;                      │ one step per probe interval the
-//!    │   backup healthy → Storm                          │ primary stays healthy; primary fails
-//!    │                                                   │ again → Storm
+//!            primary down, backup healthy
+//!   Healthy ─────────────────────────────────▶ Storm (weights 0/100, storm opened)
+//!    ▲ │ ▲ primary down, backup NOT healthy          │ primary healthy for cooldown_seconds and
+//!    │ │ └──────────────▶ BackupUnhealthy            │ consecutive_successes probes in a row,
+//!    │ │   (no failover: 100/0; primary healthy →    │ and 0/100 applied at the provider
+//!    │ │    Healthy; backup healthy → Storm)          ▼
+//!    │ │                                         Recovering (25/75 → 50/50 → …)
+//!    │ └──▶ Unknown (the primary cannot be        │ one step per probe interval of health, each
+//!    │      judged: no target, probes blocked);   │ after the previous one is applied at the
+//!    │      primary known again → Healthy         │ provider; primary down again → Storm
 //!    └──────────────────── last step (100/0): storm closed ┘
 //! ```
 //!
+//! "Primary down" is flap-damped: the primary's window is known and below the threshold *and*
+//! its last `consecutive_failures` probes failed (as Route53's failure threshold and
+//! Cloudflare's consecutive-down count do), so one blip never fails over. "Backup healthy" is
+//! its window known and at or above the threshold with fewer than `consecutive_failures`
+//! failures in a row.
+//!
 //! Invariants (property-tested below): a storm opens only when the primary's window is known
-//! and below the threshold; traffic never moves *towards* the backup unless the backup is
-//! healthy; at most one storm is open; a storm closes only after the primary has been healthy
-//! for the whole cooldown.
+//! and below the threshold after `consecutive_failures` failures in a row; traffic never moves
+//! *towards* the backup unless the backup is healthy; at most one storm is open; a storm closes
+//! only after the primary has been healthy for the whole cooldown; each ramp step is taken only
+//! once the previous weights are applied at the provider; and from any restored state a healthy
+//! primary brings the domain back to 100/0 with the storm closed in bounded time.
 
 use std::fmt;
 
 use chrono::{DateTime, Duration, Utc};
 
-use super::Availability;
+use super::{Availability, Streak};
 use crate::domain::PolicyParams;
 
 /// DNS weights for the primary and backup records (they sum to 100).
@@ -70,29 +80,34 @@ pub enum StormState {
     /// Primary healthy again after a storm: weights ramp back; the storm is still open.
     Recovering,
     /// Primary below threshold but the backup is not healthy either: no failover (moving traffic
-    /// to a dead backup is worse than staying); visible, and alerted on by a later issue.
+    /// to a dead backup is worse than staying); visible, and alerted on.
     BackupUnhealthy,
+    /// The primary's health could not be judged for longer than a window (no target, every
+    /// probe blocked, too few results): normal weights, visible, and alerted on.
+    Unknown,
 }
 
 impl StormState {
+    pub const ALL: [StormState; 5] = [
+        Self::Healthy,
+        Self::Storm,
+        Self::Recovering,
+        Self::BackupUnhealthy,
+        Self::Unknown,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Healthy => "healthy",
             Self::Storm => "storm",
             Self::Recovering => "recovering",
             Self::BackupUnhealthy => "backup_unhealthy",
+            Self::Unknown => "unknown",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [
-            Self::Healthy,
-            Self::Storm,
-            Self::Recovering,
-            Self::BackupUnhealthy,
-        ]
-        .into_iter()
-        .find(|state| state.as_str() == s)
+        Self::ALL.into_iter().find(|state| state.as_str() == s)
     }
 
     /// Whether a storm event is open in this state.
@@ -108,6 +123,46 @@ pub enum StormChange {
     Closed,
 }
 
+/// What the machine knows of one CDN at an evaluation: its window and its latest run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CdnHealth {
+    pub availability: Availability,
+    pub streak: Streak,
+}
+
+impl CdnHealth {
+    pub const fn new(availability: Availability, streak: Streak) -> Self {
+        Self {
+            availability,
+            streak,
+        }
+    }
+
+    /// Down, flap-damped: window known and below the threshold, and the last
+    /// `consecutive_failures` probes failed.
+    pub fn is_down(&self, policy: &PolicyParams) -> bool {
+        self.availability.is_below(policy.threshold_avail)
+            && self.streak.failures() >= policy.consecutive_failures.max(1) as u32
+    }
+
+    /// Healthy enough to take traffic: window known and at or above the threshold, and not in
+    /// a run of `consecutive_failures` failures.
+    pub fn can_take_traffic(&self, policy: &PolicyParams) -> bool {
+        self.availability.is_healthy(policy.threshold_avail)
+            && self.streak.failures() < policy.consecutive_failures.max(1) as u32
+    }
+}
+
+/// One evaluation's inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inputs {
+    pub primary: CdnHealth,
+    pub backup: CdnHealth,
+    /// Whether the current desired weights are in effect at the DNS provider (or the domain is
+    /// not steered, so there is nothing to wait for). The ramp waits for it.
+    pub step_applied: bool,
+}
+
 /// A change of state or desired weights. The actor commits it (with the storm event, if any)
 /// before anything acts on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,9 +172,9 @@ pub struct Decision {
     pub state: StormState,
     pub weights: Weights,
     pub storm: Option<StormChange>,
-    /// The windows that triggered the decision.
-    pub primary: Availability,
-    pub backup: Availability,
+    /// The CDNs as they were when the decision was made.
+    pub primary: CdnHealth,
+    pub backup: CdnHealth,
 }
 
 /// One domain's storm state. Construct with [`StormMachine::new`] or restore from the persisted
@@ -129,10 +184,14 @@ pub struct StormMachine {
     state: StormState,
     since: DateTime<Utc>,
     weights: Weights,
-    /// Start of the current unbroken run of evaluations with a healthy primary.
+    /// Start of the current unbroken run of evaluations with a healthy primary window.
     primary_healthy_since: Option<DateTime<Utc>>,
-    /// When the current ramp step was applied (Recovering only).
-    step_at: DateTime<Utc>,
+    /// Since when the current weights are known to be in effect at the provider (`None`: not
+    /// yet, or not since this machine was built).
+    applied_since: Option<DateTime<Utc>>,
+    /// The last evaluation at which the primary's window was known (or when the machine was
+    /// built).
+    primary_known_at: DateTime<Utc>,
 }
 
 impl StormMachine {
@@ -140,8 +199,10 @@ impl StormMachine {
         Self::restore(StormState::Healthy, now, Weights::NORMAL, now)
     }
 
-    /// Rebuilds the machine from persisted state. The primary's healthy run restarts from
-    /// scratch: after a restart the cooldown is counted again rather than assumed.
+    /// Rebuilds the machine from persisted state. Nothing observed before is assumed: the
+    /// primary's healthy run and the cooldown are counted again, and the current weights count
+    /// as applied from the first evaluation that finds them applied at the provider — so a
+    /// domain restored in `Recovering` takes its next step one healthy interval after that.
     pub fn restore(
         state: StormState,
         since: DateTime<Utc>,
@@ -153,7 +214,8 @@ impl StormMachine {
             since,
             weights,
             primary_healthy_since: None,
-            step_at: now,
+            applied_since: None,
+            primary_known_at: now,
         }
     }
 
@@ -167,6 +229,12 @@ impl StormMachine {
 
     pub fn weights(&self) -> Weights {
         self.weights
+    }
+
+    /// Whether the machine is waiting to learn that its weights are applied at the provider (a
+    /// storm is open and they are not known to be): the actor asks the provider's side only then.
+    pub fn awaits_provider(&self) -> bool {
+        self.state.storm_open() && self.applied_since.is_none()
     }
 
     /// The next step back towards the primary: the first ramp weight above the current one;
@@ -184,28 +252,43 @@ impl StormMachine {
         }
     }
 
-    /// Evaluates the windows at `now`; returns the decision if state or weights change.
+    /// Evaluates the CDNs at `now`; returns the decision if state or weights change.
     pub fn evaluate(
         &mut self,
         now: DateTime<Utc>,
-        primary: Availability,
-        backup: Availability,
+        inputs: Inputs,
         policy: &PolicyParams,
     ) -> Option<Decision> {
+        let Inputs {
+            primary,
+            backup,
+            step_applied,
+        } = inputs;
         let threshold = policy.threshold_avail;
-        let primary_below = primary.is_below(threshold);
-        let primary_healthy = primary.is_healthy(threshold);
-        let backup_healthy = backup.is_healthy(threshold);
+        let primary_down = primary.is_down(policy);
+        let primary_healthy = primary.availability.is_healthy(threshold);
+        let backup_ok = backup.can_take_traffic(policy);
         if primary_healthy {
             self.primary_healthy_since.get_or_insert(now);
         } else {
             self.primary_healthy_since = None;
         }
-        let healthy_for = |since: Option<DateTime<Utc>>| since.map_or(Duration::MIN, |s| now - s);
+        if matches!(primary.availability, Availability::Known { .. }) {
+            self.primary_known_at = now;
+        }
+        if step_applied {
+            self.applied_since.get_or_insert(now);
+        }
+        let interval = Duration::seconds(i64::from(policy.probe_interval_seconds));
+        let unknown_for = now - self.primary_known_at;
+        let unjudgeable =
+            unknown_for > Duration::seconds(i64::from(policy.window_seconds)) + interval;
+        let successes_enough =
+            primary.streak.successes() >= policy.consecutive_successes.max(1) as u32;
 
         let (state, weights, storm) = match self.state {
-            StormState::Healthy | StormState::BackupUnhealthy
-                if primary_below && backup_healthy =>
+            StormState::Healthy | StormState::BackupUnhealthy | StormState::Unknown
+                if primary_down && backup_ok =>
             {
                 (
                     StormState::Storm,
@@ -213,19 +296,28 @@ impl StormMachine {
                     Some(StormChange::Opened),
                 )
             }
-            StormState::Healthy if primary_below => {
+            StormState::Healthy | StormState::Unknown if primary_down => {
                 (StormState::BackupUnhealthy, Weights::NORMAL, None)
             }
-            StormState::BackupUnhealthy if primary_healthy => {
+            StormState::BackupUnhealthy | StormState::Unknown if primary_healthy => {
                 (StormState::Healthy, Weights::NORMAL, None)
             }
-            StormState::Healthy | StormState::BackupUnhealthy => return None,
+            StormState::Healthy | StormState::BackupUnhealthy if unjudgeable => {
+                (StormState::Unknown, Weights::NORMAL, None)
+            }
+            StormState::Healthy | StormState::BackupUnhealthy | StormState::Unknown => {
+                return None;
+            }
 
             StormState::Storm => {
                 let cooldown = Duration::seconds(i64::from(policy.cooldown_seconds));
-                if healthy_for(self.primary_healthy_since) >= cooldown {
+                let healthy_for = self.primary_healthy_since.map(|s| now - s);
+                if healthy_for.is_some_and(|h| h >= cooldown)
+                    && successes_enough
+                    && self.applied_since.is_some()
+                {
                     self.ramp_step()
-                } else if self.weights != Weights::FAILOVER && backup_healthy && !primary_healthy {
+                } else if self.weights != Weights::FAILOVER && backup_ok && primary_down {
                     // Weights were held while the backup was unhealthy; it is healthy now.
                     (StormState::Storm, Weights::FAILOVER, None)
                 } else {
@@ -233,19 +325,21 @@ impl StormMachine {
                 }
             }
             StormState::Recovering => {
-                if primary_below {
-                    let weights = if backup_healthy {
+                if primary_down {
+                    let weights = if backup_ok {
                         Weights::FAILOVER
                     } else {
                         self.weights
                     };
                     (StormState::Storm, weights, None)
                 } else {
-                    let interval = Duration::seconds(i64::from(policy.probe_interval_seconds));
-                    let healthy_through_step = self
-                        .primary_healthy_since
-                        .is_some_and(|s| s <= self.step_at);
-                    if healthy_through_step && now - self.step_at >= interval {
+                    // The step has carried traffic for a whole interval with the primary healthy
+                    // throughout, and the last probe of the primary succeeded.
+                    let carried = match (self.primary_healthy_since, self.applied_since) {
+                        (Some(healthy), Some(applied)) => now - healthy.max(applied) >= interval,
+                        _ => false,
+                    };
+                    if carried && primary.streak.successes() > 0 {
                         self.ramp_step()
                     } else {
                         return None;
@@ -261,7 +355,7 @@ impl StormMachine {
             self.since = now;
         }
         if weights != self.weights {
-            self.step_at = now;
+            self.applied_since = None;
         }
         self.state = state;
         self.weights = weights;
@@ -300,22 +394,46 @@ mod tests {
         .unwrap()
     }
 
-    const UP: Availability = Availability::Known {
-        successes: 10,
-        attempts: 10,
-    };
-    const DOWN: Availability = Availability::Known {
-        successes: 0,
-        attempts: 10,
-    };
-    const UNKNOWN: Availability = Availability::Unknown { attempts: 1 };
+    const UP: CdnHealth = CdnHealth::new(
+        Availability::Known {
+            successes: 10,
+            attempts: 10,
+        },
+        Streak::succeeding(10),
+    );
+    const DOWN: CdnHealth = CdnHealth::new(
+        Availability::Known {
+            successes: 0,
+            attempts: 10,
+        },
+        Streak::failing(10),
+    );
+    const UNKNOWN: CdnHealth =
+        CdnHealth::new(Availability::Unknown { attempts: 1 }, Streak::succeeding(1));
+
+    /// Inputs with the current weights applied at the provider.
+    fn i(primary: CdnHealth, backup: CdnHealth) -> Inputs {
+        Inputs {
+            primary,
+            backup,
+            step_applied: true,
+        }
+    }
+
+    /// Inputs with the current weights not yet applied at the provider.
+    fn pending(primary: CdnHealth, backup: CdnHealth) -> Inputs {
+        Inputs {
+            step_applied: false,
+            ..i(primary, backup)
+        }
+    }
 
     #[test]
     fn full_storm_cycle_with_ramp_back() {
         let p = policy(30);
         let mut m = StormMachine::new(t(0));
-        assert_eq!(m.evaluate(t(1), UP, UP, &p), None);
-        let d = m.evaluate(t(10), DOWN, UP, &p).unwrap();
+        assert_eq!(m.evaluate(t(1), i(UP, UP), &p), None);
+        let d = m.evaluate(t(10), i(DOWN, UP), &p).unwrap();
         assert_eq!(
             (d.state, d.weights, d.storm),
             (
@@ -324,20 +442,84 @@ mod tests {
                 Some(StormChange::Opened)
             )
         );
-        assert_eq!(m.evaluate(t(20), DOWN, UP, &p), None);
+        assert_eq!(m.evaluate(t(20), i(DOWN, UP), &p), None);
         // Healthy from t=30; cooldown 30 s → Recovering at t=60, not before.
-        assert_eq!(m.evaluate(t(30), UP, UP, &p), None);
-        assert_eq!(m.evaluate(t(50), UP, UP, &p), None);
-        let d = m.evaluate(t(60), UP, UP, &p).unwrap();
+        assert_eq!(m.evaluate(t(30), i(UP, UP), &p), None);
+        assert_eq!(m.evaluate(t(50), i(UP, UP), &p), None);
+        let d = m.evaluate(t(60), i(UP, UP), &p).unwrap();
         assert_eq!(
             (d.state, d.weights),
             (StormState::Recovering, Weights::new(25))
         );
-        // One step per probe interval (10 s).
-        assert_eq!(m.evaluate(t(65), UP, UP, &p), None);
-        let d = m.evaluate(t(70), UP, UP, &p).unwrap();
+        // One step per probe interval (10 s) after the step is applied.
+        assert_eq!(m.evaluate(t(65), i(UP, UP), &p), None);
+        let d = m.evaluate(t(75), i(UP, UP), &p).unwrap();
         assert_eq!(d.weights, Weights::new(50));
-        let d = m.evaluate(t(80), UP, UP, &p).unwrap();
+        assert_eq!(m.evaluate(t(80), i(UP, UP), &p), None);
+        let d = m.evaluate(t(90), i(UP, UP), &p).unwrap();
+        assert_eq!(
+            (d.state, d.weights, d.storm),
+            (
+                StormState::Healthy,
+                Weights::NORMAL,
+                Some(StormChange::Closed)
+            )
+        );
+    }
+
+    #[test]
+    fn fewer_failures_in_a_row_than_the_policy_asks_never_open_a_storm() {
+        let p = policy(0);
+        let mut m = StormMachine::new(t(0));
+        let below = Availability::Known {
+            successes: 4,
+            attempts: 6,
+        };
+        // The window is below 90%, but only two failures in a row.
+        for (k, streak) in [Streak::failing(1), Streak::failing(2)]
+            .into_iter()
+            .enumerate()
+        {
+            let primary = CdnHealth::new(below, streak);
+            assert_eq!(m.evaluate(t(k as i64), i(primary, UP), &p), None);
+        }
+        let d = m
+            .evaluate(t(3), i(CdnHealth::new(below, Streak::failing(3)), UP), &p)
+            .unwrap();
+        assert_eq!(d.storm, Some(StormChange::Opened));
+    }
+
+    #[test]
+    fn the_ramp_waits_for_each_step_to_be_applied_at_the_provider() {
+        let p = policy(0);
+        let mut m = StormMachine::new(t(0));
+        m.evaluate(t(1), pending(DOWN, UP), &p).unwrap();
+        // Healthy again, but 0/100 is not applied yet: no ramp.
+        assert_eq!(m.evaluate(t(100), pending(UP, UP), &p), None);
+        assert!(m.awaits_provider());
+        let d = m.evaluate(t(101), i(UP, UP), &p).unwrap();
+        assert_eq!(d.weights, Weights::new(25));
+        assert!(m.awaits_provider(), "25/75 is not known to be applied");
+        // Long after the interval, but 25/75 has not reached the provider.
+        assert_eq!(m.evaluate(t(200), pending(UP, UP), &p), None);
+        // Applied at t=201: the step carries traffic for an interval before the next one.
+        assert_eq!(m.evaluate(t(201), i(UP, UP), &p), None);
+        assert_eq!(m.evaluate(t(210), pending(UP, UP), &p), None);
+        let d = m.evaluate(t(211), pending(UP, UP), &p).unwrap();
+        assert_eq!(d.weights, Weights::new(50));
+    }
+
+    #[test]
+    fn restored_in_recovering_finishes_the_ramp() {
+        // The defect this guards against: a machine restored at 25/75 never took its next step.
+        let p = policy(300);
+        let mut m = StormMachine::restore(StormState::Recovering, t(0), Weights::new(25), t(100));
+        assert_eq!(m.evaluate(t(101), i(UP, UP), &p), None);
+        let d = m.evaluate(t(111), i(UP, UP), &p).unwrap();
+        assert_eq!(d.weights, Weights::new(50));
+        // 50/50 is seen applied at the next evaluation, and carries traffic for an interval.
+        assert_eq!(m.evaluate(t(112), i(UP, UP), &p), None);
+        let d = m.evaluate(t(122), i(UP, UP), &p).unwrap();
         assert_eq!(
             (d.state, d.weights, d.storm),
             (
@@ -352,23 +534,47 @@ mod tests {
     fn unknown_windows_never_open_a_storm() {
         let p = policy(0);
         let mut m = StormMachine::new(t(0));
-        assert_eq!(m.evaluate(t(1), UNKNOWN, UP, &p), None);
-        assert_eq!(m.evaluate(t(2), UNKNOWN, UNKNOWN, &p), None);
+        assert_eq!(m.evaluate(t(1), i(UNKNOWN, UP), &p), None);
+        assert_eq!(m.evaluate(t(2), i(UNKNOWN, UNKNOWN), &p), None);
         assert_eq!(m.state(), StormState::Healthy);
+    }
+
+    #[test]
+    fn a_primary_that_cannot_be_judged_becomes_unknown_and_recovers() {
+        let p = policy(0);
+        let mut m = StormMachine::new(t(0));
+        // Window 60 s + one interval of grace.
+        assert_eq!(m.evaluate(t(70), i(UNKNOWN, UP), &p), None);
+        let d = m.evaluate(t(71), i(UNKNOWN, UP), &p).unwrap();
+        assert_eq!(
+            (d.state, d.weights, d.storm),
+            (StormState::Unknown, Weights::NORMAL, None)
+        );
+        assert_eq!(m.evaluate(t(80), i(UNKNOWN, UP), &p), None);
+        let d = m.evaluate(t(90), i(UP, UP), &p).unwrap();
+        assert_eq!(d.state, StormState::Healthy);
+        // From unknown straight into a storm when the primary turns out to be down.
+        let mut m = StormMachine::new(t(0));
+        m.evaluate(t(71), i(UNKNOWN, UP), &p).unwrap();
+        let d = m.evaluate(t(80), i(DOWN, UP), &p).unwrap();
+        assert_eq!(d.storm, Some(StormChange::Opened));
     }
 
     #[test]
     fn no_failover_to_an_unhealthy_backup() {
         let p = policy(0);
         let mut m = StormMachine::new(t(0));
-        let d = m.evaluate(t(1), DOWN, DOWN, &p).unwrap();
+        let d = m.evaluate(t(1), i(DOWN, DOWN), &p).unwrap();
         assert_eq!(
             (d.state, d.weights, d.storm),
             (StormState::BackupUnhealthy, Weights::NORMAL, None)
         );
-        assert_eq!(m.evaluate(t(2), DOWN, UNKNOWN, &p), None);
+        assert_eq!(m.evaluate(t(2), i(DOWN, UNKNOWN), &p), None);
+        // A backup whose window is fine but whose last probes failed is not trusted either.
+        let flapping = CdnHealth::new(UP.availability, Streak::failing(3));
+        assert_eq!(m.evaluate(t(3), i(DOWN, flapping), &p), None);
         // The backup recovers: now fail over.
-        let d = m.evaluate(t(3), DOWN, UP, &p).unwrap();
+        let d = m.evaluate(t(4), i(DOWN, UP), &p).unwrap();
         assert_eq!(
             (d.state, d.storm),
             (StormState::Storm, Some(StormChange::Opened))
@@ -379,7 +585,7 @@ mod tests {
     fn backup_only_outage_changes_nothing_but_the_visible_state_when_primary_is_fine() {
         let p = policy(0);
         let mut m = StormMachine::new(t(0));
-        assert_eq!(m.evaluate(t(1), UP, DOWN, &p), None);
+        assert_eq!(m.evaluate(t(1), i(UP, DOWN), &p), None);
         assert_eq!(m.state(), StormState::Healthy);
     }
 
@@ -387,10 +593,10 @@ mod tests {
     fn relapse_during_recovery_returns_to_storm_without_a_new_event() {
         let p = policy(0);
         let mut m = StormMachine::new(t(0));
-        m.evaluate(t(1), DOWN, UP, &p).unwrap();
-        let d = m.evaluate(t(2), UP, UP, &p).unwrap();
+        m.evaluate(t(1), i(DOWN, UP), &p).unwrap();
+        let d = m.evaluate(t(2), i(UP, UP), &p).unwrap();
         assert_eq!(d.state, StormState::Recovering);
-        let d = m.evaluate(t(3), DOWN, UP, &p).unwrap();
+        let d = m.evaluate(t(3), i(DOWN, UP), &p).unwrap();
         assert_eq!(
             (d.state, d.weights, d.storm),
             (StormState::Storm, Weights::FAILOVER, None)
@@ -401,17 +607,77 @@ mod tests {
     fn relapse_with_a_dead_backup_holds_the_weights() {
         let p = policy(0);
         let mut m = StormMachine::new(t(0));
-        m.evaluate(t(1), DOWN, UP, &p).unwrap();
-        m.evaluate(t(2), UP, UP, &p).unwrap();
-        let d = m.evaluate(t(3), DOWN, DOWN, &p).unwrap();
+        m.evaluate(t(1), i(DOWN, UP), &p).unwrap();
+        m.evaluate(t(2), i(UP, UP), &p).unwrap();
+        let d = m.evaluate(t(3), i(DOWN, DOWN), &p).unwrap();
         assert_eq!((d.state, d.weights), (StormState::Storm, Weights::new(25)));
-        let d = m.evaluate(t(4), DOWN, UP, &p).unwrap();
+        let d = m.evaluate(t(4), i(DOWN, UP), &p).unwrap();
         assert_eq!(d.weights, Weights::FAILOVER);
     }
 
-    /// One step of a random scenario: seconds since the last step, and the two probe outcomes.
-    fn step() -> impl Strategy<Value = (i64, bool, bool)> {
-        (1i64..15, any::<bool>(), any::<bool>())
+    /// One step of a random scenario: seconds since the last step, the two probe outcomes, and
+    /// whether the provider has applied the current weights by then.
+    fn step() -> impl Strategy<Value = (i64, bool, bool, bool)> {
+        (1i64..15, any::<bool>(), any::<bool>(), any::<bool>())
+    }
+
+    /// A probe-driven harness: windows and streaks per CDN fed with outcomes, as the domain
+    /// actor does.
+    struct Harness {
+        primary: (AvailabilityWindow, Streak),
+        backup: (AvailabilityWindow, Streak),
+    }
+
+    impl Harness {
+        fn new() -> Self {
+            Self {
+                primary: (AvailabilityWindow::new(), Streak::default()),
+                backup: (AvailabilityWindow::new(), Streak::default()),
+            }
+        }
+
+        fn record(
+            &mut self,
+            now: DateTime<Utc>,
+            p_ok: bool,
+            b_ok: bool,
+            p: &PolicyParams,
+        ) -> (CdnHealth, CdnHealth) {
+            let health = |(w, s): &mut (AvailabilityWindow, Streak), ok: bool| {
+                w.record(now, ok);
+                s.record(ok);
+                CdnHealth::new(w.availability(now, p.window_seconds, p.min_samples), *s)
+            };
+            (
+                health(&mut self.primary, p_ok),
+                health(&mut self.backup, b_ok),
+            )
+        }
+    }
+
+    fn arbitrary_policy(
+        threshold_pct: u32,
+        window: i32,
+        min_samples: i32,
+        interval: i32,
+        cooldown: i32,
+        failures: i32,
+        successes: i32,
+    ) -> PolicyParams {
+        PolicyParams::new(
+            PolicyKind::HttpAvailability,
+            &PolicyPatch {
+                threshold_avail: Some(Decimal::new(i64::from(threshold_pct), 2)),
+                window_seconds: Some(window.max(interval * min_samples)),
+                min_samples: Some(min_samples),
+                probe_interval_seconds: Some(interval),
+                cooldown_seconds: Some(cooldown),
+                consecutive_failures: Some(failures),
+                consecutive_successes: Some(successes),
+                ..Default::default()
+            },
+        )
+        .unwrap()
     }
 
     proptest! {
@@ -425,63 +691,140 @@ mod tests {
             min_samples in 1i32..4,
             interval in 1i32..5,
             cooldown in 0i32..60,
+            failures in 1i32..4,
+            successes in 1i32..4,
             bias in 0u8..4,
         ) {
-            let window = window.max(interval * min_samples);
-            let p = PolicyParams::new(PolicyKind::HttpAvailability, &PolicyPatch {
-                threshold_avail: Some(Decimal::new(i64::from(threshold_pct), 2)),
-                window_seconds: Some(window),
-                min_samples: Some(min_samples),
-                probe_interval_seconds: Some(interval),
-                cooldown_seconds: Some(cooldown),
-                ..Default::default()
-            }).unwrap();
+            let p = arbitrary_policy(threshold_pct, window, min_samples, interval, cooldown, failures, successes);
             let threshold = p.threshold_avail;
             let mut machine = StormMachine::new(t(0));
-            let (mut primary_w, mut backup_w) = (AvailabilityWindow::new(), AvailabilityWindow::new());
+            let mut h = Harness::new();
             let mut now = t(0);
             let mut open = 0;
             let mut last_primary_not_healthy = t(0);
+            let mut last_primary_down = t(0);
             let mut weights = Weights::NORMAL;
-            for (dt, p_ok, b_ok) in steps {
+            // Whether the weights the machine last decided were reported applied since.
+            let mut applied = true;
+            for (dt, p_ok, b_ok, applies) in steps {
                 now += Duration::seconds(dt);
                 // Bias some runs towards long outages or long health.
                 let p_ok = match bias { 1 => p_ok && dt % 3 != 0, 2 => p_ok || dt % 2 == 0, _ => p_ok };
-                primary_w.record(now, p_ok);
-                backup_w.record(now, b_ok);
-                let pa = primary_w.availability(now, window, min_samples);
-                let ba = backup_w.availability(now, window, min_samples);
-                if !pa.is_healthy(threshold) {
+                let (pa, ba) = h.record(now, p_ok, b_ok, &p);
+                if !pa.availability.is_healthy(threshold) {
                     last_primary_not_healthy = now;
                 }
-                if let Some(d) = machine.evaluate(now, pa, ba, &p) {
+                if pa.is_down(&p) {
+                    last_primary_down = now;
+                }
+                applied |= applies;
+                let inputs = Inputs { primary: pa, backup: ba, step_applied: applied };
+                let before = machine.weights();
+                if let Some(d) = machine.evaluate(now, inputs, &p) {
                     match d.storm {
                         Some(StormChange::Opened) => {
-                            prop_assert!(pa.is_below(threshold), "storm opened without a window below threshold: {pa:?}");
+                            prop_assert!(pa.availability.is_below(threshold), "storm opened without a window below threshold: {pa:?}");
+                            prop_assert!(pa.streak.failures() >= failures as u32, "storm opened after fewer than {failures} failures in a row: {pa:?}");
                             prop_assert_eq!(open, 0, "two open storms");
                             open += 1;
                         }
                         Some(StormChange::Closed) => {
                             prop_assert_eq!(open, 1, "closed a storm that was not open");
                             open -= 1;
+                            // A blip during the ramp pauses it; only a primary that is down
+                            // again sends it back to the storm and its cooldown.
                             prop_assert!(
-                                now - last_primary_not_healthy >= Duration::seconds(i64::from(cooldown)) || cooldown == 0,
-                                "storm closed before the primary was healthy for the cooldown"
+                                now - last_primary_down >= Duration::seconds(i64::from(cooldown)) || cooldown == 0,
+                                "storm closed less than the cooldown after the primary was down"
                             );
                         }
                         None => {}
                     }
+                    if d.previous == StormState::Storm && d.weights.primary > before.primary {
+                        prop_assert!(
+                            now - last_primary_not_healthy >= Duration::seconds(i64::from(cooldown)) || cooldown == 0,
+                            "ramp started before the primary was healthy for the cooldown"
+                        );
+                    }
                     if d.weights.backup > weights.backup {
-                        prop_assert!(ba.is_healthy(threshold), "traffic moved towards an unhealthy backup: {ba:?}");
+                        prop_assert!(ba.can_take_traffic(&p), "traffic moved towards an unhealthy backup: {ba:?}");
+                    }
+                    if d.weights.primary > before.primary {
+                        prop_assert!(applied, "ramp step {} → {} taken before {} was applied", before, d.weights, before);
                     }
                     prop_assert_eq!(d.weights.primary as u16 + d.weights.backup as u16, 100);
+                    if d.weights != before {
+                        applied = false;
+                    }
                     weights = d.weights;
                 }
                 prop_assert_eq!(machine.state().storm_open(), open == 1);
-                if machine.state() == StormState::Healthy || machine.state() == StormState::BackupUnhealthy {
+                if !machine.state().storm_open() {
                     prop_assert_eq!(machine.weights(), Weights::NORMAL);
                 }
             }
+        }
+
+        /// With the default policy, no probe sequence whose failures never run
+        /// `consecutive_failures` long opens a storm, whatever the backup does.
+        #[test]
+        fn no_storm_without_enough_failures_in_a_row(
+            outcomes in prop::collection::vec((any::<bool>(), any::<bool>()), 1..300),
+        ) {
+            let p = PolicyParams::defaults(PolicyKind::HttpAvailability);
+            let mut machine = StormMachine::new(t(0));
+            let mut h = Harness::new();
+            let mut run = 0;
+            for (k, (p_ok, b_ok)) in outcomes.into_iter().enumerate() {
+                // Break any run that would reach the threshold.
+                run = if p_ok { 0 } else { run + 1 };
+                let p_ok = p_ok || run >= p.consecutive_failures;
+                if p_ok { run = 0; }
+                let now = t(k as i64 * i64::from(p.probe_interval_seconds));
+                let (pa, ba) = h.record(now, p_ok, b_ok, &p);
+                let d = machine.evaluate(now, i(pa, ba), &p);
+                prop_assert!(d.as_ref().is_none_or(|d| d.storm.is_none() && d.weights == Weights::NORMAL), "{d:?}");
+            }
+        }
+
+        /// From every state a domain can be restored in, a primary (and backup) that stay healthy
+        /// bring it back to 100/0 with its storm closed within the window fill + cooldown +
+        /// ramp steps × (interval + the provider's delay).
+        #[test]
+        fn every_restored_state_recovers_with_a_healthy_primary(
+            state in prop::sample::select(StormState::ALL.to_vec()),
+            held in prop::sample::select(vec![0u8, 25, 50, 100]),
+            cooldown in 0i32..400,
+            interval in 1i32..30,
+            min_samples in 1i32..4,
+            successes in 1i32..5,
+            provider_delay in 0i64..5,
+            age in 0i64..100_000,
+        ) {
+            let p = arbitrary_policy(90, 60, min_samples, interval, cooldown, 3, successes);
+            let weights = if state.storm_open() { Weights::new(held) } else { Weights::NORMAL };
+            let restored_at = t(age);
+            let mut machine = StormMachine::restore(state, t(0), weights, restored_at);
+            let mut h = Harness::new();
+            let step = i64::from(interval);
+            let bound = i64::from(p.window_seconds) + i64::from(cooldown.max(successes * interval))
+                + (RAMP_STEPS.len() as i64 + 1) * (step + provider_delay + 1) + step;
+            let mut decided_at = restored_at;
+            let mut now = restored_at;
+            while now - restored_at <= Duration::seconds(bound) {
+                now += Duration::seconds(step);
+                let (pa, ba) = h.record(now, true, true, &p);
+                let applied = now - decided_at >= Duration::seconds(provider_delay);
+                if let Some(d) = machine.evaluate(now, Inputs { primary: pa, backup: ba, step_applied: applied }, &p) {
+                    prop_assert!(d.weights.primary >= weights.primary.min(d.weights.primary));
+                    decided_at = now;
+                }
+                if machine.state() == StormState::Healthy && machine.weights() == Weights::NORMAL {
+                    return Ok(());
+                }
+            }
+            let (left, at) = (machine.state(), machine.weights());
+            prop_assert!(false, "restored {state:?} at {weights} still {left:?} at {at} after {bound} s");
         }
     }
 }

@@ -8,5 +8,7 @@
 mod machine;
 mod window;
 
-pub use machine::{Decision, RAMP_STEPS, StormChange, StormMachine, StormState, Weights};
-pub use window::{Availability, AvailabilityWindow};
+pub use machine::{
+    CdnHealth, Decision, Inputs, RAMP_STEPS, StormChange, StormMachine, StormState, Weights,
+};
+pub use window::{Availability, AvailabilityWindow, Streak};

@@ -53,6 +53,47 @@ impl Availability {
     }
 }
 
+/// The latest unbroken run of probe outcomes through one CDN: how many probes in a row
+/// succeeded, or failed. Flap damping counts on it (a storm opens only after
+/// `consecutive_failures` failures in a row), independently of the window, which may be shorter
+/// than the run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Streak {
+    ok: bool,
+    len: u32,
+}
+
+impl Streak {
+    /// A run of `len` failures.
+    pub const fn failing(len: u32) -> Self {
+        Self { ok: false, len }
+    }
+
+    /// A run of `len` successes.
+    pub const fn succeeding(len: u32) -> Self {
+        Self { ok: true, len }
+    }
+
+    /// Extends the run with one outcome, or starts a new one.
+    pub fn record(&mut self, ok: bool) {
+        if self.len > 0 && self.ok == ok {
+            self.len = self.len.saturating_add(1);
+        } else {
+            *self = Self { ok, len: 1 };
+        }
+    }
+
+    /// Failures in a row at the end (0 when the last probe succeeded).
+    pub fn failures(&self) -> u32 {
+        if self.ok { 0 } else { self.len }
+    }
+
+    /// Successes in a row at the end (0 when the last probe failed).
+    pub fn successes(&self) -> u32 {
+        if self.ok { self.len } else { 0 }
+    }
+}
+
 /// Probe outcomes of the last `window` seconds, oldest first.
 ///
 /// Memory is bounded by the probes a window can hold (window / interval), a few dozen bytes per
@@ -182,6 +223,19 @@ mod tests {
         };
         assert!(!third.is_below("0.3333333333333333333333333333".parse().unwrap()));
         assert_eq!(third.ratio(), Some(Decimal::new(3333, 4)));
+    }
+
+    #[test]
+    fn streaks_count_the_last_run() {
+        let mut s = Streak::default();
+        assert_eq!((s.failures(), s.successes()), (0, 0));
+        s.record(false);
+        s.record(false);
+        assert_eq!((s.failures(), s.successes()), (2, 0));
+        s.record(true);
+        assert_eq!((s.failures(), s.successes()), (0, 1));
+        assert_eq!(Streak::failing(3).failures(), 3);
+        assert_eq!(Streak::succeeding(3).successes(), 3);
     }
 
     #[test]
