@@ -17,31 +17,55 @@ use crate::route53::moto;
 
 /// What the proxy does with `ChangeResourceRecordSets` calls.
 #[derive(Clone)]
-enum Faults {
+pub enum Faults {
+    /// Forward every call.
+    None,
     /// Fail the first calls with these (status, Route53 error code), then forward.
     FirstCalls(Vec<(u16, &'static str)>),
     /// Reject (InvalidChangeBatch) any batch that mentions this name.
     RejectName(&'static str),
 }
 
-/// Forwards to `upstream`, injecting `faults` into record changes. Returns its URL and a
-/// counter of record-change calls seen.
-async fn fault_proxy(upstream: String, faults: Faults) -> (String, Arc<AtomicUsize>) {
+/// A proxy in front of `moto_server` that speaks Route53's wire format.
+pub struct Route53Proxy {
+    pub url: String,
+    /// `ChangeResourceRecordSets` calls seen.
+    pub calls: Arc<AtomicUsize>,
+    /// The XML body of every `ChangeResourceRecordSets` call, in arrival order.
+    pub bodies: Arc<std::sync::Mutex<Vec<String>>>,
+    /// While non-zero, the answers to record-change calls are held this many milliseconds after
+    /// the change reached moto (a provider slow to answer: a node killed meanwhile never learns
+    /// that its change was applied).
+    pub delay_ms: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Forwards to `upstream`, injecting `faults` into record changes.
+pub async fn fault_proxy(upstream: String, faults: Faults) -> Route53Proxy {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let calls = Arc::new(AtomicUsize::new(0));
-    let seen = calls.clone();
+    let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let delay_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let proxy = Route53Proxy {
+        url,
+        calls: calls.clone(),
+        bodies: bodies.clone(),
+        delay_ms: delay_ms.clone(),
+    };
+    let seen = calls;
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     tokio::spawn(async move {
         loop {
             let Ok((mut stream, _)) = listener.accept().await else {
                 return;
             };
-            let (client, upstream, faults, seen) = (
+            let (client, upstream, faults, seen, bodies, delay_ms) = (
                 client.clone(),
                 upstream.clone(),
                 faults.clone(),
                 seen.clone(),
+                bodies.clone(),
+                delay_ms.clone(),
             );
             tokio::spawn(async move {
                 // One request per connection (we answer `connection: close`).
@@ -85,7 +109,12 @@ async fn fault_proxy(upstream: String, faults: Faults) -> (String, Arc<AtomicUsi
                     method == "POST" && path.ends_with("/rrset/") || path.ends_with("/rrset");
                 let injected = if is_change {
                     let n = seen.fetch_add(1, Ordering::SeqCst);
+                    bodies
+                        .lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&body).into_owned());
                     match &faults {
+                        Faults::None => None,
                         Faults::FirstCalls(list) => list.get(n).copied(),
                         Faults::RejectName(name) => String::from_utf8_lossy(&body)
                             .contains(name)
@@ -115,6 +144,10 @@ async fn fault_proxy(upstream: String, faults: Faults) -> (String, Arc<AtomicUsi
                         let resp = req.send().await.unwrap();
                         let status = resp.status().as_u16();
                         let ct = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("text/xml").to_owned();
+                        let delay = delay_ms.load(Ordering::SeqCst);
+                        if is_change && delay > 0 {
+                            tokio::time::sleep(Duration::from_millis(delay)).await;
+                        }
                         (status, ct, resp.bytes().await.unwrap().to_vec())
                     }
                 };
@@ -128,10 +161,10 @@ async fn fault_proxy(upstream: String, faults: Faults) -> (String, Arc<AtomicUsi
             });
         }
     });
-    (url, calls)
+    proxy
 }
 
-async fn steered_domains(app: &TestApp, edge: &FakeEdge, names: &[&str]) -> i64 {
+pub async fn steered_domains(app: &TestApp, edge: &FakeEdge, names: &[&str]) -> i64 {
     let demo = Auth::Header(1);
     let service = app.create_service(&demo, "web").await;
     for name in names {
@@ -146,7 +179,7 @@ async fn steered_domains(app: &TestApp, edge: &FakeEdge, names: &[&str]) -> i64 
     service
 }
 
-async fn applied(app: &TestApp, name: &str) -> Option<i16> {
+pub async fn applied(app: &TestApp, name: &str) -> Option<i16> {
     sqlx::query_scalar::<_, Option<i16>>(
         "select r.applied_primary_weight from dns_records r join service_domains d on d.id = r.domain_id where d.hostname = $1",
     )
@@ -177,7 +210,8 @@ async fn throttling_server_errors_and_prior_requests_are_retried_until_applied()
         (400, "PriorRequestNotComplete"),
         (503, "ServiceUnavailable"),
     ];
-    let (proxy, calls) = fault_proxy(moto.url.clone(), Faults::FirstCalls(faults.clone())).await;
+    let proxy = fault_proxy(moto.url.clone(), Faults::FirstCalls(faults.clone())).await;
+    let (proxy, calls) = (proxy.url, proxy.calls);
     let edge = FakeEdge::http().await.unwrap();
     let mut app = spawn_app().await;
     steered_domains(&app, &edge, &["app.example.test"]).await;
@@ -274,7 +308,9 @@ async fn a_rejected_record_is_isolated_and_the_rest_of_the_zone_applied() {
         .send()
         .await
         .unwrap();
-    let (proxy, _) = fault_proxy(moto.url.clone(), Faults::RejectName("bad.example.test")).await;
+    let proxy = fault_proxy(moto.url.clone(), Faults::RejectName("bad.example.test"))
+        .await
+        .url;
     let edge = FakeEdge::http().await.unwrap();
     let mut app = spawn_app().await;
     let service = steered_domains(
@@ -455,5 +491,24 @@ async fn a_node_killed_between_desired_and_applied_is_replaced_by_one_that_appli
         (1, 0),
         "applied once, by the survivor ({by_b} attempts by b)"
     );
+    // A's change, which the provider never answered, is settled by the new owner, not left
+    // `submitted` forever.
+    let (status, error): (String, Option<String>) =
+        sqlx::query_as("select status, error from dns_changes where node_id = 'node-a'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(status, "superseded", "{error:?}");
+    let error = error.unwrap_or_default();
+    assert!(
+        error.contains("node-a") && error.contains("node-b"),
+        "{error}"
+    );
+    let listed = app
+        .get("/v1/dns/changes?status=superseded", &Auth::Header(1))
+        .await
+        .expect(200)
+        .body;
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
     b.shutdown().await;
 }

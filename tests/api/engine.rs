@@ -200,6 +200,19 @@ async fn storm_opens_on_primary_failure_only_and_recovers_with_a_ramp() {
     }
     assert_eq!(seen.last().unwrap().1, "healthy");
     assert!(closed["ended_at"].is_string());
+    // Ratios in the trigger are decimal strings, the closing one too; counts are integers.
+    assert_eq!(
+        closed["trigger"]["closing_primary_availability"].as_str(),
+        Some("1"),
+        "{closed}"
+    );
+    assert!(
+        closed["trigger"]["primary_consecutive_failures"]
+            .as_u64()
+            .is_some_and(|n| n >= 3),
+        "{closed}"
+    );
+    assert_eq!(closed["trigger"]["consecutive_failures"], 3, "{closed}");
     let weights: Vec<i64> = seen.iter().map(|(w, _)| *w).collect();
     assert_eq!(weights.first(), Some(&0), "{seen:?}");
     assert_eq!(weights.last(), Some(&100), "{seen:?}");
@@ -396,4 +409,162 @@ async fn config_changes_reach_the_running_engine() {
         engine.running_domains().await.is_empty().then_some(())
     })
     .await;
+}
+
+/// A domain with a fast policy (1 s probes, a 6 s window of at least 3 probes, threshold 0.9,
+/// the default 3 failures in a row) through two plain HTTP edges; `allow_private` decides
+/// whether the prober may reach the loopback edges.
+async fn fast_domains(names: &[(&str, bool)], allow_private: bool) -> (TestApp, FakeEdge, i64) {
+    let primary = FakeEdge::http().await.unwrap();
+    let backup = FakeEdge::http().await.unwrap();
+    let mut app = spawn_app().await;
+    let service = app.create_service(&DEMO, "web").await;
+    app.post(
+        &format!("/v1/services/{service}/storm-policies"),
+        &DEMO,
+        json!({ "threshold_avail": 0.9, "window_seconds": 6, "min_samples": 3,
+                "probe_interval_seconds": 1, "cooldown_seconds": 2 }),
+    )
+    .await
+    .expect(201);
+    for (name, with_targets) in names {
+        let body = if *with_targets {
+            json!({ "name": name, "primary_target": primary.addr().to_string(),
+                    "backup_target": backup.addr().to_string(), "probe_scheme": "http",
+                    "probe_timeout_ms": 500 })
+        } else {
+            json!({ "name": name })
+        };
+        app.post(&format!("/v1/services/{service}/domains"), &DEMO, body)
+            .await
+            .expect(201);
+    }
+    let prober = NetworkProber::new(&[], allow_private).unwrap();
+    app.start_engine(Arc::new(prober)).await;
+    // Keep the backup edge alive as long as the app.
+    std::mem::forget(backup);
+    (app, primary, service)
+}
+
+async fn domain_state(app: &TestApp, service: i64, name: &str) -> Value {
+    let body = app
+        .get(&format!("/v1/services/{service}/state"), &DEMO)
+        .await
+        .expect(200)
+        .body;
+    body["domains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == name)
+        .cloned()
+        .unwrap()
+}
+
+/// Fails the next `n` probes of `edge` exactly, then answers 200 again.
+async fn fail_next_probes(edge: &FakeEdge, n: u64) {
+    let start = edge.requests();
+    edge.set(Behaviour::Status(503));
+    eventually("the failing probes", Duration::from_secs(10), || async {
+        (edge.requests() >= start + n).then_some(())
+    })
+    .await;
+    edge.set(Behaviour::Healthy);
+}
+
+async fn storm_count(app: &TestApp) -> i64 {
+    sqlx::query_scalar("select count(*) from storm_events")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn blips_shorter_than_the_failure_threshold_never_fail_over() {
+    let (app, primary, service) = fast_domains(&[("app.example.test", true)], true).await;
+    eventually(
+        "window full and healthy",
+        Duration::from_secs(15),
+        || async {
+            let st = domain_state(&app, service, "app.example.test").await;
+            (st["primary"]["availability"] == json!(1.0)).then_some(())
+        },
+    )
+    .await;
+    // One failed probe takes the window to 5/6 (below 0.9), then two in a row: neither is the
+    // 3 failures in a row the policy asks for.
+    for blip in [1, 2] {
+        fail_next_probes(&primary, blip).await;
+        let after = primary.requests();
+        // The failure is in the window, and later probes succeeded.
+        eventually(
+            "the blip seen and passed",
+            Duration::from_secs(10),
+            || async {
+                let st = domain_state(&app, service, "app.example.test").await;
+                let below = st["primary"]["availability"]
+                    .as_f64()
+                    .is_some_and(|a| a < 0.9);
+                (primary.requests() > after && below).then_some(())
+            },
+        )
+        .await;
+        assert_eq!(
+            storm_count(&app).await,
+            0,
+            "a {blip}-probe blip opened a storm"
+        );
+        assert_eq!(
+            domain_state(&app, service, "app.example.test").await["state"],
+            "healthy"
+        );
+        // Let the window forget the blip.
+        eventually("window healthy again", Duration::from_secs(15), || async {
+            let st = domain_state(&app, service, "app.example.test").await;
+            (st["primary"]["availability"] == json!(1.0)).then_some(())
+        })
+        .await;
+    }
+    // Three in a row is an outage.
+    primary.set(Behaviour::Status(503));
+    eventually("storm opened", Duration::from_secs(10), || async {
+        (storm_count(&app).await == 1).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_domain_that_cannot_be_probed_is_unknown_with_the_reason() {
+    // The prober refuses private addresses, and the edges are on loopback.
+    let (app, _primary, service) = fast_domains(
+        &[("blocked.example.test", true), ("bare.example.test", false)],
+        false,
+    )
+    .await;
+    let (blocked, bare) = eventually("both unknown", Duration::from_secs(20), || async {
+        let blocked = domain_state(&app, service, "blocked.example.test").await;
+        let bare = domain_state(&app, service, "bare.example.test").await;
+        (blocked["state"] == "unknown" && bare["state"] == "unknown").then_some((blocked, bare))
+    })
+    .await;
+    assert!(
+        blocked["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("blocked") && r.contains("not a public address")),
+        "{blocked}"
+    );
+    assert_eq!(blocked["primary"]["last_probe"]["outcome"], "blocked");
+    assert_eq!(bare["reason"], "no primary target is configured", "{bare}");
+    assert_eq!(
+        blocked["desired_weights"],
+        json!({ "primary": 100, "backup": 0 })
+    );
+    assert_eq!(storm_count(&app).await, 0);
+    crate::helpers::assert_events_conform(&app.pool, &["domain.health_unknown"]).await;
+    let told: i64 =
+        sqlx::query_scalar("select count(*) from events where type = 'domain.health_unknown'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(told, 2, "one event per domain");
 }

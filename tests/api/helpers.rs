@@ -249,7 +249,11 @@ pub async fn spawn_app() -> TestApp {
 /// Boots the real application (dev mode on, admin token set unless `configure` changes them).
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     init_test_logs();
-    let pool = fresh_database().await;
+    spawn_app_on(fresh_database().await, configure).await
+}
+
+/// Boots the real application on `pool` (a migrated database), as [`spawn_app_with`] does.
+pub async fn spawn_app_on(pool: PgPool, configure: impl FnOnce(&mut Settings)) -> TestApp {
     let mut settings = Settings {
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         dev: true,

@@ -3,6 +3,7 @@
 mod admin;
 mod auth;
 mod billing;
+mod chaos;
 mod cluster;
 mod dns_faults;
 mod domains;
@@ -15,6 +16,7 @@ mod jobs;
 mod openapi;
 mod policies;
 mod probe;
+mod restart;
 mod robustness;
 mod route53;
 mod services;

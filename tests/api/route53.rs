@@ -113,6 +113,39 @@ async fn weights_of(
     sets
 }
 
+/// The (primary, backup) weights of `name`'s weighted pair in Route53 now.
+pub async fn weight_pair(provider: &Route53Provider, name: &str) -> Option<(i64, i64)> {
+    let zone = provider.zone_id_for(name).await.ok()?;
+    let sets = weights_of(provider, &zone, name).await;
+    let get = |id: &str| sets.iter().find(|(s, _, _)| s == id).map(|(_, w, _)| *w);
+    Some((get("primary")?, get("backup")?))
+}
+
+/// Per record name, the primary weights in `ChangeResourceRecordSets` request bodies, in
+/// order: what the provider was asked to apply.
+pub fn primary_weights_in(bodies: &[String]) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let field = |set: &str, tag: &str| -> Option<String> {
+        let open = format!("<{tag}>");
+        let start = set.find(&open)? + open.len();
+        let end = set[start..].find(&format!("</{tag}>"))? + start;
+        Some(set[start..end].to_owned())
+    };
+    let mut sent: std::collections::BTreeMap<String, Vec<u8>> = Default::default();
+    for body in bodies {
+        for set in body.split("<ResourceRecordSet>").skip(1) {
+            if field(set, "SetIdentifier").as_deref() != Some("primary") {
+                continue;
+            }
+            if let (Some(name), Some(weight)) = (field(set, "Name"), field(set, "Weight")) {
+                sent.entry(name.trim_end_matches('.').to_owned())
+                    .or_default()
+                    .push(weight.parse().unwrap());
+            }
+        }
+    }
+    sent
+}
+
 #[tokio::test]
 async fn storms_and_ramps_become_weighted_records_in_route53() {
     let moto = moto().await;
@@ -502,4 +535,186 @@ async fn an_operator_pin_wins_until_released() {
     )
     .await
     .expect_error(404, "not_found", None);
+}
+
+/// Fifty domains in ten zones fail over and recover together under the shipped rate limit
+/// (4 requests/s, burst 8): each zone's failovers leave in few ChangeBatches, and every domain
+/// visits every ramp step *at the provider* — none is coalesced away — before its storm closes.
+#[tokio::test]
+async fn fifty_domains_recovering_together_visit_every_ramp_step_at_route53() {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+
+    use serde_json::json;
+    use tranche::demo::edge::{Behaviour, FakeEdge};
+    use tranche::probe::NetworkProber;
+
+    use crate::dns_faults::{Faults, fault_proxy};
+    use crate::helpers::{Auth, spawn_app};
+
+    const ZONES: usize = 10;
+    const PER_ZONE: usize = 5;
+    const N: i64 = (ZONES * PER_ZONE) as i64;
+    let moto = moto().await;
+    let setup = Route53Provider::for_endpoint(&moto.url, DEFAULT_TTL);
+    for k in 0..ZONES {
+        create_zone(&setup, &format!("z{k}.mass.test")).await;
+    }
+    let proxy = fault_proxy(moto.url.clone(), Faults::None).await;
+    let primary = FakeEdge::http().await.unwrap();
+    let backup = FakeEdge::http().await.unwrap();
+    let app = spawn_app().await;
+    let demo = Auth::Header(1);
+    let service = app.create_service(&demo, "web").await;
+    app.post(
+        &format!("/v1/services/{service}/storm-policies"),
+        &demo,
+        json!({ "probe_interval_seconds": 1, "window_seconds": 3, "min_samples": 2,
+                "cooldown_seconds": 2, "consecutive_failures": 2, "consecutive_successes": 2 }),
+    )
+    .await
+    .expect(201);
+    let mut names = Vec::new();
+    for k in 0..ZONES {
+        for i in 0..PER_ZONE {
+            let name = format!("d{i}.z{k}.mass.test");
+            app.post(
+                &format!("/v1/services/{service}/domains"),
+                &demo,
+                json!({ "name": name, "dns_zone": format!("z{k}.mass.test"),
+                        "primary_target": primary.addr().to_string(),
+                        "backup_target": backup.addr().to_string(),
+                        "probe_scheme": "http", "probe_timeout_ms": 500 }),
+            )
+            .await
+            .expect(201);
+            names.push(name);
+        }
+    }
+    let engine = tranche::engine::start(
+        crate::helpers::test_engine_config("mass-node"),
+        app.pool.clone(),
+        Arc::new(NetworkProber::new(&[], true).unwrap()),
+        Some(tranche::engine::DnsOptions {
+            provider: Arc::new(Route53Provider::for_endpoint(&proxy.url, DEFAULT_TTL)),
+            rate_per_sec: 4.0,
+            burst: 8,
+        }),
+    )
+    .await
+    .unwrap();
+    let count = |sql: &'static str| {
+        let pool = app.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    eventually("initial records", Duration::from_secs(60), || async {
+        (count("select count(*) from dns_records where applied_primary_weight = 100").await == N)
+            .then_some(())
+    })
+    .await;
+
+    // Mass failover: the zone's domains probe in the same part of the interval and the zone
+    // actor lingers, so each zone's failovers leave together.
+    let before = proxy.calls.load(Ordering::SeqCst);
+    proxy.bodies.lock().unwrap().clear();
+    primary.set(Behaviour::Status(503));
+    eventually(
+        "all failed over at Route53",
+        Duration::from_secs(60),
+        || async {
+            (count("select count(*) from dns_records where applied_primary_weight = 0").await == N)
+                .then_some(())
+        },
+    )
+    .await;
+    let failover_calls = proxy.calls.load(Ordering::SeqCst) - before;
+    assert!(
+        failover_calls <= 2 * ZONES,
+        "{failover_calls} ChangeResourceRecordSets calls to fail {N} domains over in {ZONES} zones"
+    );
+
+    primary.set(Behaviour::Healthy);
+    eventually("all recovered", Duration::from_secs(90), || async {
+        let open = count("select count(*) from storm_events where ended_at is null").await;
+        let back =
+            count("select count(*) from dns_records where applied_primary_weight = 100").await;
+        (open == 0 && back == N).then_some(())
+    })
+    .await;
+    let sent = primary_weights_in(&proxy.bodies.lock().unwrap());
+    assert_eq!(sent.len(), names.len());
+    for (name, weights) in &sent {
+        let mut steps = weights.clone();
+        steps.dedup();
+        assert_eq!(steps, vec![0, 25, 50, 100], "{name}: {weights:?}");
+    }
+    for name in &names {
+        assert_eq!(weight_pair(&setup, name).await, Some((100, 0)), "{name}");
+    }
+    engine.shutdown().await;
+}
+
+/// A hosted zone created after the engine started is found without a restart: the miss is
+/// retried with backoff and the zone list re-read.
+#[tokio::test]
+async fn a_hosted_zone_created_after_start_up_is_picked_up() {
+    use std::sync::Arc;
+
+    use serde_json::json;
+    use tranche::demo::edge::FakeEdge;
+    use tranche::probe::NetworkProber;
+
+    use crate::helpers::{Auth, spawn_app};
+
+    let moto = moto().await;
+    let provider = Arc::new(Route53Provider::for_endpoint(&moto.url, DEFAULT_TTL));
+    let edge = FakeEdge::http().await.unwrap();
+    let mut app = spawn_app().await;
+    let demo = Auth::Header(1);
+    let service = app.create_service(&demo, "web").await;
+    app.post(
+        &format!("/v1/services/{service}/domains"),
+        &demo,
+        json!({ "name": "app.late.test", "primary_target": edge.addr().to_string(),
+                "backup_target": edge.addr().to_string(), "probe_scheme": "http" }),
+    )
+    .await
+    .expect(201);
+    app.start_engine_with_dns(
+        Arc::new(NetworkProber::new(&[], true).unwrap()),
+        Some(provider.clone()),
+    )
+    .await;
+    let error: String = eventually("the miss", Duration::from_secs(15), || async {
+        sqlx::query_scalar("select error from dns_changes where status = 'failed' limit 1")
+            .fetch_optional(&app.pool)
+            .await
+            .unwrap()
+    })
+    .await;
+    assert!(
+        error.contains("no Route53 hosted zone contains app.late.test"),
+        "{error}"
+    );
+    let will_retry: bool =
+        sqlx::query_scalar("select bool_and(will_retry) from dns_changes where status = 'failed'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert!(will_retry, "a missing zone is retried, not given up on");
+
+    // The operator creates the zone; nothing is restarted.
+    let setup = Route53Provider::for_endpoint(&moto.url, DEFAULT_TTL);
+    create_zone(&setup, "late.test").await;
+    eventually(
+        "applied in the new zone",
+        Duration::from_secs(45),
+        || async { (weight_pair(&setup, "app.late.test").await == Some((100, 0))).then_some(()) },
+    )
+    .await;
 }

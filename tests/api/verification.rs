@@ -253,3 +253,64 @@ async fn the_verifier_actor_checks_pending_domains_and_only_verified_ones_are_st
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].name, "app.example.com");
 }
+
+/// Dev mode verifies domains at creation without a challenge record: the verifier never
+/// re-checks them, so they are never flagged as having lost a record they never had.
+#[tokio::test]
+async fn dev_mode_verifications_are_never_rechecked_nor_flagged() {
+    let dns = LocalDns::start().await;
+    let addr = dns.addr;
+    let mut app = spawn_app_with(move |s| s.verification_nameservers = vec![addr]).await;
+    let demo = Auth::Header(1);
+    let service = app.create_service(&demo, "web").await;
+    let domain = app
+        .post(
+            &format!("/v1/services/{service}/domains"),
+            &demo,
+            json!({ "name": "app.example.com" }),
+        )
+        .await
+        .expect(201)
+        .body;
+    assert_eq!(domain["verification"]["status"], "verified");
+    app.start_engine_with(EngineOptions {
+        verify: Some(VerifyOptions {
+            lookup: std::sync::Arc::new(HickoryTxt::new(&[dns.addr]).unwrap()),
+            policy: Policy::default(),
+            tick: Duration::from_secs(3600),
+        }),
+        ..EngineOptions::default()
+    })
+    .await;
+    let engine = app.engine();
+    eventually(
+        "the verifier owning the shards",
+        Duration::from_secs(20),
+        || async { (engine.owned_shards().await.len() == 256).then_some(()) },
+    )
+    .await;
+    // Nothing is due, now or a week from now: the verifier checks nothing and writes nothing.
+    assert_eq!(engine.verify_now().await, Some(0));
+    let store = tranche::engine::verification::PgVerificationStore::new(app.pool.clone());
+    let all: Vec<u16> = (0..256).collect();
+    let later = chrono::Utc::now() + chrono::Duration::days(7);
+    use tranche_actors::engine::ports::VerificationStore;
+    assert!(
+        store
+            .due_verifications(&all, later, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let view = app
+        .get(&format!("/v1/services/{service}/domains"), &demo)
+        .await
+        .expect(200)
+        .body[0]
+        .clone();
+    assert_eq!(view["verification"]["lost_at"], Value::Null, "{view}");
+    assert_eq!(view["verification"]["status"], "verified");
+    if let Some(engine) = app.engine.take() {
+        engine.shutdown().await;
+    }
+}

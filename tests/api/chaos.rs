@@ -1,0 +1,495 @@
+//! Faults a cluster meets in production, on real `tranche serve` processes sharing the test
+//! database, with Route53 on `moto_server` behind a recording proxy and local HTTP edges:
+//! the owner of a zone killed with SIGKILL in the middle of a ramp step, and frozen with
+//! SIGSTOP in the middle of a storm, then woken.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::json;
+use sqlx::PgPool;
+use tokio::time::Instant;
+use tranche::demo::edge::{Behaviour, FakeEdge};
+use tranche::dns::route53::{DEFAULT_TTL, Route53Provider};
+use tranche_actors::domain::shard_of;
+use tranche_actors::engine::config::LEASE_DEADLINE;
+
+use crate::dns_faults::{Faults, Route53Proxy, fault_proxy};
+use crate::helpers::{ADMIN_TOKEN, Auth, TestApp, eventually, spawn_app};
+use crate::route53::{Moto, moto};
+
+const DEMO: Auth = Auth::Header(1);
+const DOMAINS: usize = 5;
+
+/// A `tranche serve` process on the test database.
+struct Node {
+    id: String,
+    child: Child,
+    port: u16,
+}
+
+impl Node {
+    fn start(id: &str, database_url: &str, route53: &str) -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(env!("CARGO_BIN_EXE_tranche"))
+            .args(["serve", "--dev", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--node-id", id])
+            .env("DATABASE_URL", database_url)
+            .env("TRANCHE_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("TRANCHE_PROBE_ALLOW_PRIVATE", "true")
+            .env("TRANCHE_DNS_PROVIDER", "route53")
+            .env("TRANCHE_ROUTE53_ENDPOINT_URL", route53)
+            .env("TRANCHE_BILLING", "false")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        Self {
+            id: id.to_owned(),
+            child,
+            port,
+        }
+    }
+
+    fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
+    }
+
+    async fn cluster(&self, client: &reqwest::Client) -> Option<serde_json::Value> {
+        let resp = client
+            .get(format!("http://127.0.0.1:{}/v1/cluster", self.port))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .ok()?;
+        resp.json().await.ok()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A URL the child processes connect to the test database with (a Unix socket).
+fn database_url(pool: &PgPool) -> String {
+    let o = pool.connect_options();
+    format!(
+        "postgres://{}@localhost:{}/{}?host={}",
+        o.get_username(),
+        o.get_port(),
+        o.get_database().unwrap(),
+        o.get_socket().unwrap().display()
+    )
+}
+
+/// The node whose lease session holds `shard`'s lock now (from `pg_locks`).
+async fn owner_of(pool: &PgPool, shard: u16) -> Option<String> {
+    sqlx::query_scalar(concat!(
+        "with owners as (",
+        tranche::OWNERS_SQL!(),
+        ") select n.node_id from owners w join cluster_nodes n on n.backend_pid = w.pid
+           where w.shard = $1"
+    ))
+    .bind(i32::from(shard))
+    .fetch_optional(pool)
+    .await
+    .unwrap()
+}
+
+/// A zone in moto, `DOMAINS` domains in it through a primary and a backup edge, a fast policy.
+struct Setup {
+    _moto: Moto,
+    proxy: Route53Proxy,
+    route53: Route53Provider,
+    primary: FakeEdge,
+    _backup: FakeEdge,
+    app: TestApp,
+    zone: &'static str,
+}
+
+async fn setup(zone: &'static str) -> Setup {
+    let moto = moto().await;
+    let route53 = Route53Provider::for_endpoint(&moto.url, DEFAULT_TTL);
+    route53
+        .client()
+        .create_hosted_zone()
+        .name(zone)
+        .caller_reference(zone)
+        .send()
+        .await
+        .unwrap();
+    let proxy = fault_proxy(moto.url.clone(), Faults::None).await;
+    let primary = FakeEdge::http().await.unwrap();
+    let backup = FakeEdge::http().await.unwrap();
+    let app = spawn_app().await;
+    let service = app.create_service(&DEMO, "web").await;
+    app.post(
+        &format!("/v1/services/{service}/storm-policies"),
+        &DEMO,
+        json!({ "probe_interval_seconds": 1, "window_seconds": 3, "min_samples": 2,
+                "cooldown_seconds": 2, "consecutive_failures": 2, "consecutive_successes": 2 }),
+    )
+    .await
+    .expect(201);
+    for i in 0..DOMAINS {
+        app.post(
+            &format!("/v1/services/{service}/domains"),
+            &DEMO,
+            json!({ "name": format!("d{i}.{zone}"), "dns_zone": zone,
+                    "primary_target": primary.addr().to_string(),
+                    "backup_target": backup.addr().to_string(),
+                    "probe_scheme": "http", "probe_timeout_ms": 500 }),
+        )
+        .await
+        .expect(201);
+    }
+    Setup {
+        _moto: moto,
+        proxy,
+        route53,
+        primary,
+        _backup: backup,
+        app,
+        zone,
+    }
+}
+
+async fn count(pool: &PgPool, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
+/// Waits until every domain's storm is open and 0/100 is applied at Route53.
+async fn storms_applied(pool: &PgPool) {
+    eventually(
+        "storms open and failed over at Route53",
+        Duration::from_secs(30),
+        || async {
+            let open = count(
+                pool,
+                "select count(*) from storm_events where ended_at is null",
+            )
+            .await;
+            let applied = count(
+                pool,
+                "select count(*) from dns_records where applied_primary_weight = 0",
+            )
+            .await;
+            (open == DOMAINS as i64 && applied == DOMAINS as i64).then_some(())
+        },
+    )
+    .await;
+}
+
+/// Waits until every storm is closed and 100/0 is applied, by `by`.
+async fn recovered(pool: &PgPool, by: &str) {
+    eventually(
+        "storms closed and 100/0 applied",
+        Duration::from_secs(60),
+        || async {
+            let closed: i64 = sqlx::query_scalar(
+                "select count(*) from storm_events where ended_at is not null and closed_by_node = $1",
+            )
+            .bind(by)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+            let applied = count(
+                pool,
+                "select count(*) from dns_records where applied_primary_weight = 100",
+            )
+            .await;
+            let open = count(
+                pool,
+                "select count(*) from storm_events where ended_at is null",
+            )
+            .await;
+            (closed == DOMAINS as i64 && applied == DOMAINS as i64 && open == 0).then_some(())
+        },
+    )
+    .await;
+}
+
+/// Every domain's weights at the provider, in the order Route53 received them (from the
+/// `ChangeResourceRecordSets` bodies the proxy saw).
+fn weights_sent(proxy: &Route53Proxy) -> BTreeMap<String, Vec<u8>> {
+    crate::route53::primary_weights_in(&proxy.bodies.lock().unwrap())
+}
+
+/// The owner of a zone is killed (SIGKILL) while its first ramp step is on the wire: the
+/// survivor takes the shard over, settles the change the dead node left `submitted`, applies
+/// 25/75 again and finishes the ramp — every step at Route53 — and `/v1/cluster` never counts
+/// a shard twice meanwhile.
+#[tokio::test]
+async fn a_killed_owner_mid_ramp_is_taken_over_and_the_ramp_finishes() {
+    let s = setup("ramp.test").await;
+    let url = database_url(&s.app.pool);
+    let nodes = [
+        Node::start("kill-a", &url, &s.proxy.url),
+        Node::start("kill-b", &url, &s.proxy.url),
+    ];
+    let shard = shard_of(s.zone);
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    eventually(
+        "both nodes live, holding every shard between them",
+        Duration::from_secs(60),
+        || async {
+            let cluster = nodes[0].cluster(&client).await?;
+            let live = cluster["nodes"]
+                .as_array()?
+                .iter()
+                .filter(|n| n["alive"] == true && n["shard_count"].as_u64() > Some(0))
+                .count();
+            (live == 2 && cluster["unowned_shards"] == 0).then_some(())
+        },
+    )
+    .await;
+    let owner = owner_of(&s.app.pool, shard).await.unwrap();
+    let (victim, survivor) = if owner == nodes[0].id {
+        (&nodes[0], &nodes[1])
+    } else {
+        (&nodes[1], &nodes[0])
+    };
+
+    s.primary.set(Behaviour::Status(503));
+    storms_applied(&s.app.pool).await;
+
+    // The primary recovers; the owner's first ramp step (25/75) hangs at the provider, and the
+    // owner is killed while it does.
+    s.proxy.delay_ms.store(5_000, Ordering::SeqCst);
+    s.primary.set(Behaviour::Healthy);
+    eventually("25/75 on the wire", Duration::from_secs(30), || async {
+        let n: i64 = sqlx::query_scalar(
+            "select count(*) from dns_changes where status = 'submitted' and node_id = $1
+                and changes @> '[{\"reason\": \"ramp\"}]'",
+        )
+        .bind(&victim.id)
+        .fetch_one(&s.app.pool)
+        .await
+        .unwrap();
+        (n > 0).then_some(())
+    })
+    .await;
+    victim.signal(Signal::SIGKILL);
+    s.proxy.delay_ms.store(0, Ordering::SeqCst);
+    let killed = Instant::now();
+
+    // While the survivor takes over, the cluster view never counts a shard twice.
+    let mut took_over = None;
+    while took_over.is_none() {
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "no takeover after 30 s"
+        );
+        if let Some(cluster) = survivor.cluster(&client).await {
+            let mut seen = HashSet::new();
+            for node in cluster["nodes"].as_array().unwrap() {
+                for shard in node["shards"].as_array().unwrap() {
+                    assert!(
+                        seen.insert(shard.as_i64().unwrap()),
+                        "counted twice: {cluster}"
+                    );
+                }
+            }
+            let owned = 256 - cluster["unowned_shards"].as_u64().unwrap() as usize;
+            assert_eq!(owned, seen.len(), "{cluster}");
+        }
+        if owner_of(&s.app.pool, shard).await.as_deref() == Some(survivor.id.as_str()) {
+            took_over = Some(killed.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The survivor finishes the ramp and closes every storm.
+    recovered(&s.app.pool, &survivor.id).await;
+    let (status, error): (String, Option<String>) = sqlx::query_as(
+        "select status, error from dns_changes where node_id = $1 and changes @> '[{\"reason\": \"ramp\"}]'",
+    )
+    .bind(&victim.id)
+    .fetch_one(&s.app.pool)
+    .await
+    .unwrap();
+    assert_eq!(status, "superseded", "{error:?}");
+    let orphans = count(
+        &s.app.pool,
+        "select count(*) from dns_changes where status = 'submitted'",
+    )
+    .await;
+    assert_eq!(orphans, 0, "no change is left submitted");
+    // Every domain went 0 → 25 → 50 → 100 at the provider.
+    for (name, sent) in weights_sent(&s.proxy) {
+        let mut steps: Vec<u8> = sent.clone();
+        steps.dedup();
+        assert_eq!(steps, vec![100, 0, 25, 50, 100], "{name}: {sent:?}");
+    }
+    // Route53 holds the final weights.
+    for i in 0..DOMAINS {
+        let name = format!("d{i}.{}", s.zone);
+        assert_eq!(
+            crate::route53::weight_pair(&s.route53, &name).await,
+            Some((100, 0)),
+            "{name}"
+        );
+    }
+    eprintln!("takeover after SIGKILL: {took_over:?}");
+}
+
+/// The owner of a zone is frozen (SIGSTOP) in the middle of a storm. The survivor deposes it
+/// once its heartbeat is older than the deadline, takes its shards over within 5 s of the
+/// deadline, and carries the storm on; woken (SIGCONT), the frozen node changes nothing —
+/// no DNS change, no storm row, no decision — until it legitimately owns the zone again.
+#[tokio::test]
+async fn a_frozen_owner_is_deposed_and_does_not_act_when_it_wakes() {
+    let s = setup("frozen.test").await;
+    let url = database_url(&s.app.pool);
+    let nodes = [
+        Node::start("freeze-a", &url, &s.proxy.url),
+        Node::start("freeze-b", &url, &s.proxy.url),
+    ];
+    let shard = shard_of(s.zone);
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    eventually(
+        "both nodes live, holding every shard between them",
+        Duration::from_secs(60),
+        || async {
+            let cluster = nodes[0].cluster(&client).await?;
+            let live = cluster["nodes"]
+                .as_array()?
+                .iter()
+                .filter(|n| n["alive"] == true && n["shard_count"].as_u64() > Some(0))
+                .count();
+            (live == 2 && cluster["unowned_shards"] == 0).then_some(())
+        },
+    )
+    .await;
+    let owner = owner_of(&s.app.pool, shard).await.unwrap();
+    let (frozen, survivor) = if owner == nodes[0].id {
+        (&nodes[0], &nodes[1])
+    } else {
+        (&nodes[1], &nodes[0])
+    };
+
+    s.primary.set(Behaviour::Status(503));
+    storms_applied(&s.app.pool).await;
+
+    frozen.signal(Signal::SIGSTOP);
+    let stopped = Instant::now();
+    eventually(
+        "the survivor owns the frozen node's shards",
+        LEASE_DEADLINE + Duration::from_secs(15),
+        || async {
+            (owner_of(&s.app.pool, shard).await.as_deref() == Some(survivor.id.as_str()))
+                .then_some(())
+        },
+    )
+    .await;
+    let takeover = stopped.elapsed();
+    assert!(
+        takeover <= LEASE_DEADLINE + Duration::from_secs(5),
+        "takeover {takeover:?} after the freeze (deadline {LEASE_DEADLINE:?} + 5 s)"
+    );
+    let cluster = survivor.cluster(&client).await.unwrap();
+    let frozen_view = cluster["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node_id"] == frozen.id.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(frozen_view["alive"], false, "{cluster}");
+    assert_eq!(frozen_view["shard_count"], 0, "{cluster}");
+    assert_eq!(frozen_view["deposed_by"], survivor.id.as_str(), "{cluster}");
+    assert_eq!(cluster["unowned_shards"], 0, "{cluster}");
+    let deposed_at: DateTime<Utc> =
+        sqlx::query_scalar("select deposed_at from cluster_nodes where node_id = $1")
+            .bind(&frozen.id)
+            .fetch_one(&s.app.pool)
+            .await
+            .unwrap();
+
+    // The primary recovers while the frozen node still believes it is in a storm at 0/100;
+    // once the survivor has started the ramp, the frozen node wakes up.
+    s.primary.set(Behaviour::Healthy);
+    eventually("the survivor ramps", Duration::from_secs(30), || async {
+        let n: i64 = sqlx::query_scalar(
+            "select count(*) from domain_states where state = 'recovering' and decided_by_node = $1",
+        )
+        .bind(&survivor.id)
+        .fetch_one(&s.app.pool)
+        .await
+        .unwrap();
+        (n > 0).then_some(())
+    })
+    .await;
+    frozen.signal(Signal::SIGCONT);
+    let woke = Utc::now();
+    // Watch when (if ever) the woken node legitimately owns the zone again.
+    let mut owns_again: Option<DateTime<Utc>> = None;
+    let watch_until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < watch_until {
+        if owns_again.is_none()
+            && owner_of(&s.app.pool, shard).await.as_deref() == Some(frozen.id.as_str())
+        {
+            owns_again = Some(Utc::now());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let until = owns_again.unwrap_or_else(Utc::now);
+    let acted: (i64, i64, i64) = sqlx::query_as(
+        "select (select count(*) from dns_changes where node_id = $1 and submitted_at > $2 and submitted_at < $3),
+                (select count(*) from storm_events
+                  where (opened_by_node = $1 and started_at > $2 and started_at < $3)
+                     or (closed_by_node = $1 and ended_at > $2 and ended_at < $3)),
+                (select count(*) from domain_states where decided_by_node = $1 and updated_at > $2 and updated_at < $3)",
+    )
+    .bind(&frozen.id)
+    .bind(deposed_at)
+    .bind(until)
+    .fetch_one(&s.app.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        acted,
+        (0, 0, 0),
+        "the deposed node acted after {deposed_at} (woke {woke}, owns the zone again: {owns_again:?})"
+    );
+    // The cluster finishes the recovery (the zone may have moved back to the woken node,
+    // which then acts with a new fencing epoch).
+    eventually("storms closed", Duration::from_secs(60), || async {
+        let open = count(
+            &s.app.pool,
+            "select count(*) from storm_events where ended_at is null",
+        )
+        .await;
+        let applied = count(
+            &s.app.pool,
+            "select count(*) from dns_records where applied_primary_weight = 100",
+        )
+        .await;
+        (open == 0 && applied == DOMAINS as i64).then_some(())
+    })
+    .await;
+    for (name, sent) in weights_sent(&s.proxy) {
+        let mut steps = sent.clone();
+        steps.dedup();
+        assert_eq!(steps, vec![100, 0, 25, 50, 100], "{name}: {sent:?}");
+    }
+    eprintln!("takeover after SIGSTOP: {takeover:?}");
+}

@@ -1,0 +1,131 @@
+//! PostgreSQL restarts under a running engine: on a private server of its own (the shared test
+//! cluster must stay up for the other tests), stopped and started again while domains are in
+//! the middle of their ramp back. Every domain restored from the database finishes the ramp
+//! and closes its storm.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tranche::db::embedded::{EmbeddedOptions, EmbeddedPostgres};
+use tranche::demo::edge::{Behaviour, FakeEdge};
+use tranche::probe::NetworkProber;
+use tranche_actors::dns::provider::NoopProvider;
+
+use crate::helpers::{Auth, eventually, spawn_app_on};
+
+const DEMO: Auth = Auth::Header(1);
+const DOMAINS: i64 = 10;
+
+async fn start_postgres(root: std::path::PathBuf) -> EmbeddedPostgres {
+    tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&EmbeddedOptions::throwaway(&root)))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+async fn count(pool: &sqlx::PgPool, sql: &'static str) -> Option<i64> {
+    sqlx::query_scalar(sql).fetch_one(pool).await.ok()
+}
+
+#[tokio::test]
+async fn domains_restored_mid_ramp_after_a_postgres_restart_finish_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("pg");
+    let server = start_postgres(root.clone()).await;
+    let options = server.connect_options("postgres");
+    let pool = tranche::db::pool(options.clone(), 10).await.unwrap();
+    tranche::db::migrate(&pool).await.unwrap();
+    tranche::store::customers::ensure_demo(&pool).await.unwrap();
+    let mut app = spawn_app_on(pool.clone(), |s| s.dev = true).await;
+
+    let primary = FakeEdge::http().await.unwrap();
+    let backup = FakeEdge::http().await.unwrap();
+    let service = app.create_service(&DEMO, "web").await;
+    app.post(
+        &format!("/v1/services/{service}/storm-policies"),
+        &DEMO,
+        json!({ "probe_interval_seconds": 1, "window_seconds": 3, "min_samples": 2,
+                "cooldown_seconds": 2, "consecutive_failures": 2, "consecutive_successes": 2 }),
+    )
+    .await
+    .expect(201);
+    for i in 0..DOMAINS {
+        app.post(
+            &format!("/v1/services/{service}/domains"),
+            &DEMO,
+            json!({ "name": format!("d{i}.restart.test"), "dns_zone": "restart.test",
+                    "primary_target": primary.addr().to_string(),
+                    "backup_target": backup.addr().to_string(),
+                    "probe_scheme": "http", "probe_timeout_ms": 500 }),
+        )
+        .await
+        .expect(201);
+    }
+    app.start_engine_with_dns(
+        Arc::new(NetworkProber::new(&[], true).unwrap()),
+        Some(Arc::new(NoopProvider)),
+    )
+    .await;
+
+    primary.set(Behaviour::Status(503));
+    eventually("storms open", Duration::from_secs(30), || async {
+        (count(
+            &pool,
+            "select count(*) from storm_events where ended_at is null",
+        )
+        .await
+            == Some(DOMAINS))
+        .then_some(())
+    })
+    .await;
+    primary.set(Behaviour::Healthy);
+    eventually("the ramp under way", Duration::from_secs(30), || async {
+        (count(
+            &pool,
+            "select count(*) from domain_states where state = 'recovering' and desired_primary_weight = 25",
+        )
+        .await
+            > Some(0))
+        .then_some(())
+    })
+    .await;
+
+    // PostgreSQL goes away mid-ramp and comes back.
+    server.stop().await;
+    let server = start_postgres(root).await;
+    let restored: i64 = eventually("database back", Duration::from_secs(30), || async {
+        count(
+            &pool,
+            "select count(*) from domain_states where state = 'recovering'",
+        )
+        .await
+    })
+    .await;
+
+    eventually(
+        "every storm closed and every domain back at 100/0",
+        Duration::from_secs(60),
+        || async {
+            let open = count(&pool, "select count(*) from storm_events where ended_at is null").await?;
+            let normal = count(
+                &pool,
+                "select count(*) from domain_states where state = 'healthy' and desired_primary_weight = 100",
+            )
+            .await?;
+            let applied = count(
+                &pool,
+                "select count(*) from dns_records where applied_primary_weight = 100",
+            )
+            .await?;
+            (open == 0 && normal == DOMAINS && applied == DOMAINS).then_some(())
+        },
+    )
+    .await;
+    eprintln!("{restored} domains were recovering when PostgreSQL came back");
+    if let Some(engine) = app.engine.take() {
+        engine.shutdown().await;
+    }
+    pool.close().await;
+    server.stop().await;
+}
