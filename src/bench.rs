@@ -9,6 +9,9 @@
 //! * `detection` — time from breaking the primary edge to each domain's storm being committed;
 //! * `takeover`  — time from killing a node to all its domains probed again by the survivor;
 //! * `dns`       — a mass storm applied through Route53 (moto_server);
+//! * `failover`  — the whole path with the default policy and rate limit: break → storm →
+//!   in sync at Route53 per domain, calls per zone against the floor ([`failover`]);
+//! * `nodes`     — takeover of a node process killed (SIGKILL) or frozen (SIGSTOP) ([`failover`]);
 //! * `billing`   — one invoice run over N snapshots of M customers ([`billing`]);
 //! * `ingest`    — ingestion of one Cloudflare analytics page from the local fake ([`billing`]);
 //! * `webhooks`  — webhook fan-out of a mass storm to a local receiver, with probing and DNS
@@ -34,6 +37,7 @@ use crate::probe::NetworkProber;
 use crate::store::{self, customers};
 
 mod billing;
+mod failover;
 mod webhooks;
 
 #[derive(Debug, Subcommand)]
@@ -117,6 +121,29 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 300)]
         naive: usize,
     },
+    /// The failover path with the shipped defaults: N domains in Z zones probed every 10 s,
+    /// the primary breaks; storm and Route53 (moto_server) in-sync latency per domain, calls
+    /// per zone against the floor.
+    Failover {
+        #[arg(long, default_value_t = 10_000)]
+        domains: usize,
+        #[arg(long, default_value_t = 100)]
+        zones: usize,
+        #[arg(long, default_value_t = 4.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 8)]
+        burst: u32,
+    },
+    /// Takeover between two `tranche serve` processes when one is killed (SIGKILL) or frozen
+    /// (`--freeze`: SIGSTOP).
+    Nodes {
+        #[arg(long, default_value_t = 1_000)]
+        domains: usize,
+        #[arg(long, default_value_t = 5)]
+        interval: i32,
+        #[arg(long)]
+        freeze: bool,
+    },
     /// Time for a surviving node to take over a killed node's domains.
     Takeover {
         #[arg(long, default_value_t = 1_000)]
@@ -151,6 +178,17 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             window,
         } => detection(&env, domains, interval, window).await,
         BenchCommand::Takeover { domains, interval } => takeover(&env, domains, interval).await,
+        BenchCommand::Failover {
+            domains,
+            zones,
+            rate,
+            burst,
+        } => failover::failover(&env, domains, zones, rate, burst).await,
+        BenchCommand::Nodes {
+            domains,
+            interval,
+            freeze,
+        } => failover::nodes(&env, domains, interval, freeze).await,
         BenchCommand::Dns {
             domains,
             zones,
@@ -784,24 +822,6 @@ async fn dns_storm(
         &moto.url,
         crate::dns::route53::DEFAULT_TTL,
     ));
-    for k in 0..zones {
-        route53
-            .client()
-            .create_hosted_zone()
-            .name(format!("z{k}.dns.bench.test"))
-            .caller_reference(format!("bench-{k}"))
-            .send()
-            .await?;
-    }
-    route53.refresh_zones().await;
-    let service = store::services::create(
-        &env.pool,
-        customers::DEMO_CUSTOMER_ID,
-        "dns-bench",
-        "cdn-a",
-        "cdn-b",
-    )
-    .await?;
     // Probing is irrelevant here: one probe an hour.
     let policy = PolicyParams::new(
         PolicyKind::HttpAvailability,
@@ -812,26 +832,18 @@ async fn dns_storm(
         },
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
-    store::policies::create(&env.pool, customers::DEMO_CUSTOMER_ID, service.id, &policy).await?;
-    let (mut hosts, mut zone_of, mut shards) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..n {
-        let zone = format!("z{}.dns.bench.test", i % zones);
-        hosts.push(format!("d{i}.{zone}"));
-        shards.push(shard_of(&zone) as i16);
-        zone_of.push(zone);
-    }
-    sqlx::query(
-        "insert into service_domains (service_id, hostname, dns_zone, shard, primary_target, backup_target,
-                                      verification_token, steering_enabled, verification_status)
-         select $1, h, z, s, 'edge.cdn-a.example', 'edge.cdn-b.example', 'bench', true, 'verified'
-           from unnest($2::text[], $3::text[], $4::smallint[]) as t(h, z, s)",
+    let hosts = failover::steered_domains(
+        env,
+        &route53,
+        (n, zones, "dns.bench.test"),
+        &policy,
+        ("edge.cdn-a.example", "edge.cdn-b.example"),
     )
-    .bind(service.id)
-    .bind(&hosts)
-    .bind(&zone_of)
-    .bind(&shards)
-    .execute(&env.pool)
     .await?;
+    let service_id: i64 =
+        sqlx::query_scalar("select id from services where name = 'dns.bench.test'")
+            .fetch_one(&env.pool)
+            .await?;
 
     let counting = Arc::new(CountingDns {
         inner: route53.clone(),
@@ -888,7 +900,7 @@ async fn dns_storm(
              returning 1)
          select now() from s limit 1",
     )
-    .bind(service.id)
+    .bind(service_id)
     .fetch_one(&env.pool)
     .await?;
     let t0 = Instant::now();
