@@ -74,6 +74,8 @@ pub struct FakeEdge {
     behaviour: watch::Sender<Behaviour>,
     requests: Arc<AtomicU64>,
     connections: Arc<AtomicU64>,
+    /// Requests still to be answered 503 whatever the behaviour (a blip of exactly N probes).
+    fail_next: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -94,19 +96,19 @@ impl FakeEdge {
         let (behaviour, watcher) = watch::channel(Behaviour::Healthy);
         let requests = Arc::new(AtomicU64::new(0));
         let connections = Arc::new(AtomicU64::new(0));
-        let task = tokio::spawn(serve(
-            listener,
-            addr,
-            tls,
-            watcher,
-            requests.clone(),
-            connections.clone(),
-        ));
+        let fail_next = Arc::new(AtomicU64::new(0));
+        let counters = Counters {
+            requests: requests.clone(),
+            connections: connections.clone(),
+            fail_next: fail_next.clone(),
+        };
+        let task = tokio::spawn(serve(listener, addr, tls, watcher, counters));
         Ok(Self {
             addr,
             behaviour,
             requests,
             connections,
+            fail_next,
             task,
         })
     }
@@ -118,6 +120,12 @@ impl FakeEdge {
     /// Switches how the edge answers from now on.
     pub fn set(&self, behaviour: Behaviour) {
         self.behaviour.send_replace(behaviour);
+    }
+
+    /// Answers the next `n` requests with 503, then behaves as set again: a blip of exactly
+    /// `n` probes.
+    pub fn fail_next(&self, n: u64) {
+        self.fail_next.store(n, Ordering::SeqCst);
     }
 
     /// Requests answered or held so far.
@@ -144,13 +152,20 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(4096)
 }
 
+/// An edge's shared counters.
+#[derive(Clone)]
+struct Counters {
+    requests: Arc<AtomicU64>,
+    connections: Arc<AtomicU64>,
+    fail_next: Arc<AtomicU64>,
+}
+
 async fn serve(
     mut listener: TcpListener,
     addr: SocketAddr,
     tls: Option<TlsAcceptor>,
     mut watcher: watch::Receiver<Behaviour>,
-    requests: Arc<AtomicU64>,
-    connections: Arc<AtomicU64>,
+    counters: Counters,
 ) {
     loop {
         if *watcher.borrow() == Behaviour::Refuse {
@@ -170,19 +185,19 @@ async fn serve(
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
-                connections.fetch_add(1, Ordering::Relaxed);
+                counters.connections.fetch_add(1, Ordering::Relaxed);
                 let _ = stream.set_nodelay(true);
                 let behaviour = watcher.clone();
                 let tls = tls.clone();
-                let requests = requests.clone();
+                let counters = counters.clone();
                 tokio::spawn(async move {
                     match tls {
                         Some(acceptor) => {
                             if let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
-                                answer(stream, behaviour, requests).await;
+                                answer(stream, behaviour, counters).await;
                             }
                         }
-                        None => answer(stream, behaviour, requests).await,
+                        None => answer(stream, behaviour, counters).await,
                     }
                 });
             }
@@ -194,7 +209,7 @@ async fn serve(
 async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     behaviour: watch::Receiver<Behaviour>,
-    requests: Arc<AtomicU64>,
+    counters: Counters,
 ) {
     let mut buf = [0u8; 4096];
     let mut read = 0;
@@ -207,8 +222,16 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
             return;
         }
     }
-    requests.fetch_add(1, Ordering::Relaxed);
-    let current = *behaviour.borrow();
+    counters.requests.fetch_add(1, Ordering::Relaxed);
+    let blip = counters
+        .fail_next
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    let current = if blip {
+        Behaviour::Status(503)
+    } else {
+        *behaviour.borrow()
+    };
     let status = match current {
         Behaviour::Healthy => 200,
         Behaviour::Status(s) => s,

@@ -116,7 +116,8 @@ impl LeaseBackend for PgLeaseBackend {
                 let live: i64 = sqlx::query_scalar(
                     "select count(*) from cluster_nodes n
                       where n.heartbeat_at > now() - make_interval(secs => $1::double precision / 1000)
-                        and exists (select 1 from pg_stat_activity a where a.pid = n.backend_pid)",
+                        and exists (select 1 from pg_stat_activity a where a.pid = n.backend_pid
+                                 and a.datname = current_database() and a.backend_start <= n.heartbeat_at)",
                 )
                 .bind(timeout_ms)
                 .fetch_one(&mut *c)
@@ -150,6 +151,7 @@ impl LeaseBackend for PgLeaseBackend {
                     "select n.node_id, n.backend_pid
                        from cluster_nodes n
                        join pg_stat_activity a on a.pid = n.backend_pid
+                                             and a.datname = current_database()
                       where n.node_id <> $1
                         and n.heartbeat_at < now() - make_interval(secs => $2::double precision / 1000)
                         and a.backend_start <= n.heartbeat_at

@@ -165,7 +165,8 @@ pub async fn cluster_nodes(pool: &PgPool) -> sqlx::Result<Vec<NodeRow>> {
         ")
          select n.node_id, n.started_at, n.heartbeat_at,
                 n.heartbeat_at > now() - make_interval(secs => $1::double precision / 1000)
-                  and exists (select 1 from pg_stat_activity a where a.pid = n.backend_pid) as alive,
+                  and exists (select 1 from pg_stat_activity a where a.pid = n.backend_pid
+                                 and a.datname = current_database() and a.backend_start <= n.heartbeat_at) as alive,
                 coalesce((select array_agg(w.shard::smallint order by w.shard)
                             from owners w where w.pid = n.backend_pid), '{}') as shards,
                 n.deposed_at, n.deposed_by

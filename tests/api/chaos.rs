@@ -248,16 +248,17 @@ async fn a_killed_owner_mid_ramp_is_taken_over_and_the_ramp_finishes() {
     let shard = shard_of(s.zone);
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     eventually(
-        "both nodes live, holding every shard between them",
+        "both nodes live, holding 128 shards each",
         Duration::from_secs(60),
         || async {
             let cluster = nodes[0].cluster(&client).await?;
-            let live = cluster["nodes"]
+            // Settled: each holds its fair share (128), so no shard moves any more.
+            let balanced = cluster["nodes"]
                 .as_array()?
                 .iter()
-                .filter(|n| n["alive"] == true && n["shard_count"].as_u64() > Some(0))
+                .filter(|n| n["alive"] == true && n["shard_count"] == 128)
                 .count();
-            (live == 2 && cluster["unowned_shards"] == 0).then_some(())
+            (balanced == 2 && cluster["unowned_shards"] == 0).then_some(())
         },
     )
     .await;
@@ -366,16 +367,17 @@ async fn a_frozen_owner_is_deposed_and_does_not_act_when_it_wakes() {
     let shard = shard_of(s.zone);
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     eventually(
-        "both nodes live, holding every shard between them",
+        "both nodes live, holding 128 shards each",
         Duration::from_secs(60),
         || async {
             let cluster = nodes[0].cluster(&client).await?;
-            let live = cluster["nodes"]
+            // Settled: each holds its fair share (128), so no shard moves any more.
+            let balanced = cluster["nodes"]
                 .as_array()?
                 .iter()
-                .filter(|n| n["alive"] == true && n["shard_count"].as_u64() > Some(0))
+                .filter(|n| n["alive"] == true && n["shard_count"] == 128)
                 .count();
-            (live == 2 && cluster["unowned_shards"] == 0).then_some(())
+            (balanced == 2 && cluster["unowned_shards"] == 0).then_some(())
         },
     )
     .await;

@@ -464,12 +464,11 @@ async fn domain_state(app: &TestApp, service: i64, name: &str) -> Value {
 /// Fails the next `n` probes of `edge` exactly, then answers 200 again.
 async fn fail_next_probes(edge: &FakeEdge, n: u64) {
     let start = edge.requests();
-    edge.set(Behaviour::Status(503));
+    edge.fail_next(n);
     eventually("the failing probes", Duration::from_secs(10), || async {
         (edge.requests() >= start + n).then_some(())
     })
     .await;
-    edge.set(Behaviour::Healthy);
 }
 
 async fn storm_count(app: &TestApp) -> i64 {

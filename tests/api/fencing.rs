@@ -57,7 +57,11 @@ async fn a_deposed_node_cannot_open_a_storm() {
     let epoch_a = a.try_acquire("node-a", spec.shard).await.unwrap().unwrap();
     a.reset().await;
     let b = PgLeaseBackend::new(app.pool.clone());
-    let epoch_b = b.try_acquire("node-b", spec.shard).await.unwrap().unwrap();
+    // The server frees A's locks when its backend has exited, a moment after the close.
+    let epoch_b = eventually("A's lock freed", Duration::from_secs(10), || async {
+        b.try_acquire("node-b", spec.shard).await.unwrap()
+    })
+    .await;
     assert!(epoch_b > epoch_a);
 
     // A, stalled, still believes it owns the shard: its decision is refused and nothing is written.

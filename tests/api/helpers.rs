@@ -135,11 +135,11 @@ pub struct TestApp {
     pub engine: Option<tranche::engine::RunningEngine>,
 }
 
-/// With `TRANCHE_TEST_LOG` set (an `EnvFilter`, e.g. `info` or `tranche_actors=debug`), the
+/// With `TEST_LOG` set (an `EnvFilter`, e.g. `info` or `tranche_actors=debug`), the
 /// application's logs go to the test's captured output (shown for failing tests).
 fn init_test_logs() {
     use tracing_subscriber::{EnvFilter, fmt};
-    if let Ok(filter) = std::env::var("TRANCHE_TEST_LOG") {
+    if let Ok(filter) = std::env::var("TEST_LOG") {
         let _ = fmt()
             .with_env_filter(EnvFilter::new(filter))
             .with_test_writer()

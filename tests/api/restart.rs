@@ -17,11 +17,43 @@ use crate::helpers::{Auth, eventually, spawn_app_on};
 const DEMO: Auth = Auth::Header(1);
 const DOMAINS: i64 = 10;
 
-async fn start_postgres(root: std::path::PathBuf) -> EmbeddedPostgres {
-    tokio::task::spawn_blocking(move || EmbeddedPostgres::start(&EmbeddedOptions::throwaway(&root)))
-        .await
-        .unwrap()
-        .unwrap()
+/// A private PostgreSQL server on a thread of its own: the server's parent-death signal is
+/// tied to the thread that started it, so it must outlive the test's use of the server (a
+/// blocking-pool thread would exit when idle, and take the server with it).
+struct PrivatePostgres {
+    options: sqlx::postgres::PgConnectOptions,
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+async fn start_postgres(root: std::path::PathBuf) -> PrivatePostgres {
+    let (ready, started) = tokio::sync::oneshot::channel();
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let server = EmbeddedPostgres::start(&EmbeddedOptions::throwaway(&root)).unwrap();
+        let _ = ready.send(server.connect_options("postgres"));
+        let _ = stopped.recv();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(server.stop());
+    });
+    PrivatePostgres {
+        options: started.await.unwrap(),
+        stop,
+        thread,
+    }
+}
+
+impl PrivatePostgres {
+    /// A fast shutdown, waited for.
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        tokio::task::spawn_blocking(move || self.thread.join().unwrap())
+            .await
+            .unwrap();
+    }
 }
 
 async fn count(pool: &sqlx::PgPool, sql: &'static str) -> Option<i64> {
@@ -33,7 +65,7 @@ async fn domains_restored_mid_ramp_after_a_postgres_restart_finish_it() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("pg");
     let server = start_postgres(root.clone()).await;
-    let options = server.connect_options("postgres");
+    let options = server.options.clone();
     let pool = tranche::db::pool(options.clone(), 10).await.unwrap();
     tranche::db::migrate(&pool).await.unwrap();
     tranche::store::customers::ensure_demo(&pool).await.unwrap();
