@@ -22,6 +22,9 @@
 //! | `dns_burst`          | `TRANCHE_DNS_BURST`                           | `8`                |
 //! | `api_rate_per_second`| `TRANCHE_API_RATE_PER_SECOND`                 | `50`               |
 //! | `api_burst`          | `TRANCHE_API_BURST`                           | `100`              |
+//! | `http_max_connections` | `TRANCHE_HTTP_MAX_CONNECTIONS`              | half the open-file limit, ≤ 10,000 |
+//! | `http_header_timeout`  | `TRANCHE_HTTP_HEADER_TIMEOUT`               | `10s`              |
+//! | `http_idle_timeout`    | `TRANCHE_HTTP_IDLE_TIMEOUT`                 | `60s`              |
 //! | `verification_nameservers` | `TRANCHE_VERIFICATION_NAMESERVERS`      | the system's       |
 //! | `verification_deadline` | `TRANCHE_VERIFICATION_DEADLINE`            | `72h`              |
 //! | `verification_recheck`  | `TRANCHE_VERIFICATION_RECHECK`             | `6h`               |
@@ -105,6 +108,12 @@ pub struct Settings {
     pub api_rate_per_second: f64,
     /// Requests each API key may make at once above the rate.
     pub api_burst: u32,
+    /// Open HTTP connections at most; `None`: half the open-file limit, at most 10,000.
+    pub http_max_connections: Option<usize>,
+    /// A request head must arrive within this, from when a connection starts waiting for one.
+    pub http_header_timeout: HumanDuration,
+    /// A connection with no byte in either direction for this long is closed.
+    pub http_idle_timeout: HumanDuration,
     /// DNS servers the TXT ownership challenges are looked up with; empty uses the system's.
     pub verification_nameservers: Vec<SocketAddr>,
     /// A pending domain fails verification this long after it was added.
@@ -175,6 +184,9 @@ impl Default for Settings {
             dns_burst: 8,
             api_rate_per_second: 50.0,
             api_burst: 100,
+            http_max_connections: None,
+            http_header_timeout: HumanDuration::secs(10),
+            http_idle_timeout: HumanDuration::secs(60),
             verification_nameservers: Vec::new(),
             verification_deadline: HumanDuration::secs(72 * 3600),
             verification_recheck: HumanDuration::secs(6 * 3600),

@@ -40,6 +40,7 @@ pub mod db;
 pub mod demo;
 pub mod dns;
 pub mod engine;
+pub mod http_guard;
 pub mod notify;
 pub mod probe;
 pub mod startup;

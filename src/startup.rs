@@ -17,6 +17,9 @@ use sqlx::PgPool;
 
 use crate::api::{self, ApiContext};
 use crate::config::Settings;
+use crate::http_guard::{
+    ConnectionLimits, GuardedAcceptor, default_max_connections, raise_open_files_limit,
+};
 
 /// How long in-flight requests may take to finish after shutdown begins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -25,6 +28,8 @@ pub struct Application {
     listener: tokio::net::TcpListener,
     local_addr: SocketAddr,
     ctx: Arc<ApiContext>,
+    limits: ConnectionLimits,
+    idle_timeout: Duration,
 }
 
 impl Application {
@@ -48,10 +53,19 @@ impl Application {
             verify_policy: settings.verify_policy(),
             webhook_allow_private: settings.webhook_allow_private,
         });
+        let open_files = raise_open_files_limit();
+        let limits = ConnectionLimits {
+            max_connections: settings
+                .http_max_connections
+                .unwrap_or_else(|| default_max_connections(open_files)),
+            header_timeout: settings.http_header_timeout.0,
+        };
         Ok(Self {
             listener,
             local_addr,
             ctx,
+            limits,
+            idle_timeout: settings.http_idle_timeout.0,
         })
     }
 
@@ -68,8 +82,9 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> std::io::Result<()> {
-        let acceptor = TcpAcceptor::from_tokio(self.listener)?;
+        let acceptor = GuardedAcceptor::new(TcpAcceptor::from_tokio(self.listener)?, self.limits);
         Server::new_with_acceptor(acceptor)
+            .idle_timeout(self.idle_timeout)
             .run_with_graceful_shutdown(api::app(self.ctx), shutdown, Some(DRAIN_TIMEOUT))
             .await
     }

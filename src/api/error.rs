@@ -45,6 +45,10 @@ pub enum ApiError {
     /// The request conflicts with existing state (e.g. a duplicate name).
     #[oai(status = 409)]
     Conflict(Json<ErrorBody>),
+    /// The request body is larger than the operation accepts (1 MiB unless documented
+    /// otherwise); it was refused before more than that was read.
+    #[oai(status = 413)]
+    PayloadTooLarge(Json<ErrorBody>),
     /// The body is well-formed JSON but a field is missing, unknown or invalid.
     #[oai(status = 422)]
     Unprocessable(Json<ErrorBody>),
@@ -91,6 +95,15 @@ impl ApiError {
         Self::Conflict(body("conflict", message, field))
     }
 
+    /// The body is over `limit` bytes.
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self::PayloadTooLarge(body(
+            "payload_too_large",
+            format!("request body is larger than {limit} bytes"),
+            None,
+        ))
+    }
+
     /// A field failed validation.
     pub fn invalid(field: &str, message: impl Into<String>) -> Self {
         Self::Unprocessable(body("validation_failed", message, Some(field)))
@@ -129,6 +142,7 @@ impl ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::TooManyRequests(..) => StatusCode::TOO_MANY_REQUESTS,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -184,6 +198,19 @@ impl From<sqlx::Error> for ApiError {
             } else {
                 Self::invalid(field, *message)
             };
+        }
+        // Values PostgreSQL cannot store (a NUL in text, a time beyond its range) that slipped
+        // past validation are the client's input, not a server fault.
+        let refused_value = err
+            .as_database_error()
+            .and_then(|db| db.code())
+            .is_some_and(|code| matches!(code.as_ref(), "22021" | "22P05" | "22008" | "22003"));
+        if refused_value {
+            tracing::warn!(error = %err, "the database refused a value from a request");
+            return Self::bad_request(
+                "a value in the request is out of the range the database accepts",
+                None,
+            );
         }
         match err {
             sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {

@@ -66,7 +66,7 @@ pub struct ReportJobStatus {
     /// When it happened (RFC 3339): not in the future, not before `business_date` began (UTC).
     pub status_time: DateTime<Utc>,
     /// The business day the run is for: Monday's overdraft job starting at 00:30 on Tuesday
-    /// has business date Monday.
+    /// has business date Monday. Not before 2000-01-01.
     pub business_date: NaiveDate,
     /// The run (1–200 characters); a restarted job reports a new run id.
     pub run_id: String,
@@ -140,6 +140,9 @@ fn validate(body: &ReportJobStatus, now: DateTime<Utc>) -> ApiResult<()> {
     text("job", &body.job, 200)?;
     text("run_id", &body.run_id, 200)?;
     text("host", &body.host, 255)?;
+    let earliest = super::input::earliest_fact_time();
+    super::input::check_date("business_date", body.business_date, earliest)?;
+    super::input::check_time("status_time", body.status_time, earliest)?;
     if body.status_time > now + CLOCK_SKEW {
         return Err(ApiError::invalid(
             "status_time",

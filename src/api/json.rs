@@ -5,10 +5,13 @@
 //! document (`T: poem_openapi::types::Type`) but parses with serde (`T: DeserializeOwned`, with
 //! `#[serde(deny_unknown_fields)]` on request types), and tracks the path to the failing value:
 //!
+//! * larger than [`MAX_BODY_BYTES`] → 413 `payload_too_large`, refused from `Content-Length` or
+//!   while reading, so no more than the limit is ever buffered;
 //! * not JSON at all (syntax error, empty body) → 400 `malformed_json`;
-//! * missing, unknown or mistyped property → 422 `validation_failed` with `field` set.
+//! * missing, unknown or mistyped property → 422 `validation_failed` with `field` set;
+//! * a NUL character in any string → 422 naming it (PostgreSQL cannot store one).
 
-use poem::{FromRequest, Request, RequestBody};
+use poem::{Request, RequestBody};
 use poem_openapi::impl_apirequest_for_payload;
 use poem_openapi::payload::{ParsePayload, Payload};
 use poem_openapi::registry::{MetaSchemaRef, Registry};
@@ -45,19 +48,62 @@ impl<T: Type + DeserializeOwned + Send> ParsePayload for JsonBody<T> {
     const IS_REQUIRED: bool = true;
 
     async fn from_request(request: &Request, body: &mut RequestBody) -> poem::Result<Self> {
-        let bytes = Vec::<u8>::from_request(request, body).await?;
+        let bytes = read_limited(request, body, MAX_BODY_BYTES).await?;
         parse::<T>(&bytes).map(JsonBody).map_err(Into::into)
     }
 }
 
 impl_apirequest_for_payload!(JsonBody<T>, T: Type + DeserializeOwned + Send);
 
+/// Reads the body, refusing it (413) as soon as it is known to exceed `limit` bytes: from its
+/// `Content-Length`, or while reading a body of unannounced length.
+pub async fn read_limited(
+    request: &Request,
+    body: &mut RequestBody,
+    limit: usize,
+) -> Result<Vec<u8>, ApiError> {
+    use tokio::io::AsyncReadExt;
+    let announced = request
+        .headers()
+        .get(poem::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::payload_too_large(limit));
+    }
+    let Ok(body) = body.take() else {
+        return Ok(Vec::new());
+    };
+    let mut bytes = Vec::with_capacity(announced.unwrap_or(0).min(limit as u64) as usize);
+    let mut reader = body.into_async_read().take(limit as u64 + 1);
+    reader.read_to_end(&mut bytes).await.map_err(|e| {
+        ApiError::bad_request(format!("could not read the request body: {e}"), None)
+    })?;
+    if bytes.len() > limit {
+        return Err(ApiError::payload_too_large(limit));
+    }
+    Ok(bytes)
+}
+
 /// Parses `bytes` as `T`, describing a failure the way the API reports it.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.len() > MAX_BODY_BYTES {
-        return Err(ApiError::bad_request(
-            format!("request body is larger than {MAX_BODY_BYTES} bytes"),
-            None,
+        return Err(ApiError::payload_too_large(MAX_BODY_BYTES));
+    }
+    // A NUL can only arrive escaped (`\u0000`); only then is the body walked to name it.
+    if bytes.windows(6).any(|w| w == b"\\u0000")
+        && let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes)
+        && let Some(path) = super::input::nul_in_json(&value)
+    {
+        let field = if path.is_empty() {
+            "body".to_owned()
+        } else {
+            path
+        };
+        let field = field.replace('\0', "");
+        return Err(ApiError::invalid(
+            &field,
+            format!("{field} must not contain NUL characters"),
         ));
     }
     if bytes.iter().all(u8::is_ascii_whitespace) {

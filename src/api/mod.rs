@@ -16,6 +16,7 @@ pub mod engine;
 pub mod error;
 pub mod events;
 pub mod health;
+pub mod input;
 pub mod invoices;
 pub mod jobs;
 pub mod json;
@@ -153,6 +154,7 @@ pub fn app(ctx: Arc<ApiContext>) -> impl Endpoint {
         .nest("/", api)
         .nest("/docs", docs)
         .at("/openapi.json", spec)
+        .with(input::input_guard())
         .with(error::json_errors())
         .with(CatchPanic::new().with_handler(|_| {
             tracing::error!("request handler panicked");

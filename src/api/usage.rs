@@ -76,6 +76,7 @@ impl From<SnapshotRow> for UsageSnapshot {
 #[oai(deny_unknown_fields)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotInput {
+    /// Not before 2000-01-01, not in the future.
     pub window_start: DateTime<Utc>,
     /// After `window_start`, at most 31 days later.
     pub window_end: DateTime<Utc>,
@@ -148,6 +149,9 @@ fn reports(
     let mut out = Vec::with_capacity(n);
     for (i, s) in body.snapshots.into_iter().enumerate() {
         let field = |f: &str| format!("snapshots[{i}].{f}");
+        let earliest = super::input::earliest_fact_time();
+        super::input::check_time(&field("window_start"), s.window_start, earliest)?;
+        super::input::check_time(&field("window_end"), s.window_end, earliest)?;
         if s.window_end <= s.window_start {
             let f = field("window_end");
             return Err(ApiError::invalid(

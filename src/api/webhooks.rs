@@ -75,8 +75,8 @@ impl WebhookEndpoint {
 #[oai(deny_unknown_fields)]
 #[serde(deny_unknown_fields)]
 pub struct WebhookInput {
-    /// `https://…` (or `http://`). Private and loopback destinations are refused unless the
-    /// operator allows them.
+    /// `https://…` (or `http://`), at most 2,000 characters. Private and loopback destinations
+    /// are refused unless the operator allows them.
     pub url: Option<String>,
     /// Signing secret, 16–200 characters (default: generated, returned once).
     pub secret: Option<String>,
@@ -176,8 +176,18 @@ fn check_url(url: &str, allow_private: bool) -> ApiResult<String> {
             ));
         }
     }
-    Ok(parsed.to_string())
+    let url = parsed.to_string();
+    if url.len() > MAX_URL_CHARS {
+        return Err(ApiError::invalid(
+            "url",
+            format!("url must be at most {MAX_URL_CHARS} characters"),
+        ));
+    }
+    Ok(url)
 }
+
+/// Longest webhook URL (the database's `webhook_endpoints_url_check`).
+const MAX_URL_CHARS: usize = 2000;
 
 fn fields(input: WebhookInput, allow_private: bool) -> ApiResult<EndpointFields> {
     let url = input

@@ -9,6 +9,7 @@ mod dns_faults;
 mod domains;
 mod engine;
 mod fencing;
+mod hardening;
 mod health;
 mod helpers;
 mod isolation;
