@@ -36,8 +36,9 @@ enum Command {
     /// Run the HTTP API (applies migrations first). With no DATABASE_URL, starts a private
     /// PostgreSQL under the data directory.
     Serve {
-        /// Address to listen on (default 127.0.0.1:8080).
-        #[arg(long)]
+        /// Address to listen on (default 127.0.0.1:8080); a host name (`localhost:8080`) is
+        /// resolved.
+        #[arg(long, value_parser = crate::config::parse_listen)]
         listen: Option<std::net::SocketAddr>,
         /// INSECURE development mode: trust X-Customer-ID without an API key and make sure
         /// customer 1 ("demo") exists.
@@ -70,7 +71,10 @@ pub fn main() -> ExitCode {
     let mut settings = match Settings::load(cli.config.as_deref()) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("tranche: invalid configuration: {e}");
+            let hint = crate::config::did_you_mean(&e.to_string())
+                .map(|s| format!(" (did you mean `{s}`?)"))
+                .unwrap_or_default();
+            eprintln!("tranche: invalid configuration: {e}{hint}");
             return ExitCode::from(2);
         }
     };
@@ -87,6 +91,10 @@ pub fn main() -> ExitCode {
         if node_id.is_some() {
             settings.node_id = node_id.clone();
         }
+    }
+    if let Err(e) = settings.validate() {
+        eprintln!("tranche: invalid configuration: {e}");
+        return ExitCode::from(2);
     }
     if matches!(cli.command, Command::Demo | Command::Bench(_)) {
         // The demo narrates on stdout; keep the logs to warnings unless asked.
@@ -150,6 +158,9 @@ async fn serve_on(settings: &Settings, database: &Database) -> anyhow::Result<()
     if settings.admin_token.is_none() {
         tracing::info!("admin API disabled (set TRANCHE_ADMIN_TOKEN to enable /v1/admin)");
     }
+    for warning in settings.readiness_warnings() {
+        tracing::warn!("{warning}");
+    }
     let app = Application::build(settings, database.pool.clone()).await?;
     let engine = if settings.engine {
         Some(start_engine(settings, &database.pool).await?)
@@ -200,7 +211,9 @@ async fn start_engine(
     tracing::info!(node = %node_id, "starting the engine");
     let provider: Arc<dyn DnsProvider> = match settings.dns_provider {
         DnsProviderKind::Route53 => route53(settings).await,
-        DnsProviderKind::Auto if aws_credentials_configured() => route53(settings).await,
+        DnsProviderKind::Auto if crate::config::aws_credentials_configured() => {
+            route53(settings).await
+        }
         DnsProviderKind::Noop | DnsProviderKind::Auto => {
             tracing::info!(
                 "DNS provider: noop (logs intended weight changes; set TRANCHE_DNS_PROVIDER=route53 and AWS credentials to steer Route53)"
@@ -296,18 +309,6 @@ async fn route53(settings: &Settings) -> Arc<dyn DnsProvider> {
         )
         .await,
     )
-}
-
-/// Whether the standard AWS credential sources are configured in the environment.
-fn aws_credentials_configured() -> bool {
-    [
-        "AWS_ACCESS_KEY_ID",
-        "AWS_PROFILE",
-        "AWS_WEB_IDENTITY_TOKEN_FILE",
-        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-    ]
-    .iter()
-    .any(|v| std::env::var_os(v).is_some())
 }
 
 /// Completes on Ctrl-C or SIGTERM.

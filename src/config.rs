@@ -69,6 +69,7 @@ use tranche_actors::usage::UsageSettings;
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// Address the HTTP API listens on.
+    #[serde(deserialize_with = "listen_address")]
     pub listen: SocketAddr,
     /// PostgreSQL URL. `None` starts the embedded PostgreSQL under `data_dir`.
     pub database_url: Option<Secret>,
@@ -209,7 +210,124 @@ impl Default for Settings {
     }
 }
 
+/// A listen address: `ip:port`, or `host:port` resolved once at start (IPv4 first), so
+/// `localhost:8080` works.
+pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    use std::net::ToSocketAddrs;
+    let addrs: Vec<SocketAddr> = text
+        .to_socket_addrs()
+        .map_err(|e| format!("{text:?} is not an address to listen on (host:port): {e}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{text:?} resolves to no address"))
+}
+
+fn listen_address<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_listen(&text).map_err(serde::de::Error::custom)
+}
+
+/// Whether the standard AWS credential sources are configured in the environment.
+pub fn aws_credentials_configured() -> bool {
+    [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_PROFILE",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    ]
+    .iter()
+    .any(|v| std::env::var_os(v).is_some())
+}
+
+/// For an "unknown field" configuration error, the known setting closest to the misspelt one.
+pub fn did_you_mean(error: &str) -> Option<String> {
+    let found = error.split("found `").nth(1)?.split('`').next()?;
+    let expected = error.split("expected `one of ").nth(1)?;
+    let candidates: Vec<&str> = expected
+        .split('`')
+        .enumerate()
+        .filter(|(i, _)| i % 2 == 1)
+        .map(|(_, s)| s)
+        .collect();
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(found, c), c))
+        .filter(|(d, c)| *d <= (c.len() / 3).max(2))
+        .min()
+        .map(|(_, c)| c.to_owned())
+}
+
+/// Levenshtein distance.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
 impl Settings {
+    /// Refuses settings that would silently mean something else: a rate of zero or less
+    /// (which used to become one request every 1,000 s), an empty burst, timeouts too short to
+    /// be meant.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        for (name, rate) in [
+            ("dns_rate_per_second", self.dns_rate_per_second),
+            ("api_rate_per_second", self.api_rate_per_second),
+        ] {
+            if !rate.is_finite() || rate <= 0.0 {
+                anyhow::bail!("{name} must be a positive number (got {rate})");
+            }
+        }
+        for (name, burst) in [("dns_burst", self.dns_burst), ("api_burst", self.api_burst)] {
+            if burst == 0 {
+                anyhow::bail!("{name} must be at least 1");
+            }
+        }
+        if self.http_max_connections == Some(0) {
+            anyhow::bail!("http_max_connections must be at least 1");
+        }
+        if self.http_header_timeout.0 < Duration::from_millis(100) {
+            anyhow::bail!("http_header_timeout must be at least 100ms");
+        }
+        if self.http_idle_timeout.0 < Duration::from_secs(1) {
+            anyhow::bail!("http_idle_timeout must be at least 1s");
+        }
+        Ok(())
+    }
+
+    /// Conditions `/readyz` reports (and `serve` logs) without failing: a production node whose
+    /// storm decisions would not reach DNS.
+    pub fn readiness_warnings(&self) -> Vec<String> {
+        let noop = match self.dns_provider {
+            DnsProviderKind::Noop => true,
+            DnsProviderKind::Auto => !aws_credentials_configured(),
+            DnsProviderKind::Route53 => false,
+        };
+        if self.engine && noop && !self.dev {
+            vec![
+                "the DNS provider is noop: storm decisions are logged but no DNS record is                  changed (set TRANCHE_DNS_PROVIDER=route53 and AWS credentials)"
+                    .to_owned(),
+            ]
+        } else {
+            Vec::new()
+        }
+    }
+
     /// Domain verification timing.
     pub fn verify_policy(&self) -> tranche_actors::verify::Policy {
         tranche_actors::verify::Policy {
@@ -455,6 +573,80 @@ impl Settings {
 #[cfg(test)]
 #[allow(clippy::result_large_err)] // figment::Jail's closures return figment::Error
 mod tests {
+
+    #[test]
+    fn listen_accepts_host_names() {
+        assert_eq!(
+            parse_listen("localhost:8080").unwrap(),
+            "127.0.0.1:8080".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(
+            parse_listen("[::1]:9").unwrap(),
+            "[::1]:9".parse::<SocketAddr>().unwrap()
+        );
+        assert!(parse_listen("not-an-address").is_err());
+    }
+
+    #[test]
+    fn misspelt_settings_get_a_suggestion() {
+        let error = "unknown field: found `dns_rate_per_seconds`, expected `one of `listen`, `dns_rate_per_second`, `dns_burst`` for key";
+        assert_eq!(did_you_mean(error).as_deref(), Some("dns_rate_per_second"));
+        let error = "unknown field: found `zzzzzz`, expected `one of `listen`, `dev``";
+        assert_eq!(did_you_mean(error), None);
+    }
+
+    #[test]
+    fn rates_and_timeouts_that_mean_nothing_are_refused() {
+        let ok = Settings::default();
+        assert!(ok.validate().is_ok());
+        for bad in [
+            Settings {
+                dns_rate_per_second: 0.0,
+                ..Settings::default()
+            },
+            Settings {
+                dns_rate_per_second: -1.0,
+                ..Settings::default()
+            },
+            Settings {
+                api_rate_per_second: f64::NAN,
+                ..Settings::default()
+            },
+            Settings {
+                dns_burst: 0,
+                ..Settings::default()
+            },
+            Settings {
+                http_max_connections: Some(0),
+                ..Settings::default()
+            },
+            Settings {
+                http_header_timeout: HumanDuration(Duration::ZERO),
+                ..Settings::default()
+            },
+        ] {
+            assert!(bad.validate().is_err());
+        }
+    }
+
+    #[test]
+    fn a_noop_dns_provider_in_production_is_a_readiness_warning() {
+        let prod = Settings {
+            dns_provider: DnsProviderKind::Noop,
+            ..Settings::default()
+        };
+        assert_eq!(prod.readiness_warnings().len(), 1);
+        let dev = Settings {
+            dev: true,
+            ..prod.clone()
+        };
+        assert!(dev.readiness_warnings().is_empty());
+        let api_only = Settings {
+            engine: false,
+            ..prod
+        };
+        assert!(api_only.readiness_warnings().is_empty());
+    }
     use super::*;
 
     #[test]

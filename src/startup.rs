@@ -47,11 +47,16 @@ impl Application {
                 settings.api_rate_per_second,
                 settings.api_burst,
             ),
+            auth_failures: api::rate_limit::RateLimiter::new(
+                api::auth::FAILED_AUTH_PER_SECOND,
+                api::auth::FAILED_AUTH_BURST,
+            ),
             verifier: Arc::new(crate::engine::verification::HickoryTxt::new(
                 &settings.verification_nameservers,
             )?),
             verify_policy: settings.verify_policy(),
             webhook_allow_private: settings.webhook_allow_private,
+            readiness_warnings: settings.readiness_warnings(),
         });
         let open_files = raise_open_files_limit();
         let limits = ConnectionLimits {

@@ -152,6 +152,47 @@ fn invalid_configuration_is_reported_not_panicked() {
 }
 
 #[test]
+fn configuration_traps_are_refused_or_explained() {
+    let run = |vars: &[(&str, &str)]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tranche"));
+        cmd.arg("migrate");
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        let mut text = String::from_utf8_lossy(&out.stderr).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stdout));
+        (out.status.code(), text)
+    };
+    // A rate of zero used to become one request every 1,000 s.
+    let (code, stderr) = run(&[("TRANCHE_DNS_RATE_PER_SECOND", "0")]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("dns_rate_per_second must be a positive number"),
+        "{stderr}"
+    );
+    let (code, stderr) = run(&[("TRANCHE_API_RATE_PER_SECOND", "-5")]);
+    assert_eq!(code, Some(2), "{stderr}");
+    // A misspelt setting gets a suggestion.
+    let (code, stderr) = run(&[("TRANCHE_DNS_RATE_PER_SECONDS", "4")]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("did you mean `dns_rate_per_second`?"),
+        "{stderr}"
+    );
+    // Logs written to a pipe carry no colour codes.
+    let (_, output) = run(&[
+        ("DATABASE_URL", "postgres://nobody@127.0.0.1:1/none"),
+        ("RUST_LOG", "info"),
+    ]);
+    assert!(
+        output.contains("INFO") || output.contains("ERROR"),
+        "{output:?}"
+    );
+    assert!(!output.contains('\u{1b}'), "{output:?}");
+}
+
+#[test]
 fn unreachable_database_url_fails_with_a_message() {
     let out = Command::new(env!("CARGO_BIN_EXE_tranche"))
         .arg("migrate")

@@ -16,7 +16,13 @@
 //! An authenticated caller then takes a token from its rate-limit bucket (per key; per customer
 //! for dev-mode requests): over the limit → 429 with `Retry-After`.
 //!
-//! [`Admin`] guards `/v1/admin/*`: `Authorization: Bearer <TRANCHE_ADMIN_TOKEN>`.
+//! [`Admin`] guards `/v1/admin/*`: `Authorization: Bearer <TRANCHE_ADMIN_TOKEN>`, rate-limited
+//! like a key.
+//!
+//! Failed authentications (an unknown, wrong or revoked key or admin token) are counted per
+//! client address: past [`FAILED_AUTH_BURST`] at once (then [`FAILED_AUTH_PER_SECOND`]), that
+//! address gets 429 before any key is even looked up, so guessing keys costs neither the
+//! database nor much time. Two `Authorization` headers are a 400.
 
 use std::sync::Arc;
 
@@ -32,6 +38,31 @@ use super::ApiContext;
 use super::error::ApiError;
 use super::rate_limit::Caller;
 use crate::store::{api_keys, customers};
+
+/// Failed authentications a client address may make at once…
+pub const FAILED_AUTH_BURST: u32 = 20;
+/// …and per second after that.
+pub const FAILED_AUTH_PER_SECOND: f64 = 2.0;
+
+/// Refuses (429) a client address that has failed to authenticate too often.
+fn throttle_failures(req: &Request, ctx: &ApiContext) -> Result<(), ApiError> {
+    match client_ip(req).and_then(|ip| ctx.auth_failures.exhausted(Caller::FailedAuth(ip))) {
+        Some(wait) => Err(ApiError::too_many_requests(wait)),
+        None => Ok(()),
+    }
+}
+
+/// Counts a failed authentication against the client's address and returns `err`.
+fn failed(req: &Request, ctx: &ApiContext, err: ApiError) -> ApiError {
+    if let Some(ip) = client_ip(req) {
+        let _ = ctx.auth_failures.check(Caller::FailedAuth(ip));
+    }
+    err
+}
+
+fn client_ip(req: &Request) -> Option<std::net::IpAddr> {
+    req.remote_addr().as_socket_addr().map(|a| a.ip())
+}
 
 /// Header naming the customer (the seed API's tenant context).
 pub const CUSTOMER_HEADER: &str = "X-Customer-ID";
@@ -267,11 +298,15 @@ impl<'a> ApiExtractor<'a> for Admin {
             )
             .into());
         };
+        throttle_failures(req, ctx)?;
         match bearer(req)? {
             Some(token) if bool::from(token.as_bytes().ct_eq(expected.expose().as_bytes())) => {
+                ctx.limiter
+                    .check(Caller::Admin)
+                    .map_err(ApiError::too_many_requests)?;
                 Ok(Admin)
             }
-            Some(_) => Err(ApiError::unauthorized("invalid admin token").into()),
+            Some(_) => Err(failed(req, ctx, ApiError::unauthorized("invalid admin token")).into()),
             None => Err(ApiError::unauthorized(
                 "missing credentials: send `Authorization: Bearer <admin token>`",
             )
@@ -289,6 +324,12 @@ fn context(req: &Request) -> Result<&Arc<ApiContext>, ApiError> {
 
 /// The bearer token, if an `Authorization` header is present (401 if it is not a bearer).
 fn bearer(req: &Request) -> Result<Option<&str>, ApiError> {
+    if req.headers().get_all(AUTHORIZATION).iter().count() > 1 {
+        return Err(ApiError::bad_request(
+            "send one Authorization header, not several",
+            Some("Authorization"),
+        ));
+    }
     let Some(value) = req.headers().get(AUTHORIZATION) else {
         return Ok(None);
     };
@@ -352,7 +393,8 @@ async fn authenticate(req: &Request) -> Result<Tenant, ApiError> {
     let ctx = context(req)?;
     let claimed = claimed_customer(req)?;
     if let Some(token) = bearer(req)? {
-        let invalid = || ApiError::unauthorized("invalid API key");
+        throttle_failures(req, ctx)?;
+        let invalid = || failed(req, ctx, ApiError::unauthorized("invalid API key"));
         let prefix = api_keys::prefix_of(token).ok_or_else(invalid)?;
         let key = api_keys::find_for_auth(&ctx.pool, prefix)
             .await?
@@ -361,7 +403,11 @@ async fn authenticate(req: &Request) -> Result<Tenant, ApiError> {
             return Err(invalid());
         }
         if key.customer_status != "active" {
-            return Err(ApiError::unauthorized("this customer is suspended"));
+            return Err(failed(
+                req,
+                ctx,
+                ApiError::unauthorized("this customer is suspended"),
+            ));
         }
         if let Some(claimed) = claimed
             && claimed != key.customer_id

@@ -12,9 +12,10 @@ pub struct HealthApi;
 
 #[derive(ApiResponse)]
 enum Readiness {
-    /// The database answers.
+    /// The database answers: `ready`, followed by `; warning: …` for each condition an operator
+    /// should know of (e.g. a noop DNS provider outside dev mode).
     #[oai(status = 200)]
-    Ready(PlainText<&'static str>),
+    Ready(PlainText<String>),
     /// The database does not answer; the reason is logged.
     #[oai(status = 503)]
     NotReady(PlainText<&'static str>),
@@ -32,7 +33,14 @@ impl HealthApi {
     #[oai(path = "/readyz", method = "get", operation_id = "readyz")]
     async fn readyz(&self, ctx: Data<&Arc<ApiContext>>) -> Readiness {
         match sqlx::query("select 1").execute(&ctx.pool).await {
-            Ok(_) => Readiness::Ready(PlainText("ready")),
+            Ok(_) => {
+                let mut text = "ready".to_owned();
+                for warning in &ctx.readiness_warnings {
+                    text.push_str("; warning: ");
+                    text.push_str(warning);
+                }
+                Readiness::Ready(PlainText(text))
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "readiness check failed");
                 Readiness::NotReady(PlainText("database unavailable"))

@@ -48,13 +48,17 @@ pub struct ApiContext {
     pub dev: bool,
     /// Token for `/v1/admin/*`; `None` disables the admin API.
     pub admin_token: Option<Secret>,
-    /// Per-key request rate limit.
+    /// Per-key request rate limit (and the admin token's).
     pub limiter: rate_limit::RateLimiter,
+    /// Failed authentications per client address: over it, 429 before any key is looked up.
+    pub auth_failures: rate_limit::RateLimiter,
     /// TXT lookups for `POST …/verify`.
     pub verifier: Arc<dyn tranche_actors::engine::ports::TxtLookup>,
     pub verify_policy: tranche_actors::verify::Policy,
     /// Whether webhook URLs may point at private addresses.
     pub webhook_allow_private: bool,
+    /// What `/readyz` reports besides readiness (e.g. a noop DNS provider in production).
+    pub readiness_warnings: Vec<String>,
 }
 
 #[derive(Tags)]
@@ -156,6 +160,11 @@ pub fn app(ctx: Arc<ApiContext>) -> impl Endpoint {
         .at("/openapi.json", spec)
         .with(input::input_guard())
         .with(error::json_errors())
+        // Responses carry secrets (new keys, webhook secrets) and tenant data: never cached.
+        .with(
+            poem::middleware::SetHeader::new()
+                .overriding(poem::http::header::CACHE_CONTROL, "no-store"),
+        )
         .with(CatchPanic::new().with_handler(|_| {
             tracing::error!("request handler panicked");
             ApiError::internal().into_response()

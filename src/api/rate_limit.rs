@@ -14,6 +14,10 @@ pub enum Caller {
     Key(i64),
     /// Dev mode: a customer id without a key.
     Customer(i64),
+    /// The operator's admin token.
+    Admin,
+    /// Failed authentications from one client address.
+    FailedAuth(std::net::IpAddr),
 }
 
 pub struct RateLimiter {
@@ -38,6 +42,16 @@ impl RateLimiter {
     /// Takes a token for `caller`, or says how long until one is available.
     pub fn check(&self, caller: Caller) -> Result<(), Duration> {
         self.check_at(caller, Instant::now())
+    }
+
+    /// Whether `caller` has no token left, without taking one: how long until it has.
+    pub fn exhausted(&self, caller: Caller) -> Option<Duration> {
+        let now = Instant::now();
+        let buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let (tokens, last) = buckets.get(&caller)?;
+        let tokens =
+            (tokens + now.duration_since(*last).as_secs_f64() * self.rate_per_sec).min(self.burst);
+        (tokens < 1.0).then(|| Duration::from_secs_f64((1.0 - tokens) / self.rate_per_sec))
     }
 
     fn check_at(&self, caller: Caller, now: Instant) -> Result<(), Duration> {

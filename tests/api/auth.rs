@@ -209,15 +209,54 @@ async fn each_key_is_rate_limited_with_retry_after() {
         .parse()
         .unwrap();
     assert!((1..=2).contains(&retry), "Retry-After {retry}");
-    // Another key (another bucket) is not affected; the admin API is not limited.
+    // Another key (another bucket) is not affected. The admin token has a bucket of its own
+    // (the two customers above used one token each: one left of the burst).
     app.get("/v1/services", &Auth::Key(other)).await.expect(200);
-    for _ in 0..5 {
-        app.post(
-            "/v1/admin/customers",
-            &Auth::Admin,
-            serde_json::json!({ "name": "more" }),
-        )
+    app.get("/v1/admin/customers", &Auth::Admin)
         .await
-        .expect(201);
+        .expect(200);
+    app.get("/v1/admin/customers", &Auth::Admin)
+        .await
+        .expect_error(429, "rate_limited", None);
+}
+
+#[tokio::test]
+async fn failed_authentication_is_throttled_per_client_address() {
+    let app = spawn_app_with(|s| s.dev = false).await;
+    let (_, key) = app.create_customer("acme").await;
+    // Guessing keys: after the burst, 429 without a database lookup.
+    let mut statuses = Vec::new();
+    for i in 0..40 {
+        let r = app
+            .get(
+                "/v1/services",
+                &Auth::Key(format!("tr_guess{i:04}_0123456789abcdef0123456789abcdef")),
+            )
+            .await;
+        statuses.push(r.status.as_u16());
     }
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert!(
+        statuses[..20].iter().all(|s| *s == 401) && limited >= 15,
+        "{statuses:?}"
+    );
+    // The same holds for the admin token, from this address.
+    app.get("/v1/admin/customers", &Auth::Raw("Bearer wrong".into()))
+        .await
+        .expect_error(429, "rate_limited", None);
+    // Two Authorization headers are refused outright.
+    let resp = app
+        .client
+        .get(app.url("/v1/services"))
+        .header("Authorization", format!("Bearer {key}"))
+        .header("Authorization", "Bearer other")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    // Every response says not to cache it (new keys carry their secret).
+    assert_eq!(
+        resp.headers()["cache-control"].to_str().unwrap(),
+        "no-store"
+    );
 }

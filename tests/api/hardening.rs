@@ -240,3 +240,26 @@ async fn nul_characters_and_out_of_range_times_are_4xx_naming_the_field() {
     .await
     .expect_error(422, "validation_failed", Some("url"));
 }
+
+#[tokio::test]
+async fn a_production_node_without_dns_steering_says_so_on_readyz() {
+    let app = spawn_app_with(|s| {
+        s.dev = false;
+        s.dns_provider = tranche::config::DnsProviderKind::Noop;
+    })
+    .await;
+    let ready = app.get("/readyz", &Auth::None).await.expect(200);
+    assert!(
+        ready
+            .text
+            .starts_with("ready; warning: the DNS provider is noop"),
+        "{}",
+        ready.text
+    );
+    // Dev mode is for trying Tranche out: no warning there.
+    let dev = spawn_app().await;
+    assert_eq!(
+        dev.get("/readyz", &Auth::None).await.expect(200).text,
+        "ready"
+    );
+}
