@@ -33,9 +33,11 @@ impl From<CustomerRow> for Customer {
 #[oai(deny_unknown_fields)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateCustomer {
+    #[oai(nullable)]
     pub name: Option<String>,
     /// `active` or `suspended`. A suspended customer's keys answer 401 at once, on every node;
     /// its engine work (probing, DNS, billing) continues.
+    #[oai(nullable)]
     pub status: Option<String>,
 }
 
@@ -106,6 +108,7 @@ pub struct CreateCustomer {
     /// The customer's name (1–200 characters).
     pub name: String,
     /// Name of the first API key (default `default`).
+    #[oai(nullable)]
     pub key_name: Option<String>,
 }
 
@@ -167,6 +170,7 @@ impl AdminApi {
         /// Customers with an id greater than this (the last id of the previous page).
         after: Query<Option<i64>>,
         /// At most this many (1–1000, default 100).
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<i64>>,
     ) -> ApiResult<Json<Vec<Customer>>> {
         let limit = super::page_limit(limit.0)?;

@@ -30,26 +30,36 @@ pub struct DomainDns {
     pub domain_id: i64,
     pub name: String,
     /// The DNS zone the records live in.
+    #[oai(nullable)]
     pub zone: Option<String>,
     /// Whether Tranche steers this hostname.
     pub steering_enabled: bool,
     /// Weights the storm machine wants.
     pub desired_weights: DnsWeights,
     /// Weights the provider last confirmed (null: never applied).
+    #[oai(nullable)]
     pub applied_weights: Option<DnsWeights>,
+    #[oai(nullable)]
     pub applied_at: Option<DateTime<Utc>>,
     /// Whether applied equals desired.
     pub converged: bool,
     /// Provider that applied them (`route53`, `noop`).
+    #[oai(nullable)]
     pub provider: Option<String>,
     /// A permanent failure for this domain, until its next decision.
+    #[oai(nullable)]
     pub last_error: Option<String>,
+    #[oai(nullable)]
     pub failed_at: Option<DateTime<Utc>>,
+    #[oai(nullable)]
     pub last_change_id: Option<Uuid>,
     /// `submitted`, `insync` or `failed`.
+    #[oai(nullable)]
     pub last_change_status: Option<String>,
+    #[oai(nullable)]
     pub last_change_at: Option<DateTime<Utc>>,
     /// An operator's pin: while set, these weights are applied instead of the storm machine's.
+    #[oai(nullable)]
     pub pin: Option<DnsPin>,
 }
 
@@ -128,10 +138,14 @@ pub struct DnsChange {
     /// For a failed attempt: Tranche retries it (throttling, a provider error, a batch being
     /// bisected) rather than marking the domains failed.
     pub will_retry: bool,
+    #[oai(nullable)]
     pub provider_change_id: Option<String>,
+    #[oai(nullable)]
     pub error: Option<String>,
     pub submitted_at: DateTime<Utc>,
+    #[oai(nullable)]
     pub insync_at: Option<DateTime<Utc>>,
+    #[oai(nullable)]
     pub failed_at: Option<DateTime<Utc>>,
 }
 
@@ -300,6 +314,7 @@ impl DnsApi {
         /// Submitted before (RFC 3339).
         until: Query<Option<DateTime<Utc>>>,
         /// At most this many (1–1000, default 100).
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<i64>>,
     ) -> ApiResult<Json<Vec<DnsChange>>> {
         let limit = super::page_limit(limit.0)?;

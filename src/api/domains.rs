@@ -31,8 +31,10 @@ pub struct Domain {
     pub name: String,
     /// Where this hostname is reached through the primary CDN (edge hostname or IP); null until
     /// configured.
+    #[oai(nullable)]
     pub primary_target: Option<String>,
     /// Where this hostname is reached through the backup CDN (edge hostname or IP).
+    #[oai(nullable)]
     pub backup_target: Option<String>,
     /// Path probes request.
     pub probe_path: String,
@@ -62,15 +64,19 @@ pub struct Verification {
     pub record_name: String,
     /// Value the TXT record must hold.
     pub record_value: String,
+    #[oai(nullable)]
     pub verified_at: Option<DateTime<Utc>>,
     /// When the challenge was last looked up.
+    #[oai(nullable)]
     pub last_checked_at: Option<DateTime<Utc>>,
     /// Why the last lookup did not verify (null once verified and found).
+    #[oai(nullable)]
     pub last_error: Option<String>,
     /// Lookups so far without success.
     pub attempts: i32,
     /// A verified domain whose challenge record has since disappeared: it stays verified and
     /// steered, but publish the record again.
+    #[oai(nullable)]
     pub lost_at: Option<DateTime<Utc>>,
 }
 
@@ -112,18 +118,25 @@ pub struct CreateDomain {
     /// The hostname, e.g. `app.example.com` (no scheme, path or port).
     pub name: String,
     /// Edge hostname or IP that reaches this hostname through the primary CDN.
+    #[oai(nullable)]
     pub primary_target: Option<String>,
     /// Edge hostname or IP that reaches this hostname through the backup CDN.
+    #[oai(nullable)]
     pub backup_target: Option<String>,
     /// Path to probe (default `/`).
+    #[oai(nullable)]
     pub probe_path: Option<String>,
     /// `https` (default) or `http`.
+    #[oai(nullable)]
     pub probe_scheme: Option<String>,
     /// Statuses that count as up: codes and ranges, e.g. `200-299,301` (default `200-399`).
+    #[oai(nullable)]
     pub expected_statuses: Option<String>,
     /// Probe timeout in milliseconds, 100–60000 (default 5000).
+    #[oai(nullable)]
     pub probe_timeout_ms: Option<i32>,
     /// DNS zone the hostname is steered in (default: its last two labels).
+    #[oai(nullable)]
     pub dns_zone: Option<String>,
 }
 
@@ -134,14 +147,20 @@ pub struct CreateDomain {
 #[oai(deny_unknown_fields)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateDomain {
+    #[oai(nullable)]
     pub primary_target: Option<String>,
+    #[oai(nullable)]
     pub backup_target: Option<String>,
+    #[oai(nullable)]
     pub probe_path: Option<String>,
     /// `https` or `http`.
+    #[oai(nullable)]
     pub probe_scheme: Option<String>,
     /// Statuses that count as up: codes and ranges, e.g. `200-299,301`.
+    #[oai(nullable)]
     pub expected_statuses: Option<String>,
     /// Probe timeout in milliseconds, 100–60000.
+    #[oai(nullable)]
     pub probe_timeout_ms: Option<i32>,
 }
 

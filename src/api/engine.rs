@@ -34,16 +34,20 @@ pub struct DomainState {
     /// blocked, too few results — for longer than a window: see `reason`).
     pub state: String,
     /// Why the domain is in its state, where that needs saying (`unknown`).
+    #[oai(nullable)]
     pub reason: Option<String>,
     /// When the domain entered this state (null: never left `healthy`).
+    #[oai(nullable)]
     pub state_since: Option<DateTime<Utc>>,
     /// DNS weights the engine wants (applying them is the DNS steering's job).
     pub desired_weights: DnsWeights,
     pub primary: CdnObservation,
     pub backup: CdnObservation,
     /// Node currently probing the domain (null while no live node owns its shard).
+    #[oai(nullable)]
     pub owning_node: Option<String>,
     /// Time of the latest recorded probe.
+    #[oai(nullable)]
     pub observed_at: Option<DateTime<Utc>>,
 }
 
@@ -58,7 +62,9 @@ pub struct DnsWeights {
 #[derive(Debug, Clone, Object)]
 pub struct CdnObservation {
     /// Availability over the policy window, 0–1; null while the window has too few samples.
+    #[oai(nullable)]
     pub availability: Option<f64>,
+    #[oai(nullable)]
     pub last_probe: Option<LastProbe>,
 }
 
@@ -68,10 +74,13 @@ pub struct LastProbe {
     pub at: DateTime<Utc>,
     /// `ok`, `http_status`, `timeout`, `connect`, `tls`, `dns`, `blocked` or `protocol`.
     pub outcome: String,
+    #[oai(nullable)]
     pub status: Option<u16>,
     pub latency_ms: u32,
+    #[oai(nullable)]
     pub error: Option<String>,
     /// Expiry of the certificate the CDN served (HTTPS).
+    #[oai(nullable)]
     pub cert_expires_at: Option<DateTime<Utc>>,
 }
 
@@ -115,18 +124,23 @@ impl From<DomainStateRow> for DomainState {
 pub struct Storm {
     pub id: Uuid,
     pub service_id: i64,
+    #[oai(nullable)]
     pub domain_id: Option<i64>,
     /// The domain's hostname.
+    #[oai(nullable)]
     pub domain: Option<String>,
     /// Policy kind that declared it (`http_availability`).
     pub kind: String,
     pub started_at: DateTime<Utc>,
     /// Null while the storm is active.
+    #[oai(nullable)]
     pub ended_at: Option<DateTime<Utc>>,
     pub active: bool,
     /// What triggered it: window availabilities of primary and backup, threshold, window.
     pub trigger: serde_json::Value,
+    #[oai(nullable)]
     pub opened_by_node: Option<String>,
+    #[oai(nullable)]
     pub closed_by_node: Option<String>,
 }
 
@@ -171,8 +185,10 @@ pub struct ClusterNode {
     pub shard_count: u32,
     pub shards: Vec<i16>,
     /// When survivors last ended this node's lease session for a missed heartbeat deadline.
+    #[oai(nullable)]
     pub deposed_at: Option<DateTime<Utc>>,
     /// The node that deposed it.
+    #[oai(nullable)]
     pub deposed_by: Option<String>,
 }
 
@@ -224,6 +240,7 @@ impl EngineApi {
         /// Storms that started before this time (RFC 3339).
         until: Query<Option<DateTime<Utc>>>,
         /// At most this many (1–1000, default 100).
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<i64>>,
     ) -> ApiResult<Json<Vec<Storm>>> {
         let limit = super::page_limit(limit.0)?;

@@ -317,11 +317,54 @@ fn error_response(err: poem::Error, path: &str) -> Response {
             message,
             field,
         };
-        return poem::web::Json(body_json(&body))
+        let mut resp = poem::web::Json(body_json(&body))
             .with_status(status)
             .into_response();
+        if status == StatusCode::METHOD_NOT_ALLOWED
+            && let Some(allow) = allowed_methods(path)
+            && let Ok(value) = poem::http::HeaderValue::from_str(&allow)
+        {
+            resp.headers_mut().insert(poem::http::header::ALLOW, value);
+        }
+        return resp;
     };
     error.into_response()
+}
+
+/// The methods the API serves at `path` (for `Allow` on a 405), from the OpenAPI document.
+fn allowed_methods(path: &str) -> Option<String> {
+    static ROUTES: std::sync::OnceLock<Vec<(Vec<String>, String)>> = std::sync::OnceLock::new();
+    let routes = ROUTES.get_or_init(|| {
+        let spec: serde_json::Value = serde_json::from_str(&super::spec_json()).unwrap_or_default();
+        spec["paths"]
+            .as_object()
+            .map(|paths| {
+                paths
+                    .iter()
+                    .map(|(template, item)| {
+                        let segments = template.split('/').map(str::to_owned).collect();
+                        let mut methods: Vec<String> = item
+                            .as_object()
+                            .map(|m| m.keys().map(|k| k.to_ascii_uppercase()).collect())
+                            .unwrap_or_default();
+                        methods.sort();
+                        (segments, methods.join(", "))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    });
+    let segments: Vec<&str> = path.split('/').collect();
+    routes
+        .iter()
+        .find(|(template, _)| {
+            template.len() == segments.len()
+                && template
+                    .iter()
+                    .zip(&segments)
+                    .all(|(t, s)| t.starts_with('{') || t == s)
+        })
+        .map(|(_, methods)| methods.clone())
 }
 
 fn body_json(body: &ErrorBody) -> serde_json::Value {

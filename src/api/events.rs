@@ -25,22 +25,27 @@ use super::engine::DnsWeights;
 #[oai(deny_unknown_fields)]
 pub struct StormTrigger {
     /// The primary CDN's availability over the window (decimal string), null if unknown.
+    #[oai(nullable)]
     pub primary_availability: Option<String>,
     pub primary_attempts: i64,
     /// Failed probes of the primary in a row when the storm opened (absent on storms opened
     /// before flap damping).
+    #[oai(nullable)]
     pub primary_consecutive_failures: Option<i64>,
     /// The backup CDN's availability over the window (decimal string), null if unknown.
+    #[oai(nullable)]
     pub backup_availability: Option<String>,
     pub backup_attempts: i64,
     /// The policy's threshold (decimal string).
     pub threshold_avail: String,
     pub window_seconds: i64,
     /// The policy's `consecutive_failures` (absent on storms opened before flap damping).
+    #[oai(nullable)]
     pub consecutive_failures: Option<i64>,
     /// The domain's state before the storm (`normal`, `backup_unhealthy`, …).
     pub from_state: String,
     /// Set when the storm ends: the primary's availability then (decimal string).
+    #[oai(nullable)]
     pub closing_primary_availability: Option<String>,
 }
 
@@ -83,8 +88,10 @@ pub struct BackupUnhealthy {
     pub domain: String,
     pub since: DateTime<Utc>,
     /// Decimal string, null if unknown.
+    #[oai(nullable)]
     pub primary_availability: Option<String>,
     /// Decimal string, null if unknown.
+    #[oai(nullable)]
     pub backup_availability: Option<String>,
 }
 
@@ -114,11 +121,13 @@ pub struct DnsChangeEntry {
     #[oai(rename = "type")]
     pub record_type: String,
     /// The weights before (null for the first write).
+    #[oai(nullable)]
     pub from: Option<DnsWeights>,
     pub to: DnsWeights,
     /// `initial`, `failover`, `ramp` or `manual` (an operator pin).
     pub reason: String,
     /// The storm that caused it, if any.
+    #[oai(nullable)]
     pub storm_id: Option<Uuid>,
 }
 
@@ -135,6 +144,7 @@ pub struct DnsChangeEvent {
     /// The customer's domains in the change (a batch may hold other customers' too).
     pub changes: Vec<DnsChangeEntry>,
     /// Why it failed (null when applied).
+    #[oai(nullable)]
     pub error: Option<String>,
     /// Which attempt this was (1 for the first).
     pub attempt: i32,
@@ -162,6 +172,7 @@ pub struct DomainVerification {
     pub domain_id: i64,
     pub domain: String,
     /// Why verification failed (null when verified).
+    #[oai(nullable)]
     pub error: Option<String>,
 }
 

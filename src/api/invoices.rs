@@ -43,6 +43,7 @@ pub struct Invoice {
     pub line_count: i32,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    #[oai(nullable)]
     pub finalized_at: Option<DateTime<Utc>>,
 }
 
@@ -154,6 +155,7 @@ pub struct BillingRun {
     pub invoices_finalized: i32,
     pub snapshots_billed: i32,
     /// Why the run failed (it was rolled back whole; the next run retries).
+    #[oai(nullable)]
     pub error: Option<String>,
 }
 
@@ -188,6 +190,7 @@ impl InvoicesApi {
         /// Invoices whose period starts before this time (RFC 3339), to page backwards.
         before: Query<Option<DateTime<Utc>>>,
         /// At most this many (1–1000, default 100).
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<i64>>,
     ) -> ApiResult<Json<Vec<Invoice>>> {
         if let Some(s) = status.0.as_deref()
@@ -243,6 +246,7 @@ impl InvoicesApi {
         #[oai(scope = "Scope::Read")] tenant: Scoped<needs::Read>,
         ctx: Data<&Arc<ApiContext>>,
         /// At most this many (1–1000, default 100).
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<i64>>,
     ) -> ApiResult<Json<Vec<BillingRun>>> {
         let limit = super::page_limit(limit.0)?;

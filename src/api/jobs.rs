@@ -236,6 +236,7 @@ impl JobsApi {
         /// Only this run's reports.
         run_id: Query<Option<String>>,
         /// At most this many (1–1000, default 100).
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<i64>>,
     ) -> ApiResult<Json<Vec<JobStatus>>> {
         let filter = JobStatusFilter {

@@ -84,8 +84,10 @@ pub struct ApiKeyInfo {
     pub applications: Vec<String>,
     pub created_at: DateTime<Utc>,
     /// Last authenticated use (refreshed at most once a minute).
+    #[oai(nullable)]
     pub last_used_at: Option<DateTime<Utc>>,
     /// Set once revoked: the key answers 401 from then on.
+    #[oai(nullable)]
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
@@ -114,9 +116,11 @@ pub struct CreateApiKey {
     /// Some of `read`, `write`, `admin`, `job-status`, each at most once (default
     /// `["read"]`). `read`, `write` and `admin` must be held by the calling key; any key
     /// managing keys (`admin`) may grant `job-status`, which only reports job status.
+    #[oai(nullable)]
     pub scopes: Option<Vec<String>>,
     /// With `job-status` (and only then): the 1–100 applications the key may report job
     /// status for, each 1–100 of `A-Z a-z 0-9 . _ -`.
+    #[oai(nullable)]
     pub applications: Option<Vec<String>>,
 }
 

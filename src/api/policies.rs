@@ -74,26 +74,35 @@ impl From<PolicyRow> for StormPolicy {
 #[serde(deny_unknown_fields)]
 pub struct CreateStormPolicy {
     /// `http_availability` (default).
+    #[oai(nullable)]
     pub kind: Option<String>,
     /// Default 0.90.
+    #[oai(nullable)]
     pub threshold_avail: Option<f64>,
     /// Default 60.
+    #[oai(nullable)]
     pub window_seconds: Option<i32>,
     /// Default 300.
+    #[oai(nullable)]
     pub cooldown_seconds: Option<i32>,
     /// Default 1.5.
+    #[oai(nullable)]
     pub max_coverage_factor: Option<f64>,
     /// Default 10; at least 1.
+    #[oai(nullable)]
     pub probe_interval_seconds: Option<i32>,
     /// Default 3.
+    #[oai(nullable)]
     pub min_samples: Option<i32>,
     /// Failed probes of the primary in a row before a storm opens, on top of the window
     /// (1–100, default 3; like Route53's failure threshold). Worst-case detection time:
     /// `consecutive_failures × probe_interval_seconds` + the probe timeout (default
     /// 3 × 10 s + 5 s = 35 s).
+    #[oai(nullable)]
     pub consecutive_failures: Option<i32>,
     /// Successful probes of the primary in a row before the ramp back starts, on top of the
     /// cooldown (1–100, default 3).
+    #[oai(nullable)]
     pub consecutive_successes: Option<i32>,
 }
 
@@ -103,13 +112,21 @@ pub struct CreateStormPolicy {
 #[oai(deny_unknown_fields)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateStormPolicy {
+    #[oai(nullable)]
     pub threshold_avail: Option<f64>,
+    #[oai(nullable)]
     pub window_seconds: Option<i32>,
+    #[oai(nullable)]
     pub cooldown_seconds: Option<i32>,
+    #[oai(nullable)]
     pub max_coverage_factor: Option<f64>,
+    #[oai(nullable)]
     pub probe_interval_seconds: Option<i32>,
+    #[oai(nullable)]
     pub min_samples: Option<i32>,
+    #[oai(nullable)]
     pub consecutive_failures: Option<i32>,
+    #[oai(nullable)]
     pub consecutive_successes: Option<i32>,
 }
 

@@ -78,8 +78,11 @@ pub struct CreateService {
 #[oai(deny_unknown_fields)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateService {
+    #[oai(nullable)]
     pub name: Option<String>,
+    #[oai(nullable)]
     pub primary_cdn: Option<String>,
+    #[oai(nullable)]
     pub backup_cdn: Option<String>,
 }
 

@@ -51,6 +51,7 @@ impl From<&PolicyParams> for StormPolicyDefaults {
 pub struct CustomerSettings {
     pub storm_policy_defaults: StormPolicyDefaults,
     /// Last change (null: never changed since the product defaults).
+    #[oai(nullable)]
     pub updated_at: Option<DateTime<Utc>>,
 }
 
@@ -60,6 +61,7 @@ pub struct CustomerSettings {
 #[serde(deny_unknown_fields)]
 pub struct UpdateSettings {
     /// Any subset; the result is validated as a whole, as a policy would be.
+    #[oai(nullable)]
     pub storm_policy_defaults: Option<UpdateStormPolicy>,
 }
 

@@ -44,7 +44,9 @@ pub struct UsageSnapshot {
     /// Whether this is an adjustment (revision > 0), billed on a later invoice.
     pub adjustment: bool,
     /// The invoice it is billed on (null until billed).
+    #[oai(nullable)]
     pub invoice_id: Option<Uuid>,
+    #[oai(nullable)]
     pub billed_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -86,6 +88,7 @@ pub struct SnapshotInput {
     pub backup_bytes: i64,
     /// Who reports it: 1–64 of `a-z 0-9 . _ -` (default `api`). Together with the service and
     /// window, the idempotency key.
+    #[oai(nullable)]
     pub source: Option<String>,
 }
 
@@ -254,6 +257,7 @@ impl UsageApi {
         /// `true`: only snapshots not yet invoiced; `false`: only invoiced ones.
         unbilled: Query<Option<bool>>,
         /// At most this many (1–1000, default 100).
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<i64>>,
     ) -> ApiResult<Json<Vec<UsageSnapshot>>> {
         let filter = SnapshotFilter {

@@ -77,13 +77,18 @@ impl WebhookEndpoint {
 pub struct WebhookInput {
     /// `https://…` (or `http://`), at most 2,000 characters. Private and loopback destinations
     /// are refused unless the operator allows them.
+    #[oai(nullable)]
     pub url: Option<String>,
     /// Signing secret, 16–200 characters (default: generated, returned once).
+    #[oai(nullable)]
     pub secret: Option<String>,
     /// Event types to receive (default: all).
+    #[oai(nullable)]
     pub event_types: Option<Vec<String>>,
     /// `json` (default) or `slack`.
+    #[oai(nullable)]
     pub format: Option<String>,
+    #[oai(nullable)]
     pub enabled: Option<bool>,
 }
 
@@ -98,9 +103,13 @@ pub struct WebhookDelivery {
     pub status: String,
     pub attempts: i32,
     pub next_attempt_at: DateTime<Utc>,
+    #[oai(nullable)]
     pub last_attempt_at: Option<DateTime<Utc>>,
+    #[oai(nullable)]
     pub last_status_code: Option<i32>,
+    #[oai(nullable)]
     pub last_error: Option<String>,
+    #[oai(nullable)]
     pub delivered_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
 }
@@ -166,9 +175,10 @@ fn check_url(url: &str, allow_private: bool) -> ApiResult<String> {
     };
     if !allow_private {
         let bare = host.trim_start_matches('[').trim_end_matches(']');
-        let private = host.eq_ignore_ascii_case("localhost")
-            || host.to_ascii_lowercase().ends_with(".localhost")
-            || bare.parse::<IpAddr>().is_ok_and(crate::notify::is_private);
+        let private = crate::address_policy::is_local_name(host)
+            || bare
+                .parse::<IpAddr>()
+                .is_ok_and(|ip| !crate::address_policy::is_public(ip));
         if private {
             return Err(ApiError::invalid(
                 "url",
@@ -368,6 +378,7 @@ impl WebhooksApi {
         ctx: Data<&Arc<ApiContext>>,
         id: Path<i64>,
         /// At most this many (1–1000, default 100).
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<i64>>,
     ) -> ApiResult<Json<Vec<WebhookDelivery>>> {
         let limit = super::page_limit(limit.0)?;
@@ -390,6 +401,7 @@ impl WebhooksApi {
         /// Events before this time (RFC 3339), to page backwards.
         before: Query<Option<DateTime<Utc>>>,
         /// At most this many (1–1000, default 100).
+        #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
         limit: Query<Option<i64>>,
     ) -> ApiResult<Json<Vec<EventJson>>> {
         let limit = super::page_limit(limit.0)?;

@@ -175,38 +175,7 @@ fn not_after(cert: &CertificateDer<'_>) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp(parsed.validity().not_after.timestamp(), 0)
 }
 
-/// Whether `ip` is a globally routable address (not loopback, private, link-local, CGNAT,
-/// documentation, multicast, unspecified, or an IPv4-mapped/unique-local IPv6 of those).
-pub fn is_public(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_broadcast()
-                || v4.is_documentation()
-                || v4.is_unspecified()
-                || v4.is_multicast()
-                || o[0] == 0
-                || (o[0] == 100 && (o[1] & 0xc0) == 64)
-                || (o[0] == 198 && (o[1] & 0xfe) == 18)
-                || o[0] >= 240)
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(IpAddr::V4(v4));
-            }
-            let seg = v6.segments();
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (seg[0] & 0xfe00) == 0xfc00
-                || (seg[0] & 0xffc0) == 0xfe80
-                || (seg[0] == 0x2001 && seg[1] == 0x0db8))
-        }
-    }
-}
+pub use crate::address_policy::is_public;
 
 #[async_trait::async_trait]
 impl Prober for NetworkProber {

@@ -42,3 +42,57 @@ fn every_operation_documents_its_errors_and_security() {
         }
     }
 }
+
+/// A property that may be absent is, in our responses, present as `null` — unless it is
+/// skipped when empty (the error body's `field`, a webhook's `secret` outside creation): such
+/// properties must say `nullable`, so clients and contract checkers accept the nulls they get.
+#[test]
+fn optional_properties_are_nullable() {
+    let spec: serde_json::Value = serde_json::from_str(&tranche::api::spec_json()).unwrap();
+    let skipped_when_absent = [("ErrorBody", "field"), ("WebhookEndpoint", "secret")];
+    let mut missing = Vec::new();
+    for (name, schema) in spec["components"]["schemas"].as_object().unwrap() {
+        let Some(properties) = schema["properties"].as_object() else {
+            continue;
+        };
+        let required: Vec<&str> = schema["required"]
+            .as_array()
+            .map(|r| r.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_default();
+        for (property, def) in properties {
+            if required.contains(&property.as_str())
+                || skipped_when_absent.contains(&(name.as_str(), property.as_str()))
+            {
+                continue;
+            }
+            if def["nullable"] != true {
+                missing.push(format!("{name}.{property}"));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "optional but not nullable: {missing:?}");
+}
+
+/// Page sizes are bounded in the document, as they are in the code.
+#[test]
+fn limits_are_declared() {
+    let spec: serde_json::Value = serde_json::from_str(&tranche::api::spec_json()).unwrap();
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                if p["name"] == "limit" {
+                    assert_eq!(
+                        p["schema"]["minimum"].as_f64(),
+                        Some(1.0),
+                        "{method} {path}"
+                    );
+                    assert_eq!(
+                        p["schema"]["maximum"].as_f64(),
+                        Some(1000.0),
+                        "{method} {path}"
+                    );
+                }
+            }
+        }
+    }
+}

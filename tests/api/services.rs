@@ -235,9 +235,15 @@ async fn malformed_requests_are_400_or_415_never_500() {
     app.get("/v1/services/99999999999999999999", &DEMO)
         .await
         .expect_error(400, "bad_request", Some("id"));
-    app.get("/v1/services/1/domains/x", &DEMO)
+    let not_allowed = app
+        .get("/v1/services/1/domains/x", &DEMO)
         .await
         .expect_error(405, "method_not_allowed", None);
+    // The answer says which methods the path has.
+    assert_eq!(
+        not_allowed.headers["allow"].to_str().unwrap(),
+        "DELETE, PATCH"
+    );
     app.delete("/v1/services/1/storm-policies/x", &DEMO)
         .await
         .expect_error(400, "bad_request", Some("policy_id"));
