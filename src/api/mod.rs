@@ -142,22 +142,127 @@ pub fn openapi() -> OpenApiService<Api, ()> {
     )
 }
 
-/// The OpenAPI document as pretty JSON, exactly as committed in `openapi/openapi.json`.
+/// The OpenAPI document as pretty JSON, exactly as committed in `openapi/openapi.json`: the
+/// production document (see [`document`]).
 pub fn spec_json() -> String {
-    let mut json = openapi().spec();
+    spec_json_for(false)
+}
+
+/// The document a server in this mode serves, as pretty JSON.
+pub fn spec_json_for(dev: bool) -> String {
+    let mut json = serde_json::to_string_pretty(&document(dev)).unwrap_or_default();
     json.push('\n');
     json
+}
+
+/// The OpenAPI document, completed where the generator leaves it short of the truth:
+///
+/// * the dev-mode credentials (`X-Customer-ID` header, `customer_id` query) are listed only by
+///   a server in dev mode — a production server does not accept them;
+/// * request bodies refuse unknown properties, so their object schemas (and the objects nested
+///   in them) say `additionalProperties: false`;
+/// * an operation with a body can answer 415 (a body that is not JSON), so it says so;
+/// * a PATCH body must change something: `minProperties: 1`.
+pub fn document(dev: bool) -> serde_json::Value {
+    use serde_json::{Value, json};
+    let mut spec: Value = serde_json::from_str(&openapi().spec()).unwrap_or_default();
+    const DEV_SCHEMES: [&str; 2] = ["DevCustomerHeader", "DevCustomerQuery"];
+    if !dev && let Some(schemes) = spec["components"]["securitySchemes"].as_object_mut() {
+        for s in DEV_SCHEMES {
+            schemes.remove(s);
+        }
+    }
+    let mut request_refs = Vec::new();
+    let mut patch_bodies = Vec::new();
+    if let Some(paths) = spec["paths"].as_object_mut() {
+        for item in paths.values_mut() {
+            let Some(ops) = item.as_object_mut() else {
+                continue;
+            };
+            for (method, op) in ops.iter_mut() {
+                if !dev && let Some(security) = op.get_mut("security").and_then(Value::as_array_mut)
+                {
+                    security.retain(|req| {
+                        !req.as_object()
+                            .is_some_and(|o| o.keys().any(|k| DEV_SCHEMES.contains(&k.as_str())))
+                    });
+                }
+                if op.get("requestBody").is_none() {
+                    continue;
+                }
+                if method == "patch" {
+                    let mut patched = Vec::new();
+                    collect_refs(&op["requestBody"], &mut patched);
+                    patch_bodies.extend(patched);
+                }
+                collect_refs(&op["requestBody"], &mut request_refs);
+                op["responses"]["415"] = json!({
+                    "description": "The body is not JSON: send it with `Content-Type: application/json`.",
+                    "content": { "application/json; charset=utf-8": {
+                        "schema": { "$ref": "#/components/schemas/ErrorBody" } } }
+                });
+            }
+        }
+    }
+    for name in patch_bodies {
+        spec["components"]["schemas"][&name]["minProperties"] = json!(1);
+    }
+    // Close every object schema reachable from a request body.
+    let mut seen = std::collections::BTreeSet::new();
+    while let Some(name) = request_refs.pop() {
+        if !seen.insert(name.clone()) {
+            continue;
+        }
+        let schema = &mut spec["components"]["schemas"][&name];
+        if schema.get("properties").is_some() {
+            schema["additionalProperties"] = Value::Bool(false);
+        }
+        let nested = schema.clone();
+        collect_refs(&nested, &mut request_refs);
+    }
+    spec
+}
+
+/// Names of the component schemas `value` refers to.
+fn collect_refs(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                match (k.as_str(), v.as_str()) {
+                    ("$ref", Some(r)) => {
+                        if let Some(name) = r.strip_prefix("#/components/schemas/") {
+                            out.push(name.to_owned());
+                        }
+                    }
+                    _ => collect_refs(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_refs(v, out)),
+        _ => {}
+    }
 }
 
 /// The complete HTTP application: API, `/openapi.json`, `/docs`, JSON errors everywhere.
 pub fn app(ctx: Arc<ApiContext>) -> impl Endpoint {
     let api = openapi();
-    let docs = api.swagger_ui();
-    let spec = api.spec_endpoint();
+    // Swagger UI shows the document this server serves (the generator's is replaced in it).
+    let served = spec_json_for(ctx.dev);
+    let docs = api.swagger_ui_html().replace(&api.spec(), &served);
     Route::new()
         .nest("/", api)
-        .nest("/docs", docs)
-        .at("/openapi.json", spec)
+        .at(
+            "/docs",
+            poem::endpoint::make_sync(move |_| poem::web::Html(docs.clone())),
+        )
+        .at(
+            "/openapi.json",
+            poem::endpoint::make_sync(move |_| {
+                poem::Response::builder()
+                    .content_type("application/json; charset=utf-8")
+                    .body(served.clone())
+            }),
+        )
         .with(input::input_guard())
         .with(error::json_errors())
         // Responses carry secrets (new keys, webhook secrets) and tenant data: never cached.

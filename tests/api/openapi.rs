@@ -96,3 +96,40 @@ fn limits_are_declared() {
         }
     }
 }
+
+/// The document a server serves tells the truth about that server: dev-mode credentials only in
+/// dev mode; request objects closed to unknown properties; 415 where a body can be refused;
+/// PATCH bodies that must change something.
+#[tokio::test]
+async fn the_served_document_matches_the_server() {
+    use crate::helpers::{Auth, spawn_app, spawn_app_with};
+    let prod = spawn_app_with(|s| s.dev = false).await;
+    let served = prod
+        .get("/openapi.json", &Auth::None)
+        .await
+        .expect(200)
+        .body;
+    assert_eq!(
+        served,
+        serde_json::from_str::<serde_json::Value>(&tranche::api::spec_json()).unwrap(),
+        "a production server serves the committed document"
+    );
+    let schemes = served["components"]["securitySchemes"].as_object().unwrap();
+    assert!(schemes.contains_key("ApiKey") && !schemes.contains_key("DevCustomerHeader"));
+    let dev = spawn_app().await;
+    let dev_doc = dev.get("/openapi.json", &Auth::None).await.expect(200).body;
+    assert!(dev_doc["components"]["securitySchemes"]["DevCustomerHeader"].is_object());
+    let docs = dev.get("/docs", &Auth::None).await.expect(200);
+    assert!(
+        docs.text.contains("DevCustomerHeader"),
+        "Swagger UI shows the served document"
+    );
+
+    let schemas = &served["components"]["schemas"];
+    assert_eq!(schemas["CreateService"]["additionalProperties"], false);
+    assert_eq!(schemas["UpdateService"]["minProperties"], 1);
+    let create = &served["paths"]["/v1/services"]["post"];
+    assert!(create["responses"]["415"].is_object());
+    let list = &served["paths"]["/v1/services"]["get"];
+    assert!(list["responses"].get("415").is_none(), "no body, no 415");
+}
