@@ -158,6 +158,12 @@ async fn serve_on(settings: &Settings, database: &Database) -> anyhow::Result<()
     if settings.admin_token.is_none() {
         tracing::info!("admin API disabled (set TRANCHE_ADMIN_TOKEN to enable /v1/admin)");
     }
+    // Webhook secrets stored plain, or under a key no longer first, are sealed anew.
+    let secrets = crate::secrets::SecretBox::new(&settings.webhook_secret_keys)?;
+    let resealed = crate::secrets::reseal_webhook_secrets(&database.pool, &secrets).await?;
+    if resealed > 0 {
+        tracing::info!(resealed, "webhook secrets sealed under the current key");
+    }
     for warning in settings.readiness_warnings() {
         tracing::warn!("{warning}");
     }
@@ -187,6 +193,9 @@ async fn start_engine(
     settings: &Settings,
     pool: &sqlx::PgPool,
 ) -> anyhow::Result<engine::RunningEngine> {
+    let secrets = Arc::new(crate::secrets::SecretBox::new(
+        &settings.webhook_secret_keys,
+    )?);
     let roots = match &settings.probe_ca_file {
         Some(path) => {
             let pem = std::fs::read(path)
@@ -257,6 +266,7 @@ async fn start_engine(
                 tick: std::time::Duration::from_secs(5),
             }),
             webhooks: Some(engine::WebhookOptions {
+                secrets: secrets.clone(),
                 allow_private: settings.webhook_allow_private,
                 idle: std::time::Duration::from_millis(500),
                 retention: settings.event_retention.0,

@@ -22,6 +22,7 @@
 //! | `dns_burst`          | `TRANCHE_DNS_BURST`                           | `8`                |
 //! | `api_rate_per_second`| `TRANCHE_API_RATE_PER_SECOND`                 | `50`               |
 //! | `api_burst`          | `TRANCHE_API_BURST`                           | `100`              |
+//! | `webhook_secret_keys`  | `TRANCHE_WEBHOOK_SECRET_KEYS` (`[id:hex, …]`) | none: stored plain |
 //! | `http_max_connections` | `TRANCHE_HTTP_MAX_CONNECTIONS`              | half the open-file limit, ≤ 10,000 |
 //! | `http_header_timeout`  | `TRANCHE_HTTP_HEADER_TIMEOUT`               | `10s`              |
 //! | `http_idle_timeout`    | `TRANCHE_HTTP_IDLE_TIMEOUT`                 | `60s`              |
@@ -123,6 +124,9 @@ pub struct Settings {
     pub verification_recheck: HumanDuration,
     /// Let webhook endpoints point at private/loopback addresses (refused by default).
     pub webhook_allow_private: bool,
+    /// Keys webhook signing secrets are sealed with at rest (`<id>:<64 hex digits>`); the first
+    /// seals, all open (rotation). Empty: secrets are stored as they are.
+    pub webhook_secret_keys: Vec<Secret>,
     /// How long events and their webhook delivery logs are kept (pending deliveries always).
     pub event_retention: HumanDuration,
     /// Run invoicing (CustomerBillingActors) on this node.
@@ -192,6 +196,7 @@ impl Default for Settings {
             verification_deadline: HumanDuration::secs(72 * 3600),
             verification_recheck: HumanDuration::secs(6 * 3600),
             webhook_allow_private: false,
+            webhook_secret_keys: Vec::new(),
             event_retention: HumanDuration::secs(30 * 86_400),
             billing: true,
             billing_tick: HumanDuration::secs(60),
@@ -318,14 +323,20 @@ impl Settings {
             DnsProviderKind::Auto => !aws_credentials_configured(),
             DnsProviderKind::Route53 => false,
         };
+        let mut warnings = Vec::new();
         if self.engine && noop && !self.dev {
-            vec![
-                "the DNS provider is noop: storm decisions are logged but no DNS record is                  changed (set TRANCHE_DNS_PROVIDER=route53 and AWS credentials)"
+            warnings.push(
+                "the DNS provider is noop: storm decisions are logged but no DNS record is changed (set TRANCHE_DNS_PROVIDER=route53 and AWS credentials)"
                     .to_owned(),
-            ]
-        } else {
-            Vec::new()
+            );
         }
+        if self.webhook_secret_keys.is_empty() && !self.dev {
+            warnings.push(
+                "webhook signing secrets are stored unencrypted (set webhook_secret_keys)"
+                    .to_owned(),
+            );
+        }
+        warnings
     }
 
     /// Domain verification timing.
@@ -633,9 +644,16 @@ mod tests {
     fn a_noop_dns_provider_in_production_is_a_readiness_warning() {
         let prod = Settings {
             dns_provider: DnsProviderKind::Noop,
+            webhook_secret_keys: vec![Secret::new(format!("k1:{}", "00".repeat(32)))],
             ..Settings::default()
         };
         assert_eq!(prod.readiness_warnings().len(), 1);
+        // Webhook secrets without a key to seal them are a warning too.
+        let unsealed = Settings {
+            webhook_secret_keys: Vec::new(),
+            ..prod.clone()
+        };
+        assert_eq!(unsealed.readiness_warnings().len(), 2);
         let dev = Settings {
             dev: true,
             ..prod.clone()

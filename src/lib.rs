@@ -44,6 +44,7 @@ pub mod engine;
 pub mod http_guard;
 pub mod notify;
 pub mod probe;
+pub mod secrets;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -57,6 +57,9 @@ impl Application {
             verify_policy: settings.verify_policy(),
             webhook_allow_private: settings.webhook_allow_private,
             readiness_warnings: settings.readiness_warnings(),
+            secrets: Arc::new(crate::secrets::SecretBox::new(
+                &settings.webhook_secret_keys,
+            )?),
         });
         let open_files = raise_open_files_limit();
         let limits = ConnectionLimits {

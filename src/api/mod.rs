@@ -59,6 +59,8 @@ pub struct ApiContext {
     pub webhook_allow_private: bool,
     /// What `/readyz` reports besides readiness (e.g. a noop DNS provider in production).
     pub readiness_warnings: Vec<String>,
+    /// Seals webhook signing secrets at rest.
+    pub secrets: Arc<crate::secrets::SecretBox>,
 }
 
 #[derive(Tags)]

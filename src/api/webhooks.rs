@@ -56,14 +56,15 @@ pub struct WebhookEndpoint {
 }
 
 impl WebhookEndpoint {
-    fn of(r: EndpointRow, show_secret: bool) -> Self {
+    /// The endpoint as shown, with `secret` (in plain) when the request created or changed it.
+    fn of(r: EndpointRow, secret: Option<String>) -> Self {
         Self {
             id: r.id,
             url: r.url,
             event_types: r.event_types,
             format: r.format,
             enabled: r.enabled,
-            secret: show_secret.then_some(r.secret),
+            secret,
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -256,7 +257,7 @@ impl WebhooksApi {
         let rows = webhooks::list(&ctx.pool, tenant.customer_id).await?;
         Ok(Json(
             rows.into_iter()
-                .map(|r| WebhookEndpoint::of(r, false))
+                .map(|r| WebhookEndpoint::of(r, None))
                 .collect(),
         ))
     }
@@ -278,14 +279,21 @@ impl WebhooksApi {
             return Err(ApiError::invalid("url", "url is required"));
         }
         let mut f = fields(body.0, ctx.webhook_allow_private)?;
-        if f.secret.is_none() {
-            let mut bytes = [0u8; 32];
+        // Generated secrets are Standard Webhooks secrets: `whsec_` and base64 of 24 bytes.
+        let secret = f.secret.take().unwrap_or_else(|| {
+            use base64::Engine as _;
+            let mut bytes = [0u8; 24];
             rand::rng().fill_bytes(&mut bytes);
-            f.secret = Some(format!("whsec_{}", hex::encode(bytes)));
-        }
+            format!(
+                "whsec_{}",
+                base64::engine::general_purpose::STANDARD.encode(bytes)
+            )
+        });
+        f.secret = Some(ctx.secrets.seal(tenant.customer_id, &secret));
         let row = webhooks::create(&ctx.pool, tenant.customer_id, &f).await?;
         Ok(CreatedEndpoint::Created(Json(WebhookEndpoint::of(
-            row, true,
+            row,
+            Some(secret),
         ))))
     }
 
@@ -303,7 +311,7 @@ impl WebhooksApi {
     ) -> ApiResult<Json<WebhookEndpoint>> {
         webhooks::get(&ctx.pool, tenant.customer_id, id.0)
             .await?
-            .map(|r| Json(WebhookEndpoint::of(r, false)))
+            .map(|r| Json(WebhookEndpoint::of(r, None)))
             .ok_or_else(|| endpoint_not_found(id.0))
     }
 
@@ -320,8 +328,11 @@ impl WebhooksApi {
         id: Path<i64>,
         body: JsonBody<WebhookInput>,
     ) -> ApiResult<Json<WebhookEndpoint>> {
-        let rotated = body.0.secret.is_some();
-        let f = fields(body.0, ctx.webhook_allow_private)?;
+        let mut f = fields(body.0, ctx.webhook_allow_private)?;
+        let rotated = f.secret.take();
+        f.secret = rotated
+            .as_deref()
+            .map(|s| ctx.secrets.seal(tenant.customer_id, s));
         webhooks::update(&ctx.pool, tenant.customer_id, id.0, &f)
             .await?
             .map(|r| Json(WebhookEndpoint::of(r, rotated)))

@@ -280,6 +280,7 @@ pub async fn webhooks(
                 burst: 8,
             }),
             webhooks: Some(WebhookOptions {
+                secrets: Arc::new(crate::secrets::SecretBox::plaintext()),
                 allow_private: true,
                 idle: Duration::from_millis(100),
                 retention: crate::engine::EVENT_RETENTION,

@@ -84,6 +84,8 @@ pub struct EngineOptions {
 
 /// Webhook delivery settings for [`start_with`].
 pub struct WebhookOptions {
+    /// Opens the endpoints' sealed signing secrets.
+    pub secrets: Arc<crate::secrets::SecretBox>,
     pub allow_private: bool,
     /// Pause between delivery passes when idle.
     pub idle: Duration,
@@ -138,7 +140,10 @@ pub async fn start_with(
     } = options;
     let webhooks = match webhooks {
         Some(w) => Some(WebhookSetup {
-            store: Arc::new(crate::notify::PgWebhookStore::new(pool.clone())),
+            store: Arc::new(crate::notify::PgWebhookStore::new(
+                pool.clone(),
+                w.secrets.clone(),
+            )),
             sender: Arc::new(crate::notify::HttpSender::new(w.allow_private)?),
             idle: w.idle,
             retention: w.retention,

@@ -3,15 +3,26 @@
 //!
 //! # Verifying a delivery
 //!
-//! Every request carries `Tranche-Event` (the type), `Tranche-Delivery` (the delivery id),
-//! `Tranche-Event-Id` (the event id: dedupe on it — delivery is at least once) and
+//! Every request is signed twice: in the [Standard Webhooks](https://www.standardwebhooks.com)
+//! format, which stock verifiers check —
+//!
+//! ```text
+//! webhook-id: <event id>            (dedupe on it: delivery is at least once)
+//! webhook-timestamp: <unix seconds>
+//! webhook-signature: v1,<base64 HMAC-SHA256(key, "<id>.<timestamp>.<raw body>")>
+//! ```
+//!
+//! where the key is the base64 after `whsec_` in the endpoint's secret (the secret's own bytes
+//! for a secret not of that form) — and in Tranche's original header, kept for receivers
+//! written against it:
 //!
 //! ```text
 //! Tranche-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>
 //! ```
 //!
-//! Recompute the HMAC over the timestamp, a dot and the raw body with the endpoint's secret,
-//! compare in constant time, and reject timestamps older than a few minutes (replays).
+//! with `Tranche-Event` (the type), `Tranche-Delivery` (the delivery id) and `Tranche-Event-Id`.
+//! Recompute the HMAC, compare in constant time, and reject timestamps older than a few minutes
+//! (replays). Secrets are stored sealed when `webhook_secret_keys` is set ([`crate::secrets`]).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -38,6 +49,33 @@ pub fn signature(secret: &str, t: i64, body: &[u8]) -> String {
     mac.update(b".");
     mac.update(body);
     format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// The HMAC key of a Standard Webhooks signature: the base64 after `whsec_`, or the secret's
+/// bytes when it is not of that form.
+pub fn standard_key(secret: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    secret
+        .strip_prefix("whsec_")
+        .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
+        .filter(|k| !k.is_empty())
+        .unwrap_or_else(|| secret.as_bytes().to_vec())
+}
+
+/// `v1,<base64 HMAC-SHA256(key, "<id>.<t>.<body>")>`: the Standard Webhooks signature.
+pub fn standard_signature(secret: &str, id: &str, t: i64, body: &[u8]) -> String {
+    use base64::Engine as _;
+    let mut mac = Hmac::<Sha256>::new_from_slice(&standard_key(secret))
+        .expect("HMAC takes keys of any length");
+    mac.update(id.as_bytes());
+    mac.update(b".");
+    mac.update(t.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    )
 }
 
 /// Whether a webhook may not be delivered to `ip` (the product's one address policy).
@@ -234,6 +272,12 @@ impl WebhookSender for HttpSender {
             .header("Tranche-Event-Id", &d.event_id)
             .header("Tranche-Delivery", &d.id)
             .header("Tranche-Signature", signature(&d.secret, t, &body))
+            .header("webhook-id", &d.event_id)
+            .header("webhook-timestamp", t.to_string())
+            .header(
+                "webhook-signature",
+                standard_signature(&d.secret, &d.event_id, t, &body),
+            )
             .body(body)
             .send()
             .await
@@ -247,14 +291,15 @@ impl WebhookSender for HttpSender {
     }
 }
 
-/// The outbox over PostgreSQL.
+/// The outbox over PostgreSQL; opens the endpoints' sealed secrets to sign with.
 pub struct PgWebhookStore {
     pool: PgPool,
+    secrets: Arc<crate::secrets::SecretBox>,
 }
 
 impl PgWebhookStore {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    pub fn new(pool: PgPool, secrets: Arc<crate::secrets::SecretBox>) -> Self {
+        Self { pool, secrets }
     }
 }
 
@@ -300,11 +345,23 @@ impl WebhookStore for PgWebhookStore {
         .map_err(other)?;
         Ok(rows
             .into_iter()
-            .map(|r| Delivery {
+            .filter_map(|r| {
+                // A secret that does not open (its key is not configured) holds its endpoint's
+                // deliveries back rather than sending them unsigned.
+                let secret = match self.secrets.open(r.5, &r.3) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(webhook.endpoint = r.1, error = %e, "cannot sign deliveries to this endpoint");
+                        return None;
+                    }
+                };
+                Some((r, secret))
+            })
+            .map(|(r, secret)| Delivery {
                 id: r.0.to_string(),
                 endpoint_id: r.1,
                 url: r.2,
-                secret: r.3,
+                secret,
                 format: r.4,
                 customer_id: r.5,
                 event_id: r.6.to_string(),

@@ -46,9 +46,24 @@ async fn receiver() -> (String, Arc<Received>) {
 }
 
 async fn app_with_dispatcher() -> TestApp {
-    let mut app = spawn_app_with(|s| s.webhook_allow_private = true).await;
+    app_with_dispatcher_keys(&[]).await
+}
+
+/// An app and a dispatcher sealing webhook secrets with `keys` (`id:hex`).
+async fn app_with_dispatcher_keys(keys: &[&str]) -> TestApp {
+    let keys: Vec<tranche::config::Secret> = keys
+        .iter()
+        .map(|k| tranche::config::Secret::new(*k))
+        .collect();
+    let secrets = Arc::new(tranche::secrets::SecretBox::new(&keys).unwrap());
+    let mut app = spawn_app_with(move |s| {
+        s.webhook_allow_private = true;
+        s.webhook_secret_keys = keys;
+    })
+    .await;
     app.start_engine_with(EngineOptions {
         webhooks: Some(WebhookOptions {
+            secrets,
             allow_private: true,
             idle: Duration::from_secs(3600),
             retention: tranche::engine::EVENT_RETENTION,
@@ -83,6 +98,30 @@ fn verify_signature(secret: &str, headers: &poem::http::HeaderMap, body: &[u8]) 
         tranche::notify::signature(secret, t, body),
         "signature verifies"
     );
+    verify_standard_webhooks(secret, headers, body);
+}
+
+/// Verifies the Standard Webhooks headers as a stock verifier does (independently of
+/// Tranche's code): key = base64 after `whsec_`, HMAC-SHA256 over `<id>.<timestamp>.<body>`.
+fn verify_standard_webhooks(secret: &str, headers: &poem::http::HeaderMap, body: &[u8]) {
+    use base64::Engine as _;
+    use hmac::Mac;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let id = headers["webhook-id"].to_str().unwrap();
+    let t = headers["webhook-timestamp"].to_str().unwrap();
+    let key = b64
+        .decode(secret.strip_prefix("whsec_").unwrap())
+        .expect("generated secrets are whsec_ + base64");
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{t}.").as_bytes());
+    mac.update(body);
+    let expected = format!("v1,{}", b64.encode(mac.finalize().into_bytes()));
+    let sent = headers["webhook-signature"].to_str().unwrap();
+    assert!(
+        sent.split(' ').any(|s| s == expected),
+        "Standard Webhooks signature verifies: {sent} vs {expected}"
+    );
+    assert_eq!(headers["tranche-event-id"].to_str().unwrap(), id);
 }
 
 /// A storm on a new domain of a new service of customer 1: its start, then (if `end`) its end.
@@ -448,7 +487,10 @@ async fn old_events_are_pruned_unless_still_pending() {
         .execute(&app.pool)
         .await
         .unwrap();
-    let store = tranche::notify::PgWebhookStore::new(app.pool.clone());
+    let store = tranche::notify::PgWebhookStore::new(
+        app.pool.clone(),
+        std::sync::Arc::new(tranche::secrets::SecretBox::plaintext()),
+    );
     let pruned = store
         .prune_events(chrono::Utc::now() - chrono::TimeDelta::days(30))
         .await
@@ -518,4 +560,68 @@ async fn a_hung_receiver_delays_only_its_own_endpoint() {
             .is_some_and(|e| e.contains("timed out") || e.contains("timeout")),
         "{log}"
     );
+}
+
+/// Signing secrets are sealed at rest under the configured key, re-sealed under a new key on
+/// rotation, and deliveries stay verifiable throughout.
+#[tokio::test]
+async fn signing_secrets_are_sealed_at_rest_and_rotated() {
+    let k1 = format!("k1:{}", "11".repeat(32));
+    let k2 = format!("k2:{}", "22".repeat(32));
+    let app = app_with_dispatcher_keys(&[&k1]).await;
+    let (url, received) = receiver().await;
+    let created = app
+        .post("/v1/webhooks", &DEV, json!({ "url": url }))
+        .await
+        .expect(201)
+        .body;
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    let id = created["id"].as_i64().unwrap();
+    let stored: String = sqlx::query_scalar("select secret from webhook_endpoints where id = $1")
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(stored.starts_with("enc:v1:k1:"), "{stored}");
+    assert!(!stored.contains(secret.trim_start_matches("whsec_")));
+    // Delivered and verifiable with the plain secret the customer was shown.
+    app.post(&format!("/v1/webhooks/{id}/test"), &DEV, json!({}))
+        .await
+        .expect(202);
+    let engine = app.engine();
+    eventually("ping delivered", Duration::from_secs(10), || async {
+        engine.deliver_webhooks_now().await;
+        (received.requests.lock().unwrap().len() == 1).then_some(())
+    })
+    .await;
+    {
+        let requests = received.requests.lock().unwrap();
+        verify_signature(&secret, &requests[0].0, &requests[0].1);
+    }
+    // Rotation: k2 first, k1 kept to open; start-up re-seals under k2; then k1 can go.
+    let rotated = tranche::secrets::SecretBox::new(&[
+        tranche::config::Secret::new(k2.clone()),
+        tranche::config::Secret::new(k1.clone()),
+    ])
+    .unwrap();
+    assert_eq!(
+        tranche::secrets::reseal_webhook_secrets(&app.pool, &rotated)
+            .await
+            .unwrap(),
+        1
+    );
+    let stored: String = sqlx::query_scalar("select secret from webhook_endpoints where id = $1")
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(stored.starts_with("enc:v1:k2:"), "{stored}");
+    let only_k2 = tranche::secrets::SecretBox::new(&[tranche::config::Secret::new(k2)]).unwrap();
+    let customer: i64 =
+        sqlx::query_scalar("select customer_id from webhook_endpoints where id = $1")
+            .bind(id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(only_k2.open(customer, &stored).unwrap(), secret);
 }
