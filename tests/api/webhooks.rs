@@ -156,18 +156,34 @@ async fn storm(app: &TestApp, name: &str, end: bool) {
     }
 }
 
-#[tokio::test]
-async fn endpoints_get_signed_pings_and_slack_sentences() {
-    let app = app_with_dispatcher().await;
-    let (url, received) = receiver().await;
+/// Creates a JSON endpoint to `url` for the dev customer: its id and secret (shown this once).
+async fn create_endpoint(app: &TestApp, url: &str) -> (i64, String) {
     let created = app
         .post("/v1/webhooks", &DEV, json!({ "url": url }))
         .await
         .expect(201)
         .body;
-    let secret = created["secret"].as_str().unwrap().to_owned();
+    (
+        created["id"].as_i64().unwrap(),
+        created["secret"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// The secret column of endpoint `id` as stored.
+async fn stored_secret(app: &TestApp, id: i64) -> String {
+    sqlx::query_scalar("select secret from webhook_endpoints where id = $1")
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn endpoints_get_signed_pings_and_slack_sentences() {
+    let app = app_with_dispatcher().await;
+    let (url, received) = receiver().await;
+    let (id, secret) = create_endpoint(&app, &url).await;
     assert!(secret.starts_with("whsec_"));
-    let id = created["id"].as_i64().unwrap();
     let listed = app.get("/v1/webhooks", &DEV).await.expect(200).body;
     assert!(
         listed[0].get("secret").is_none(),
@@ -570,18 +586,8 @@ async fn signing_secrets_are_sealed_at_rest_and_rotated() {
     let k2 = format!("k2:{}", "22".repeat(32));
     let app = app_with_dispatcher_keys(&[&k1]).await;
     let (url, received) = receiver().await;
-    let created = app
-        .post("/v1/webhooks", &DEV, json!({ "url": url }))
-        .await
-        .expect(201)
-        .body;
-    let secret = created["secret"].as_str().unwrap().to_owned();
-    let id = created["id"].as_i64().unwrap();
-    let stored: String = sqlx::query_scalar("select secret from webhook_endpoints where id = $1")
-        .bind(id)
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let (id, secret) = create_endpoint(&app, &url).await;
+    let stored = stored_secret(&app, id).await;
     assert!(stored.starts_with("enc:v1:k1:"), "{stored}");
     assert!(!stored.contains(secret.trim_start_matches("whsec_")));
     // Delivered and verifiable with the plain secret the customer was shown.
@@ -610,11 +616,7 @@ async fn signing_secrets_are_sealed_at_rest_and_rotated() {
             .unwrap(),
         1
     );
-    let stored: String = sqlx::query_scalar("select secret from webhook_endpoints where id = $1")
-        .bind(id)
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
+    let stored = stored_secret(&app, id).await;
     assert!(stored.starts_with("enc:v1:k2:"), "{stored}");
     let only_k2 = tranche::secrets::SecretBox::new(&[tranche::config::Secret::new(k2)]).unwrap();
     let customer: i64 =
