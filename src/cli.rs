@@ -104,6 +104,7 @@ pub fn main() -> ExitCode {
         }
     }
     telemetry::init(settings.log_format);
+    let settings_format = settings.log_format;
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -123,8 +124,11 @@ pub fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("tranche: {e:#}");
+            // Said once: on stderr for a person, as a log line where logs are collected (JSON).
+            match settings_format {
+                crate::config::LogFormat::Json => tracing::error!("{e:#}"),
+                crate::config::LogFormat::Text => eprintln!("tranche: {e:#}"),
+            }
             ExitCode::FAILURE
         }
     }

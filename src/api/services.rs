@@ -67,9 +67,11 @@ pub struct ServiceDetail {
 pub struct CreateService {
     /// Display name (1–200 characters, unique among your live services).
     pub name: String,
-    /// Primary CDN, e.g. `cloudflare`.
+    /// Primary CDN: one Tranche knows (`akamai`, `azure`, `bunny`, `cdn77`, `cloudflare`,
+    /// `cloudfront`, `edgio`, `fastly`, `gcore`, `google`, `imperva`, `keycdn`, `limelight`,
+    /// `medianova`, `stackpath`, `sucuri`) or one of your own written `custom-<name>`.
     pub primary_cdn: String,
-    /// Backup CDN, e.g. `fastly`; must differ from the primary.
+    /// Backup CDN, the same way (e.g. `fastly`); must differ from the primary.
     pub backup_cdn: String,
 }
 

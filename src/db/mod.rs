@@ -70,14 +70,44 @@ impl Database {
     }
 }
 
-/// A pool over `options`; fails fast (with the reason) when the database cannot be reached.
+/// A pool over `options`; fails fast, naming the server and the cause, when the database
+/// cannot be reached.
 pub async fn pool(options: PgConnectOptions, max_connections: u32) -> anyhow::Result<PgPool> {
+    // One direct connection first: its error says why (refused, unknown host, authentication),
+    // where a pool would only report that it timed out.
+    let target = describe(&options);
+    match tokio::time::timeout(
+        Duration::from_secs(5),
+        <sqlx::PgConnection as sqlx::Connection>::connect_with(&options),
+    )
+    .await
+    {
+        Ok(Ok(conn)) => {
+            let _ = sqlx::Connection::close(conn).await;
+        }
+        Ok(Err(e)) => anyhow::bail!("could not connect to PostgreSQL at {target}: {e}"),
+        Err(_) => {
+            anyhow::bail!("could not connect to PostgreSQL at {target}: no answer within 5 s")
+        }
+    }
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
         .connect_with(options)
         .await
-        .context("could not connect to PostgreSQL")
+        .with_context(|| format!("could not connect to PostgreSQL at {target}"))
+}
+
+/// `host:port/database` (or the socket directory) of a connection, for messages.
+fn describe(options: &PgConnectOptions) -> String {
+    let place = match options.get_socket() {
+        Some(dir) => format!("socket {}", dir.display()),
+        None => format!("{}:{}", options.get_host(), options.get_port()),
+    };
+    format!(
+        "{place}, database {}",
+        options.get_database().unwrap_or("(default)")
+    )
 }
 
 /// Applies every pending migration.

@@ -15,7 +15,7 @@ async fn api_key_authenticates_its_customer() {
         .post(
             "/v1/services",
             &Auth::Key(key.clone()),
-            json!({ "name": "web", "primary_cdn": "a", "backup_cdn": "b" }),
+            json!({ "name": "web", "primary_cdn": "cloudflare", "backup_cdn": "fastly" }),
         )
         .await
         .expect(201);
@@ -142,7 +142,7 @@ async fn scopes_are_enforced() {
     app.post(
         "/v1/services",
         &read_only,
-        json!({ "name": "x", "primary_cdn": "a", "backup_cdn": "b" }),
+        json!({ "name": "x", "primary_cdn": "cloudflare", "backup_cdn": "fastly" }),
     )
     .await
     .expect_error(403, "forbidden", None);

@@ -27,7 +27,7 @@ async fn key_lifecycle_create_use_list_revoke() {
     app.post(
         "/v1/services",
         &ci,
-        json!({ "name": "x", "primary_cdn": "a", "backup_cdn": "b" }),
+        json!({ "name": "x", "primary_cdn": "cloudflare", "backup_cdn": "fastly" }),
     )
     .await
     .expect_error(403, "forbidden", None);
