@@ -14,6 +14,10 @@
 //!   never cut — so `/healthz` and `/readyz` keep answering under a flood. If every connection
 //!   is busy with a request, the newcomer is refused.
 //!
+//! * **Malformed heads** get the API's JSON error body, not the HTTP library's bare status: a
+//!   request line over [`MAX_REQUEST_LINE`] bytes is a 414, a head over [`MAX_HEAD`] a 431, and
+//!   a request target with bytes a URI may not hold (controls, spaces, non-ASCII) a 400.
+//!
 //! Requests whose head has arrived are bounded by the server's idle timeout (no byte in either
 //! direction for that long closes the connection) and by the body limit of each operation.
 
@@ -37,6 +41,34 @@ use tokio::time::{Instant, Sleep};
 pub struct ConnectionLimits {
     pub max_connections: usize,
     pub header_timeout: Duration,
+}
+
+/// Longest request line (method, target, version) accepted.
+pub const MAX_REQUEST_LINE: usize = 8 * 1024;
+/// Longest request head (request line and headers) accepted.
+pub const MAX_HEAD: usize = 32 * 1024;
+
+/// A complete HTTP response with the API's JSON error body, closing the connection.
+fn error_response(status: &str, code: &str, message: &str) -> Vec<u8> {
+    let body = serde_json::json!({ "code": code, "message": message }).to_string();
+    format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json; charset=utf-8\r\ncontent-length: {}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Where the reader is in a request head.
+#[derive(Debug, Clone, Copy, Default)]
+struct Head {
+    /// Bytes of the head so far.
+    len: usize,
+    /// Still in the request line.
+    in_line: bool,
+    /// Spaces seen in the request line (1: inside the target, 2: in the version).
+    spaces: u8,
+    /// Bytes of the version seen (it must start `HTTP/`).
+    version: usize,
 }
 
 /// `u64::MAX` in `waiting_since`: the connection is inside a request.
@@ -151,6 +183,11 @@ impl<A: Acceptor> Acceptor for GuardedAcceptor<A> {
                 deadline: Box::pin(tokio::time::sleep(self.limits.header_timeout)),
                 waiting: true,
                 tail: [0; 3],
+                head: Head {
+                    in_line: true,
+                    ..Head::default()
+                },
+                reject: None,
             };
             return Ok((io, local, remote, scheme));
         }
@@ -170,6 +207,10 @@ pub struct GuardedIo<I> {
     waiting: bool,
     /// The last three bytes read, to find `\r\n\r\n` across reads.
     tail: [u8; 3],
+    /// The head being read.
+    head: Head,
+    /// An error response still to write before closing (a malformed head).
+    reject: Option<(Vec<u8>, usize)>,
 }
 
 impl<I> GuardedIo<I> {
@@ -177,6 +218,10 @@ impl<I> GuardedIo<I> {
         if !self.waiting {
             self.waiting = true;
             self.tail = [0; 3];
+            self.head = Head {
+                in_line: true,
+                ..Head::default()
+            };
             self.entry
                 .waiting_since
                 .store(self.registry.now_ms(), Ordering::SeqCst);
@@ -194,6 +239,57 @@ impl<I> GuardedIo<I> {
         window[..3].copy_from_slice(&self.tail);
         let mut found = false;
         for &b in bytes {
+            self.head.len += 1;
+            if self.head.in_line {
+                match b {
+                    b'\r' | b'\n' => {
+                        self.head.in_line = false;
+                        if self.head.spaces != 2 {
+                            self.refuse_request_line();
+                            return;
+                        }
+                    }
+                    // A third space, or a version that is not `HTTP/…`: the target held a space.
+                    // Refused as soon as seen — the HTTP library may parse a partial line.
+                    b' ' if self.head.spaces == 2 => {
+                        self.refuse_request_line();
+                        return;
+                    }
+                    b' ' => self.head.spaces += 1,
+                    _ if self.head.spaces == 2 => {
+                        if self.head.version < 5 && b != b"HTTP/"[self.head.version] {
+                            self.refuse_request_line();
+                            return;
+                        }
+                        self.head.version += 1;
+                    }
+                    _ if self.head.spaces == 1 && !(0x21..=0x7e).contains(&b) => {
+                        self.refuse(
+                            "400 Bad Request",
+                            "bad_request",
+                            "the request path holds bytes a URI may not contain; percent-encode them",
+                        );
+                        return;
+                    }
+                    _ => {}
+                }
+                if self.head.in_line && self.head.len > MAX_REQUEST_LINE {
+                    self.refuse(
+                        "414 URI Too Long",
+                        "uri_too_long",
+                        &format!("the request line is longer than {MAX_REQUEST_LINE} bytes"),
+                    );
+                    return;
+                }
+            }
+            if self.head.len > MAX_HEAD {
+                self.refuse(
+                    "431 Request Header Fields Too Large",
+                    "headers_too_large",
+                    &format!("the request head is larger than {MAX_HEAD} bytes"),
+                );
+                return;
+            }
             window = [window[1], window[2], window[3], b];
             if &window == b"\r\n\r\n" {
                 found = true;
@@ -205,6 +301,21 @@ impl<I> GuardedIo<I> {
             self.entry.waiting_since.store(BUSY, Ordering::SeqCst);
         } else {
             self.tail = [window[1], window[2], window[3]];
+        }
+    }
+
+    fn refuse_request_line(&mut self) {
+        self.refuse(
+            "400 Bad Request",
+            "bad_request",
+            "the request line must be `METHOD path HTTP/1.1`; percent-encode spaces in the path",
+        );
+    }
+
+    /// Answers the malformed head with a JSON error, then closes.
+    fn refuse(&mut self, status: &str, code: &str, message: &str) {
+        if self.reject.is_none() {
+            self.reject = Some((error_response(status, code, message), 0));
         }
     }
 
@@ -236,7 +347,7 @@ impl<I> Drop for GuardedIo<I> {
     }
 }
 
-impl<I: AsyncRead + Unpin> AsyncRead for GuardedIo<I> {
+impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<I> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -245,12 +356,33 @@ impl<I: AsyncRead + Unpin> AsyncRead for GuardedIo<I> {
         if let Some(e) = self.check(cx) {
             return Poll::Ready(Err(e));
         }
-        let before = buf.filled().len();
         let this = &mut *self;
+        if let Some((response, written)) = &mut this.reject {
+            // Write the error answer ourselves, then end the connection.
+            while *written < response.len() {
+                match Pin::new(&mut this.inner).poll_write(cx, &response[*written..]) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => break,
+                    Poll::Ready(Ok(n)) => *written += n,
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            let _ = Pin::new(&mut this.inner).poll_flush(cx);
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "malformed request head (answered)",
+            )));
+        }
+        let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 let new = buf.filled()[before..].to_vec();
                 this.saw(&new);
+                if this.reject.is_some() {
+                    // Nothing of a refused head goes to the HTTP library.
+                    buf.set_filled(before);
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
                 Poll::Ready(Ok(()))
             }
             other => other,

@@ -263,3 +263,53 @@ async fn a_production_node_without_dns_steering_says_so_on_readyz() {
         "ready"
     );
 }
+
+/// Heads the HTTP library would refuse with a bare status get the API's JSON error body.
+#[tokio::test]
+async fn malformed_heads_get_the_json_error_body() {
+    let app = spawn_app().await;
+    let long_path = format!(
+        "GET /v1/services?x={} HTTP/1.1\r\nHost: t\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let huge_headers = format!(
+        "GET /healthz HTTP/1.1\r\nHost: t\r\n{}\r\n",
+        (0..100)
+            .map(|i| format!("X-Filler-{i}: {}\r\n", "b".repeat(500)))
+            .collect::<String>()
+    );
+    for (head, status, code) in [
+        (long_path.as_bytes().to_vec(), "414", "uri_too_long"),
+        (huge_headers.as_bytes().to_vec(), "431", "headers_too_large"),
+        (
+            b"GET /v1/serv\xffices HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(),
+            "400",
+            "bad_request",
+        ),
+        (
+            b"GET /v1/ser vices/x HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(),
+            "400",
+            "bad_request",
+        ),
+    ] {
+        let mut stream = TcpStream::connect(app.addr).await.unwrap();
+        let _ = stream.write_all(&head).await;
+        let mut response = Vec::new();
+        let _ =
+            tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut response)).await;
+        let response = String::from_utf8_lossy(&response);
+        assert!(
+            response.starts_with(&format!("HTTP/1.1 {status}")),
+            "{response}"
+        );
+        assert!(
+            response.contains("application/json"),
+            "{status} {code}: {response}"
+        );
+        let body: serde_json::Value =
+            serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(body["code"], code, "{response}");
+    }
+    // The server is fine afterwards.
+    app.get("/healthz", &Auth::None).await.expect(200);
+}
