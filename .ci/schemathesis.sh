@@ -39,7 +39,7 @@ KEY="$(curl -fsS -X POST "$BASE/v1/admin/customers" -H "Authorization: Bearer $A
 curl -fsS -X POST "$BASE/v1/services" -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
   -d '{"name": "web", "primary_cdn": "cloudflare", "backup_cdn": "fastly"}' >/dev/null
 curl -fsS -X POST "$BASE/v1/services/1/domains" -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
-  -d '{"name": "app.example.com", "primary_target": "192.0.2.1", "backup_target": "192.0.2.2"}' >/dev/null
+  -d '{"name": "app.example.com", "primary_target": "edge.cdn-a.example.net", "backup_target": "edge.cdn-b.example.net"}' >/dev/null
 
 run() {
   schemathesis run openapi/openapi.json --url "$BASE" \

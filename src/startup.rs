@@ -56,6 +56,7 @@ impl Application {
             )?),
             verify_policy: settings.verify_policy(),
             webhook_allow_private: settings.webhook_allow_private,
+            probe_allow_private: settings.probe_allow_private,
             readiness_warnings: settings.readiness_warnings(),
             secrets: Arc::new(crate::secrets::SecretBox::new(
                 &settings.webhook_secret_keys,

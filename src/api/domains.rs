@@ -10,7 +10,8 @@ use poem_openapi::{ApiResponse, Object, OpenApi};
 use rand::RngCore;
 use serde::Deserialize;
 use tranche_actors::domain::{
-    ExpectedStatuses, Hostname, ProbePath, ProbeScheme, ProbeTarget, default_zone, shard_of,
+    ExpectedStatuses, Hostname, ProbePath, ProbeScheme, ProbeTarget, TargetHost, default_zone,
+    shard_of,
 };
 
 use super::auth::{Scope, Scoped, needs};
@@ -175,8 +176,12 @@ struct ProbeSettings {
 }
 
 impl ProbeSettings {
-    /// Validates each present field, naming it when it is wrong.
+    /// Validates each present field, naming it when it is wrong. Unless the operator allows
+    /// private targets, a target must be a public address or a name that is not `localhost`
+    /// (names are checked again, resolved, at every probe).
+    #[allow(clippy::too_many_arguments)] // one argument per request field
     fn parse(
+        allow_private: bool,
         primary_target: Option<String>,
         backup_target: Option<String>,
         probe_path: Option<String>,
@@ -185,12 +190,28 @@ impl ProbeSettings {
         probe_timeout_ms: Option<i32>,
     ) -> ApiResult<Self> {
         let target = |field: &'static str, value: Option<String>| {
-            value
+            let parsed = value
                 .as_deref()
                 .map(ProbeTarget::parse)
                 .transpose()
-                .map(|t| t.map(|t| t.to_string()))
-                .map_err(ApiError::field(field))
+                .map_err(ApiError::field(field))?;
+            if let Some(t) = &parsed
+                && !allow_private
+            {
+                let private = match &t.host {
+                    TargetHost::Ip(ip) => !crate::address_policy::is_public(*ip),
+                    TargetHost::Name(name) => crate::address_policy::is_local_name(name.as_str()),
+                };
+                if private {
+                    return Err(ApiError::invalid(
+                        field,
+                        format!(
+                            "{field} points at a private or loopback address, which probes may not reach (the operator can allow it: probe_allow_private)"
+                        ),
+                    ));
+                }
+            }
+            Ok(parsed.map(|t| t.to_string()))
         };
         if let Some(ms) = probe_timeout_ms
             && !(100..=60_000).contains(&ms)
@@ -272,6 +293,7 @@ impl DomainsApi {
         let body = body.0;
         let hostname = Hostname::parse(&body.name).map_err(ApiError::field("name"))?;
         let settings = ProbeSettings::parse(
+            ctx.probe_allow_private,
             body.primary_target,
             body.backup_target,
             body.probe_path,
@@ -342,6 +364,7 @@ impl DomainsApi {
     ) -> ApiResult<Json<Domain>> {
         let b = body.0;
         let s = ProbeSettings::parse(
+            ctx.probe_allow_private,
             b.primary_target,
             b.backup_target,
             b.probe_path,

@@ -57,6 +57,8 @@ pub struct ApiContext {
     pub verify_policy: tranche_actors::verify::Policy,
     /// Whether webhook URLs may point at private addresses.
     pub webhook_allow_private: bool,
+    /// Whether probe targets may be private addresses.
+    pub probe_allow_private: bool,
     /// What `/readyz` reports besides readiness (e.g. a noop DNS provider in production).
     pub readiness_warnings: Vec<String>,
     /// Seals webhook signing secrets at rest.

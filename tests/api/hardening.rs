@@ -313,3 +313,33 @@ async fn malformed_heads_get_the_json_error_body() {
     // The server is fine afterwards.
     app.get("/healthz", &Auth::None).await.expect(200);
 }
+
+/// Probe targets follow the one address policy at creation too (unless the operator allows
+/// private ones).
+#[tokio::test]
+async fn private_probe_targets_are_refused_at_creation() {
+    let app = spawn_app_with(|s| s.probe_allow_private = false).await;
+    let service = app.create_service(&DEMO, "web").await;
+    for (target, ok) in [
+        ("127.0.0.1", false),
+        ("10.0.0.7:8443", false),
+        ("[64:ff9b::7f00:1]", false),
+        ("localhost.", false),
+        ("edge.localhost", false),
+        ("151.101.1.57", true),
+        ("edge.cdn.example.net", true),
+    ] {
+        let r = app
+            .post(
+                &format!("/v1/services/{service}/domains"),
+                &DEMO,
+                json!({ "name": format!("d{}.example.com", target.len()), "primary_target": target }),
+            )
+            .await;
+        if ok {
+            r.expect(201);
+        } else {
+            r.expect_error(422, "validation_failed", Some("primary_target"));
+        }
+    }
+}

@@ -258,6 +258,8 @@ pub async fn spawn_app_on(pool: PgPool, configure: impl FnOnce(&mut Settings)) -
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         dev: true,
         admin_token: Some(Secret::new(ADMIN_TOKEN)),
+        // The test edges listen on loopback.
+        probe_allow_private: true,
         // Tests fire requests far faster than a client should; the rate-limit test sets its own.
         api_rate_per_second: 1e6,
         api_burst: 1_000_000,
