@@ -262,14 +262,17 @@ impl<E: Endpoint> Endpoint for JsonErrorsEndpoint<E> {
 fn error_response(err: poem::Error, path: &str) -> Response {
     use poem_openapi::error as oe;
     if let Some(e) = err.downcast_ref::<oe::ParsePathError>() {
-        let field = path_param_name(e.name, path);
-        let expected = if e.reason.contains("uuid") {
-            "a UUID"
-        } else {
-            "an integer"
-        };
+        // poem-openapi names path parameters `param0`, `param1`…: the document says which.
+        let index: usize = e
+            .name
+            .strip_prefix("param")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        let (field, kind) = route_of(path)
+            .and_then(|r| r.params.get(index).cloned())
+            .unwrap_or_else(|| (e.name.to_owned(), "an integer"));
         return ApiError::bad_request(
-            format!("path parameter `{field}` must be {expected}"),
+            format!("path parameter `{field}` must be {kind}"),
             Some(&field),
         )
         .into_response();
@@ -331,62 +334,72 @@ fn error_response(err: poem::Error, path: &str) -> Response {
     error.into_response()
 }
 
-/// The methods the API serves at `path` (for `Allow` on a 405), from the OpenAPI document.
-fn allowed_methods(path: &str) -> Option<String> {
-    static ROUTES: std::sync::OnceLock<Vec<(Vec<String>, String)>> = std::sync::OnceLock::new();
+/// A path of the OpenAPI document: its segments, methods and path parameters.
+struct RouteInfo {
+    segments: Vec<String>,
+    /// `GET, POST`…
+    methods: String,
+    /// Path parameters in order: name, and what it must be (`an integer`, `a UUID`).
+    params: Vec<(String, &'static str)>,
+}
+
+/// The document's path that `path` matches (literal segments equal, `{…}` matching any).
+fn route_of(path: &str) -> Option<&'static RouteInfo> {
+    static ROUTES: std::sync::OnceLock<Vec<RouteInfo>> = std::sync::OnceLock::new();
     let routes = ROUTES.get_or_init(|| {
         let spec: serde_json::Value = serde_json::from_str(&super::spec_json()).unwrap_or_default();
-        spec["paths"]
-            .as_object()
-            .map(|paths| {
-                paths
-                    .iter()
-                    .map(|(template, item)| {
-                        let segments = template.split('/').map(str::to_owned).collect();
-                        let mut methods: Vec<String> = item
-                            .as_object()
-                            .map(|m| m.keys().map(|k| k.to_ascii_uppercase()).collect())
-                            .unwrap_or_default();
-                        methods.sort();
-                        (segments, methods.join(", "))
+        let Some(paths) = spec["paths"].as_object() else {
+            return Vec::new();
+        };
+        paths
+            .iter()
+            .map(|(template, item)| {
+                let ops = item.as_object();
+                let mut methods: Vec<String> = ops
+                    .map(|m| m.keys().map(|k| k.to_ascii_uppercase()).collect())
+                    .unwrap_or_default();
+                methods.sort();
+                let declared: Vec<&serde_json::Value> = ops
+                    .into_iter()
+                    .flat_map(|m| m.values())
+                    .flat_map(|op| op["parameters"].as_array().into_iter().flatten())
+                    .filter(|p| p["in"] == "path")
+                    .collect();
+                let params = template
+                    .split('/')
+                    .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
+                    .map(|name| {
+                        let uuid = declared
+                            .iter()
+                            .find(|p| p["name"] == name)
+                            .is_some_and(|p| p["schema"]["format"] == "uuid");
+                        (name.to_owned(), if uuid { "a UUID" } else { "an integer" })
                     })
-                    .collect()
+                    .collect();
+                RouteInfo {
+                    segments: template.split('/').map(str::to_owned).collect(),
+                    methods: methods.join(", "),
+                    params,
+                }
             })
-            .unwrap_or_default()
+            .collect()
     });
     let segments: Vec<&str> = path.split('/').collect();
-    routes
-        .iter()
-        .find(|(template, _)| {
-            template.len() == segments.len()
-                && template
-                    .iter()
-                    .zip(&segments)
-                    .all(|(t, s)| t.starts_with('{') || t == s)
-        })
-        .map(|(_, methods)| methods.clone())
+    routes.iter().find(|r| {
+        r.segments.len() == segments.len()
+            && r.segments
+                .iter()
+                .zip(&segments)
+                .all(|(t, s)| t.starts_with('{') || t == s)
+    })
+}
+
+/// The methods the API serves at `path` (for `Allow` on a 405), from the OpenAPI document.
+fn allowed_methods(path: &str) -> Option<String> {
+    route_of(path).map(|r| r.methods.clone())
 }
 
 fn body_json(body: &ErrorBody) -> serde_json::Value {
     use poem_openapi::types::ToJSON;
     body.to_json().unwrap_or_default()
-}
-
-/// poem-openapi names path parameters `param0`, `param1`… in parse errors. Our routes are
-/// `/v1/<collection>/{id}[/<sub-collection>/{sub_id}]`, so the name follows from the URL: the
-/// first parameter is `id`, the second is named after its collection (`domains` → `domain_id`,
-/// `storm-policies` → `policy_id`).
-fn path_param_name(internal: &str, path: &str) -> String {
-    match internal {
-        "param0" => "id".to_owned(),
-        "param1" => {
-            let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-            match segments.get(segments.len().saturating_sub(2)).copied() {
-                Some("domains") => "domain_id".to_owned(),
-                Some("storm-policies") => "policy_id".to_owned(),
-                _ => internal.to_owned(),
-            }
-        }
-        other => other.to_owned(),
-    }
 }

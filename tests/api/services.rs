@@ -1,3 +1,4 @@
+use reqwest::Method;
 use serde_json::json;
 
 use crate::helpers::{Auth, spawn_app};
@@ -248,6 +249,38 @@ async fn malformed_requests_are_400_or_415_never_500() {
         .get("/v1/services/1/domains/x", &DEMO)
         .await
         .expect_error(405, "method_not_allowed", None);
+    // Path parameters are named as the document names them, whatever the route's shape.
+    for (method, path, field, kind) in [
+        (
+            Method::POST,
+            "/v1/services/1/domains/x/verify",
+            "domain_id",
+            "an integer",
+        ),
+        (
+            Method::PUT,
+            "/v1/services/1/domains/x/dns-pin",
+            "domain_id",
+            "an integer",
+        ),
+        (
+            Method::POST,
+            "/v1/webhooks/1/deliveries/x/replay",
+            "delivery_id",
+            "a UUID",
+        ),
+        (Method::GET, "/v1/storms/7", "id", "a UUID"),
+    ] {
+        let r = app
+            .request(method.clone(), path, &DEMO, Some("{}"))
+            .await
+            .expect_error(400, "bad_request", Some(field));
+        assert!(
+            r.body["message"].as_str().unwrap().ends_with(kind),
+            "{method} {path}: {}",
+            r.text
+        );
+    }
     // The answer says which methods the path has.
     assert_eq!(
         not_allowed.headers["allow"].to_str().unwrap(),

@@ -319,8 +319,9 @@ pub trait TxtLookup: Send + Sync + 'static {
     async fn txt(&self, name: &str) -> crate::verify::Lookup;
 }
 
-/// A webhook delivery due to be sent: the endpoint and the event.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A webhook delivery due to be sent: the endpoint and the event. Its `Debug` leaves the
+/// signing secret out.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Delivery {
     pub id: String,
     pub endpoint_id: i64,
@@ -337,6 +338,20 @@ pub struct Delivery {
     pub attempts: i32,
     pub created_at: DateTime<Utc>,
     pub next_attempt_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("id", &self.id)
+            .field("endpoint_id", &self.endpoint_id)
+            .field("url", &self.url)
+            .field("secret", &"***")
+            .field("event_id", &self.event_id)
+            .field("event_type", &self.event_type)
+            .field("attempts", &self.attempts)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The outbox of webhook deliveries.

@@ -7,6 +7,10 @@
 //! replayed window changes nothing, and a window already invoiced is never changed (the store
 //! records late usage as an adjustment). Rate limits and transient errors back off
 //! exponentially with jitter, up to `max_attempts` per query; the next tick retries the rest.
+//!
+//! A pass runs in a task of its own — its queries, backoffs and writes never block the actor,
+//! so shard changes and stops are handled at once — and reports back with `Done`; one pass at a
+//! time, ticks arriving meanwhile are skipped.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,9 +34,13 @@ pub struct UsageArgs {
 }
 
 pub struct UsageState {
-    args: UsageArgs,
+    args: Arc<UsageArgs>,
     owned: OwnedShards,
     forwarder: Option<tokio::task::JoinHandle<()>>,
+    /// A pass is running.
+    running: bool,
+    /// `IngestNow` callers waiting for a pass that starts after the running one.
+    queued: Vec<RpcReplyPort<IngestSummary>>,
 }
 
 /// What one ingestion pass did.
@@ -53,6 +61,8 @@ pub enum UsageMsg {
     Tick,
     /// Ingests now and replies with what happened (tests, bench).
     IngestNow(RpcReplyPort<IngestSummary>),
+    /// A pass finished.
+    Done,
 }
 
 impl Actor for UsageIngestor {
@@ -70,9 +80,11 @@ impl Actor for UsageIngestor {
         args.shards.mark_unchanged();
         let forwarder = Some(forward_shards(shards, myself.clone(), UsageMsg::Shards));
         Ok(UsageState {
-            args,
+            args: Arc::new(args),
             owned: OwnedShards::new(),
             forwarder,
+            running: false,
+            queued: Vec::new(),
         })
     }
 
@@ -92,10 +104,23 @@ impl Actor for UsageIngestor {
                 }
             }
             UsageMsg::Tick => {
-                state.ingest().await;
+                if !state.running {
+                    state.start_pass(&myself, Vec::new());
+                }
             }
             UsageMsg::IngestNow(reply) => {
-                let _ = reply.send(state.ingest().await);
+                if state.running {
+                    state.queued.push(reply);
+                } else {
+                    state.start_pass(&myself, vec![reply]);
+                }
+            }
+            UsageMsg::Done => {
+                state.running = false;
+                if !state.queued.is_empty() {
+                    let replies = std::mem::take(&mut state.queued);
+                    state.start_pass(&myself, replies);
+                }
             }
         }
         Ok(())
@@ -114,76 +139,89 @@ impl Actor for UsageIngestor {
 }
 
 impl UsageState {
-    async fn ingest(&mut self) -> IngestSummary {
-        let mut summary = IngestSummary::default();
-        if self.owned.is_empty() || self.args.sources.is_empty() {
+    /// Runs one pass in a task; it answers `replies` and reports `Done`.
+    fn start_pass(
+        &mut self,
+        myself: &ActorRef<UsageMsg>,
+        replies: Vec<RpcReplyPort<IngestSummary>>,
+    ) {
+        self.running = true;
+        let (args, me) = (self.args.clone(), myself.clone());
+        let shards: Vec<u16> = self.owned.keys().copied().collect();
+        tokio::spawn(async move {
+            let summary = ingest(&args, &shards).await;
+            for reply in replies {
+                let _ = reply.send(summary.clone());
+            }
+            let _ = me.cast(UsageMsg::Done);
+        });
+    }
+}
+
+/// One ingestion pass over the services of `shards`.
+async fn ingest(args: &UsageArgs, shards: &[u16]) -> IngestSummary {
+    let mut summary = IngestSummary::default();
+    if shards.is_empty() || args.sources.is_empty() {
+        return summary;
+    }
+    let services = match args.store.usage_services(shards).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "usage ingestion: could not load services");
+            summary.failures.push(e.to_string());
             return summary;
         }
-        let shards: Vec<u16> = self.owned.keys().copied().collect();
-        let services = match self.args.store.usage_services(&shards).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "usage ingestion: could not load services");
-                summary.failures.push(e.to_string());
-                return summary;
-            }
-        };
-        let settings = &self.args.settings;
-        let (from, to) = poll_span(
-            (self.args.config.clock)(),
-            settings.window,
-            settings.lookback,
-        );
-        for source in &self.args.sources {
-            let cdn = source.cdn();
-            let mut hostnames: Vec<String> = services
-                .iter()
-                .filter(|s| {
-                    s.primary_cdn.eq_ignore_ascii_case(cdn)
-                        || s.backup_cdn.eq_ignore_ascii_case(cdn)
-                })
-                .flat_map(|s| s.hostnames.iter().cloned())
-                .collect();
-            hostnames.sort();
-            hostnames.dedup();
-            for chunk in hostnames.chunks(settings.hostnames_per_query.max(1)) {
-                let query = SourceQuery {
-                    hostnames: chunk.to_vec(),
-                    from,
-                    to,
-                    window: settings.window,
-                };
-                let rows = match fetch_with_backoff(source.as_ref(), &query, settings).await {
-                    Ok(rows) => rows,
-                    Err(e) => {
-                        tracing::warn!(source = cdn, error = %e, "usage query failed; the next tick retries");
-                        summary.failures.push(format!("{cdn}: {e}"));
-                        continue;
-                    }
-                };
-                summary.queries += 1;
-                summary.rows += rows.len() as u64;
-                let reports = attribute(&services, cdn, settings.window, &rows);
-                match self.args.store.record_usage(&reports).await {
-                    Ok(n) => summary.snapshots_written += n as u64,
-                    Err(e) => {
-                        tracing::warn!(source = cdn, error = %e, "could not record usage; the next tick retries");
-                        summary.failures.push(format!("{cdn}: {e}"));
-                    }
+    };
+    let settings = &args.settings;
+    let (from, to) = poll_span((args.config.clock)(), settings.window, settings.lookback);
+    for source in &args.sources {
+        let cdn = source.cdn();
+        let mut hostnames: Vec<String> = services
+            .iter()
+            .filter(|s| {
+                s.primary_cdn.eq_ignore_ascii_case(cdn) || s.backup_cdn.eq_ignore_ascii_case(cdn)
+            })
+            .flat_map(|s| s.hostnames.iter().cloned())
+            .collect();
+        hostnames.sort();
+        hostnames.dedup();
+        for chunk in hostnames.chunks(settings.hostnames_per_query.max(1)) {
+            let query = SourceQuery {
+                hostnames: chunk.to_vec(),
+                from,
+                to,
+                window: settings.window,
+            };
+            let rows = match fetch_with_backoff(source.as_ref(), &query, settings).await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::warn!(source = cdn, error = %e, "usage query failed; the next tick retries");
+                    summary.failures.push(format!("{cdn}: {e}"));
+                    continue;
+                }
+            };
+            summary.queries += 1;
+            summary.rows += rows.len() as u64;
+            let reports = attribute(&services, cdn, settings.window, &rows);
+            match args.store.record_usage(&reports).await {
+                Ok(n) => summary.snapshots_written += n as u64,
+                Err(e) => {
+                    tracing::warn!(source = cdn, error = %e, "could not record usage; the next tick retries");
+                    summary.failures.push(format!("{cdn}: {e}"));
                 }
             }
         }
-        if summary.snapshots_written > 0 || !summary.failures.is_empty() {
-            tracing::info!(
-                queries = summary.queries,
-                rows = summary.rows,
-                written = summary.snapshots_written,
-                failures = summary.failures.len(),
-                "usage ingestion"
-            );
-        }
-        summary
     }
+    if summary.snapshots_written > 0 || !summary.failures.is_empty() {
+        tracing::info!(
+            queries = summary.queries,
+            rows = summary.rows,
+            written = summary.snapshots_written,
+            failures = summary.failures.len(),
+            "usage ingestion"
+        );
+    }
+    summary
 }
 
 /// One query with retries: rate limits wait for the source's hint (or the backoff), transient
