@@ -12,7 +12,6 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use serde_json::json;
 use sqlx::PgPool;
 use tokio::time::Instant;
 use tranche::demo::edge::{Behaviour, FakeEdge};
@@ -21,10 +20,9 @@ use tranche_actors::domain::shard_of;
 use tranche_actors::engine::config::LEASE_DEADLINE;
 
 use crate::dns_faults::{Faults, Route53Proxy, fault_proxy};
-use crate::helpers::{ADMIN_TOKEN, Auth, TestApp, eventually, spawn_app};
+use crate::helpers::{ADMIN_TOKEN, TestApp, add_zone_domains, eventually, fast_service, spawn_app};
 use crate::route53::{Moto, moto};
 
-const DEMO: Auth = Auth::Header(1);
 const DOMAINS: usize = 5;
 
 /// A `tranche serve` process on the test database.
@@ -140,27 +138,15 @@ async fn setup(zone: &'static str) -> Setup {
     let primary = FakeEdge::http().await.unwrap();
     let backup = FakeEdge::http().await.unwrap();
     let app = spawn_app().await;
-    let service = app.create_service(&DEMO, "web").await;
-    app.post(
-        &format!("/v1/services/{service}/storm-policies"),
-        &DEMO,
-        json!({ "probe_interval_seconds": 1, "window_seconds": 3, "min_samples": 2,
-                "cooldown_seconds": 2, "consecutive_failures": 2, "consecutive_successes": 2 }),
+    let service = fast_service(&app).await;
+    add_zone_domains(
+        &app,
+        service,
+        zone,
+        DOMAINS,
+        (primary.addr(), backup.addr()),
     )
-    .await
-    .expect(201);
-    for i in 0..DOMAINS {
-        app.post(
-            &format!("/v1/services/{service}/domains"),
-            &DEMO,
-            json!({ "name": format!("d{i}.{zone}"), "dns_zone": zone,
-                    "primary_target": primary.addr().to_string(),
-                    "backup_target": backup.addr().to_string(),
-                    "probe_scheme": "http", "probe_timeout_ms": 500 }),
-        )
-        .await
-        .expect(201);
-    }
+    .await;
     Setup {
         _moto: moto,
         proxy,
@@ -227,6 +213,43 @@ async fn recovered(pool: &PgPool, by: &str) {
     .await;
 }
 
+/// Two nodes `<prefix>-a` and `<prefix>-b` on the setup's database, once they hold 128 shards
+/// each (no shard moves any more); which of them owns the setup's zone; an HTTP client.
+async fn two_nodes(s: &Setup, prefix: &str) -> ([Node; 2], usize, reqwest::Client) {
+    let url = database_url(&s.app.pool);
+    let nodes = [
+        Node::start(&format!("{prefix}-a"), &url, &s.proxy.url),
+        Node::start(&format!("{prefix}-b"), &url, &s.proxy.url),
+    ];
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    eventually(
+        "both nodes live, holding 128 shards each",
+        Duration::from_secs(60),
+        || async {
+            let cluster = nodes[0].cluster(&client).await?;
+            let balanced = cluster["nodes"]
+                .as_array()?
+                .iter()
+                .filter(|n| n["alive"] == true && n["shard_count"] == 128)
+                .count();
+            (balanced == 2 && cluster["unowned_shards"] == 0).then_some(())
+        },
+    )
+    .await;
+    let owner = owner_of(&s.app.pool, shard_of(s.zone)).await.unwrap();
+    let owner = usize::from(owner != nodes[0].id);
+    (nodes, owner, client)
+}
+
+/// Asserts every domain went 100 → 0 → 25 → 50 → 100 at the provider.
+fn assert_every_step_sent(proxy: &Route53Proxy) {
+    for (name, sent) in weights_sent(proxy) {
+        let mut steps = sent.clone();
+        steps.dedup();
+        assert_eq!(steps, vec![100, 0, 25, 50, 100], "{name}: {sent:?}");
+    }
+}
+
 /// Every domain's weights at the provider, in the order Route53 received them (from the
 /// `ChangeResourceRecordSets` bodies the proxy saw).
 fn weights_sent(proxy: &Route53Proxy) -> BTreeMap<String, Vec<u8>> {
@@ -240,34 +263,9 @@ fn weights_sent(proxy: &Route53Proxy) -> BTreeMap<String, Vec<u8>> {
 #[tokio::test]
 async fn a_killed_owner_mid_ramp_is_taken_over_and_the_ramp_finishes() {
     let s = setup("ramp.test").await;
-    let url = database_url(&s.app.pool);
-    let nodes = [
-        Node::start("kill-a", &url, &s.proxy.url),
-        Node::start("kill-b", &url, &s.proxy.url),
-    ];
     let shard = shard_of(s.zone);
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    eventually(
-        "both nodes live, holding 128 shards each",
-        Duration::from_secs(60),
-        || async {
-            let cluster = nodes[0].cluster(&client).await?;
-            // Settled: each holds its fair share (128), so no shard moves any more.
-            let balanced = cluster["nodes"]
-                .as_array()?
-                .iter()
-                .filter(|n| n["alive"] == true && n["shard_count"] == 128)
-                .count();
-            (balanced == 2 && cluster["unowned_shards"] == 0).then_some(())
-        },
-    )
-    .await;
-    let owner = owner_of(&s.app.pool, shard).await.unwrap();
-    let (victim, survivor) = if owner == nodes[0].id {
-        (&nodes[0], &nodes[1])
-    } else {
-        (&nodes[1], &nodes[0])
-    };
+    let (nodes, owner, client) = two_nodes(&s, "kill").await;
+    let (victim, survivor) = (&nodes[owner], &nodes[1 - owner]);
 
     s.primary.set(Behaviour::Status(503));
     storms_applied(&s.app.pool).await;
@@ -335,11 +333,7 @@ async fn a_killed_owner_mid_ramp_is_taken_over_and_the_ramp_finishes() {
     .await;
     assert_eq!(orphans, 0, "no change is left submitted");
     // Every domain went 0 → 25 → 50 → 100 at the provider.
-    for (name, sent) in weights_sent(&s.proxy) {
-        let mut steps: Vec<u8> = sent.clone();
-        steps.dedup();
-        assert_eq!(steps, vec![100, 0, 25, 50, 100], "{name}: {sent:?}");
-    }
+    assert_every_step_sent(&s.proxy);
     // Route53 holds the final weights.
     for i in 0..DOMAINS {
         let name = format!("d{i}.{}", s.zone);
@@ -359,34 +353,9 @@ async fn a_killed_owner_mid_ramp_is_taken_over_and_the_ramp_finishes() {
 #[tokio::test]
 async fn a_frozen_owner_is_deposed_and_does_not_act_when_it_wakes() {
     let s = setup("frozen.test").await;
-    let url = database_url(&s.app.pool);
-    let nodes = [
-        Node::start("freeze-a", &url, &s.proxy.url),
-        Node::start("freeze-b", &url, &s.proxy.url),
-    ];
     let shard = shard_of(s.zone);
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    eventually(
-        "both nodes live, holding 128 shards each",
-        Duration::from_secs(60),
-        || async {
-            let cluster = nodes[0].cluster(&client).await?;
-            // Settled: each holds its fair share (128), so no shard moves any more.
-            let balanced = cluster["nodes"]
-                .as_array()?
-                .iter()
-                .filter(|n| n["alive"] == true && n["shard_count"] == 128)
-                .count();
-            (balanced == 2 && cluster["unowned_shards"] == 0).then_some(())
-        },
-    )
-    .await;
-    let owner = owner_of(&s.app.pool, shard).await.unwrap();
-    let (frozen, survivor) = if owner == nodes[0].id {
-        (&nodes[0], &nodes[1])
-    } else {
-        (&nodes[1], &nodes[0])
-    };
+    let (nodes, owner, client) = two_nodes(&s, "freeze").await;
+    let (frozen, survivor) = (&nodes[owner], &nodes[1 - owner]);
 
     s.primary.set(Behaviour::Status(503));
     storms_applied(&s.app.pool).await;
@@ -488,10 +457,6 @@ async fn a_frozen_owner_is_deposed_and_does_not_act_when_it_wakes() {
         (open == 0 && applied == DOMAINS as i64).then_some(())
     })
     .await;
-    for (name, sent) in weights_sent(&s.proxy) {
-        let mut steps = sent.clone();
-        steps.dedup();
-        assert_eq!(steps, vec![100, 0, 25, 50, 100], "{name}: {sent:?}");
-    }
+    assert_every_step_sent(&s.proxy);
     eprintln!("takeover after SIGSTOP: {takeover:?}");
 }

@@ -578,3 +578,46 @@ fn answer(
     }
     Some(resp)
 }
+
+/// A service of the dev customer whose storms come and go within seconds: probes every second,
+/// a 3 s window of at least 2, a 2 s cooldown, 2 failures (successes) in a row. Returns its id.
+pub async fn fast_service(app: &TestApp) -> i64 {
+    let demo = Auth::Header(1);
+    let service = app.create_service(&demo, "web").await;
+    app.post(
+        &format!("/v1/services/{service}/storm-policies"),
+        &demo,
+        serde_json::json!({ "probe_interval_seconds": 1, "window_seconds": 3, "min_samples": 2,
+                "cooldown_seconds": 2, "consecutive_failures": 2, "consecutive_successes": 2 }),
+    )
+    .await
+    .expect(201);
+    service
+}
+
+/// Adds `n` domains `d{i}.{zone}` in DNS zone `zone` to `service`, probed over HTTP through the
+/// `primary` and `backup` edges; returns their names.
+pub async fn add_zone_domains(
+    app: &TestApp,
+    service: i64,
+    zone: &str,
+    n: usize,
+    (primary, backup): (SocketAddr, SocketAddr),
+) -> Vec<String> {
+    let mut names = Vec::with_capacity(n);
+    for i in 0..n {
+        let name = format!("d{i}.{zone}");
+        app.post(
+            &format!("/v1/services/{service}/domains"),
+            &Auth::Header(1),
+            serde_json::json!({ "name": name, "dns_zone": zone,
+                    "primary_target": primary.to_string(),
+                    "backup_target": backup.to_string(),
+                    "probe_scheme": "http", "probe_timeout_ms": 500 }),
+        )
+        .await
+        .expect(201);
+        names.push(name);
+    }
+    names
+}

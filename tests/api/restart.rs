@@ -6,15 +6,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
 use tranche::db::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use tranche::demo::edge::{Behaviour, FakeEdge};
 use tranche::probe::NetworkProber;
 use tranche_actors::dns::provider::NoopProvider;
 
-use crate::helpers::{Auth, eventually, spawn_app_on};
+use crate::helpers::{add_zone_domains, eventually, fast_service, spawn_app_on};
 
-const DEMO: Auth = Auth::Header(1);
 const DOMAINS: i64 = 10;
 
 /// A private PostgreSQL server on a thread of its own: the server's parent-death signal is
@@ -73,27 +71,15 @@ async fn domains_restored_mid_ramp_after_a_postgres_restart_finish_it() {
 
     let primary = FakeEdge::http().await.unwrap();
     let backup = FakeEdge::http().await.unwrap();
-    let service = app.create_service(&DEMO, "web").await;
-    app.post(
-        &format!("/v1/services/{service}/storm-policies"),
-        &DEMO,
-        json!({ "probe_interval_seconds": 1, "window_seconds": 3, "min_samples": 2,
-                "cooldown_seconds": 2, "consecutive_failures": 2, "consecutive_successes": 2 }),
+    let service = fast_service(&app).await;
+    add_zone_domains(
+        &app,
+        service,
+        "restart.test",
+        DOMAINS as usize,
+        (primary.addr(), backup.addr()),
     )
-    .await
-    .expect(201);
-    for i in 0..DOMAINS {
-        app.post(
-            &format!("/v1/services/{service}/domains"),
-            &DEMO,
-            json!({ "name": format!("d{i}.restart.test"), "dns_zone": "restart.test",
-                    "primary_target": primary.addr().to_string(),
-                    "backup_target": backup.addr().to_string(),
-                    "probe_scheme": "http", "probe_timeout_ms": 500 }),
-        )
-        .await
-        .expect(201);
-    }
+    .await;
     app.start_engine_with_dns(
         Arc::new(NetworkProber::new(&[], true).unwrap()),
         Some(Arc::new(NoopProvider)),

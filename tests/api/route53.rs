@@ -545,12 +545,11 @@ async fn fifty_domains_recovering_together_visit_every_ramp_step_at_route53() {
     use std::sync::Arc;
     use std::sync::atomic::Ordering;
 
-    use serde_json::json;
     use tranche::demo::edge::{Behaviour, FakeEdge};
     use tranche::probe::NetworkProber;
 
     use crate::dns_faults::{Faults, fault_proxy};
-    use crate::helpers::{Auth, spawn_app};
+    use crate::helpers::spawn_app;
 
     const ZONES: usize = 10;
     const PER_ZONE: usize = 5;
@@ -564,32 +563,12 @@ async fn fifty_domains_recovering_together_visit_every_ramp_step_at_route53() {
     let primary = FakeEdge::http().await.unwrap();
     let backup = FakeEdge::http().await.unwrap();
     let app = spawn_app().await;
-    let demo = Auth::Header(1);
-    let service = app.create_service(&demo, "web").await;
-    app.post(
-        &format!("/v1/services/{service}/storm-policies"),
-        &demo,
-        json!({ "probe_interval_seconds": 1, "window_seconds": 3, "min_samples": 2,
-                "cooldown_seconds": 2, "consecutive_failures": 2, "consecutive_successes": 2 }),
-    )
-    .await
-    .expect(201);
+    let service = crate::helpers::fast_service(&app).await;
     let mut names = Vec::new();
     for k in 0..ZONES {
-        for i in 0..PER_ZONE {
-            let name = format!("d{i}.z{k}.mass.test");
-            app.post(
-                &format!("/v1/services/{service}/domains"),
-                &demo,
-                json!({ "name": name, "dns_zone": format!("z{k}.mass.test"),
-                        "primary_target": primary.addr().to_string(),
-                        "backup_target": backup.addr().to_string(),
-                        "probe_scheme": "http", "probe_timeout_ms": 500 }),
-            )
-            .await
-            .expect(201);
-            names.push(name);
-        }
+        let zone = format!("z{k}.mass.test");
+        let edges = (primary.addr(), backup.addr());
+        names.extend(crate::helpers::add_zone_domains(&app, service, &zone, PER_ZONE, edges).await);
     }
     let engine = tranche::engine::start(
         crate::helpers::test_engine_config("mass-node"),

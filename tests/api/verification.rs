@@ -49,6 +49,27 @@ async fn verify(app: &TestApp, key: &Auth, service: i64, domain: &Value) -> Valu
     .body
 }
 
+/// Starts a node that verifies (only when asked: the tick is an hour) against `dns`, and waits
+/// until it owns every shard.
+async fn start_verifier(app: &mut TestApp, dns: &LocalDns) {
+    app.start_engine_with(EngineOptions {
+        verify: Some(VerifyOptions {
+            lookup: std::sync::Arc::new(HickoryTxt::new(&[dns.addr]).unwrap()),
+            policy: Policy::default(),
+            tick: Duration::from_secs(3600),
+        }),
+        ..EngineOptions::default()
+    })
+    .await;
+    let engine = app.engine();
+    eventually(
+        "the verifier owning the shards",
+        Duration::from_secs(20),
+        || async { (engine.owned_shards().await.len() == 256).then_some(()) },
+    )
+    .await;
+}
+
 fn txt(strings: &[&str]) -> Vec<DnsAnswer> {
     vec![DnsAnswer::Txt(
         strings.iter().map(|s| s.to_string()).collect(),
@@ -212,22 +233,8 @@ async fn the_verifier_actor_checks_pending_domains_and_only_verified_ones_are_st
         "_tranche-challenge.app.example.com",
         txt(&[domain["verification"]["record_value"].as_str().unwrap()]),
     );
-    app.start_engine_with(EngineOptions {
-        verify: Some(VerifyOptions {
-            lookup: std::sync::Arc::new(HickoryTxt::new(&[dns.addr]).unwrap()),
-            policy: Policy::default(),
-            tick: Duration::from_secs(3600),
-        }),
-        ..EngineOptions::default()
-    })
-    .await;
+    start_verifier(&mut app, &dns).await;
     let engine = app.engine();
-    eventually(
-        "the verifier owning the shards",
-        Duration::from_secs(20),
-        || async { (engine.owned_shards().await.len() == 256).then_some(()) },
-    )
-    .await;
     assert_eq!(
         engine.verify_now().await,
         Some(2),
@@ -273,22 +280,8 @@ async fn dev_mode_verifications_are_never_rechecked_nor_flagged() {
         .expect(201)
         .body;
     assert_eq!(domain["verification"]["status"], "verified");
-    app.start_engine_with(EngineOptions {
-        verify: Some(VerifyOptions {
-            lookup: std::sync::Arc::new(HickoryTxt::new(&[dns.addr]).unwrap()),
-            policy: Policy::default(),
-            tick: Duration::from_secs(3600),
-        }),
-        ..EngineOptions::default()
-    })
-    .await;
+    start_verifier(&mut app, &dns).await;
     let engine = app.engine();
-    eventually(
-        "the verifier owning the shards",
-        Duration::from_secs(20),
-        || async { (engine.owned_shards().await.len() == 256).then_some(()) },
-    )
-    .await;
     // Nothing is due, now or a week from now: the verifier checks nothing and writes nothing.
     assert_eq!(engine.verify_now().await, Some(0));
     let store = tranche::engine::verification::PgVerificationStore::new(app.pool.clone());
