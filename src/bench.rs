@@ -26,9 +26,10 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::Subcommand;
 use sqlx::PgPool;
-use tranche_actors::domain::{PolicyKind, PolicyParams, PolicyPatch, shard_of};
-use tranche_actors::engine::EngineConfig;
-use tranche_actors::probe::{ProbeRequest, ProbeResult, Prober};
+use tranche_core::domain::{PolicyKind, PolicyParams, PolicyPatch, shard_of};
+use tranche_core::probe::{ProbeRequest, ProbeResult};
+use tranche_engine::EngineConfig;
+use tranche_engine::ports::Prober;
 
 use crate::db::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use crate::demo::edge::{Behaviour, FakeEdge, TestCa};
@@ -779,25 +780,20 @@ struct CountingDns {
 }
 
 #[async_trait::async_trait]
-impl tranche_actors::dns::provider::DnsProvider for CountingDns {
+impl tranche_engine::ports::DnsProvider for CountingDns {
     fn name(&self) -> &'static str {
         "route53"
     }
     async fn apply(
         &self,
         zone: &str,
-        batch: &tranche_actors::dns::planner::Batch,
-    ) -> Result<
-        tranche_actors::dns::provider::Submitted,
-        tranche_actors::dns::provider::ProviderError,
-    > {
+        batch: &tranche_core::dns::planner::Batch,
+    ) -> Result<tranche_core::dns::provider::Submitted, tranche_core::dns::provider::ProviderError>
+    {
         self.calls.fetch_add(1, Ordering::Relaxed);
         self.inner.apply(zone, batch).await
     }
-    async fn in_sync(
-        &self,
-        id: &str,
-    ) -> Result<bool, tranche_actors::dns::provider::ProviderError> {
+    async fn in_sync(&self, id: &str) -> Result<bool, tranche_core::dns::provider::ProviderError> {
         self.inner.in_sync(id).await
     }
 }
@@ -814,8 +810,8 @@ async fn dns_storm(
     burst: u32,
     naive: usize,
 ) -> anyhow::Result<()> {
-    use tranche_actors::dns::planner::{Batch, RecordChange, RecordType};
-    use tranche_actors::dns::provider::DnsProvider;
+    use tranche_core::dns::planner::{Batch, RecordChange, RecordType};
+    use tranche_engine::ports::DnsProvider;
 
     let moto = Moto::start().await?;
     let route53 = Arc::new(crate::dns::route53::Route53Provider::for_endpoint(
@@ -986,7 +982,7 @@ async fn dns_storm(
             rtype: RecordType::Cname,
             primary_value: "edge.cdn-a.example".into(),
             backup_value: "edge.cdn-b.example".into(),
-            weights: tranche_actors::storm::Weights::FAILOVER,
+            weights: tranche_core::storm::Weights::FAILOVER,
             applied: None,
             decided_at: Utc::now(),
             pinned: false,

@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use rustls::pki_types::pem::PemObject;
-use tranche_actors::engine::EngineConfig;
+use tranche_engine::EngineConfig;
 
-use tranche_actors::dns::provider::{DnsProvider, NoopProvider};
+use tranche_engine::ports::{DnsProvider, NoopProvider};
 
 use crate::config::{DnsProviderKind, HumanDuration, Settings};
 use crate::db::{self, Database};

@@ -62,8 +62,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
-use tranche_actors::billing::{BillingSettings, Rates};
-use tranche_actors::usage::UsageSettings;
+use tranche_core::billing::{BillingSettings, Rates};
+use tranche_core::usage::UsageSettings;
 
 /// Everything `tranche` reads at start-up.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -263,7 +263,7 @@ pub fn did_you_mean(error: &str) -> Option<String> {
         .collect();
     candidates
         .into_iter()
-        .map(|c| (tranche_actors::domain::edit_distance(found, c), c))
+        .map(|c| (tranche_core::domain::edit_distance(found, c), c))
         .filter(|(d, c)| *d <= (c.len() / 3).max(2))
         .min()
         .map(|(_, c)| c.to_owned())
@@ -324,8 +324,8 @@ impl Settings {
     }
 
     /// Domain verification timing.
-    pub fn verify_policy(&self) -> tranche_actors::verify::Policy {
-        tranche_actors::verify::Policy {
+    pub fn verify_policy(&self) -> tranche_core::verify::Policy {
+        tranche_core::verify::Policy {
             deadline: self.verification_deadline.0,
             recheck: self.verification_recheck.0,
             ..Default::default()

@@ -32,7 +32,6 @@
 //! * [`usage`] — usage sources (Cloudflare's GraphQL analytics) and a local fake of them.
 //! * [`telemetry`] — `tracing` subscriber setup (text for terminals, JSON for production).
 
-pub mod address_policy;
 pub mod api;
 pub mod bench;
 pub mod cli;

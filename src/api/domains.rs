@@ -9,7 +9,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use rand::RngCore;
 use serde::Deserialize;
-use tranche_actors::domain::{
+use tranche_core::domain::{
     ExpectedStatuses, Hostname, ProbePath, ProbeScheme, ProbeTarget, TargetHost, default_zone,
     shard_of,
 };
@@ -21,7 +21,7 @@ use super::services::{Deleted, service_not_found};
 use super::{ApiContext, ApiTags};
 use crate::engine::verification;
 use crate::store::domains;
-use tranche_actors::verify::{challenge_name, evaluate};
+use tranche_core::verify::{challenge_name, evaluate};
 
 /// A customer hostname, probed through each of the service's CDNs.
 #[derive(Debug, Clone, Object)]
@@ -199,8 +199,10 @@ impl ProbeSettings {
                 && !allow_private
             {
                 let private = match &t.host {
-                    TargetHost::Ip(ip) => !crate::address_policy::is_public(*ip),
-                    TargetHost::Name(name) => crate::address_policy::is_local_name(name.as_str()),
+                    TargetHost::Ip(ip) => !tranche_core::address_policy::is_public(*ip),
+                    TargetHost::Name(name) => {
+                        tranche_core::address_policy::is_local_name(name.as_str())
+                    }
                 };
                 if private {
                     return Err(ApiError::invalid(

@@ -8,7 +8,7 @@ use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
 use serde::Deserialize;
-use tranche_actors::domain::SHARDS;
+use tranche_core::domain::SHARDS;
 use uuid::Uuid;
 
 use super::auth::{Admin, Scope, Scoped, needs};

@@ -12,7 +12,7 @@ use poem::{Endpoint, IntoResponse, Middleware, Request, Response};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object};
 
-use tranche_actors::domain::Invalid;
+use tranche_core::domain::Invalid;
 
 /// The body of every error response.
 #[derive(Debug, Clone, Object, serde::Deserialize, PartialEq, Eq)]

@@ -53,8 +53,8 @@ pub struct ApiContext {
     /// Failed authentications per client address: over it, 429 before any key is looked up.
     pub auth_failures: rate_limit::RateLimiter,
     /// TXT lookups for `POST …/verify`.
-    pub verifier: Arc<dyn tranche_actors::engine::ports::TxtLookup>,
-    pub verify_policy: tranche_actors::verify::Policy,
+    pub verifier: Arc<dyn tranche_engine::ports::TxtLookup>,
+    pub verify_policy: tranche_core::verify::Policy,
     /// Whether webhook URLs may point at private addresses.
     pub webhook_allow_private: bool,
     /// Whether probe targets may be private addresses.

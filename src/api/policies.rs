@@ -8,7 +8,7 @@ use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde::Deserialize;
-use tranche_actors::domain::{PolicyError, PolicyKind, PolicyParams, PolicyPatch};
+use tranche_core::domain::{PolicyError, PolicyKind, PolicyParams, PolicyPatch};
 
 use super::auth::{Scope, Scoped, needs};
 use super::error::{ApiError, ApiResult, ErrorBody};

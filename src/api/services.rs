@@ -8,7 +8,7 @@ use poem_openapi::param::Path;
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde::Deserialize;
-use tranche_actors::domain::{CdnName, ServiceName};
+use tranche_core::domain::{CdnName, ServiceName};
 
 use super::auth::{Scope, Scoped, needs};
 use super::domains::Domain;

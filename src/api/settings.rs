@@ -9,7 +9,7 @@ use poem::web::Data;
 use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
 use serde::Deserialize;
-use tranche_actors::domain::{PolicyKind, PolicyParams};
+use tranche_core::domain::{PolicyKind, PolicyParams};
 
 use super::auth::{Scope, Scoped, needs};
 use super::error::{ApiError, ApiResult, ErrorBody};

@@ -176,10 +176,10 @@ fn check_url(url: &str, allow_private: bool) -> ApiResult<String> {
     };
     if !allow_private {
         let bare = host.trim_start_matches('[').trim_end_matches(']');
-        let private = crate::address_policy::is_local_name(host)
+        let private = tranche_core::address_policy::is_local_name(host)
             || bare
                 .parse::<IpAddr>()
-                .is_ok_and(|ip| !crate::address_policy::is_public(ip));
+                .is_ok_and(|ip| !tranche_core::address_policy::is_public(ip));
         if private {
             return Err(ApiError::invalid(
                 "url",

@@ -5,9 +5,9 @@ use std::time::{Duration, Instant};
 
 use chrono::{TimeDelta, Utc};
 use sqlx::PgPool;
-use tranche_actors::billing::BillingSettings;
-use tranche_actors::domain::shard_of;
-use tranche_actors::usage::UsageSettings;
+use tranche_core::billing::BillingSettings;
+use tranche_core::domain::shard_of;
+use tranche_core::usage::UsageSettings;
 
 use super::{Env, own_cpu, rss_kib};
 use crate::config::Secret;
@@ -278,7 +278,7 @@ pub async fn ingest(env: &Env, rows: usize) -> anyhow::Result<()> {
     .await?;
     // Wait for the shards (the ingestor reads services of owned customer shards).
     let waited = Instant::now();
-    while node.engine.owned_shards().await.len() < usize::from(tranche_actors::domain::SHARDS) {
+    while node.engine.owned_shards().await.len() < usize::from(tranche_core::domain::SHARDS) {
         if waited.elapsed() > Duration::from_secs(60) {
             anyhow::bail!("shards not acquired");
         }

@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
-use tranche_actors::domain::{PolicyKind, PolicyParams, PolicyPatch};
-use tranche_actors::probe::{ProbeRequest, ProbeResult, Prober};
+use tranche_core::domain::{PolicyKind, PolicyParams, PolicyPatch};
+use tranche_core::probe::{ProbeRequest, ProbeResult};
+use tranche_engine::ports::Prober;
 
 use super::{CountingDns, Env, Moto, percentile};
 use crate::demo::edge::{Behaviour, FakeEdge};
@@ -84,7 +85,7 @@ async fn live_group(
     .bind(service)
     .bind(prefix)
     .bind(ZONE)
-    .bind(tranche_actors::domain::shard_of(ZONE) as i16)
+    .bind(tranche_core::domain::shard_of(ZONE) as i16)
     .bind(primary.addr().to_string())
     .bind(backup.addr().to_string())
     .bind(n as i32)

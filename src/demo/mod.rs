@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use tranche_actors::domain::{PolicyKind, PolicyParams, PolicyPatch, default_zone, shard_of};
-use tranche_actors::engine::EngineConfig;
+use tranche_core::domain::{PolicyKind, PolicyParams, PolicyPatch, default_zone, shard_of};
+use tranche_engine::EngineConfig;
 
 use crate::config::Settings;
 use crate::db::embedded::{EmbeddedOptions, EmbeddedPostgres};
@@ -86,7 +86,7 @@ pub async fn run() -> anyhow::Result<()> {
     store::policies::create(&pool, customers::DEMO_CUSTOMER_ID, service.id, &policy).await?;
     for host in HOSTS {
         let zone = default_zone(
-            &tranche_actors::domain::Hostname::parse(host).map_err(|e| anyhow::anyhow!("{e}"))?,
+            &tranche_core::domain::Hostname::parse(host).map_err(|e| anyhow::anyhow!("{e}"))?,
         );
         let new = store::domains::NewDomain {
             hostname: host,

@@ -1,4 +1,4 @@
-//! DNS providers (adapters of `tranche_actors::dns::provider::DnsProvider`).
+//! DNS providers (adapters of `tranche_engine::ports::DnsProvider`).
 //!
 //! * [`route53::Route53Provider`] — Amazon Route53 through `aws-sdk-route53` (any endpoint, so
 //!   tests point it at `moto_server`).

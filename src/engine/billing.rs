@@ -7,7 +7,7 @@
 //! 2. lock the customer's unbilled snapshots whose windows have settled,
 //!    `for update skip locked` (a concurrent run, or a usage writer, holds the others);
 //! 3. load the services' storms and coverage factors, price every snapshot with the pure
-//!    [`tranche_actors::billing::price`];
+//!    [`tranche_core::billing::price`];
 //! 4. lock the existing invoices of the snapshots' periods; a snapshot of a period whose invoice
 //!    is already finalized goes, as an adjustment, on the draft of the period containing `now`;
 //! 5. add the lines' sums to the draft invoice of each period, creating the drafts that do not
@@ -25,11 +25,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use chrono::{DateTime, TimeDelta, Utc};
 use rust_decimal::Decimal;
 use sqlx::{FromRow, PgPool, Postgres, Transaction};
-use tranche_actors::billing::{
+use tranche_core::billing::{
     BillingSettings, Line, StormSpan, Usage, max_coverage_factor, period_of, price,
 };
-use tranche_actors::domain::SHARDS;
-use tranche_actors::engine::ports::{
+use tranche_core::domain::SHARDS;
+use tranche_engine::ports::{
     BillingRunSummary, BillingStore, Fence, StoreError, UsageReport, UsageService, UsageStore,
 };
 use uuid::Uuid;

@@ -1,6 +1,6 @@
 //! The engine's adapters: its ports implemented over PostgreSQL ([`store::PgEngineStore`],
 //! [`leases::PgLeaseBackend`], [`billing::PgBillingStore`], [`billing::PgUsageStore`]), the configuration-change listener, and [`start`], which wires
-//! them to the network prober and starts the actor tree (`tranche_actors::engine`).
+//! them to the network prober and starts the actor tree (`tranche_engine`).
 
 pub mod billing;
 pub mod leases;
@@ -12,17 +12,18 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
-use tranche_actors::billing::BillingSettings;
-use tranche_actors::dns::planner::BatchLimits;
-use tranche_actors::dns::provider::DnsProvider;
-use tranche_actors::dns::rate::TokenBucket;
-use tranche_actors::engine::ports::TxtLookup;
-use tranche_actors::engine::{
+use tranche_core::billing::BillingSettings;
+use tranche_core::dns::planner::BatchLimits;
+use tranche_core::usage::UsageSettings;
+use tranche_core::verify::Policy;
+use tranche_engine::ports::DnsProvider;
+use tranche_engine::ports::Prober;
+use tranche_engine::ports::TxtLookup;
+use tranche_engine::ports::UsageSource;
+use tranche_engine::rate::TokenBucket;
+use tranche_engine::{
     BillingSetup, DnsSetup, Engine, EngineConfig, RootArgs, UsageSetup, VerifySetup, WebhookSetup,
 };
-use tranche_actors::probe::Prober;
-use tranche_actors::usage::{UsageSettings, UsageSource};
-use tranche_actors::verify::Policy;
 
 /// The channel the configuration tables notify on (see the engine migration).
 pub const CONFIG_CHANNEL: &str = "tranche_config";

@@ -7,16 +7,16 @@ use chrono::{DateTime, DurationRound, TimeDelta, Utc};
 use rust_decimal::Decimal;
 use serde_json::json;
 use sqlx::{FromRow, PgPool};
-use tranche_actors::dns::planner::{Batch, RecordChange, RecordType};
-use tranche_actors::domain::{
+use tranche_core::dns::planner::{Batch, RecordChange, RecordType};
+use tranche_core::domain::{
     ExpectedStatuses, PolicyKind, PolicyParams, ProbePath, ProbeScheme, ProbeTarget, TargetHost,
 };
-use tranche_actors::engine::ports::{
+use tranche_core::probe::Cdn;
+use tranche_core::storm::{Decision, StormChange, StormState, Weights};
+use tranche_engine::ports::{
     DnsStore, DomainSpec, EngineStore, Fence, Observation, OrphanedChange, PersistedState,
     StoreError,
 };
-use tranche_actors::probe::Cdn;
-use tranche_actors::storm::{Decision, StormChange, StormState, Weights};
 
 pub struct PgEngineStore {
     pool: PgPool,
@@ -305,7 +305,7 @@ impl EngineStore for PgEngineStore {
             let minute = o.at.duration_trunc(TimeDelta::minutes(1)).unwrap_or(o.at);
             let m = minutes.entry((o.domain_id, o.cdn, minute)).or_default();
             m.attempts += 1;
-            m.successes += i32::from(o.outcome == tranche_actors::probe::Outcome::Ok);
+            m.successes += i32::from(o.outcome == tranche_core::probe::Outcome::Ok);
             m.latency_sum += i64::from(o.latency_ms);
             m.latency_max = m.latency_max.max(o.latency_ms.min(i32::MAX as u32) as i32);
             let slot = latest.entry((o.domain_id, o.cdn)).or_insert(o);

@@ -7,8 +7,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use hickory_resolver::TokioResolver;
 use sqlx::PgPool;
-use tranche_actors::engine::ports::{StoreError, TxtLookup, VerificationStore};
-use tranche_actors::verify::{Check, Lookup, Outcome, Status};
+use tranche_core::verify::{Check, Lookup, Outcome, Status};
+use tranche_engine::ports::{StoreError, TxtLookup, VerificationStore};
 
 fn other(e: sqlx::Error) -> StoreError {
     StoreError::Other(e.to_string())

@@ -33,8 +33,8 @@ use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 use sqlx::PgPool;
-use tranche_actors::domain::SHARDS;
-use tranche_actors::engine::ports::{Delivery, StoreError, WebhookSender, WebhookStore};
+use tranche_core::domain::SHARDS;
+use tranche_engine::ports::{Delivery, StoreError, WebhookSender, WebhookStore};
 use uuid::Uuid;
 
 fn other(e: sqlx::Error) -> StoreError {
@@ -80,7 +80,7 @@ pub fn standard_signature(secret: &str, id: &str, t: i64, body: &[u8]) -> String
 
 /// Whether a webhook may not be delivered to `ip` (the product's one address policy).
 pub fn is_private(ip: IpAddr) -> bool {
-    !crate::address_policy::is_public(ip)
+    !tranche_core::address_policy::is_public(ip)
 }
 
 /// The envelope of every JSON delivery.

@@ -23,8 +23,9 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-use tranche_actors::domain::{ProbeScheme, TargetHost};
-use tranche_actors::probe::{Outcome, ProbeRequest, ProbeResult, Prober};
+use tranche_core::domain::{ProbeScheme, TargetHost};
+use tranche_core::probe::{Outcome, ProbeRequest, ProbeResult};
+use tranche_engine::ports::Prober;
 
 /// TLS sessions kept for resumption (one per hostname and CDN target, roughly).
 const SESSION_CACHE: usize = 65_536;
@@ -175,7 +176,7 @@ fn not_after(cert: &CertificateDer<'_>) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp(parsed.validity().not_after.timestamp(), 0)
 }
 
-pub use crate::address_policy::is_public;
+pub use tranche_core::address_policy::is_public;
 
 #[async_trait::async_trait]
 impl Prober for NetworkProber {

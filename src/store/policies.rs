@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use sqlx::{FromRow, PgConnection, PgPool};
-use tranche_actors::domain::PolicyParams;
+use tranche_core::domain::PolicyParams;
 
 #[derive(Debug, Clone, FromRow, serde::Deserialize)]
 pub struct PolicyRow {

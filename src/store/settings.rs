@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgPool, Postgres, Transaction};
-use tranche_actors::domain::{PolicyKind, PolicyParams};
+use tranche_core::domain::{PolicyKind, PolicyParams};
 
 #[derive(Debug, Clone, FromRow)]
 pub struct SettingsRow {

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgPool};
-use tranche_actors::engine::ports::UsageReport;
+use tranche_engine::ports::UsageReport;
 use uuid::Uuid;
 
 /// Advisory-lock key space of usage writers (`pg_advisory_xact_lock(USAGE_LOCK_SPACE, id)`).

@@ -395,21 +395,19 @@ async fn a_rejected_record_is_isolated_and_the_rest_of_the_zone_applied() {
 struct Hang;
 
 #[async_trait::async_trait]
-impl tranche_actors::dns::provider::DnsProvider for Hang {
+impl tranche_engine::ports::DnsProvider for Hang {
     fn name(&self) -> &'static str {
         "route53"
     }
     async fn apply(
         &self,
         _: &str,
-        _: &tranche_actors::dns::planner::Batch,
-    ) -> Result<
-        tranche_actors::dns::provider::Submitted,
-        tranche_actors::dns::provider::ProviderError,
-    > {
+        _: &tranche_core::dns::planner::Batch,
+    ) -> Result<tranche_core::dns::provider::Submitted, tranche_core::dns::provider::ProviderError>
+    {
         std::future::pending().await
     }
-    async fn in_sync(&self, _: &str) -> Result<bool, tranche_actors::dns::provider::ProviderError> {
+    async fn in_sync(&self, _: &str) -> Result<bool, tranche_core::dns::provider::ProviderError> {
         std::future::pending().await
     }
 }
@@ -429,7 +427,7 @@ async fn a_node_killed_between_desired_and_applied_is_replaced_by_one_that_appli
     let edge = FakeEdge::http().await.unwrap();
     let app = spawn_app().await;
     steered_domains(&app, &edge, &["app.example.test"]).await;
-    let node = |name: &'static str, dns: Arc<dyn tranche_actors::dns::provider::DnsProvider>| {
+    let node = |name: &'static str, dns: Arc<dyn tranche_engine::ports::DnsProvider>| {
         let pool_of = app.pool.clone();
         async move {
             let pool = tranche::db::pool((*pool_of.connect_options()).clone(), 6)

@@ -8,10 +8,10 @@ use serde_json::json;
 use tranche::engine::leases::PgLeaseBackend;
 use tranche::engine::store::PgEngineStore;
 use tranche::probe::NetworkProber;
-use tranche_actors::engine::ports::{EngineStore, Fence, LeaseBackend, StoreError};
-use tranche_actors::storm::{
+use tranche_core::storm::{
     Availability, CdnHealth, Decision, StormChange, StormState, Streak, Weights,
 };
+use tranche_engine::ports::{EngineStore, Fence, LeaseBackend, StoreError};
 
 use crate::helpers::{Auth, eventually, spawn_app};
 

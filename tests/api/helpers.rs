@@ -135,7 +135,7 @@ pub struct TestApp {
     pub engine: Option<tranche::engine::RunningEngine>,
 }
 
-/// With `TEST_LOG` set (an `EnvFilter`, e.g. `info` or `tranche_actors=debug`), the
+/// With `TEST_LOG` set (an `EnvFilter`, e.g. `info` or `tranche_core=debug`), the
 /// application's logs go to the test's captured output (shown for failing tests).
 fn init_test_logs() {
     use tracing_subscriber::{EnvFilter, fmt};
@@ -148,8 +148,8 @@ fn init_test_logs() {
 }
 
 /// Engine settings for tests: fast leases, reconciliation and flushes.
-pub fn test_engine_config(node: &str) -> tranche_actors::engine::EngineConfig {
-    let mut config = tranche_actors::engine::EngineConfig::new(node);
+pub fn test_engine_config(node: &str) -> tranche_engine::EngineConfig {
+    let mut config = tranche_engine::EngineConfig::new(node);
     config.lease_interval = std::time::Duration::from_millis(200);
     config.reconcile_interval = std::time::Duration::from_millis(500);
     config.flush_interval = std::time::Duration::from_millis(200);
@@ -285,7 +285,7 @@ impl TestApp {
     /// Starts an engine node on this app's database, probing with `prober`.
     pub async fn start_engine(
         &mut self,
-        prober: std::sync::Arc<dyn tranche_actors::probe::Prober>,
+        prober: std::sync::Arc<dyn tranche_engine::ports::Prober>,
     ) {
         self.start_engine_with_dns(prober, None).await;
     }
@@ -293,8 +293,8 @@ impl TestApp {
     /// Starts an engine node that also steers DNS through `provider`.
     pub async fn start_engine_with_dns(
         &mut self,
-        prober: std::sync::Arc<dyn tranche_actors::probe::Prober>,
-        provider: Option<std::sync::Arc<dyn tranche_actors::dns::provider::DnsProvider>>,
+        prober: std::sync::Arc<dyn tranche_engine::ports::Prober>,
+        provider: Option<std::sync::Arc<dyn tranche_engine::ports::DnsProvider>>,
     ) {
         let node = format!(
             "test-node-{}",
@@ -318,7 +318,7 @@ impl TestApp {
     }
 
     /// The running engine (panics if none was started).
-    pub fn engine(&self) -> &tranche_actors::engine::Engine {
+    pub fn engine(&self) -> &tranche_engine::Engine {
         &self.engine.as_ref().expect("no engine started").engine
     }
 }
@@ -340,8 +340,8 @@ pub async fn start_node(
 
 /// Billing for tests: runs only when asked (`bill_now`; the tick is an hour), bills windows as
 /// soon as they end, never finalizes on its own (a year's grace).
-pub fn test_billing() -> tranche_actors::billing::BillingSettings {
-    tranche_actors::billing::BillingSettings {
+pub fn test_billing() -> tranche_core::billing::BillingSettings {
+    tranche_core::billing::BillingSettings {
         tick: std::time::Duration::from_secs(3600),
         settle: std::time::Duration::ZERO,
         grace: std::time::Duration::from_secs(365 * 86_400),

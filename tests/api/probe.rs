@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use tranche::demo::edge::{Behaviour, FakeEdge, TestCa};
 use tranche::probe::NetworkProber;
-use tranche_actors::domain::{ExpectedStatuses, ProbePath, ProbeScheme, ProbeTarget};
-use tranche_actors::probe::{Outcome, ProbeRequest, Prober};
+use tranche_core::domain::{ExpectedStatuses, ProbePath, ProbeScheme, ProbeTarget};
+use tranche_core::probe::{Outcome, ProbeRequest};
+use tranche_engine::ports::Prober;
 
 fn request(hostname: &str, edge: &FakeEdge, scheme: ProbeScheme) -> ProbeRequest {
     ProbeRequest {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tranche::db::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use tranche::demo::edge::{Behaviour, FakeEdge};
 use tranche::probe::NetworkProber;
-use tranche_actors::dns::provider::NoopProvider;
+use tranche_engine::ports::NoopProvider;
 
 use crate::helpers::{add_zone_domains, eventually, fast_service, spawn_app_on};
 

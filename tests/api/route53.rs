@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use chrono::Utc;
 use tranche::dns::route53::{DEFAULT_TTL, Route53Provider};
-use tranche_actors::dns::planner::{BatchLimits, RecordChange, RecordType, plan};
-use tranche_actors::dns::provider::{DnsProvider, ProviderError};
-use tranche_actors::storm::Weights;
+use tranche_core::dns::planner::{BatchLimits, RecordChange, RecordType, plan};
+use tranche_core::dns::provider::ProviderError;
+use tranche_core::storm::Weights;
+use tranche_engine::ports::DnsProvider;
 
 use crate::helpers::eventually;
 

@@ -11,7 +11,7 @@ use tranche::config::Secret;
 use tranche::engine::{EngineOptions, UsageOptions};
 use tranche::usage::cloudflare::CloudflareSource;
 use tranche::usage::fake::{FakeCloudflare, Fault, Row};
-use tranche_actors::usage::UsageSettings;
+use tranche_core::usage::UsageSettings;
 
 use crate::helpers::{Auth, TestApp, eventually, spawn_app, test_billing};
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tranche::engine::verification::HickoryTxt;
 use tranche::engine::{EngineOptions, VerifyOptions};
-use tranche_actors::engine::ports::DnsStore;
-use tranche_actors::verify::Policy;
+use tranche_core::verify::Policy;
+use tranche_engine::ports::DnsStore;
 
 use crate::helpers::{Auth, DnsAnswer, LocalDns, TestApp, eventually, spawn_app_with};
 
@@ -287,7 +287,7 @@ async fn dev_mode_verifications_are_never_rechecked_nor_flagged() {
     let store = tranche::engine::verification::PgVerificationStore::new(app.pool.clone());
     let all: Vec<u16> = (0..256).collect();
     let later = chrono::Utc::now() + chrono::Duration::days(7);
-    use tranche_actors::engine::ports::VerificationStore;
+    use tranche_engine::ports::VerificationStore;
     assert!(
         store
             .due_verifications(&all, later, 100)

@@ -469,7 +469,7 @@ async fn an_expiring_certificate_is_announced_once() {
 /// Old events go with their delivery logs; one still being delivered stays, as do recent ones.
 #[tokio::test]
 async fn old_events_are_pruned_unless_still_pending() {
-    use tranche_actors::engine::ports::WebhookStore;
+    use tranche_engine::ports::WebhookStore;
 
     let app = spawn_app().await;
     let id = app

@@ -22,7 +22,7 @@
 //! [`lease_keeper::LeaseKeeper`] obtained, so a node that lost a shard cannot act for it.
 //!
 //! The engine talks to the outside world only through its ports ([`ports::EngineStore`],
-//! [`ports::LeaseBackend`], [`crate::probe::Prober`]); the `tranche` crate implements them
+//! [`ports::LeaseBackend`], [`ports::Prober`]); the `tranche` crate implements them
 //! over PostgreSQL and the network.
 
 pub mod billing;
@@ -33,6 +33,7 @@ pub mod lease_keeper;
 pub mod observation_writer;
 pub mod ports;
 pub mod probe_supervisor;
+pub mod rate;
 pub mod root;
 pub mod usage_ingestor;
 pub mod verifier;

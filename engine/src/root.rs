@@ -29,13 +29,14 @@ use super::usage_ingestor::{UsageArgs, UsageIngestor, UsageMsg};
 use super::verifier::{DomainVerifier, VerifierArgs, VerifierMsg};
 use super::webhooks::{DispatcherArgs, DispatcherMsg, WebhookDispatcher};
 use super::zone_actor::DnsCtx;
-use crate::billing::BillingSettings;
-use crate::dns::planner::BatchLimits;
-use crate::dns::provider::DnsProvider;
-use crate::dns::rate::TokenBucket;
-use crate::probe::Prober;
-use crate::usage::{UsageSettings, UsageSource};
-use crate::verify::Policy;
+use crate::ports::DnsProvider;
+use crate::ports::Prober;
+use crate::ports::UsageSource;
+use crate::rate::TokenBucket;
+use tranche_core::billing::BillingSettings;
+use tranche_core::dns::planner::BatchLimits;
+use tranche_core::usage::UsageSettings;
+use tranche_core::verify::Policy;
 
 pub struct RootSupervisor;
 

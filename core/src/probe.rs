@@ -91,10 +91,3 @@ impl ProbeResult {
         self.outcome == Outcome::Ok
     }
 }
-
-/// Performs probes. Implementations must not share connections between probes: a dead edge
-/// must not hide behind a pooled connection.
-#[async_trait::async_trait]
-pub trait Prober: Send + Sync + 'static {
-    async fn probe(&self, request: &ProbeRequest) -> ProbeResult;
-}

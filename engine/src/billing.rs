@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use super::config::EngineConfig;
 use super::ports::{BillingRunSummary, BillingStore, Fence, OwnedShards, StoreError};
-use crate::billing::BillingSettings;
+use tranche_core::billing::BillingSettings;
 
 /// What the billing actors of a node share.
 pub struct BillingCtx {

@@ -1,52 +1,11 @@
-//! The DNS provider port: apply a batch of weighted records, report a change's status.
+//! The engine's ports to the outside world other than the database: the DNS provider, the
+//! prober and the CDN usage sources. The `tranche` crate implements them (Route53, the HTTP(S)
+//! prober, Cloudflare); tests and benchmarks use local fakes that speak the same wire protocols.
 
-use super::planner::Batch;
-
-/// A provider's answer to a submitted batch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Submitted {
-    /// The provider's change id (Route53 `/change/C…`), for status checks and the audit log.
-    pub change_id: String,
-    /// Whether the change is already visible on every name server.
-    pub in_sync: bool,
-}
-
-/// Why a batch was not accepted, by what the caller should do about it.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ProviderError {
-    /// Rate limited: retry after a backoff.
-    #[error("throttled: {0}")]
-    Throttled(String),
-    /// Another change to this zone is still pending (Route53 `PriorRequestNotComplete`): retry
-    /// after a backoff.
-    #[error("a prior change to the zone is not complete: {0}")]
-    PriorRequestNotComplete(String),
-    /// 5xx or network failure: retry after a backoff.
-    #[error("transient: {0}")]
-    Transient(String),
-    /// No hosted zone contains the record (yet): the provider's zone list is refreshed and the
-    /// change retried after a backoff, so a zone created later is picked up without a restart.
-    #[error("zone not found: {0}")]
-    ZoneNotFound(String),
-    /// The batch was rejected as invalid: split it to isolate the bad record.
-    #[error("invalid change batch: {0}")]
-    InvalidChangeBatch(String),
-    /// Will not succeed by retrying (no hosted zone, access denied): surface it.
-    #[error("permanent: {0}")]
-    Permanent(String),
-}
-
-impl ProviderError {
-    pub fn retryable(&self) -> bool {
-        matches!(
-            self,
-            Self::Throttled(_)
-                | Self::PriorRequestNotComplete(_)
-                | Self::Transient(_)
-                | Self::ZoneNotFound(_)
-        )
-    }
-}
+use tranche_core::dns::planner::Batch;
+use tranche_core::dns::provider::{ProviderError, Submitted};
+use tranche_core::probe::{ProbeRequest, ProbeResult};
+use tranche_core::usage::{HostUsage, SourceError, SourceQuery};
 
 /// A DNS provider (noop, Route53, …).
 #[async_trait::async_trait]
@@ -98,9 +57,28 @@ fn uuid_like() -> String {
     format!("{nanos:x}")
 }
 
+/// Performs probes. Implementations must not share connections between probes: a dead edge
+/// must not hide behind a pooled connection.
+#[async_trait::async_trait]
+pub trait Prober: Send + Sync + 'static {
+    async fn probe(&self, request: &ProbeRequest) -> ProbeResult;
+}
+
+/// A CDN's usage analytics.
+#[async_trait::async_trait]
+pub trait UsageSource: Send + Sync + 'static {
+    /// The CDN this source reports for (matched case-insensitively with services' CDN names),
+    /// also the `source` of the snapshots it produces.
+    fn cdn(&self) -> &str;
+    /// All rows for the query, following the source's paging.
+    async fn fetch(&self, query: &SourceQuery) -> Result<Vec<HostUsage>, SourceError>;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tranche_core::dns::planner::Batch;
+    use tranche_core::dns::provider::ProviderError;
 
     #[tokio::test]
     async fn noop_applies_everything_at_once() {

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use super::billing::forward_shards;
 use super::config::EngineConfig;
 use super::ports::{OwnedShards, TxtLookup, VerificationStore};
-use crate::verify::{Policy, challenge_name, evaluate};
+use tranche_core::verify::{Policy, challenge_name, evaluate};
 
 /// Lookups in flight at once.
 const CONCURRENCY: usize = 16;

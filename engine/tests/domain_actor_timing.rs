@@ -9,16 +9,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use tranche_actors::domain::{
+use tranche_core::domain::{
     ExpectedStatuses, PolicyKind, PolicyParams, PolicyPatch, ProbePath, ProbeScheme, ProbeTarget,
 };
-use tranche_actors::engine::config::tokio_clock;
-use tranche_actors::engine::ports::{
+use tranche_core::probe::{Outcome, ProbeRequest, ProbeResult};
+use tranche_core::storm::{Decision, StormChange, StormState, Weights};
+use tranche_engine::config::tokio_clock;
+use tranche_engine::ports::Prober;
+use tranche_engine::ports::{
     DomainSpec, EngineStore, Fence, LeaseBackend, Observation, PersistedState, StoreError,
 };
-use tranche_actors::engine::{Engine, EngineConfig, RootArgs};
-use tranche_actors::probe::{Outcome, ProbeRequest, ProbeResult, Prober};
-use tranche_actors::storm::{Decision, StormChange, StormState, Weights};
+use tranche_engine::{Engine, EngineConfig, RootArgs};
 
 type Decisions = Arc<Mutex<Vec<Decision>>>;
 
@@ -101,7 +102,7 @@ impl LeaseBackend for AllShards {
 struct Switch {
     primary_up: AtomicBool,
     backup_up: AtomicBool,
-    clock: tranche_actors::engine::Clock,
+    clock: tranche_engine::Clock,
 }
 
 #[async_trait::async_trait]
@@ -148,7 +149,7 @@ struct Harness {
     decisions: Decisions,
     store: Arc<MemoryStore>,
     prober: Arc<Switch>,
-    clock: tranche_actors::engine::Clock,
+    clock: tranche_engine::Clock,
 }
 
 async fn harness(patch: PolicyPatch, primary_up: bool, panic_once: bool) -> Harness {

@@ -25,7 +25,7 @@ use super::config::{EngineConfig, LEASE_DEADLINE, LEASE_MARGIN};
 use super::dns_supervisor::DnsMsg;
 use super::ports::{LeaseBackend, OwnedShards};
 use super::probe_supervisor::SupervisorMsg;
-use crate::domain::{SHARDS, shard_of};
+use tranche_core::domain::{SHARDS, shard_of};
 
 pub struct LeaseKeeper;
 

@@ -3,7 +3,7 @@
 //!
 //! Each tick re-reads the last `lookback` in whole windows (analytics arrive late), asks every
 //! source for the hostnames of the services that use its CDN (in chunks), attributes the bytes
-//! to services ([`crate::usage::attribute`]) and records them. Recording is idempotent: a
+//! to services ([`tranche_core::usage::attribute`]) and records them. Recording is idempotent: a
 //! replayed window changes nothing, and a window already invoiced is never changed (the store
 //! records late usage as an adjustment). Rate limits and transient errors back off
 //! exponentially with jitter, up to `max_attempts` per query; the next tick retries the rest.
@@ -21,7 +21,8 @@ use tokio::sync::watch;
 use super::billing::forward_shards;
 use super::config::{EngineConfig, jittered_backoff};
 use super::ports::{OwnedShards, UsageStore};
-use crate::usage::{SourceError, SourceQuery, UsageSettings, UsageSource, attribute, poll_span};
+use crate::ports::UsageSource;
+use tranche_core::usage::{SourceError, SourceQuery, UsageSettings, attribute, poll_span};
 
 pub struct UsageIngestor;
 
@@ -230,7 +231,7 @@ async fn fetch_with_backoff(
     source: &dyn UsageSource,
     query: &SourceQuery,
     settings: &UsageSettings,
-) -> Result<Vec<crate::usage::HostUsage>, SourceError> {
+) -> Result<Vec<tranche_core::usage::HostUsage>, SourceError> {
     let mut attempt = 0;
     loop {
         attempt += 1;

@@ -26,9 +26,10 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, ActorStatus};
 
 use super::config::{EngineConfig, jittered_backoff};
 use super::ports::{DnsStore, Fence, StoreError};
-use crate::dns::planner::{Batch, BatchLimits, plan};
-use crate::dns::provider::{DnsProvider, ProviderError, Submitted};
-use crate::dns::rate::TokenBucket;
+use crate::ports::DnsProvider;
+use crate::rate::TokenBucket;
+use tranche_core::dns::planner::{Batch, BatchLimits, plan};
+use tranche_core::dns::provider::{ProviderError, Submitted};
 
 /// Periodic re-check of the zone (level-triggered convergence).
 const RECHECK: Duration = Duration::from_secs(5);

@@ -7,9 +7,14 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
-use crate::domain::{ExpectedStatuses, PolicyParams, ProbePath, ProbeScheme, ProbeTarget};
-use crate::probe::{Cdn, Outcome, ProbeRequest};
-use crate::storm::{Decision, StormState, Weights};
+use tranche_core::domain::{ExpectedStatuses, PolicyParams, ProbePath, ProbeScheme, ProbeTarget};
+use tranche_core::probe::{Cdn, Outcome, ProbeRequest};
+use tranche_core::storm::{Decision, StormState, Weights};
+
+mod providers;
+
+pub use providers::{DnsProvider, NoopProvider, Prober, UsageSource};
+pub use tranche_core::usage::{UsageReport, UsageService};
 
 /// Everything a DomainActor needs to know about its domain (from the configuration tables).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,13 +167,13 @@ pub trait DnsStore: Send + Sync + 'static {
     async fn pending_dns(
         &self,
         zone: &str,
-    ) -> Result<Vec<crate::dns::planner::RecordChange>, StoreError>;
+    ) -> Result<Vec<tranche_core::dns::planner::RecordChange>, StoreError>;
     /// Audits an attempt before the provider is called; returns the change's id.
     async fn dns_submitted(
         &self,
         zone: &str,
         provider: &str,
-        batch: &crate::dns::planner::Batch,
+        batch: &tranche_core::dns::planner::Batch,
         attempt: i32,
         fence: Fence,
         node_id: &str,
@@ -177,7 +182,7 @@ pub trait DnsStore: Send + Sync + 'static {
     async fn dns_applied(
         &self,
         change_id: &str,
-        batch: &crate::dns::planner::Batch,
+        batch: &tranche_core::dns::planner::Batch,
         provider_change_id: &str,
         in_sync: bool,
         fence: Fence,
@@ -250,35 +255,11 @@ pub trait BillingStore: Send + Sync + 'static {
         customer_id: i64,
         fence: Fence,
         now: DateTime<Utc>,
-        settings: &crate::billing::BillingSettings,
+        settings: &tranche_core::billing::BillingSettings,
         node_id: &str,
     ) -> Result<BillingRunSummary, StoreError>;
     /// Deletes billing-run records that finished before `before`; returns how many went.
     async fn prune_runs(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
-}
-
-/// A service whose usage is pulled from CDN analytics.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UsageService {
-    pub service_id: i64,
-    pub customer_id: i64,
-    /// CDN names as configured on the service (compared case-insensitively with a source's).
-    pub primary_cdn: String,
-    pub backup_cdn: String,
-    /// Live hostnames of the service.
-    pub hostnames: Vec<String>,
-}
-
-/// Usage of one service in one window, as a source reports it now (cumulative for the window).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UsageReport {
-    pub service_id: i64,
-    pub customer_id: i64,
-    pub window_start: DateTime<Utc>,
-    pub window_end: DateTime<Utc>,
-    pub primary_bytes: i64,
-    pub backup_bytes: i64,
-    pub source: String,
 }
 
 /// The database side of usage ingestion.
@@ -302,13 +283,13 @@ pub trait VerificationStore: Send + Sync + 'static {
         shards: &[u16],
         now: DateTime<Utc>,
         limit: i64,
-    ) -> Result<Vec<crate::verify::Check>, StoreError>;
+    ) -> Result<Vec<tranche_core::verify::Check>, StoreError>;
     /// Writes `outcome` if the domain is still in the state `check` was made for (no lock is held
     /// across the lookup); returns whether it was written.
     async fn record_verification(
         &self,
-        check: &crate::verify::Check,
-        outcome: &crate::verify::Outcome,
+        check: &tranche_core::verify::Check,
+        outcome: &tranche_core::verify::Outcome,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
 }
@@ -316,7 +297,7 @@ pub trait VerificationStore: Send + Sync + 'static {
 /// TXT lookups (hickory-resolver in the `tranche` crate).
 #[async_trait::async_trait]
 pub trait TxtLookup: Send + Sync + 'static {
-    async fn txt(&self, name: &str) -> crate::verify::Lookup;
+    async fn txt(&self, name: &str) -> tranche_core::verify::Lookup;
 }
 
 /// A webhook delivery due to be sent: the endpoint and the event. Its `Debug` leaves the

@@ -11,8 +11,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
-use crate::engine::ports::{UsageReport, UsageService};
-
 /// Bytes served for one hostname in one window.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostUsage {
@@ -44,14 +42,28 @@ pub enum SourceError {
     Permanent(String),
 }
 
-/// A CDN's usage analytics.
-#[async_trait::async_trait]
-pub trait UsageSource: Send + Sync + 'static {
-    /// The CDN this source reports for (matched case-insensitively with services' CDN names),
-    /// also the `source` of the snapshots it produces.
-    fn cdn(&self) -> &str;
-    /// All rows for the query, following the source's paging.
-    async fn fetch(&self, query: &SourceQuery) -> Result<Vec<HostUsage>, SourceError>;
+/// A service whose usage is pulled from CDN analytics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageService {
+    pub service_id: i64,
+    pub customer_id: i64,
+    /// CDN names as configured on the service (compared case-insensitively with a source's).
+    pub primary_cdn: String,
+    pub backup_cdn: String,
+    /// Live hostnames of the service.
+    pub hostnames: Vec<String>,
+}
+
+/// Usage of one service in one window, as a source reports it now (cumulative for the window).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageReport {
+    pub service_id: i64,
+    pub customer_id: i64,
+    pub window_start: DateTime<Utc>,
+    pub window_end: DateTime<Utc>,
+    pub primary_bytes: i64,
+    pub backup_bytes: i64,
+    pub source: String,
 }
 
 /// How the ingestor polls.

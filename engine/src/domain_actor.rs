@@ -25,8 +25,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use super::config::EngineConfig;
 use super::observation_writer::ObservationMsg;
 use super::ports::{DomainSpec, EngineStore, Fence, Observation, PersistedState, StoreError};
-use crate::probe::{Cdn, Outcome, ProbeResult, Prober};
-use crate::storm::{Availability, AvailabilityWindow, CdnHealth, Inputs, StormMachine, Streak};
+use crate::ports::Prober;
+use tranche_core::probe::{Cdn, Outcome, ProbeResult};
+use tranche_core::storm::{
+    Availability, AvailabilityWindow, CdnHealth, Inputs, StormMachine, Streak,
+};
 
 /// Longest delay before a new actor's first probe.
 const FIRST_PROBE_SPREAD: Duration = Duration::from_secs(2);
@@ -341,7 +344,7 @@ impl DomainState {
             );
             return;
         }
-        let reason = (decision.state == crate::storm::StormState::Unknown)
+        let reason = (decision.state == tranche_core::storm::StormState::Unknown)
             .then(|| self.unknown_reason(&primary));
         match self
             .ctx
