@@ -1,32 +1,31 @@
 //! Invoicing over PostgreSQL: [`PgBillingStore`] implements the engine's
 //! [`BillingStore`] port, and [`PgUsageStore`] its [`UsageStore`] port.
 //!
-//! One billing run is one transaction:
+//! One billing run is one transaction, in three steps: load, plan (the pure
+//! [`tranche_core::billing::plan_run`], which holds every invoicing rule), apply.
 //!
-//! 1. check the customer shard's fencing epoch (a deposed node stops here);
-//! 2. lock the customer's unbilled snapshots whose windows have settled,
-//!    `for update skip locked` (a concurrent run, or a usage writer, holds the others);
-//! 3. load the services' storms and coverage factors, price every snapshot with the pure
-//!    [`tranche_core::billing::price`];
-//! 4. lock the existing invoices of the snapshots' periods; a snapshot of a period whose invoice
-//!    is already finalized goes, as an adjustment, on the draft of the period containing `now`;
-//! 5. add the lines' sums to the draft invoice of each period, creating the drafts that do not
-//!    exist yet (one per customer and period, by a unique key), in one upsert;
-//! 6. insert the line items (a snapshot can be on one line only, by its primary key), tag the
-//!    snapshots `where invoice_id is null` (all or the run fails);
-//! 7. finalize drafts whose period ended more than the grace ago; record the run.
+//! * **load** ([`load_run`]): check the customer shard's fencing epoch (a deposed node stops
+//!   here); lock the customer's unbilled snapshots whose windows have settled, `for update skip
+//!   locked` (a concurrent run, or a usage writer, holds the others); read their services'
+//!   storms and coverage factors; lock the existing invoices of the snapshots' periods (in
+//!   period order, so concurrent runs cannot deadlock) and note which are finalized;
+//! * **plan**: price every snapshot and decide its invoice;
+//! * **apply** ([`apply_run`]): add the plan's sums to the drafts, creating those that do not
+//!   exist yet (one per customer and period, by a unique key), in one upsert; insert the line
+//!   items (a snapshot can be on one line only, by its primary key); tag the snapshots `where
+//!   invoice_id is null` (all or the run fails); finalize drafts past their grace; record the
+//!   run.
 //!
 //! Anything failing rolls the whole run back; the failure is then recorded in `billing_runs`
 //! with its error, and the next tick retries.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashMap;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use sqlx::{FromRow, PgPool, Postgres, Transaction};
 use tranche_core::billing::{
-    BillingSettings, Line, StormSpan, Usage, max_coverage_factor, period_of, price,
+    BillingSettings, RunInputs, RunPlan, StormSpan, Unbilled, Usage, plan_run, snapshot_periods,
 };
 use tranche_core::domain::SHARDS;
 use tranche_engine::ports::{
@@ -43,22 +42,11 @@ fn other(e: sqlx::Error) -> StoreError {
 /// The billing port over PostgreSQL.
 pub struct PgBillingStore {
     pool: PgPool,
-    fail_before_tagging: AtomicBool,
 }
 
 impl PgBillingStore {
     pub fn new(pool: PgPool) -> Self {
-        Self {
-            pool,
-            fail_before_tagging: AtomicBool::new(false),
-        }
-    }
-
-    /// Fault injection for tests and drills: the next runs fail after inserting their invoices
-    /// and line items and before tagging the snapshots (as a crash there would), until turned
-    /// off again.
-    pub fn fail_before_tagging(&self, on: bool) {
-        self.fail_before_tagging.store(on, Ordering::SeqCst);
+        Self { pool }
     }
 }
 
@@ -82,22 +70,13 @@ struct StormRow {
     ended_at: Option<DateTime<Utc>>,
 }
 
-#[derive(FromRow)]
-struct InvoiceRow {
-    period_start: DateTime<Utc>,
-    status: String,
-}
-
-/// A priced snapshot on its way to an invoice.
-struct Priced {
-    snapshot: UnbilledRow,
-    line: Line,
-    storm_ids: Vec<Uuid>,
-    adjustment: bool,
-}
-
-fn duration(d: std::time::Duration) -> TimeDelta {
-    TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)
+/// A run's inputs, and the database identities the plan's indices refer to.
+pub struct LoadedRun {
+    pub inputs: RunInputs,
+    /// Per snapshot of `inputs`: its id and source.
+    snapshots: Vec<(Uuid, String)>,
+    /// Per service: the ids of its storms, in the order of `inputs.storms`.
+    storm_ids: HashMap<i64, Vec<Uuid>>,
 }
 
 #[async_trait::async_trait]
@@ -171,151 +150,164 @@ impl PgBillingStore {
     ) -> Result<BillingRunSummary, StoreError> {
         let mut tx = self.pool.begin().await.map_err(other)?;
         check_fence(&mut tx, fence).await?;
-        // Foreign-key checks run as plans cached per connection; planned while `invoices` was
-        // small (a fresh install, a first backlog), they would scan the table for every line.
-        // Custom plans see its current size.
-        sqlx::query("select set_config('plan_cache_mode', 'force_custom_plan', true)")
-            .execute(&mut *tx)
-            .await
-            .map_err(other)?;
-        let settled = now - duration(settings.settle);
-        let snapshots: Vec<UnbilledRow> = sqlx::query_as(
-            "select id, service_id, window_start, window_end, primary_bytes, backup_bytes,
-                    source, revision
-               from usage_snapshots
-              where customer_id = $1 and invoice_id is null and window_end <= $2
-              order by window_start, id
-              limit $3
-              for update skip locked",
-        )
-        .bind(customer_id)
-        .bind(settled)
-        .bind(settings.batch as i64)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(other)?;
-
-        let mut summary = BillingRunSummary::default();
-        if !snapshots.is_empty() {
-            let priced = price_all(&mut tx, snapshots, settings).await?;
-            summary = self
-                .invoice(&mut tx, customer_id, priced, now, settings, node_id)
+        let loaded = load_run(&mut tx, customer_id, now, settings).await?;
+        let plan = plan_run(&loaded.inputs, now, settings).map_err(|e| {
+            StoreError::Other(format!(
+                "snapshot {} cannot be priced: {}",
+                loaded.snapshots[e.snapshot].0, e.error
+            ))
+        })?;
+        let summary =
+            apply_run(&mut tx, customer_id, &loaded, &plan, now, settings, node_id, started)
                 .await?;
-        }
-
-        let grace_cutoff = now - duration(settings.grace);
-        let finalized = sqlx::query(
-            "update invoices set status = 'finalized', finalized_at = now()
-              where customer_id = $1 and status = 'draft' and period_end <= $2",
-        )
-        .bind(customer_id)
-        .bind(grace_cutoff)
-        .execute(&mut *tx)
-        .await
-        .map_err(other)?
-        .rows_affected();
-        summary.invoices_finalized = finalized as u32;
-
-        if summary.did_something() {
-            sqlx::query(
-                "insert into billing_runs (customer_id, node_id, started_at, finished_at,
-                        invoices_touched, invoices_created, invoices_finalized, snapshots_billed)
-                 values ($1, $2, $3, clock_timestamp(), $4, $5, $6, $7)",
-            )
-            .bind(customer_id)
-            .bind(node_id)
-            .bind(started)
-            .bind(summary.invoices_touched as i32)
-            .bind(summary.invoices_created as i32)
-            .bind(summary.invoices_finalized as i32)
-            .bind(summary.snapshots_billed as i32)
-            .execute(&mut *tx)
-            .await
-            .map_err(other)?;
-        }
         tx.commit().await.map_err(other)?;
         Ok(summary)
     }
+}
 
-    /// Puts priced snapshots on their invoices, inside the run's transaction.
-    async fn invoice(
-        &self,
-        tx: &mut Transaction<'_, Postgres>,
-        customer_id: i64,
-        priced: Vec<Priced>,
-        now: DateTime<Utc>,
-        settings: &BillingSettings,
-        node_id: &str,
-    ) -> Result<BillingRunSummary, StoreError> {
-        let mut summary = BillingRunSummary::default();
-        // Every period this run may write to: the snapshots' and the current one (for
-        // adjustments to finalized periods). Locked in period order, so concurrent runs
-        // cannot deadlock.
-        let current = period_of(now, settings.period);
-        let mut periods: BTreeMap<DateTime<Utc>, DateTime<Utc>> = BTreeMap::new();
-        for p in &priced {
-            let (s, e) = period_of(p.snapshot.window_start, settings.period);
-            periods.insert(s, e);
-        }
-        let existing: Vec<InvoiceRow> = sqlx::query_as(
-            "select period_start, status from invoices
-              where customer_id = $1 and period_start = any($2)
-              order by period_start
-              for update",
-        )
-        .bind(customer_id)
-        .bind(periods.keys().copied().collect::<Vec<_>>())
-        .fetch_all(&mut **tx)
+/// Loads a customer's run inputs inside the run's transaction, locking the snapshots it will
+/// bill and the invoices it may write to.
+pub async fn load_run(
+    tx: &mut Transaction<'_, Postgres>,
+    customer_id: i64,
+    now: DateTime<Utc>,
+    settings: &BillingSettings,
+) -> Result<LoadedRun, StoreError> {
+    // Foreign-key checks run as plans cached per connection; planned while `invoices` was
+    // small (a fresh install, a first backlog), they would scan the table for every line.
+    // Custom plans see its current size.
+    sqlx::query("select set_config('plan_cache_mode', 'force_custom_plan', true)")
+        .execute(&mut **tx)
         .await
         .map_err(other)?;
-        let finalized: std::collections::HashSet<DateTime<Utc>> = existing
-            .iter()
-            .filter(|i| i.status == "finalized")
-            .map(|i| i.period_start)
-            .collect();
-        if periods.keys().any(|p| finalized.contains(p)) {
-            periods.insert(current.0, current.1);
-        }
-        // Each line's period: its snapshot's, or (an adjustment) the current one when that
-        // period's invoice is finalized.
-        let mut targets: Vec<(DateTime<Utc>, Priced)> = Vec::with_capacity(priced.len());
-        for mut p in priced {
-            let period = period_of(p.snapshot.window_start, settings.period).0;
-            let target = if finalized.contains(&period) {
-                p.adjustment = true;
-                current.0
-            } else {
-                period
-            };
-            targets.push((target, p));
-        }
-        // Per draft: the sums of its new lines.
-        let mut sums: BTreeMap<DateTime<Utc>, Sums> = BTreeMap::new();
-        for (period, p) in &targets {
-            let e = sums.entry(*period).or_default();
-            e.subtotal += p.line.subtotal_cents;
-            e.discount += p.line.discount_cents;
-            e.total += p.line.total_cents;
-            e.lines += 1;
-        }
-        let (invoice_of, created) =
-            upsert_drafts(tx, customer_id, &sums, &periods, node_id).await?;
+    let rows: Vec<UnbilledRow> = sqlx::query_as(
+        "select id, service_id, window_start, window_end, primary_bytes, backup_bytes,
+                source, revision
+           from usage_snapshots
+          where customer_id = $1 and invoice_id is null and window_end <= $2
+          order by window_start, id
+          limit $3
+          for update skip locked",
+    )
+    .bind(customer_id)
+    .bind(settings.billable_before(now))
+    .bind(settings.batch as i64)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(other)?;
+    let mut loaded = LoadedRun {
+        inputs: RunInputs::default(),
+        snapshots: Vec::with_capacity(rows.len()),
+        storm_ids: HashMap::new(),
+    };
+    if rows.is_empty() {
+        return Ok(loaded);
+    }
+    for r in rows {
+        loaded.inputs.snapshots.push(Unbilled {
+            service_id: r.service_id,
+            usage: Usage {
+                window_start: r.window_start,
+                window_end: r.window_end,
+                primary_bytes: r.primary_bytes,
+                backup_bytes: r.backup_bytes,
+            },
+            revision: r.revision,
+        });
+        loaded.snapshots.push((r.id, r.source));
+    }
+    let snapshots = &loaded.inputs.snapshots;
+    let mut services: Vec<i64> = snapshots.iter().map(|s| s.service_id).collect();
+    services.sort_unstable();
+    services.dedup();
+    let earliest = snapshots.iter().map(|s| s.usage.window_start).min();
+    let latest = snapshots.iter().map(|s| s.usage.window_end).max();
+    let factors: Vec<(i64, Decimal)> = sqlx::query_as(
+        "select service_id, max_coverage_factor from storm_policies where service_id = any($1)",
+    )
+    .bind(&services)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(other)?;
+    for (service, f) in factors {
+        loaded
+            .inputs
+            .coverage_factors
+            .entry(service)
+            .or_default()
+            .push(f);
+    }
+    let storms: Vec<StormRow> = sqlx::query_as(
+        "select id, service_id, started_at, ended_at from storm_events
+          where service_id = any($1) and started_at < $3
+            and (ended_at is null or ended_at > $2)
+          order by started_at",
+    )
+    .bind(&services)
+    .bind(earliest)
+    .bind(latest)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(other)?;
+    for s in storms {
+        loaded
+            .inputs
+            .storms
+            .entry(s.service_id)
+            .or_default()
+            .push(StormSpan {
+                started_at: s.started_at,
+                ended_at: s.ended_at,
+            });
+        loaded.storm_ids.entry(s.service_id).or_default().push(s.id);
+    }
+    let statuses: Vec<(DateTime<Utc>, String)> = sqlx::query_as(
+        "select period_start, status from invoices
+          where customer_id = $1 and period_start = any($2)
+          order by period_start
+          for update",
+    )
+    .bind(customer_id)
+    .bind(snapshot_periods(&loaded.inputs.snapshots, settings))
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(other)?;
+    loaded.inputs.finalized_periods = statuses
+        .into_iter()
+        .filter(|(_, status)| status == "finalized")
+        .map(|(p, _)| p)
+        .collect();
+    Ok(loaded)
+}
+
+/// Applies a run's plan inside its transaction and records the run.
+#[allow(clippy::too_many_arguments)]
+pub async fn apply_run(
+    tx: &mut Transaction<'_, Postgres>,
+    customer_id: i64,
+    loaded: &LoadedRun,
+    plan: &RunPlan,
+    now: DateTime<Utc>,
+    settings: &BillingSettings,
+    node_id: &str,
+    started: DateTime<Utc>,
+) -> Result<BillingRunSummary, StoreError> {
+    let mut summary = BillingRunSummary::default();
+    if !plan.lines.is_empty() {
+        let (invoice_of, created) = upsert_drafts(tx, customer_id, plan, node_id).await?;
         summary.invoices_created = created;
-        summary.invoices_touched = sums.len() as u32;
-        let lines: Vec<(Uuid, Priced)> = targets
-            .into_iter()
-            .map(|(period, p)| (invoice_of[&period], p))
+        summary.invoices_touched = plan.drafts.len() as u32;
+        let invoices: Vec<Uuid> = plan
+            .lines
+            .iter()
+            .map(|l| invoice_of[&l.period_start])
             .collect();
-        insert_lines(tx, &lines, settings).await?;
-
-        if self.fail_before_tagging.load(Ordering::SeqCst) {
-            return Err(StoreError::Other(
-                "injected failure before tagging snapshots".into(),
-            ));
-        }
-
-        let ids: Vec<Uuid> = lines.iter().map(|(_, p)| p.snapshot.id).collect();
-        let invoices: Vec<Uuid> = lines.iter().map(|(i, _)| *i).collect();
+        insert_lines(tx, loaded, plan, &invoices, settings).await?;
+        let ids: Vec<Uuid> = plan
+            .lines
+            .iter()
+            .map(|l| loaded.snapshots[l.snapshot].0)
+            .collect();
         let tagged = sqlx::query(
             "update usage_snapshots u set invoice_id = v.invoice, billed_at = now(), updated_at = now()
                from unnest($1::uuid[], $2::uuid[]) v(id, invoice)
@@ -334,32 +326,51 @@ impl PgBillingStore {
             )));
         }
         summary.snapshots_billed = ids.len() as u32;
-        Ok(summary)
     }
+
+    let finalized = sqlx::query(
+        "update invoices set status = 'finalized', finalized_at = now()
+          where customer_id = $1 and status = 'draft' and period_end <= $2",
+    )
+    .bind(customer_id)
+    .bind(settings.finalize_until(now))
+    .execute(&mut **tx)
+    .await
+    .map_err(other)?
+    .rows_affected();
+    summary.invoices_finalized = finalized as u32;
+
+    if summary.did_something() {
+        sqlx::query(
+            "insert into billing_runs (customer_id, node_id, started_at, finished_at,
+                    invoices_touched, invoices_created, invoices_finalized, snapshots_billed)
+             values ($1, $2, $3, clock_timestamp(), $4, $5, $6, $7)",
+        )
+        .bind(customer_id)
+        .bind(node_id)
+        .bind(started)
+        .bind(summary.invoices_touched as i32)
+        .bind(summary.invoices_created as i32)
+        .bind(summary.invoices_finalized as i32)
+        .bind(summary.snapshots_billed as i32)
+        .execute(&mut **tx)
+        .await
+        .map_err(other)?;
+    }
+    Ok(summary)
 }
 
-/// What a run adds to one draft invoice.
-#[derive(Default)]
-struct Sums {
-    subtotal: Decimal,
-    discount: Decimal,
-    total: Decimal,
-    lines: i32,
-}
-
-/// Adds `sums` (per period start) to the customer's draft invoices of those periods, creating
-/// the drafts that do not exist yet (their ends from `periods`), in one statement. Returns each
-/// period's invoice id and how many were created. Every period must be a draft: the run holds
-/// the existing invoices `for update`, so one finalized since is an error.
+/// Adds the plan's draft sums to the customer's draft invoices of those periods, creating the
+/// drafts that do not exist yet, in one statement. Returns each period's invoice id and how
+/// many were created. Every period must be a draft: the run holds the existing invoices `for
+/// update`, so one finalized since (the current period's, locked only here) is an error.
 async fn upsert_drafts(
     tx: &mut Transaction<'_, Postgres>,
     customer_id: i64,
-    sums: &BTreeMap<DateTime<Utc>, Sums>,
-    periods: &BTreeMap<DateTime<Utc>, DateTime<Utc>>,
+    plan: &RunPlan,
     node_id: &str,
 ) -> Result<(HashMap<DateTime<Utc>, Uuid>, u32), StoreError> {
-    let starts: Vec<DateTime<Utc>> = sums.keys().copied().collect();
-    let ends: Vec<DateTime<Utc>> = starts.iter().map(|s| periods[s]).collect();
+    let drafts = &plan.drafts;
     let rows: Vec<(Uuid, DateTime<Utc>, bool)> = sqlx::query_as(
         "insert into invoices (customer_id, period_start, period_end, created_by_node,
                                subtotal_cents, discount_cents, total_cents, line_count)
@@ -376,21 +387,21 @@ async fn upsert_drafts(
          returning id, period_start, xmax = 0",
     )
     .bind(customer_id)
-    .bind(&starts)
-    .bind(&ends)
+    .bind(drafts.iter().map(|d| d.period_start).collect::<Vec<_>>())
+    .bind(drafts.iter().map(|d| d.period_end).collect::<Vec<_>>())
     .bind(node_id)
-    .bind(sums.values().map(|v| v.subtotal).collect::<Vec<_>>())
-    .bind(sums.values().map(|v| v.discount).collect::<Vec<_>>())
-    .bind(sums.values().map(|v| v.total).collect::<Vec<_>>())
-    .bind(sums.values().map(|v| v.lines).collect::<Vec<_>>())
+    .bind(drafts.iter().map(|d| d.totals.subtotal_cents).collect::<Vec<_>>())
+    .bind(drafts.iter().map(|d| d.totals.discount_cents).collect::<Vec<_>>())
+    .bind(drafts.iter().map(|d| d.totals.total_cents).collect::<Vec<_>>())
+    .bind(drafts.iter().map(|d| d.lines).collect::<Vec<_>>())
     .fetch_all(&mut **tx)
     .await
     .map_err(other)?;
-    if rows.len() != starts.len() {
+    if rows.len() != drafts.len() {
         return Err(StoreError::Other(format!(
             "{} of {} invoices were finalized during the run",
-            starts.len() - rows.len(),
-            starts.len()
+            drafts.len() - rows.len(),
+            drafts.len()
         )));
     }
     let created = rows.iter().filter(|r| r.2).count() as u32;
@@ -400,103 +411,38 @@ async fn upsert_drafts(
     ))
 }
 
-/// Prices the snapshots with their services' storms and coverage factors.
-async fn price_all(
-    tx: &mut Transaction<'_, Postgres>,
-    snapshots: Vec<UnbilledRow>,
-    settings: &BillingSettings,
-) -> Result<Vec<Priced>, StoreError> {
-    let mut services: Vec<i64> = snapshots.iter().map(|s| s.service_id).collect();
-    services.sort_unstable();
-    services.dedup();
-    let earliest = snapshots.iter().map(|s| s.window_start).min();
-    let latest = snapshots.iter().map(|s| s.window_end).max();
-    let factors: Vec<(i64, Decimal)> = sqlx::query_as(
-        "select service_id, max_coverage_factor from storm_policies where service_id = any($1)",
-    )
-    .bind(&services)
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(other)?;
-    let storms: Vec<StormRow> = sqlx::query_as(
-        "select id, service_id, started_at, ended_at from storm_events
-          where service_id = any($1) and started_at < $3
-            and (ended_at is null or ended_at > $2)
-          order by started_at",
-    )
-    .bind(&services)
-    .bind(earliest)
-    .bind(latest)
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(other)?;
-    let mut storms_of: HashMap<i64, (Vec<StormSpan>, Vec<Uuid>)> = HashMap::new();
-    for s in storms {
-        let e = storms_of.entry(s.service_id).or_default();
-        e.0.push(StormSpan {
-            started_at: s.started_at,
-            ended_at: s.ended_at,
-        });
-        e.1.push(s.id);
-    }
-    let mut factor_of: HashMap<i64, Vec<Decimal>> = HashMap::new();
-    for (service, f) in factors {
-        factor_of.entry(service).or_default().push(f);
-    }
-    let none = (Vec::new(), Vec::new());
-    snapshots
-        .into_iter()
-        .map(|snapshot| {
-            let (spans, ids) = storms_of.get(&snapshot.service_id).unwrap_or(&none);
-            let factor = max_coverage_factor(
-                factor_of
-                    .get(&snapshot.service_id)
-                    .into_iter()
-                    .flatten()
-                    .copied(),
-            );
-            let usage = Usage {
-                window_start: snapshot.window_start,
-                window_end: snapshot.window_end,
-                primary_bytes: snapshot.primary_bytes,
-                backup_bytes: snapshot.backup_bytes,
-            };
-            let line = price(&usage, spans, factor, &settings.rates).map_err(|e| {
-                StoreError::Other(format!("snapshot {} cannot be priced: {e}", snapshot.id))
-            })?;
-            let storm_ids = line.storms.iter().map(|&i| ids[i]).collect();
-            let adjustment = snapshot.revision > 0;
-            Ok(Priced {
-                snapshot,
-                line,
-                storm_ids,
-                adjustment,
-            })
-        })
-        .collect()
-}
-
 async fn insert_lines(
     tx: &mut Transaction<'_, Postgres>,
-    lines: &[(Uuid, Priced)],
+    loaded: &LoadedRun,
+    plan: &RunPlan,
+    invoices: &[Uuid],
     settings: &BillingSettings,
 ) -> Result<(), StoreError> {
+    let lines = &plan.lines;
+    let snapshots = &loaded.inputs.snapshots;
     // One array per column.
-    fn column<T>(lines: &[(Uuid, Priced)], f: impl Fn(&Priced) -> T) -> Vec<T> {
-        lines.iter().map(|(_, p)| f(p)).collect()
+    fn column<T>(plan: &RunPlan, f: impl Fn(&tranche_core::billing::PlannedLine) -> T) -> Vec<T> {
+        plan.lines.iter().map(f).collect()
     }
     // Storm ids travel as one text array of comma-separated lists (Postgres arrays of arrays
     // must be rectangular).
+    let no_storms = Vec::new();
     let storm_lists: Vec<String> = lines
         .iter()
-        .map(|(_, p)| {
-            p.storm_ids
+        .map(|l| {
+            let ids = loaded
+                .storm_ids
+                .get(&snapshots[l.snapshot].service_id)
+                .unwrap_or(&no_storms);
+            l.line
+                .storms
                 .iter()
-                .map(Uuid::to_string)
+                .map(|&i| ids[i].to_string())
                 .collect::<Vec<_>>()
                 .join(",")
         })
         .collect();
+    let usage = |l: &tranche_core::billing::PlannedLine| snapshots[l.snapshot].usage;
     sqlx::query(
         "insert into invoice_line_items
                 (invoice_id, snapshot_id, service_id, window_start, window_end, source, adjustment,
@@ -518,28 +464,28 @@ async fn insert_lines(
                 v(invoice, snapshot, service, ws, we, source, adjustment, pb, bb, overlap,
                   factor, coverage, pe, pc, be, bc, subtotal, de, dc, total, storms)",
     )
-    .bind(lines.iter().map(|(i, _)| *i).collect::<Vec<_>>())
-    .bind(column(lines, |p| p.snapshot.id))
-    .bind(column(lines, |p| p.snapshot.service_id))
-    .bind(column(lines, |p| p.snapshot.window_start))
-    .bind(column(lines, |p| p.snapshot.window_end))
-    .bind(column(lines, |p| p.snapshot.source.clone()))
-    .bind(column(lines, |p| p.adjustment))
-    .bind(column(lines, |p| p.snapshot.primary_bytes))
-    .bind(column(lines, |p| p.snapshot.backup_bytes))
+    .bind(invoices)
+    .bind(column(plan, |l| loaded.snapshots[l.snapshot].0))
+    .bind(column(plan, |l| snapshots[l.snapshot].service_id))
+    .bind(column(plan, |l| usage(l).window_start))
+    .bind(column(plan, |l| usage(l).window_end))
+    .bind(column(plan, |l| loaded.snapshots[l.snapshot].1.clone()))
+    .bind(column(plan, |l| l.adjustment))
+    .bind(column(plan, |l| usage(l).primary_bytes))
+    .bind(column(plan, |l| usage(l).backup_bytes))
     .bind(settings.rates.cents_per_gb)
     .bind(settings.rates.discount_rate)
-    .bind(column(lines, |p| p.line.storm_overlap_seconds))
-    .bind(column(lines, |p| p.line.max_coverage_factor))
-    .bind(column(lines, |p| p.line.coverage))
-    .bind(column(lines, |p| p.line.primary.exact))
-    .bind(column(lines, |p| p.line.primary.cents))
-    .bind(column(lines, |p| p.line.backup.exact))
-    .bind(column(lines, |p| p.line.backup.cents))
-    .bind(column(lines, |p| p.line.subtotal_cents))
-    .bind(column(lines, |p| p.line.discount_exact))
-    .bind(column(lines, |p| p.line.discount_cents))
-    .bind(column(lines, |p| p.line.total_cents))
+    .bind(column(plan, |l| l.line.storm_overlap_seconds))
+    .bind(column(plan, |l| l.line.max_coverage_factor))
+    .bind(column(plan, |l| l.line.coverage))
+    .bind(column(plan, |l| l.line.primary.exact))
+    .bind(column(plan, |l| l.line.primary.cents))
+    .bind(column(plan, |l| l.line.backup.exact))
+    .bind(column(plan, |l| l.line.backup.cents))
+    .bind(column(plan, |l| l.line.subtotal_cents))
+    .bind(column(plan, |l| l.line.discount_exact))
+    .bind(column(plan, |l| l.line.discount_cents))
+    .bind(column(plan, |l| l.line.total_cents))
     .bind(storm_lists)
     .execute(&mut **tx)
     .await

@@ -565,7 +565,17 @@ async fn a_crash_before_tagging_leaves_no_partial_invoice() {
     .await;
     start_billing(&mut app, test_billing(), 1).await;
     let store = app.engine.as_ref().unwrap().billing.clone().unwrap();
-    store.fail_before_tagging(true);
+    // A fault at the very end of the run (after the invoices and line items are written, when
+    // the snapshots are tagged), injected in the database itself.
+    sqlx::raw_sql(
+        "create function inject_failure() returns trigger language plpgsql as $$
+         begin raise exception 'injected failure while tagging'; end $$;
+         create trigger inject_failure before update on usage_snapshots
+            for each row execute function inject_failure();",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
     let failed = app.engine().bill_now().await.unwrap();
     assert!(failed.is_err(), "{failed:?}");
     let counts: (i64, i64, i64) = sqlx::query_as(
@@ -585,7 +595,10 @@ async fn a_crash_before_tagging_leaves_no_partial_invoice() {
         "{runs}"
     );
 
-    store.fail_before_tagging(false);
+    sqlx::raw_sql("drop trigger inject_failure on usage_snapshots")
+        .execute(&app.pool)
+        .await
+        .unwrap();
     assert_eq!(bill(&app).await.snapshots_billed, 1);
     let invoices = app.get("/v1/invoices", &DEV).await.expect(200).body;
     assert_eq!(invoices[0]["total_cents"], "24");

@@ -16,9 +16,13 @@
 //! half a cent rounds up even where a 28-digit decimal quotient would not be exact. The
 //! unrounded amounts are kept alongside (to 28 significant digits) for the invoice's reader.
 //!
+//! [`run`] plans a whole billing run on top of it: which invoice each snapshot goes on
+//! (adjustments of finalized periods included) and what each draft gains.
+//!
 //! Nothing here reads the clock or the database: windows, storms and rates are passed in.
 
 mod period;
+pub mod run;
 
 use std::time::Duration;
 
@@ -26,6 +30,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
 pub use period::period_of;
+pub use run::{DraftDelta, PlanError, PlannedLine, RunInputs, RunPlan, Unbilled, plan_run, snapshot_periods};
 
 /// Bytes in a gigabyte for billing: 2^30 (a GiB, as the Go seed used).
 pub const BYTES_PER_GB: i64 = 1 << 30;
