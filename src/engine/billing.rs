@@ -157,9 +157,17 @@ impl PgBillingStore {
                 loaded.snapshots[e.snapshot].0, e.error
             ))
         })?;
-        let summary =
-            apply_run(&mut tx, customer_id, &loaded, &plan, now, settings, node_id, started)
-                .await?;
+        let summary = apply_run(
+            &mut tx,
+            customer_id,
+            &loaded,
+            &plan,
+            now,
+            settings,
+            node_id,
+            started,
+        )
+        .await?;
         tx.commit().await.map_err(other)?;
         Ok(summary)
     }
@@ -390,9 +398,24 @@ async fn upsert_drafts(
     .bind(drafts.iter().map(|d| d.period_start).collect::<Vec<_>>())
     .bind(drafts.iter().map(|d| d.period_end).collect::<Vec<_>>())
     .bind(node_id)
-    .bind(drafts.iter().map(|d| d.totals.subtotal_cents).collect::<Vec<_>>())
-    .bind(drafts.iter().map(|d| d.totals.discount_cents).collect::<Vec<_>>())
-    .bind(drafts.iter().map(|d| d.totals.total_cents).collect::<Vec<_>>())
+    .bind(
+        drafts
+            .iter()
+            .map(|d| d.totals.subtotal_cents)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        drafts
+            .iter()
+            .map(|d| d.totals.discount_cents)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        drafts
+            .iter()
+            .map(|d| d.totals.total_cents)
+            .collect::<Vec<_>>(),
+    )
     .bind(drafts.iter().map(|d| d.lines).collect::<Vec<_>>())
     .fetch_all(&mut **tx)
     .await

@@ -1,15 +1,9 @@
 //! Usage snapshots: recorded idempotently, never changed once invoiced.
 //!
 //! A report carries the usage a source sees *now* for one window (cumulative), keyed by
-//! (service, window, source). [`record`] makes the stored revisions of that key add up to it:
-//!
-//! * no snapshot yet → revision 0 is created (`created`);
-//! * the latest revision is unbilled → it is set to the report minus what earlier, invoiced
-//!   revisions already billed (`updated`, or `unchanged` when that is what it holds);
-//! * every revision is invoiced and the report exceeds their sum → a new revision holds the
-//!   difference: an *adjustment*, billed on the next invoice (`adjusted`); a report below what
-//!   was billed records nothing (`below_billed`): invoiced usage is never reduced or credited
-//!   automatically.
+//! (service, window, source). [`record`] makes the stored revisions of that key add up to it,
+//! by the rules of [`tranche_core::usage::revision`] (create, update the unbilled latest
+//! revision, adjust after billing, never reduce what was invoiced).
 //!
 //! Writers of one service are serialised by a transaction-scoped advisory lock; the rows read
 //! are locked `for update`, so a billing run (which locks the snapshots it bills `for update
@@ -20,6 +14,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgPool};
+use tranche_core::usage::revision::{Change, Revision, last_per_key, plan_revision};
 use tranche_engine::ports::UsageReport;
 use uuid::Uuid;
 
@@ -50,32 +45,7 @@ macro_rules! columns {
     };
 }
 
-/// What [`record`] did with one report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Created,
-    Updated,
-    Unchanged,
-    Adjusted,
-    BelowBilled,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Created => "created",
-            Self::Updated => "updated",
-            Self::Unchanged => "unchanged",
-            Self::Adjusted => "adjusted",
-            Self::BelowBilled => "below_billed",
-        }
-    }
-
-    /// Whether a snapshot was written.
-    pub fn wrote(self) -> bool {
-        matches!(self, Self::Created | Self::Updated | Self::Adjusted)
-    }
-}
+pub use tranche_core::usage::revision::Outcome;
 
 type Key = (i64, DateTime<Utc>, DateTime<Utc>, String);
 
@@ -83,7 +53,17 @@ fn key(r: &UsageReport) -> Key {
     (r.service_id, r.window_start, r.window_end, r.source.clone())
 }
 
-/// Records `reports` in one transaction; per report, what happened and the snapshot that now
+fn row_key(row: &SnapshotRow) -> Key {
+    (
+        row.service_id,
+        row.window_start,
+        row.window_end,
+        row.source.clone(),
+    )
+}
+
+/// Records `reports` in one transaction (load the keys' revisions, plan each report with the
+/// core's [`plan_revision`], apply); per report, what happened and the snapshot that now
 /// carries it (for `below_billed`/`unchanged` with every revision billed: the latest revision).
 /// Reports repeating a key within the call: the last one wins.
 pub async fn record(
@@ -120,81 +100,50 @@ pub async fn record(
     .await?;
     let mut revisions: HashMap<Key, Vec<SnapshotRow>> = HashMap::new();
     for row in existing {
-        let k = (
-            row.service_id,
-            row.window_start,
-            row.window_end,
-            row.source.clone(),
-        );
-        revisions.entry(k).or_default().push(row);
+        revisions.entry(row_key(&row)).or_default().push(row);
     }
 
-    // Last report per key wins.
-    let mut latest: HashMap<Key, usize> = HashMap::new();
-    for (i, r) in reports.iter().enumerate() {
-        latest.insert(key(r), i);
-    }
-
-    enum Plan {
-        Insert { revision: i32, p: i64, b: i64 },
-        Update { id: Uuid, p: i64, b: i64 },
-        Keep(Outcome, Box<SnapshotRow>),
-    }
-    let mut plans: Vec<(usize, Plan)> = Vec::with_capacity(latest.len());
-    for (k, &i) in &latest {
+    // Plan every key's last report; gather the writes by kind.
+    let mut out: Vec<(usize, Outcome, SnapshotRow)> = Vec::with_capacity(reports.len());
+    let mut inserts: Vec<(usize, Outcome, i32, i64, i64)> = Vec::new();
+    let mut updates: Vec<(usize, Uuid, i64, i64)> = Vec::new();
+    for i in last_per_key(reports.iter().map(key)) {
         let r = &reports[i];
-        let plan = match revisions.get(k) {
-            None => Plan::Insert {
-                revision: 0,
-                p: r.primary_bytes,
-                b: r.backup_bytes,
-            },
-            Some(revs) => {
-                let billed = revs.iter().filter(|s| s.invoice_id.is_some());
-                let (bp, bb) = billed.fold((0i64, 0i64), |(p, b), s| {
-                    (
-                        p.saturating_add(s.primary_bytes),
-                        b.saturating_add(s.backup_bytes),
-                    )
-                });
-                let want_p = r.primary_bytes.saturating_sub(bp).max(0);
-                let want_b = r.backup_bytes.saturating_sub(bb).max(0);
-                let last = revs.last().expect("grouped rows are non-empty");
-                if last.invoice_id.is_none() {
-                    if last.primary_bytes == want_p && last.backup_bytes == want_b {
-                        Plan::Keep(Outcome::Unchanged, Box::new(last.clone()))
-                    } else {
-                        Plan::Update {
-                            id: last.id,
-                            p: want_p,
-                            b: want_b,
-                        }
-                    }
-                } else if want_p > 0 || want_b > 0 {
-                    Plan::Insert {
-                        revision: last.revision + 1,
-                        p: want_p,
-                        b: want_b,
-                    }
-                } else if r.primary_bytes < bp || r.backup_bytes < bb {
-                    Plan::Keep(Outcome::BelowBilled, Box::new(last.clone()))
-                } else {
-                    Plan::Keep(Outcome::Unchanged, Box::new(last.clone()))
-                }
+        let revs = revisions.get(&key(r)).map(Vec::as_slice).unwrap_or(&[]);
+        let seen: Vec<Revision> = revs
+            .iter()
+            .map(|s| Revision {
+                revision: s.revision,
+                primary_bytes: s.primary_bytes,
+                backup_bytes: s.backup_bytes,
+                billed: s.invoice_id.is_some(),
+            })
+            .collect();
+        let plan = plan_revision(&seen, r.primary_bytes, r.backup_bytes);
+        match plan.change {
+            Change::Insert {
+                revision,
+                primary_bytes,
+                backup_bytes,
+            } => inserts.push((i, plan.outcome, revision, primary_bytes, backup_bytes)),
+            Change::UpdateLatest {
+                primary_bytes,
+                backup_bytes,
+            } => {
+                let last = revs.last().expect("an update has a latest revision");
+                updates.push((i, last.id, primary_bytes, backup_bytes));
             }
-        };
-        plans.push((i, plan));
+            Change::Keep => {
+                let last = revs.last().expect("a kept report has a latest revision");
+                out.push((i, plan.outcome, last.clone()));
+            }
+        }
     }
 
-    let mut out: Vec<(usize, Outcome, SnapshotRow)> = Vec::with_capacity(plans.len());
-    let inserts: Vec<(usize, i32, i64, i64)> = plans
-        .iter()
-        .filter_map(|(i, p)| match p {
-            Plan::Insert { revision, p, b } => Some((*i, *revision, *p, *b)),
-            _ => None,
-        })
-        .collect();
     if !inserts.is_empty() {
+        let column = |f: &dyn Fn(&UsageReport) -> i64| -> Vec<i64> {
+            inserts.iter().map(|x| f(&reports[x.0])).collect()
+        };
         let rows: Vec<SnapshotRow> = sqlx::query_as(concat!(
             "insert into usage_snapshots
                     (service_id, customer_id, window_start, window_end, primary_bytes,
@@ -204,18 +153,8 @@ pub async fn record(
              returning ",
             columns!()
         ))
-        .bind(
-            inserts
-                .iter()
-                .map(|x| reports[x.0].service_id)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            inserts
-                .iter()
-                .map(|x| reports[x.0].customer_id)
-                .collect::<Vec<_>>(),
-        )
+        .bind(column(&|r| r.service_id))
+        .bind(column(&|r| r.customer_id))
         .bind(
             inserts
                 .iter()
@@ -228,49 +167,25 @@ pub async fn record(
                 .map(|x| reports[x.0].window_end)
                 .collect::<Vec<_>>(),
         )
-        .bind(inserts.iter().map(|x| x.2).collect::<Vec<_>>())
         .bind(inserts.iter().map(|x| x.3).collect::<Vec<_>>())
+        .bind(inserts.iter().map(|x| x.4).collect::<Vec<_>>())
         .bind(
             inserts
                 .iter()
                 .map(|x| reports[x.0].source.clone())
                 .collect::<Vec<_>>(),
         )
-        .bind(inserts.iter().map(|x| x.1).collect::<Vec<_>>())
+        .bind(inserts.iter().map(|x| x.2).collect::<Vec<_>>())
         .fetch_all(&mut *tx)
         .await?;
-        let mut by_key: HashMap<Key, SnapshotRow> = rows
-            .into_iter()
-            .map(|row| {
-                (
-                    (
-                        row.service_id,
-                        row.window_start,
-                        row.window_end,
-                        row.source.clone(),
-                    ),
-                    row,
-                )
-            })
-            .collect();
-        for (i, revision, ..) in &inserts {
+        let mut by_key: HashMap<Key, SnapshotRow> =
+            rows.into_iter().map(|row| (row_key(&row), row)).collect();
+        for (i, outcome, ..) in &inserts {
             if let Some(row) = by_key.remove(&key(&reports[*i])) {
-                let outcome = if *revision == 0 {
-                    Outcome::Created
-                } else {
-                    Outcome::Adjusted
-                };
-                out.push((*i, outcome, row));
+                out.push((*i, *outcome, row));
             }
         }
     }
-    let updates: Vec<(usize, Uuid, i64, i64)> = plans
-        .iter()
-        .filter_map(|(i, p)| match p {
-            Plan::Update { id, p, b } => Some((*i, *id, *p, *b)),
-            _ => None,
-        })
-        .collect();
     if !updates.is_empty() {
         let rows: Vec<SnapshotRow> = sqlx::query_as(
             "update usage_snapshots u
@@ -290,11 +205,6 @@ pub async fn record(
                 .remove(id)
                 .ok_or_else(|| sqlx::Error::Protocol("a locked snapshot changed".into()))?;
             out.push((*i, Outcome::Updated, row));
-        }
-    }
-    for (i, plan) in plans {
-        if let Plan::Keep(outcome, row) = plan {
-            out.push((i, outcome, *row));
         }
     }
     tx.commit().await?;

@@ -30,7 +30,9 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
 pub use period::period_of;
-pub use run::{DraftDelta, PlanError, PlannedLine, RunInputs, RunPlan, Unbilled, plan_run, snapshot_periods};
+pub use run::{
+    DraftDelta, PlanError, PlannedLine, RunInputs, RunPlan, Unbilled, plan_run, snapshot_periods,
+};
 
 /// Bytes in a gigabyte for billing: 2^30 (a GiB, as the Go seed used).
 pub const BYTES_PER_GB: i64 = 1 << 30;

@@ -1,10 +1,13 @@
-//! Usage ingestion's port and pure core: what a CDN analytics source answers, which windows to
-//! poll, and how per-hostname bytes become per-service usage reports.
+//! Usage ingestion's pure core: what a CDN analytics source answers, which windows to poll, how
+//! per-hostname bytes become per-service usage reports, and ([`revision`]) how a report becomes
+//! stored snapshot revisions.
 //!
-//! A [`UsageSource`] speaks for one CDN (Cloudflare is the first implementation, in the
+//! A usage source (the engine's `UsageSource` port) speaks for one CDN (Cloudflare is the first implementation, in the
 //! `tranche` crate). Its bytes for a hostname count as the *primary* bytes of services whose
 //! primary CDN it is and as the *backup* bytes of services whose backup CDN it is, so each CDN's
 //! traffic comes from that CDN's own analytics.
+
+pub mod revision;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
