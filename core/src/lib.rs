@@ -25,6 +25,7 @@ pub mod address_policy;
 pub mod billing;
 pub mod dns;
 pub mod domain;
+pub mod observations;
 pub mod probe;
 pub mod storm;
 pub mod usage;

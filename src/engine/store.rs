@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde_json::json;
 use sqlx::{FromRow, PgPool};
@@ -11,7 +11,7 @@ use tranche_core::dns::planner::{Batch, RecordChange, RecordType};
 use tranche_core::domain::{
     ExpectedStatuses, PolicyKind, PolicyParams, ProbePath, ProbeScheme, ProbeTarget, TargetHost,
 };
-use tranche_core::probe::Cdn;
+use tranche_core::observations::{Minute, aggregate};
 use tranche_core::storm::{Decision, StormChange, StormState, Weights};
 use tranche_engine::ports::{
     DnsStore, DomainSpec, EngineStore, Fence, Observation, OrphanedChange, PersistedState,
@@ -292,43 +292,9 @@ impl EngineStore for PgEngineStore {
         node_id: &str,
         batch: &[Observation],
     ) -> Result<(), StoreError> {
-        #[derive(Default)]
-        struct Minute {
-            attempts: i32,
-            successes: i32,
-            latency_sum: i64,
-            latency_max: i32,
-        }
-        let mut minutes: HashMap<(i64, Cdn, DateTime<Utc>), Minute> = HashMap::new();
-        let mut latest: HashMap<(i64, Cdn), &Observation> = HashMap::new();
-        for o in batch {
-            let minute = o.at.duration_trunc(TimeDelta::minutes(1)).unwrap_or(o.at);
-            let m = minutes.entry((o.domain_id, o.cdn, minute)).or_default();
-            m.attempts += 1;
-            m.successes += i32::from(o.outcome == tranche_core::probe::Outcome::Ok);
-            m.latency_sum += i64::from(o.latency_ms);
-            m.latency_max = m.latency_max.max(o.latency_ms.min(i32::MAX as u32) as i32);
-            let slot = latest.entry((o.domain_id, o.cdn)).or_insert(o);
-            if o.at >= slot.at {
-                *slot = o;
-            }
-        }
-        let mut ids = Vec::with_capacity(minutes.len());
-        let mut cdns = Vec::with_capacity(minutes.len());
-        let mut starts = Vec::with_capacity(minutes.len());
-        let mut attempts = Vec::with_capacity(minutes.len());
-        let mut successes = Vec::with_capacity(minutes.len());
-        let mut sums = Vec::with_capacity(minutes.len());
-        let mut maxes = Vec::with_capacity(minutes.len());
-        for ((id, cdn, minute), m) in minutes {
-            ids.push(id);
-            cdns.push(cdn.as_str());
-            starts.push(minute);
-            attempts.push(m.attempts);
-            successes.push(m.successes);
-            sums.push(m.latency_sum);
-            maxes.push(m.latency_max);
-        }
+        let aggregate = aggregate(batch);
+        let minutes = &aggregate.minutes;
+        let column = |f: &dyn Fn(&Minute) -> i64| -> Vec<i64> { minutes.iter().map(f).collect() };
         let mut tx = self.pool.begin().await.map_err(other)?;
         // Domains deleted meanwhile are skipped by the join instead of failing the batch.
         sqlx::query(
@@ -342,26 +308,17 @@ impl EngineStore for PgEngineStore {
                  latency_sum_ms = probe_minutes.latency_sum_ms + excluded.latency_sum_ms,
                  latency_max_ms = greatest(probe_minutes.latency_max_ms, excluded.latency_max_ms)",
         )
-        .bind(&ids)
-        .bind(&cdns)
-        .bind(&starts)
-        .bind(&attempts)
-        .bind(&successes)
-        .bind(&sums)
-        .bind(&maxes)
+        .bind(column(&|m| m.domain_id))
+        .bind(minutes.iter().map(|m| m.cdn.as_str()).collect::<Vec<_>>())
+        .bind(minutes.iter().map(|m| m.minute).collect::<Vec<_>>())
+        .bind(minutes.iter().map(|m| m.attempts).collect::<Vec<_>>())
+        .bind(minutes.iter().map(|m| m.successes).collect::<Vec<_>>())
+        .bind(column(&|m| m.latency_sum_ms))
+        .bind(minutes.iter().map(|m| m.latency_max_ms).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await
         .map_err(other)?;
 
-        let mut per_domain: HashMap<i64, (Option<&Observation>, Option<&Observation>)> =
-            HashMap::new();
-        for ((id, cdn), o) in latest {
-            let slot = per_domain.entry(id).or_default();
-            match cdn {
-                Cdn::Primary => slot.0 = Some(o),
-                Cdn::Backup => slot.1 = Some(o),
-            }
-        }
         let describe = |o: Option<&Observation>| {
             o.map(|o| {
                 json!({
@@ -370,23 +327,7 @@ impl EngineStore for PgEngineStore {
                 })
             })
         };
-        let mut dids = Vec::new();
-        let mut at = Vec::new();
-        let (mut pa, mut ba, mut pl, mut bl) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for (id, (p, b)) in per_domain {
-            dids.push(id);
-            at.push(
-                p.iter()
-                    .chain(b.iter())
-                    .map(|o| o.at)
-                    .max()
-                    .unwrap_or_else(Utc::now),
-            );
-            pa.push(p.and_then(|o| o.availability));
-            ba.push(b.and_then(|o| o.availability));
-            pl.push(describe(p));
-            bl.push(describe(b));
-        }
+        let latest = &aggregate.latest;
         sqlx::query(
             "insert into domain_observations as o (domain_id, node_id, observed_at, primary_avail, backup_avail, primary_last, backup_last)
              select b.domain_id, $2, b.at, b.pa, b.ba, b.pl, b.bl
@@ -401,13 +342,13 @@ impl EngineStore for PgEngineStore {
                  primary_last = coalesce(excluded.primary_last, o.primary_last),
                  backup_last = coalesce(excluded.backup_last, o.backup_last)",
         )
-        .bind(&dids)
+        .bind(latest.iter().map(|l| l.domain_id).collect::<Vec<_>>())
         .bind(node_id)
-        .bind(&at)
-        .bind(&pa)
-        .bind(&ba)
-        .bind(&pl)
-        .bind(&bl)
+        .bind(latest.iter().map(|l| l.observed_at).collect::<Vec<_>>())
+        .bind(latest.iter().map(|l| l.primary.and_then(|o| o.availability)).collect::<Vec<_>>())
+        .bind(latest.iter().map(|l| l.backup.and_then(|o| o.availability)).collect::<Vec<_>>())
+        .bind(latest.iter().map(|l| describe(l.primary)).collect::<Vec<_>>())
+        .bind(latest.iter().map(|l| describe(l.backup)).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await
         .map_err(other)?;

@@ -5,15 +5,15 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rust_decimal::Decimal;
 
 use tranche_core::domain::{ExpectedStatuses, PolicyParams, ProbePath, ProbeScheme, ProbeTarget};
-use tranche_core::probe::{Cdn, Outcome, ProbeRequest};
+use tranche_core::probe::{Cdn, ProbeRequest};
 use tranche_core::storm::{Decision, StormState, Weights};
 
 mod providers;
 
 pub use providers::{DnsProvider, NoopProvider, Prober, UsageSource};
+pub use tranche_core::observations::Observation;
 pub use tranche_core::usage::{UsageReport, UsageService};
 
 /// Everything a DomainActor needs to know about its domain (from the configuration tables).
@@ -68,21 +68,6 @@ pub struct PersistedState {
 pub struct Fence {
     pub shard: u16,
     pub epoch: i64,
-}
-
-/// One probe result, for the per-minute aggregates and the latest-observation view.
-#[derive(Debug, Clone)]
-pub struct Observation {
-    pub domain_id: i64,
-    pub cdn: Cdn,
-    pub at: DateTime<Utc>,
-    pub outcome: Outcome,
-    pub latency_ms: u32,
-    pub status: Option<u16>,
-    pub error: Option<String>,
-    pub cert_expires_at: Option<DateTime<Utc>>,
-    /// Window availability of this CDN after the result (`None` while unknown).
-    pub availability: Option<Decimal>,
 }
 
 #[derive(Debug, thiserror::Error)]
