@@ -31,11 +31,11 @@ use tranche_core::probe::{ProbeRequest, ProbeResult};
 use tranche_engine::EngineConfig;
 use tranche_engine::ports::Prober;
 
-use crate::db::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use crate::demo::edge::{Behaviour, FakeEdge, TestCa};
-use crate::engine::RunningEngine;
-use crate::probe::NetworkProber;
-use crate::store::{self, customers};
+use crate::node::RunningEngine;
+use crate::postgres::embedded::{EmbeddedOptions, EmbeddedPostgres};
+use crate::postgres::{self, customers};
+use crate::prober::NetworkProber;
 
 mod billing;
 mod failover;
@@ -244,8 +244,8 @@ impl Env {
         }
         let server = tokio::task::block_in_place(|| EmbeddedPostgres::start(&options))?;
         server.ensure_database("tranche").await?;
-        let pool = crate::db::pool(server.connect_options("tranche"), 16).await?;
-        crate::db::migrate(&pool).await?;
+        let pool = crate::postgres::pool::pool(server.connect_options("tranche"), 16).await?;
+        crate::postgres::pool::migrate(&pool).await?;
         customers::ensure_demo(&pool).await?;
         let ca = TestCa::new(&["*.bench.test"])?;
         let edge_runtime = tokio::runtime::Builder::new_multi_thread()
@@ -322,7 +322,7 @@ impl Env {
         targets: bool,
         scheme: &str,
     ) -> anyhow::Result<i64> {
-        let service = store::services::create(
+        let service = postgres::services::create(
             &self.pool,
             customers::DEMO_CUSTOMER_ID,
             "bench",
@@ -341,7 +341,7 @@ impl Env {
             },
         )
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-        store::policies::create(&self.pool, customers::DEMO_CUSTOMER_ID, service.id, &policy)
+        postgres::policies::create(&self.pool, customers::DEMO_CUSTOMER_ID, service.id, &policy)
             .await?;
         let mut hosts = Vec::with_capacity(n);
         let mut zones = Vec::with_capacity(n);
@@ -514,11 +514,11 @@ async fn start_engine(
     own_pool: bool,
 ) -> anyhow::Result<RunningEngine> {
     let pool = if own_pool {
-        crate::db::pool((*env.pool.connect_options()).clone(), 8).await?
+        crate::postgres::pool::pool((*env.pool.connect_options()).clone(), 8).await?
     } else {
         env.pool.clone()
     };
-    crate::engine::start(engine_config(node), pool, prober, None).await
+    crate::node::start(engine_config(node), pool, prober, None).await
 }
 
 async fn wait_running(
@@ -775,7 +775,7 @@ impl Drop for Moto {
 
 /// Counts provider calls.
 struct CountingDns {
-    inner: Arc<crate::dns::route53::Route53Provider>,
+    inner: Arc<crate::route53::Route53Provider>,
     calls: AtomicU64,
 }
 
@@ -814,9 +814,9 @@ async fn dns_storm(
     use tranche_engine::ports::DnsProvider;
 
     let moto = Moto::start().await?;
-    let route53 = Arc::new(crate::dns::route53::Route53Provider::for_endpoint(
+    let route53 = Arc::new(crate::route53::Route53Provider::for_endpoint(
         &moto.url,
-        crate::dns::route53::DEFAULT_TTL,
+        crate::route53::DEFAULT_TTL,
     ));
     // Probing is irrelevant here: one probe an hour.
     let policy = PolicyParams::new(
@@ -845,12 +845,12 @@ async fn dns_storm(
         inner: route53.clone(),
         calls: AtomicU64::new(0),
     });
-    let dns = crate::engine::DnsOptions {
+    let dns = crate::node::DnsOptions {
         provider: counting.clone(),
         rate_per_sec: rate,
         burst,
     };
-    let engine = crate::engine::start(
+    let engine = crate::node::start(
         engine_config("bench-node"),
         env.pool.clone(),
         Arc::new(env.prober()?),

@@ -14,11 +14,11 @@ use tranche_engine::EngineConfig;
 use tranche_engine::ports::{DnsProvider, NoopProvider};
 
 use crate::config::{DnsProviderKind, HumanDuration, Settings};
-use crate::db::{self, Database};
-use crate::engine;
-use crate::probe::NetworkProber;
+use crate::node;
+use crate::postgres::customers;
+use crate::postgres::pool::{self, Database};
+use crate::prober::NetworkProber;
 use crate::startup::Application;
-use crate::store::customers;
 use crate::{api, telemetry};
 
 #[derive(Debug, Parser)]
@@ -136,7 +136,7 @@ pub fn main() -> ExitCode {
 
 async fn migrate(settings: Settings) -> anyhow::Result<()> {
     let database = Database::open(&settings).await?;
-    let result = db::migrate(&database.pool).await;
+    let result = pool::migrate(&database.pool).await;
     database.close().await;
     result?;
     tracing::info!("migrations applied");
@@ -151,7 +151,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
 }
 
 async fn serve_on(settings: &Settings, database: &Database) -> anyhow::Result<()> {
-    db::migrate(&database.pool).await?;
+    pool::migrate(&database.pool).await?;
     if settings.dev {
         customers::ensure_demo(&database.pool).await?;
         tracing::warn!(
@@ -196,7 +196,7 @@ async fn serve_on(settings: &Settings, database: &Database) -> anyhow::Result<()
 async fn start_engine(
     settings: &Settings,
     pool: &sqlx::PgPool,
-) -> anyhow::Result<engine::RunningEngine> {
+) -> anyhow::Result<node::RunningEngine> {
     let secrets = Arc::new(crate::secrets::SecretBox::new(
         &settings.webhook_secret_keys,
     )?);
@@ -220,7 +220,7 @@ async fn start_engine(
     let node_id = settings
         .node_id
         .clone()
-        .unwrap_or_else(engine::default_node_id);
+        .unwrap_or_else(node::default_node_id);
     tracing::info!(node = %node_id, "starting the engine");
     let provider: Arc<dyn DnsProvider> = match settings.dns_provider {
         DnsProviderKind::Route53 => route53(settings).await,
@@ -234,7 +234,7 @@ async fn start_engine(
             Arc::new(NoopProvider)
         }
     };
-    let dns = engine::DnsOptions {
+    let dns = node::DnsOptions {
         provider,
         rate_per_sec: settings.dns_rate_per_second,
         burst: settings.dns_burst,
@@ -254,22 +254,22 @@ async fn start_engine(
         None
     };
     let usage = usage_options(settings)?;
-    engine::start_with(
+    node::start_with(
         EngineConfig::new(node_id),
         pool.clone(),
         prober,
-        engine::EngineOptions {
+        node::EngineOptions {
             dns: Some(dns),
             billing,
             usage,
-            verify: Some(engine::VerifyOptions {
-                lookup: Arc::new(engine::verification::HickoryTxt::new(
+            verify: Some(node::VerifyOptions {
+                lookup: Arc::new(crate::postgres::verification::HickoryTxt::new(
                     &settings.verification_nameservers,
                 )?),
                 policy: settings.verify_policy(),
                 tick: std::time::Duration::from_secs(5),
             }),
-            webhooks: Some(engine::WebhookOptions {
+            webhooks: Some(node::WebhookOptions {
                 secrets: secrets.clone(),
                 allow_private: settings.webhook_allow_private,
                 idle: std::time::Duration::from_millis(500),
@@ -281,7 +281,7 @@ async fn start_engine(
 }
 
 /// Usage ingestion, when a Cloudflare account and token are configured.
-fn usage_options(settings: &Settings) -> anyhow::Result<Option<engine::UsageOptions>> {
+fn usage_options(settings: &Settings) -> anyhow::Result<Option<node::UsageOptions>> {
     let (Some(account), Some(token)) = (
         &settings.cloudflare_account_id,
         &settings.cloudflare_api_token,
@@ -297,7 +297,7 @@ fn usage_options(settings: &Settings) -> anyhow::Result<Option<engine::UsageOpti
         return Ok(None);
     };
     let usage = settings.usage_settings()?;
-    let source = crate::usage::cloudflare::CloudflareSource::new(
+    let source = crate::cloudflare::CloudflareSource::new(
         settings.cloudflare_base_url.as_deref(),
         account.clone(),
         token.clone(),
@@ -308,7 +308,7 @@ fn usage_options(settings: &Settings) -> anyhow::Result<Option<engine::UsageOpti
         lookback = %HumanDuration(usage.lookback),
         "usage ingestion from Cloudflare on"
     );
-    Ok(Some(engine::UsageOptions {
+    Ok(Some(node::UsageOptions {
         settings: usage,
         sources: vec![Arc::new(source)],
     }))
@@ -317,7 +317,7 @@ fn usage_options(settings: &Settings) -> anyhow::Result<Option<engine::UsageOpti
 async fn route53(settings: &Settings) -> Arc<dyn DnsProvider> {
     tracing::info!(endpoint = ?settings.route53_endpoint_url, "DNS provider: route53");
     Arc::new(
-        crate::dns::route53::Route53Provider::from_environment(
+        crate::route53::Route53Provider::from_environment(
             settings.route53_endpoint_url.as_deref(),
             std::time::Duration::from_secs(settings.dns_ttl_seconds),
         )

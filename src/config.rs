@@ -362,7 +362,7 @@ impl Settings {
         if self.usage_tick.0 < Duration::from_secs(1) {
             anyhow::bail!("usage_tick must be at least 1s");
         }
-        crate::usage::cloudflare::dimension(self.usage_window.0).map_err(anyhow::Error::msg)?;
+        crate::cloudflare::dimension(self.usage_window.0).map_err(anyhow::Error::msg)?;
         Ok(UsageSettings {
             tick: self.usage_tick.0,
             window: self.usage_window.0,

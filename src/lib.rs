@@ -8,43 +8,43 @@
 //!
 //! # Layout
 //!
-//! This crate is the `tranche` binary and its adapters; the engine (actors and the pure logic
-//! they drive, plus the parsed domain types) is the `tranche-actors` crate in `actors/`.
+//! The workspace has three crates: `core/` (tranche-core: domain types and every rule, no I/O),
+//! `engine/` (tranche-engine: the actors and the ports they reach the world through) and this
+//! one, the `tranche` binary with its adapters, one folder per thing it talks to:
 //!
-//! * [`cli`] — the subcommands (`serve`, `migrate`, `openapi`, `demo`, `bench`) and process
-//!   lifecycle.
-//! * [`config`] — [`config::Settings`]: defaults, then `tranche.toml`, then environment.
-//! * [`db`] — the connection pool, migrations, and [`db::embedded`], the private PostgreSQL
-//!   started from the machine's binaries when no database URL is configured.
-//! * [`store`] — Postgres repositories: every SQL statement the API runs, one module per table
-//!   family, each query scoped to the calling customer.
 //! * [`api`] — the HTTP surface (poem + poem-openapi): one module per resource, one error type
-//!   ([`api::error::ApiError`]) with one JSON body shape, authentication, and the OpenAPI
-//!   document that is committed under `openapi/` and drift-tested.
+//!   ([`api::error::ApiError`]) with one JSON body shape, authentication, the hardened listener
+//!   ([`api::guard`]) and the OpenAPI document committed under `openapi/` and drift-tested.
+//! * [`postgres`] — every SQL statement: the pool, migrations and the embedded private server
+//!   ([`postgres::embedded`]); the API's repositories (each query scoped to the calling
+//!   customer); the engine's ports (fenced decisions, leases, billing runs, usage, the webhook
+//!   outbox).
+//! * [`route53`] — the DNS provider over Amazon Route53.
+//! * [`cloudflare`] — the usage source over Cloudflare's GraphQL analytics, and a local fake of
+//!   it.
+//! * [`webhook`] — the webhook sender: Standard Webhooks signing, Slack text, HTTP.
+//! * [`prober`] — the network prober: one HTTP(S) request through one CDN, new connection each.
+//! * [`node`] — wires the adapters to the engine, listens for configuration changes, starts the
+//!   actor tree.
 //! * [`startup`] — [`startup::Application`]: build on a listener (port 0 in tests), run until a
 //!   shutdown signal. Tests boot exactly this.
-//! * [`engine`] — the engine's ports over PostgreSQL (fenced decisions, shard leases,
-//!   observations) and the configuration-change listener; starts the actor tree.
-//! * [`notify`] — webhook delivery: the outbox store and the signing HTTP sender.
-//! * [`probe`] — the network prober: one HTTP(S) request through one CDN, new connection each.
+//! * [`cli`] — the subcommands (`serve`, `migrate`, `openapi`, `demo`, `bench`) and process
+//!   lifecycle; [`config`] — defaults, then `tranche.toml`, then environment.
 //! * [`demo`] — `tranche demo` and the switchable fake CDN edges it and the tests use.
 //! * [`bench`] — `tranche bench …`, the engine benchmarks recorded in BENCHMARKS.md.
-//! * [`usage`] — usage sources (Cloudflare's GraphQL analytics) and a local fake of them.
-//! * [`telemetry`] — `tracing` subscriber setup (text for terminals, JSON for production).
+//! * [`secrets`] — sealing of webhook secrets at rest; [`telemetry`] — `tracing` setup.
 
 pub mod api;
 pub mod bench;
 pub mod cli;
+pub mod cloudflare;
 pub mod config;
-pub mod db;
 pub mod demo;
-pub mod dns;
-pub mod engine;
-pub mod http_guard;
-pub mod notify;
-pub mod probe;
+pub mod node;
+pub mod postgres;
+pub mod prober;
+pub mod route53;
 pub mod secrets;
 pub mod startup;
-pub mod store;
 pub mod telemetry;
-pub mod usage;
+pub mod webhook;

@@ -15,11 +15,11 @@ use poem::Server;
 use poem::listener::TcpAcceptor;
 use sqlx::PgPool;
 
-use crate::api::{self, ApiContext};
-use crate::config::Settings;
-use crate::http_guard::{
+use crate::api::guard::{
     ConnectionLimits, GuardedAcceptor, default_max_connections, raise_open_files_limit,
 };
+use crate::api::{self, ApiContext};
+use crate::config::Settings;
 
 /// How long in-flight requests may take to finish after shutdown begins.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -51,7 +51,7 @@ impl Application {
                 api::auth::FAILED_AUTH_PER_SECOND,
                 api::auth::FAILED_AUTH_BURST,
             ),
-            verifier: Arc::new(crate::engine::verification::HickoryTxt::new(
+            verifier: Arc::new(crate::postgres::verification::HickoryTxt::new(
                 &settings.verification_nameservers,
             )?),
             verify_policy: settings.verify_policy(),

@@ -1,5 +1,5 @@
 //! The probing port: what the engine asks for and what it gets back. The network
-//! implementation lives in the `tranche` crate (`src/probe/`); tests and the demo may supply
+//! implementation lives in the `tranche` crate (`src/prober/`); tests and the demo may supply
 //! their own.
 
 use std::time::Duration;

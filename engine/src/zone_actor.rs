@@ -148,7 +148,7 @@ impl Actor for ZoneActor {
                 tracing::warn!(dns.zone = %state.zone, "zone's shard moved to another node; stopping");
                 myself.stop(Some("fenced".into()));
             }
-            Err(StoreError::Other(e)) => {
+            Err(e) => {
                 tracing::warn!(dns.zone = %state.zone, error = %e, "DNS reconciliation failed; will retry");
                 state.busy = Busy::Idle;
                 state.backoff(&myself);

@@ -14,7 +14,7 @@ use super::error::{ApiError, ApiResult};
 use super::json::JsonBody;
 use super::services::Deleted;
 use super::{ApiContext, ApiTags};
-use crate::store::customers::{self, CustomerRow};
+use crate::postgres::customers::{self, CustomerRow};
 
 impl From<CustomerRow> for Customer {
     fn from(c: CustomerRow) -> Self {
@@ -85,8 +85,8 @@ pub struct CreatedApiKey {
 impl CreatedApiKey {
     /// A stored key with the secret generated for it (shown this once).
     pub fn of(
-        key: crate::store::api_keys::KeyRow,
-        generated: crate::store::api_keys::GeneratedKey,
+        key: crate::postgres::api_keys::KeyRow,
+        generated: crate::postgres::api_keys::GeneratedKey,
     ) -> Self {
         Self {
             id: key.id,

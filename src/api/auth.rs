@@ -37,7 +37,7 @@ use subtle::ConstantTimeEq;
 use super::ApiContext;
 use super::error::ApiError;
 use super::rate_limit::Caller;
-use crate::store::{api_keys, customers};
+use crate::postgres::{api_keys, customers};
 
 /// Failed authentications a client address may make at once…
 pub const FAILED_AUTH_BURST: u32 = 20;

@@ -15,7 +15,7 @@ use super::error::{ApiError, ApiResult};
 use super::json::JsonBody;
 use super::services::service_not_found;
 use super::{ApiContext, ApiTags};
-use crate::store::dns::{self, ChangeFilter, DnsChangeRow, DnsDomainRow};
+use crate::postgres::dns::{self, ChangeFilter, DnsChangeRow, DnsDomainRow};
 
 /// DNS steering of a service's domains.
 #[derive(Debug, Clone, Object)]

@@ -19,8 +19,8 @@ use super::error::{ApiError, ApiResult};
 use super::json::JsonBody;
 use super::services::{Deleted, service_not_found};
 use super::{ApiContext, ApiTags};
-use crate::engine::verification;
-use crate::store::domains;
+use crate::postgres::domains;
+use crate::postgres::verification;
 use tranche_core::verify::{challenge_name, evaluate};
 
 /// A customer hostname, probed through each of the service's CDNs.
@@ -271,7 +271,7 @@ impl DomainsApi {
     ) -> ApiResult<Json<Vec<Domain>>> {
         let rows = domains::list(&ctx.pool, tenant.customer_id, id.0).await?;
         if rows.is_empty()
-            && !crate::store::services::exists(&ctx.pool, tenant.customer_id, id.0).await?
+            && !crate::postgres::services::exists(&ctx.pool, tenant.customer_id, id.0).await?
         {
             return Err(service_not_found(id.0));
         }

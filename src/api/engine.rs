@@ -15,7 +15,7 @@ use super::auth::{Admin, Scope, Scoped, needs};
 use super::error::{ApiError, ApiResult};
 use super::services::service_not_found;
 use super::{ApiContext, ApiTags};
-use crate::store::storms::{self, DomainStateRow, StormFilter, StormRow};
+use crate::postgres::storms::{self, DomainStateRow, StormFilter, StormRow};
 
 /// Storm state of every domain of a service.
 #[derive(Debug, Clone, Object)]

@@ -16,8 +16,8 @@ use super::auth::{Scope, Scoped, needs};
 use super::engine::Storm;
 use super::error::{ApiError, ApiResult};
 use super::{ApiContext, ApiTags};
-use crate::store::invoices::{self, BillingRunRow, InvoiceFilter, InvoiceRow, LineRow};
-use crate::store::storms;
+use crate::postgres::invoices::{self, BillingRunRow, InvoiceFilter, InvoiceRow, LineRow};
+use crate::postgres::storms;
 
 /// A decimal as the API writes it: exact, without trailing zeros.
 fn money(d: Decimal) -> String {

@@ -19,7 +19,7 @@ use super::error::{ApiError, ApiResult};
 use super::json::JsonBody;
 use super::keys::valid_application;
 use super::{ApiContext, ApiTags};
-use crate::store::jobs::{self, JobStatusFilter, JobStatusRow, NewJobStatus, Recorded};
+use crate::postgres::jobs::{self, JobStatusFilter, JobStatusRow, NewJobStatus, Recorded};
 
 /// How far ahead of this server's clock a status time may be (schedulers' clocks drift).
 pub const CLOCK_SKEW: TimeDelta = TimeDelta::seconds(60);

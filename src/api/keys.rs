@@ -15,7 +15,7 @@ use super::auth::{Scope, Scoped, needs};
 use super::error::{ApiError, ApiResult};
 use super::json::JsonBody;
 use super::{ApiContext, ApiTags};
-use crate::store::api_keys::{self, JOB_STATUS, KNOWN_SCOPES, KeyListRow};
+use crate::postgres::api_keys::{self, JOB_STATUS, KNOWN_SCOPES, KeyListRow};
 
 /// Most applications one `job-status` key may name.
 const MAX_APPLICATIONS: usize = 100;

@@ -15,6 +15,7 @@ pub mod domains;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod guard;
 pub mod health;
 pub mod input;
 pub mod invoices;

@@ -15,7 +15,7 @@ use super::error::{ApiError, ApiResult, ErrorBody};
 use super::json::JsonBody;
 use super::services::{Deleted, service_not_found};
 use super::{ApiContext, ApiTags, decimal_from_json, json_number};
-use crate::store::policies::{self, PolicyRow};
+use crate::postgres::policies::{self, PolicyRow};
 
 /// A storm policy.
 #[derive(Debug, Clone, Object)]
@@ -186,7 +186,7 @@ impl PoliciesApi {
     ) -> ApiResult<Json<Vec<StormPolicy>>> {
         let rows = policies::list(&ctx.pool, tenant.customer_id, id.0).await?;
         if rows.is_empty()
-            && !crate::store::services::exists(&ctx.pool, tenant.customer_id, id.0).await?
+            && !crate::postgres::services::exists(&ctx.pool, tenant.customer_id, id.0).await?
         {
             return Err(service_not_found(id.0));
         }
@@ -224,7 +224,7 @@ impl PoliciesApi {
         .into_patch()?;
         // Omitted fields take the customer's defaults (`/v1/settings`).
         let defaults =
-            crate::store::settings::policy_defaults(&ctx.pool, tenant.customer_id, kind).await?;
+            crate::postgres::settings::policy_defaults(&ctx.pool, tenant.customer_id, kind).await?;
         let params = defaults.apply(&patch).map_err(policy_error)?;
         let row = policies::create(&ctx.pool, tenant.customer_id, id.0, &params)
             .await?

@@ -16,7 +16,7 @@ use super::error::{ApiError, ApiResult};
 use super::json::JsonBody;
 use super::policies::StormPolicy;
 use super::{ApiContext, ApiTags};
-use crate::store::services;
+use crate::postgres::services;
 
 /// A service: a unit of failover between a primary and a backup CDN.
 #[derive(Debug, Clone, Object)]

@@ -16,7 +16,7 @@ use super::error::{ApiError, ApiResult, ErrorBody};
 use super::json::JsonBody;
 use super::policies::{UpdateStormPolicy, policy_error};
 use super::{ApiContext, ApiTags, json_number};
-use crate::store::settings;
+use crate::postgres::settings;
 
 /// What a new storm policy takes for each field its request leaves out.
 #[derive(Debug, Clone, Object)]

@@ -18,7 +18,7 @@ use super::error::{ApiError, ApiResult};
 use super::json::JsonBody;
 use super::services::service_not_found;
 use super::{ApiContext, ApiTags};
-use crate::store::usage::{self, SnapshotFilter, SnapshotRow};
+use crate::postgres::usage::{self, SnapshotFilter, SnapshotRow};
 
 /// Most snapshots one request may carry.
 pub const MAX_SNAPSHOTS_PER_REQUEST: usize = 1000;
@@ -222,7 +222,7 @@ impl UsageApi {
         id: Path<i64>,
         body: JsonBody<RecordSnapshots>,
     ) -> ApiResult<Json<RecordedSnapshots>> {
-        if !crate::store::services::exists(&ctx.pool, tenant.customer_id, id.0).await? {
+        if !crate::postgres::services::exists(&ctx.pool, tenant.customer_id, id.0).await? {
             return Err(service_not_found(id.0));
         }
         let reports = reports(body.0, id.0, tenant.customer_id, Utc::now())?;

@@ -1,5 +1,5 @@
 //! `/v1/webhooks`: where Tranche sends notifications, their delivery log, test pings and
-//! replays. See [`crate::notify`] for the body and the signature.
+//! replays. See [`crate::webhook`] for the body and the signature.
 //!
 //! Event types and their `data` are typed in [`super::events`] (the OpenAPI `Event` schema).
 
@@ -21,7 +21,7 @@ use super::events::EventJson;
 use super::json::JsonBody;
 use super::services::Deleted;
 use super::{ApiContext, ApiTags};
-use crate::store::webhooks::{self, DeliveryRow, EndpointFields, EndpointRow};
+use crate::postgres::webhooks::{self, DeliveryRow, EndpointFields, EndpointRow};
 
 /// Event types an endpoint can subscribe to.
 pub const EVENT_TYPES: [&str; 10] = [
@@ -427,7 +427,7 @@ impl WebhooksApi {
         Ok(Json(
             rows.into_iter()
                 .map(|r| {
-                    EventJson(crate::notify::envelope(
+                    EventJson(crate::webhook::envelope(
                         r.id,
                         &r.r#type,
                         r.occurred_at,

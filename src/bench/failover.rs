@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use super::{CountingDns, Env, Moto, percentile};
 use crate::demo::edge::Behaviour;
-use crate::dns::route53::{DEFAULT_TTL, Route53Provider};
-use crate::store::{self, customers};
+use crate::postgres::{self, customers};
+use crate::route53::{DEFAULT_TTL, Route53Provider};
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use nix::sys::signal::{Signal, kill};
@@ -73,7 +73,7 @@ pub(super) async fn steered_domains(
             .await?;
     }
     route53.refresh_zones().await;
-    let service = store::services::create(
+    let service = postgres::services::create(
         &env.pool,
         customers::DEMO_CUSTOMER_ID,
         suffix,
@@ -81,7 +81,7 @@ pub(super) async fn steered_domains(
         "cdn-b",
     )
     .await?;
-    store::policies::create(&env.pool, customers::DEMO_CUSTOMER_ID, service.id, policy).await?;
+    postgres::policies::create(&env.pool, customers::DEMO_CUSTOMER_ID, service.id, policy).await?;
     let (mut hosts, mut zone_of, mut shards) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..n {
         let zone = format!("z{}.{suffix}", i % zones);
@@ -144,11 +144,11 @@ pub async fn failover(
         inner: route53.clone(),
         calls: AtomicU64::new(0),
     });
-    let engine = crate::engine::start(
+    let engine = crate::node::start(
         super::engine_config("bench-node"),
         env.pool.clone(),
         Arc::new(env.prober()?),
-        Some(crate::engine::DnsOptions {
+        Some(crate::node::DnsOptions {
             provider: calls.clone(),
             rate_per_sec: rate,
             burst,

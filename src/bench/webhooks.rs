@@ -24,12 +24,12 @@ use tranche_engine::ports::Prober;
 
 use super::{CountingDns, Env, Moto, percentile};
 use crate::demo::edge::{Behaviour, FakeEdge};
-use crate::engine::{DnsOptions, EngineOptions, WebhookOptions};
-use crate::store::{self, customers};
+use crate::node::{DnsOptions, EngineOptions, WebhookOptions};
+use crate::postgres::{self, customers};
 
 /// Records when each probe finished and how long it took.
 struct Timed {
-    inner: crate::probe::NetworkProber,
+    inner: crate::prober::NetworkProber,
     samples: Mutex<Vec<(Instant, f64)>>,
 }
 
@@ -198,9 +198,9 @@ pub async fn webhooks(
 
     // Route53 with the live zone; the live service probed every second.
     let moto = Moto::start().await?;
-    let route53 = Arc::new(crate::dns::route53::Route53Provider::for_endpoint(
+    let route53 = Arc::new(crate::route53::Route53Provider::for_endpoint(
         &moto.url,
-        crate::dns::route53::DEFAULT_TTL,
+        crate::route53::DEFAULT_TTL,
     ));
     route53
         .client()
@@ -211,7 +211,7 @@ pub async fn webhooks(
         .await?;
     route53.refresh_zones().await;
     let service =
-        store::services::create(pool, customers::DEMO_CUSTOMER_ID, "live", "cdn-a", "cdn-b")
+        postgres::services::create(pool, customers::DEMO_CUSTOMER_ID, "live", "cdn-a", "cdn-b")
             .await?;
     let policy = PolicyParams::new(
         PolicyKind::HttpAvailability,
@@ -224,7 +224,7 @@ pub async fn webhooks(
         },
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
-    store::policies::create(pool, customers::DEMO_CUSTOMER_ID, service.id, &policy).await?;
+    postgres::policies::create(pool, customers::DEMO_CUSTOMER_ID, service.id, &policy).await?;
     let group_a = live_group(pool, service.id, "a", live, &edge_a, &env.backup_http).await?;
     let group_b = live_group(pool, service.id, "b", live, &edge_b, &env.backup_http).await?;
 
@@ -270,7 +270,7 @@ pub async fn webhooks(
         inner: route53.clone(),
         calls: AtomicU64::new(0),
     };
-    let node = crate::engine::start_with(
+    let node = crate::node::start_with(
         super::engine_config("bench-webhooks"),
         pool.clone(),
         prober.clone(),
@@ -284,7 +284,7 @@ pub async fn webhooks(
                 secrets: Arc::new(crate::secrets::SecretBox::plaintext()),
                 allow_private: true,
                 idle: Duration::from_millis(100),
-                retention: crate::engine::EVENT_RETENTION,
+                retention: crate::node::EVENT_RETENTION,
             }),
             ..EngineOptions::default()
         },

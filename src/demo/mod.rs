@@ -18,10 +18,10 @@ use tranche_core::domain::{PolicyKind, PolicyParams, PolicyPatch, default_zone, 
 use tranche_engine::EngineConfig;
 
 use crate::config::Settings;
-use crate::db::embedded::{EmbeddedOptions, EmbeddedPostgres};
-use crate::probe::NetworkProber;
+use crate::postgres::embedded::{EmbeddedOptions, EmbeddedPostgres};
+use crate::postgres::{self, customers};
+use crate::prober::NetworkProber;
 use crate::startup::Application;
-use crate::store::{self, customers};
 use edge::{Behaviour, FakeEdge, TestCa};
 
 const HOSTS: [&str; 3] = ["shop.demo.test", "api.demo.test", "www.demo.test"];
@@ -38,8 +38,8 @@ pub async fn run() -> anyhow::Result<()> {
     let server =
         tokio::task::block_in_place(|| EmbeddedPostgres::start(&EmbeddedOptions::throwaway(&dir)))?;
     server.ensure_database("tranche").await?;
-    let pool = crate::db::pool(server.connect_options("tranche"), 8).await?;
-    crate::db::migrate(&pool).await?;
+    let pool = crate::postgres::pool::pool(server.connect_options("tranche"), 8).await?;
+    crate::postgres::pool::migrate(&pool).await?;
     customers::ensure_demo(&pool).await?;
     say("started a private PostgreSQL and applied the migrations");
 
@@ -64,7 +64,7 @@ pub async fn run() -> anyhow::Result<()> {
         let _ = stop_rx.await;
     }));
 
-    let service = store::services::create(
+    let service = postgres::services::create(
         &pool,
         customers::DEMO_CUSTOMER_ID,
         "demo-shop",
@@ -83,12 +83,12 @@ pub async fn run() -> anyhow::Result<()> {
         },
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
-    store::policies::create(&pool, customers::DEMO_CUSTOMER_ID, service.id, &policy).await?;
+    postgres::policies::create(&pool, customers::DEMO_CUSTOMER_ID, service.id, &policy).await?;
     for host in HOSTS {
         let zone = default_zone(
             &tranche_core::domain::Hostname::parse(host).map_err(|e| anyhow::anyhow!("{e}"))?,
         );
-        let new = store::domains::NewDomain {
+        let new = postgres::domains::NewDomain {
             hostname: host,
             primary_target: Some(primary.addr().to_string()),
             backup_target: Some(backup.addr().to_string()),
@@ -102,7 +102,7 @@ pub async fn run() -> anyhow::Result<()> {
             steering_enabled: false,
             verified: false,
         };
-        store::domains::create(&pool, customers::DEMO_CUSTOMER_ID, service.id, &new).await?;
+        postgres::domains::create(&pool, customers::DEMO_CUSTOMER_ID, service.id, &new).await?;
     }
     say(&format!(
         "service \"demo-shop\" protects {} (policy: availability < 90% over {WINDOW_SECONDS}s, probes every {INTERVAL_SECONDS}s, cooldown {COOLDOWN_SECONDS}s)",
@@ -117,7 +117,7 @@ pub async fn run() -> anyhow::Result<()> {
     let mut config = EngineConfig::new("demo-node");
     config.lease_interval = Duration::from_millis(250);
     config.flush_interval = Duration::from_millis(250);
-    let engine = crate::engine::start(config, pool.clone(), Arc::new(prober), None).await?;
+    let engine = crate::node::start(config, pool.clone(), Arc::new(prober), None).await?;
     say(
         "engine started: one actor per domain, probing each through BOTH CDNs (TLS, SNI = the customer hostname)",
     );

@@ -15,7 +15,7 @@ use nix::unistd::Pid;
 use sqlx::PgPool;
 use tokio::time::Instant;
 use tranche::demo::edge::{Behaviour, FakeEdge};
-use tranche::dns::route53::{DEFAULT_TTL, Route53Provider};
+use tranche::route53::{DEFAULT_TTL, Route53Provider};
 use tranche_core::domain::shard_of;
 use tranche_engine::config::LEASE_DEADLINE;
 

@@ -8,8 +8,8 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::time::Instant;
 use tranche::demo::edge::{Behaviour, FakeEdge};
-use tranche::engine::RunningEngine;
-use tranche::probe::NetworkProber;
+use tranche::node::RunningEngine;
+use tranche::prober::NetworkProber;
 use tranche_core::probe::{ProbeRequest, ProbeResult};
 use tranche_engine::ports::Prober;
 
@@ -41,7 +41,7 @@ impl Prober for Recording {
 
 async fn start_node(pool_of: &sqlx::PgPool, node: &str, log: &Log) -> RunningEngine {
     // Each node has its own connections, as separate processes would.
-    let pool = tranche::db::pool((*pool_of.connect_options()).clone(), 8)
+    let pool = tranche::postgres::pool::pool((*pool_of.connect_options()).clone(), 8)
         .await
         .unwrap();
     let prober = Recording {
@@ -49,7 +49,7 @@ async fn start_node(pool_of: &sqlx::PgPool, node: &str, log: &Log) -> RunningEng
         node: node.to_owned(),
         log: log.clone(),
     };
-    tranche::engine::start(test_engine_config(node), pool, Arc::new(prober), None)
+    tranche::node::start(test_engine_config(node), pool, Arc::new(prober), None)
         .await
         .unwrap()
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tranche::demo::edge::FakeEdge;
-use tranche::dns::route53::{DEFAULT_TTL, Route53Provider};
-use tranche::probe::NetworkProber;
+use tranche::prober::NetworkProber;
+use tranche::route53::{DEFAULT_TTL, Route53Provider};
 
 use crate::helpers::{Auth, TestApp, eventually, spawn_app};
 use crate::route53::moto;
@@ -430,14 +430,14 @@ async fn a_node_killed_between_desired_and_applied_is_replaced_by_one_that_appli
     let node = |name: &'static str, dns: Arc<dyn tranche_engine::ports::DnsProvider>| {
         let pool_of = app.pool.clone();
         async move {
-            let pool = tranche::db::pool((*pool_of.connect_options()).clone(), 6)
+            let pool = tranche::postgres::pool::pool((*pool_of.connect_options()).clone(), 6)
                 .await
                 .unwrap();
-            tranche::engine::start(
+            tranche::node::start(
                 crate::helpers::test_engine_config(name),
                 pool,
                 Arc::new(NetworkProber::new(&[], true).unwrap()),
-                Some(tranche::engine::DnsOptions {
+                Some(tranche::node::DnsOptions {
                     provider: dns,
                     rate_per_sec: 50.0,
                     burst: 50,

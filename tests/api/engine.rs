@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tranche::demo::edge::{Behaviour, FakeEdge, TestCa};
-use tranche::probe::NetworkProber;
+use tranche::prober::NetworkProber;
 
 use crate::helpers::{Auth, TestApp, eventually, spawn_app};
 

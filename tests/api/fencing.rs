@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use chrono::Utc;
 use serde_json::json;
-use tranche::engine::leases::PgLeaseBackend;
-use tranche::engine::store::PgEngineStore;
-use tranche::probe::NetworkProber;
+use tranche::postgres::engine_store::PgEngineStore;
+use tranche::postgres::leases::PgLeaseBackend;
+use tranche::prober::NetworkProber;
 use tranche_core::storm::{
     Availability, CdnHealth, Decision, StormChange, StormState, Streak, Weights,
 };

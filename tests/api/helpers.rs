@@ -11,7 +11,7 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::OnceCell;
 use tranche::config::{Secret, Settings};
-use tranche::db::embedded::{EmbeddedOptions, EmbeddedPostgres};
+use tranche::postgres::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use tranche::startup::Application;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
@@ -89,10 +89,10 @@ pub async fn fresh_database() -> PgPool {
             .execute(&mut conn)
             .await
             .unwrap();
-            let pool = tranche::db::pool(cluster().clone().database(TEMPLATE_DB), 2)
+            let pool = tranche::postgres::pool::pool(cluster().clone().database(TEMPLATE_DB), 2)
                 .await
                 .unwrap();
-            tranche::db::migrate(&pool).await.unwrap();
+            tranche::postgres::pool::migrate(&pool).await.unwrap();
             pool.close().await;
         })
         .await;
@@ -104,7 +104,7 @@ pub async fn fresh_database() -> PgPool {
     .execute(&mut conn)
     .await
     .unwrap();
-    tranche::db::pool(cluster().clone().database(&name), 5)
+    tranche::postgres::pool::pool(cluster().clone().database(&name), 5)
         .await
         .unwrap()
 }
@@ -132,7 +132,7 @@ pub struct TestApp {
     pub pool: PgPool,
     pub client: reqwest::Client,
     /// The actor engine, when the test started one.
-    pub engine: Option<tranche::engine::RunningEngine>,
+    pub engine: Option<tranche::node::RunningEngine>,
 }
 
 /// With `TEST_LOG` set (an `EnvFilter`, e.g. `info` or `tranche_core=debug`), the
@@ -196,7 +196,7 @@ pub async fn assert_events_conform(pool: &PgPool, expected: &[&str]) {
     .unwrap();
     let mut seen = std::collections::BTreeSet::new();
     for (id, ty, at, customer, payload) in rows {
-        let body = tranche::notify::envelope(id, &ty, at, customer, payload);
+        let body = tranche::webhook::envelope(id, &ty, at, customer, payload);
         if let Err(e) = tranche::api::events::conforms(&body) {
             panic!("event does not match its documented schema: {e}\n{body:#}");
         }
@@ -267,7 +267,9 @@ pub async fn spawn_app_on(pool: PgPool, configure: impl FnOnce(&mut Settings)) -
     };
     configure(&mut settings);
     if settings.dev {
-        tranche::store::customers::ensure_demo(&pool).await.unwrap();
+        tranche::postgres::customers::ensure_demo(&pool)
+            .await
+            .unwrap();
     }
     let app = Application::build(&settings, pool.clone()).await.unwrap();
     let addr = app.local_addr();
@@ -300,20 +302,20 @@ impl TestApp {
             "test-node-{}",
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
-        let dns = provider.map(|provider| tranche::engine::DnsOptions {
+        let dns = provider.map(|provider| tranche::node::DnsOptions {
             provider,
             rate_per_sec: 50.0,
             burst: 50,
         });
         let engine =
-            tranche::engine::start(test_engine_config(&node), self.pool.clone(), prober, dns)
+            tranche::node::start(test_engine_config(&node), self.pool.clone(), prober, dns)
                 .await
                 .unwrap();
         self.engine = Some(engine);
     }
 
     /// Starts an engine node (no probing targets needed) with the optional parts in `options`.
-    pub async fn start_engine_with(&mut self, options: tranche::engine::EngineOptions) {
+    pub async fn start_engine_with(&mut self, options: tranche::node::EngineOptions) {
         self.engine = Some(start_node(&self.pool, options).await);
     }
 
@@ -326,14 +328,14 @@ impl TestApp {
 /// Starts one engine node on `pool` with a probe-everything network prober.
 pub async fn start_node(
     pool: &PgPool,
-    options: tranche::engine::EngineOptions,
-) -> tranche::engine::RunningEngine {
+    options: tranche::node::EngineOptions,
+) -> tranche::node::RunningEngine {
     let node = format!(
         "test-node-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
-    let prober = std::sync::Arc::new(tranche::probe::NetworkProber::new(&[], true).unwrap());
-    tranche::engine::start_with(test_engine_config(&node), pool.clone(), prober, options)
+    let prober = std::sync::Arc::new(tranche::prober::NetworkProber::new(&[], true).unwrap());
+    tranche::node::start_with(test_engine_config(&node), pool.clone(), prober, options)
         .await
         .unwrap()
 }

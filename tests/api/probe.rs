@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use tranche::demo::edge::{Behaviour, FakeEdge, TestCa};
-use tranche::probe::NetworkProber;
+use tranche::prober::NetworkProber;
 use tranche_core::domain::{ExpectedStatuses, ProbePath, ProbeScheme, ProbeTarget};
 use tranche_core::probe::{Outcome, ProbeRequest};
 use tranche_engine::ports::Prober;

@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tranche::db::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use tranche::demo::edge::{Behaviour, FakeEdge};
-use tranche::probe::NetworkProber;
+use tranche::postgres::embedded::{EmbeddedOptions, EmbeddedPostgres};
+use tranche::prober::NetworkProber;
 use tranche_engine::ports::NoopProvider;
 
 use crate::helpers::{add_zone_domains, eventually, fast_service, spawn_app_on};
@@ -64,9 +64,13 @@ async fn domains_restored_mid_ramp_after_a_postgres_restart_finish_it() {
     let root = dir.path().join("pg");
     let server = start_postgres(root.clone()).await;
     let options = server.options.clone();
-    let pool = tranche::db::pool(options.clone(), 10).await.unwrap();
-    tranche::db::migrate(&pool).await.unwrap();
-    tranche::store::customers::ensure_demo(&pool).await.unwrap();
+    let pool = tranche::postgres::pool::pool(options.clone(), 10)
+        .await
+        .unwrap();
+    tranche::postgres::pool::migrate(&pool).await.unwrap();
+    tranche::postgres::customers::ensure_demo(&pool)
+        .await
+        .unwrap();
     let mut app = spawn_app_on(pool.clone(), |s| s.dev = true).await;
 
     let primary = FakeEdge::http().await.unwrap();

@@ -5,7 +5,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use chrono::Utc;
-use tranche::dns::route53::{DEFAULT_TTL, Route53Provider};
+use tranche::route53::{DEFAULT_TTL, Route53Provider};
 use tranche_core::dns::planner::{BatchLimits, RecordChange, RecordType, plan};
 use tranche_core::dns::provider::ProviderError;
 use tranche_core::storm::Weights;
@@ -255,7 +255,7 @@ async fn a_storm_moves_route53_weights_to_the_backup_and_back() {
 
     use serde_json::json;
     use tranche::demo::edge::{Behaviour, FakeEdge};
-    use tranche::probe::NetworkProber;
+    use tranche::prober::NetworkProber;
 
     use crate::helpers::{Auth, spawn_app};
 
@@ -423,7 +423,7 @@ async fn an_operator_pin_wins_until_released() {
     use std::sync::Arc;
 
     use serde_json::json;
-    use tranche::probe::NetworkProber;
+    use tranche::prober::NetworkProber;
 
     use crate::helpers::{Auth, spawn_app};
 
@@ -547,7 +547,7 @@ async fn fifty_domains_recovering_together_visit_every_ramp_step_at_route53() {
     use std::sync::atomic::Ordering;
 
     use tranche::demo::edge::{Behaviour, FakeEdge};
-    use tranche::probe::NetworkProber;
+    use tranche::prober::NetworkProber;
 
     use crate::dns_faults::{Faults, fault_proxy};
     use crate::helpers::spawn_app;
@@ -571,11 +571,11 @@ async fn fifty_domains_recovering_together_visit_every_ramp_step_at_route53() {
         let edges = (primary.addr(), backup.addr());
         names.extend(crate::helpers::add_zone_domains(&app, service, &zone, PER_ZONE, edges).await);
     }
-    let engine = tranche::engine::start(
+    let engine = tranche::node::start(
         crate::helpers::test_engine_config("mass-node"),
         app.pool.clone(),
         Arc::new(NetworkProber::new(&[], true).unwrap()),
-        Some(tranche::engine::DnsOptions {
+        Some(tranche::node::DnsOptions {
             provider: Arc::new(Route53Provider::for_endpoint(&proxy.url, DEFAULT_TTL)),
             rate_per_sec: 4.0,
             burst: 8,
@@ -647,7 +647,7 @@ async fn a_hosted_zone_created_after_start_up_is_picked_up() {
 
     use serde_json::json;
     use tranche::demo::edge::FakeEdge;
-    use tranche::probe::NetworkProber;
+    use tranche::prober::NetworkProber;
 
     use crate::helpers::{Auth, spawn_app};
 

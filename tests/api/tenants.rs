@@ -256,7 +256,8 @@ async fn a_failure_mid_provisioning_leaves_nothing_behind() {
     // The customer and its settings are written, then the key insert fails (its name breaks a
     // constraint): the transaction takes the customer and its settings with it.
     let failed =
-        tranche::store::customers::create_with_key(&app.pool, "half-made", &"k".repeat(300)).await;
+        tranche::postgres::customers::create_with_key(&app.pool, "half-made", &"k".repeat(300))
+            .await;
     assert!(failed.is_err());
     let (customers, keys, settings): (i64, i64, i64) = sqlx::query_as(
         "select (select count(*) from customers), (select count(*) from api_keys),

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::json;
+use tranche::cloudflare::CloudflareSource;
+use tranche::cloudflare::fake::{FakeCloudflare, Fault, Row};
 use tranche::config::Secret;
-use tranche::engine::{EngineOptions, UsageOptions};
-use tranche::usage::cloudflare::CloudflareSource;
-use tranche::usage::fake::{FakeCloudflare, Fault, Row};
+use tranche::node::{EngineOptions, UsageOptions};
 use tranche_core::usage::UsageSettings;
 
 use crate::helpers::{Auth, TestApp, eventually, spawn_app, test_billing};

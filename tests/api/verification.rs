@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tranche::engine::verification::HickoryTxt;
-use tranche::engine::{EngineOptions, VerifyOptions};
+use tranche::node::{EngineOptions, VerifyOptions};
+use tranche::postgres::verification::HickoryTxt;
 use tranche_core::verify::Policy;
 use tranche_engine::ports::DnsStore;
 
@@ -224,7 +224,7 @@ async fn the_verifier_actor_checks_pending_domains_and_only_verified_ones_are_st
         .execute(&app.pool)
         .await
         .unwrap();
-    let store = tranche::engine::store::PgEngineStore::new(app.pool.clone());
+    let store = tranche::postgres::engine_store::PgEngineStore::new(app.pool.clone());
     let all: Vec<u16> = (0..256).collect();
     assert!(store.zones_on_shards(&all).await.unwrap().is_empty());
     assert!(store.pending_dns("example.com").await.unwrap().is_empty());
@@ -284,7 +284,7 @@ async fn dev_mode_verifications_are_never_rechecked_nor_flagged() {
     let engine = app.engine();
     // Nothing is due, now or a week from now: the verifier checks nothing and writes nothing.
     assert_eq!(engine.verify_now().await, Some(0));
-    let store = tranche::engine::verification::PgVerificationStore::new(app.pool.clone());
+    let store = tranche::postgres::verification::PgVerificationStore::new(app.pool.clone());
     let all: Vec<u16> = (0..256).collect();
     let later = chrono::Utc::now() + chrono::Duration::days(7);
     use tranche_engine::ports::VerificationStore;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use poem::web::Data;
 use poem::{EndpointExt, Route, Server, handler, post};
 use serde_json::{Value, json};
-use tranche::engine::{EngineOptions, WebhookOptions};
+use tranche::node::{EngineOptions, WebhookOptions};
 
 use crate::helpers::{Auth, TestApp, eventually, spawn_app, spawn_app_with};
 
@@ -66,7 +66,7 @@ async fn app_with_dispatcher_keys(keys: &[&str]) -> TestApp {
             secrets,
             allow_private: true,
             idle: Duration::from_secs(3600),
-            retention: tranche::engine::EVENT_RETENTION,
+            retention: tranche::node::EVENT_RETENTION,
         }),
         ..EngineOptions::default()
     })
@@ -95,7 +95,7 @@ fn verify_signature(secret: &str, headers: &poem::http::HeaderMap, body: &[u8]) 
     );
     assert_eq!(
         sig,
-        tranche::notify::signature(secret, t, body),
+        tranche::webhook::signature(secret, t, body),
         "signature verifies"
     );
     verify_standard_webhooks(secret, headers, body);
@@ -503,7 +503,7 @@ async fn old_events_are_pruned_unless_still_pending() {
         .execute(&app.pool)
         .await
         .unwrap();
-    let store = tranche::notify::PgWebhookStore::new(
+    let store = tranche::postgres::outbox::PgWebhookStore::new(
         app.pool.clone(),
         std::sync::Arc::new(tranche::secrets::SecretBox::plaintext()),
     );

@@ -75,6 +75,11 @@ pub enum StoreError {
     /// The shard's epoch moved on: this node no longer owns it and must stop acting for it.
     #[error("shard {shard} is no longer owned at epoch {epoch}")]
     Fenced { shard: u16, epoch: i64 },
+    /// The database (or another backend) failed; the cause is kept as the error's source.
+    #[error("{0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A rule of the adapter was violated (a row changed under a lock, a count that must
+    /// match did not).
     #[error("{0}")]
     Other(String),
 }

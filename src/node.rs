@@ -1,11 +1,6 @@
-//! The engine's adapters: its ports implemented over PostgreSQL ([`store::PgEngineStore`],
-//! [`leases::PgLeaseBackend`], [`billing::PgBillingStore`], [`billing::PgUsageStore`]), the configuration-change listener, and [`start`], which wires
+//! The engine's adapters: its ports implemented over PostgreSQL ([`crate::postgres::engine_store::PgEngineStore`],
+//! [`crate::postgres::leases::PgLeaseBackend`], [`crate::postgres::billing::PgBillingStore`], [`crate::postgres::billing::PgUsageStore`]), the configuration-change listener, and [`start`], which wires
 //! them to the network prober and starts the actor tree (`tranche_engine`).
-
-pub mod billing;
-pub mod leases;
-pub mod store;
-pub mod verification;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,7 +27,7 @@ pub const CONFIG_CHANNEL: &str = "tranche_config";
 pub struct RunningEngine {
     pub engine: Arc<Engine>,
     /// The billing store, when this node bills (its fault injection is for tests and drills).
-    pub billing: Option<Arc<billing::PgBillingStore>>,
+    pub billing: Option<Arc<crate::postgres::billing::PgBillingStore>>,
     listener: tokio::task::JoinHandle<()>,
 }
 
@@ -141,35 +136,39 @@ pub async fn start_with(
     } = options;
     let webhooks = match webhooks {
         Some(w) => Some(WebhookSetup {
-            store: Arc::new(crate::notify::PgWebhookStore::new(
+            store: Arc::new(crate::postgres::outbox::PgWebhookStore::new(
                 pool.clone(),
                 w.secrets.clone(),
             )),
-            sender: Arc::new(crate::notify::HttpSender::new(w.allow_private)?),
+            sender: Arc::new(crate::webhook::HttpSender::new(w.allow_private)?),
             idle: w.idle,
             retention: w.retention,
         }),
         None => None,
     };
     let verify = verify.map(|v| VerifySetup {
-        store: Arc::new(verification::PgVerificationStore::new(pool.clone())),
+        store: Arc::new(crate::postgres::verification::PgVerificationStore::new(
+            pool.clone(),
+        )),
         lookup: v.lookup,
         policy: v.policy,
         tick: v.tick,
     });
-    let store = Arc::new(store::PgEngineStore::new(pool.clone()));
+    let store = Arc::new(crate::postgres::engine_store::PgEngineStore::new(
+        pool.clone(),
+    ));
     let billing_store = billing
         .as_ref()
-        .map(|_| Arc::new(billing::PgBillingStore::new(pool.clone())));
+        .map(|_| Arc::new(crate::postgres::billing::PgBillingStore::new(pool.clone())));
     let billing = billing
         .zip(billing_store.clone())
         .map(|(settings, store)| BillingSetup { store, settings });
     let usage = usage.map(|u| UsageSetup {
-        store: Arc::new(billing::PgUsageStore::new(pool.clone())),
+        store: Arc::new(crate::postgres::billing::PgUsageStore::new(pool.clone())),
         settings: u.settings,
         sources: u.sources,
     });
-    let leases = Arc::new(leases::PgLeaseBackend::new(pool.clone()));
+    let leases = Arc::new(crate::postgres::leases::PgLeaseBackend::new(pool.clone()));
     let dns = dns.map(|d| DnsSetup {
         store: store.clone(),
         provider: d.provider,

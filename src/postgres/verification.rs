@@ -1,6 +1,7 @@
 //! Domain verification over PostgreSQL ([`PgVerificationStore`]) and TXT lookups through
 //! hickory-resolver ([`HickoryTxt`]).
 
+use super::port_error;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -9,10 +10,6 @@ use hickory_resolver::TokioResolver;
 use sqlx::PgPool;
 use tranche_core::verify::{Check, Lookup, Outcome, Status};
 use tranche_engine::ports::{StoreError, TxtLookup, VerificationStore};
-
-fn other(e: sqlx::Error) -> StoreError {
-    StoreError::Other(e.to_string())
-}
 
 pub struct PgVerificationStore {
     pool: PgPool,
@@ -112,7 +109,7 @@ impl VerificationStore for PgVerificationStore {
         .bind(limit)
         .fetch_all(&self.pool)
         .await
-        .map_err(other)?;
+        .map_err(port_error)?;
         Ok(rows.into_iter().map(check_of).collect())
     }
 
@@ -122,7 +119,9 @@ impl VerificationStore for PgVerificationStore {
         outcome: &Outcome,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        record(&self.pool, check, outcome, now).await.map_err(other)
+        record(&self.pool, check, outcome, now)
+            .await
+            .map_err(port_error)
     }
 }
 
@@ -135,7 +134,7 @@ pub struct HickoryTxt {
 impl HickoryTxt {
     pub fn new(nameservers: &[SocketAddr]) -> anyhow::Result<Self> {
         Ok(Self {
-            resolver: crate::probe::resolver(nameservers, Some(Duration::from_secs(2)))?,
+            resolver: crate::prober::resolver(nameservers, Some(Duration::from_secs(2)))?,
         })
     }
 }

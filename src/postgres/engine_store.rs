@@ -1,5 +1,6 @@
 //! The engine's database port over PostgreSQL.
 
+use super::port_error;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -26,10 +27,6 @@ impl PgEngineStore {
     pub fn new(pool: PgPool) -> Self {
         Self { pool }
     }
-}
-
-fn other(e: sqlx::Error) -> StoreError {
-    StoreError::Other(e.to_string())
 }
 
 #[derive(FromRow)]
@@ -146,7 +143,7 @@ impl EngineStore for PgEngineStore {
         .bind(&shards)
         .fetch_all(&self.pool)
         .await
-        .map_err(other)?;
+        .map_err(port_error)?;
         Ok(rows
             .into_iter()
             .filter_map(|row| {
@@ -165,7 +162,7 @@ impl EngineStore for PgEngineStore {
         .bind(domain_id)
         .fetch_optional(&self.pool)
         .await
-        .map_err(other)?;
+        .map_err(port_error)?;
         Ok(row.and_then(|(state, since, primary)| {
             Some(PersistedState {
                 state: StormState::parse(&state)?,
@@ -183,7 +180,7 @@ impl EngineStore for PgEngineStore {
         fence: Fence,
         node_id: &str,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await.map_err(other)?;
+        let mut tx = self.pool.begin().await.map_err(port_error)?;
         check_fence(&mut tx, fence).await?;
         sqlx::query(
             "insert into domain_states as st (domain_id, state, state_since, desired_primary_weight,
@@ -211,7 +208,7 @@ impl EngineStore for PgEngineStore {
         .bind(reason)
         .execute(&mut *tx)
         .await
-        .map_err(other)?;
+        .map_err(port_error)?;
         let kind = spec.policy.kind.as_str();
         match d.storm {
             Some(StormChange::Opened) => {
@@ -241,7 +238,7 @@ impl EngineStore for PgEngineStore {
                 .bind(node_id)
                 .execute(&mut *tx)
                 .await
-                .map_err(other)?;
+                .map_err(port_error)?;
             }
             Some(StormChange::Closed) => {
                 sqlx::query(
@@ -257,11 +254,11 @@ impl EngineStore for PgEngineStore {
                 .bind(d.primary.availability.ratio().map(|r| r.to_string()))
                 .execute(&mut *tx)
                 .await
-                .map_err(other)?;
+                .map_err(port_error)?;
             }
             None => {}
         }
-        tx.commit().await.map_err(other)
+        tx.commit().await.map_err(port_error)
     }
 
     async fn step_applied(&self, domain_id: i64, weights: Weights) -> Result<bool, StoreError> {
@@ -283,7 +280,7 @@ impl EngineStore for PgEngineStore {
         .bind(domain_id)
         .fetch_optional(&self.pool)
         .await
-        .map_err(other)?;
+        .map_err(port_error)?;
         Ok(row.is_none_or(|r| r.in_effect(weights)))
     }
 
@@ -295,7 +292,7 @@ impl EngineStore for PgEngineStore {
         let aggregate = aggregate(batch);
         let minutes = &aggregate.minutes;
         let column = |f: &dyn Fn(&Minute) -> i64| -> Vec<i64> { minutes.iter().map(f).collect() };
-        let mut tx = self.pool.begin().await.map_err(other)?;
+        let mut tx = self.pool.begin().await.map_err(port_error)?;
         // Domains deleted meanwhile are skipped by the join instead of failing the batch.
         sqlx::query(
             "insert into probe_minutes (domain_id, cdn, minute, attempts, successes, latency_sum_ms, latency_max_ms)
@@ -317,7 +314,7 @@ impl EngineStore for PgEngineStore {
         .bind(minutes.iter().map(|m| m.latency_max_ms).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await
-        .map_err(other)?;
+        .map_err(port_error)?;
 
         let describe = |o: Option<&Observation>| {
             o.map(|o| {
@@ -351,8 +348,8 @@ impl EngineStore for PgEngineStore {
         .bind(latest.iter().map(|l| describe(l.backup)).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await
-        .map_err(other)?;
-        tx.commit().await.map_err(other)
+        .map_err(port_error)?;
+        tx.commit().await.map_err(port_error)
     }
 
     async fn prune_observations(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
@@ -361,7 +358,7 @@ impl EngineStore for PgEngineStore {
             .execute(&self.pool)
             .await
             .map(|r| r.rows_affected())
-            .map_err(other)
+            .map_err(port_error)
     }
 }
 
@@ -378,7 +375,7 @@ pub(crate) async fn check_fence(
             .bind(fence.shard as i16)
             .fetch_optional(&mut **tx)
             .await
-            .map_err(other)?;
+            .map_err(port_error)?;
     if epoch == Some(fence.epoch) {
         Ok(())
     } else {
@@ -481,7 +478,7 @@ impl DnsStore for PgEngineStore {
         .bind(&shards)
         .fetch_all(&self.pool)
         .await
-        .map_err(other)?;
+        .map_err(port_error)?;
         Ok(rows.into_iter().map(|(z, s)| (z, s as u16)).collect())
     }
 
@@ -509,7 +506,7 @@ impl DnsStore for PgEngineStore {
         .bind(zone)
         .fetch_all(&self.pool)
         .await
-        .map_err(other)?;
+        .map_err(port_error)?;
         Ok(rows
             .into_iter()
             .filter_map(|r| {
@@ -549,7 +546,7 @@ impl DnsStore for PgEngineStore {
         node_id: &str,
     ) -> Result<String, StoreError> {
         let ids: Vec<i64> = batch.changes.iter().map(|c| c.domain_id).collect();
-        let mut tx = self.pool.begin().await.map_err(other)?;
+        let mut tx = self.pool.begin().await.map_err(port_error)?;
         check_fence(&mut tx, fence).await?;
         let storms: HashMap<i64, uuid::Uuid> = sqlx::query_as::<_, (i64, uuid::Uuid)>(
             "select domain_id, id from storm_events where domain_id = any($1) and ended_at is null",
@@ -557,7 +554,7 @@ impl DnsStore for PgEngineStore {
         .bind(&ids)
         .fetch_all(&mut *tx)
         .await
-        .map_err(other)?
+        .map_err(port_error)?
         .into_iter()
         .collect();
         let id: uuid::Uuid = sqlx::query_scalar(
@@ -572,8 +569,8 @@ impl DnsStore for PgEngineStore {
         .bind(node_id)
         .fetch_one(&mut *tx)
         .await
-        .map_err(other)?;
-        tx.commit().await.map_err(other)?;
+        .map_err(port_error)?;
+        tx.commit().await.map_err(port_error)?;
         Ok(id.to_string())
     }
 
@@ -594,7 +591,7 @@ impl DnsStore for PgEngineStore {
             .iter()
             .map(|c| i16::from(c.weights.primary))
             .collect();
-        let mut tx = self.pool.begin().await.map_err(other)?;
+        let mut tx = self.pool.begin().await.map_err(port_error)?;
         check_fence(&mut tx, fence).await?;
         sqlx::query(
             "insert into dns_records as r (domain_id, zone, provider, applied_primary_weight,
@@ -615,7 +612,7 @@ impl DnsStore for PgEngineStore {
         .bind(change)
         .execute(&mut *tx)
         .await
-        .map_err(other)?;
+        .map_err(port_error)?;
         sqlx::query(
             "update dns_changes
                 set status = case when $3 then 'insync' else 'submitted' end,
@@ -628,8 +625,8 @@ impl DnsStore for PgEngineStore {
         .bind(in_sync)
         .execute(&mut *tx)
         .await
-        .map_err(other)?;
-        tx.commit().await.map_err(other)
+        .map_err(port_error)?;
+        tx.commit().await.map_err(port_error)
     }
 
     async fn dns_failed(
@@ -641,7 +638,7 @@ impl DnsStore for PgEngineStore {
         let change: uuid::Uuid = change_id
             .parse()
             .map_err(|e| StoreError::Other(format!("{e}")))?;
-        let mut tx = self.pool.begin().await.map_err(other)?;
+        let mut tx = self.pool.begin().await.map_err(port_error)?;
         // No domain marked failed: the zone actor retries (backoff, or the halves of a
         // bisected batch); `dns.change_failed` waits for that to fail for good or for long.
         sqlx::query(
@@ -654,7 +651,7 @@ impl DnsStore for PgEngineStore {
         .bind(permanent.is_empty())
         .execute(&mut *tx)
         .await
-        .map_err(other)?;
+        .map_err(port_error)?;
         if !permanent.is_empty() {
             sqlx::query(
                 "insert into dns_records (domain_id, zone, provider, last_change_id, last_error, failed_at)
@@ -671,9 +668,9 @@ impl DnsStore for PgEngineStore {
             .bind(error)
             .execute(&mut *tx)
             .await
-            .map_err(other)?;
+            .map_err(port_error)?;
         }
-        tx.commit().await.map_err(other)
+        tx.commit().await.map_err(port_error)
     }
 
     async fn orphaned_changes(&self, zone: &str) -> Result<Vec<OrphanedChange>, StoreError> {
@@ -684,7 +681,7 @@ impl DnsStore for PgEngineStore {
         .bind(zone)
         .fetch_all(&self.pool)
         .await
-        .map_err(other)?;
+        .map_err(port_error)?;
         Ok(rows
             .into_iter()
             .map(|(id, provider_change_id, node_id)| OrphanedChange {
@@ -704,7 +701,7 @@ impl DnsStore for PgEngineStore {
         let change: uuid::Uuid = change_id
             .parse()
             .map_err(|e| StoreError::Other(format!("{e}")))?;
-        let mut tx = self.pool.begin().await.map_err(other)?;
+        let mut tx = self.pool.begin().await.map_err(port_error)?;
         check_fence(&mut tx, fence).await?;
         sqlx::query(
             "update dns_changes set status = 'superseded', error = $2 where id = $1 and status = 'submitted'",
@@ -713,8 +710,8 @@ impl DnsStore for PgEngineStore {
         .bind(reason)
         .execute(&mut *tx)
         .await
-        .map_err(other)?;
-        tx.commit().await.map_err(other)
+        .map_err(port_error)?;
+        tx.commit().await.map_err(port_error)
     }
 
     async fn dns_insync(&self, change_id: &str) -> Result<(), StoreError> {
@@ -726,6 +723,6 @@ impl DnsStore for PgEngineStore {
             .execute(&self.pool)
             .await
             .map(drop)
-            .map_err(other)
+            .map_err(port_error)
     }
 }

@@ -5,8 +5,6 @@
 //! the [`embedded`] server; either way the caller gets a pool and, for the embedded server, a
 //! handle that stops it on shutdown.
 
-pub mod embedded;
-
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -14,8 +12,8 @@ use anyhow::Context;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
+use super::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use crate::config::Settings;
-use embedded::{EmbeddedOptions, EmbeddedPostgres};
 
 /// The migrations in `migrations/`, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgPool};
 use uuid::Uuid;
 
-use crate::engine::leases::{NODE_TIMEOUT, OWNERS_SQL};
+use crate::postgres::leases::{NODE_TIMEOUT, OWNERS_SQL};
 
 #[derive(Debug, Clone, FromRow)]
 pub struct DomainStateRow {

@@ -19,6 +19,7 @@
 //! Anything failing rolls the whole run back; the failure is then recorded in `billing_runs`
 //! with its error, and the next tick retries.
 
+use super::port_error;
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
@@ -33,11 +34,7 @@ use tranche_engine::ports::{
 };
 use uuid::Uuid;
 
-use super::store::check_fence;
-
-fn other(e: sqlx::Error) -> StoreError {
-    StoreError::Other(e.to_string())
-}
+use super::engine_store::check_fence;
 
 /// The billing port over PostgreSQL.
 pub struct PgBillingStore {
@@ -90,7 +87,7 @@ impl BillingStore for PgBillingStore {
         .bind(i64::from(SHARDS))
         .fetch_all(&self.pool)
         .await
-        .map_err(other)?;
+        .map_err(port_error)?;
         Ok(rows.into_iter().map(|(id, s)| (id, s as u16)).collect())
     }
 
@@ -134,7 +131,7 @@ impl BillingStore for PgBillingStore {
             .execute(&self.pool)
             .await
             .map(|r| r.rows_affected())
-            .map_err(other)
+            .map_err(port_error)
     }
 }
 
@@ -148,7 +145,7 @@ impl PgBillingStore {
         node_id: &str,
         started: DateTime<Utc>,
     ) -> Result<BillingRunSummary, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(other)?;
+        let mut tx = self.pool.begin().await.map_err(port_error)?;
         check_fence(&mut tx, fence).await?;
         let loaded = load_run(&mut tx, customer_id, now, settings).await?;
         let plan = plan_run(&loaded.inputs, now, settings).map_err(|e| {
@@ -168,7 +165,7 @@ impl PgBillingStore {
             started,
         )
         .await?;
-        tx.commit().await.map_err(other)?;
+        tx.commit().await.map_err(port_error)?;
         Ok(summary)
     }
 }
@@ -187,7 +184,7 @@ pub async fn load_run(
     sqlx::query("select set_config('plan_cache_mode', 'force_custom_plan', true)")
         .execute(&mut **tx)
         .await
-        .map_err(other)?;
+        .map_err(port_error)?;
     let rows: Vec<UnbilledRow> = sqlx::query_as(
         "select id, service_id, window_start, window_end, primary_bytes, backup_bytes,
                 source, revision
@@ -202,7 +199,7 @@ pub async fn load_run(
     .bind(settings.batch as i64)
     .fetch_all(&mut **tx)
     .await
-    .map_err(other)?;
+    .map_err(port_error)?;
     let mut loaded = LoadedRun {
         inputs: RunInputs::default(),
         snapshots: Vec::with_capacity(rows.len()),
@@ -236,7 +233,7 @@ pub async fn load_run(
     .bind(&services)
     .fetch_all(&mut **tx)
     .await
-    .map_err(other)?;
+    .map_err(port_error)?;
     for (service, f) in factors {
         loaded
             .inputs
@@ -256,7 +253,7 @@ pub async fn load_run(
     .bind(latest)
     .fetch_all(&mut **tx)
     .await
-    .map_err(other)?;
+    .map_err(port_error)?;
     for s in storms {
         loaded
             .inputs
@@ -279,7 +276,7 @@ pub async fn load_run(
     .bind(snapshot_periods(&loaded.inputs.snapshots, settings))
     .fetch_all(&mut **tx)
     .await
-    .map_err(other)?;
+    .map_err(port_error)?;
     loaded.inputs.finalized_periods = statuses
         .into_iter()
         .filter(|(_, status)| status == "finalized")
@@ -325,7 +322,7 @@ pub async fn apply_run(
         .bind(&invoices)
         .execute(&mut **tx)
         .await
-        .map_err(other)?
+        .map_err(port_error)?
         .rows_affected();
         if tagged != ids.len() as u64 {
             return Err(StoreError::Other(format!(
@@ -344,7 +341,7 @@ pub async fn apply_run(
     .bind(settings.finalize_until(now))
     .execute(&mut **tx)
     .await
-    .map_err(other)?
+    .map_err(port_error)?
     .rows_affected();
     summary.invoices_finalized = finalized as u32;
 
@@ -363,7 +360,7 @@ pub async fn apply_run(
         .bind(summary.snapshots_billed as i32)
         .execute(&mut **tx)
         .await
-        .map_err(other)?;
+        .map_err(port_error)?;
     }
     Ok(summary)
 }
@@ -419,7 +416,7 @@ async fn upsert_drafts(
     .bind(drafts.iter().map(|d| d.lines).collect::<Vec<_>>())
     .fetch_all(&mut **tx)
     .await
-    .map_err(other)?;
+    .map_err(port_error)?;
     if rows.len() != drafts.len() {
         return Err(StoreError::Other(format!(
             "{} of {} invoices were finalized during the run",
@@ -512,7 +509,7 @@ async fn insert_lines(
     .bind(storm_lists)
     .execute(&mut **tx)
     .await
-    .map_err(other)?;
+    .map_err(port_error)?;
     Ok(())
 }
 
@@ -544,7 +541,7 @@ impl UsageStore for PgUsageStore {
         .bind(i64::from(SHARDS))
         .fetch_all(&self.pool)
         .await
-        .map_err(other)?;
+        .map_err(port_error)?;
         Ok(rows
             .into_iter()
             .map(
@@ -563,9 +560,9 @@ impl UsageStore for PgUsageStore {
         if reports.is_empty() {
             return Ok(0);
         }
-        let outcomes = crate::store::usage::record(&self.pool, reports)
+        let outcomes = crate::postgres::usage::record(&self.pool, reports)
             .await
-            .map_err(other)?;
+            .map_err(port_error)?;
         Ok(outcomes.iter().filter(|(o, _)| o.wrote()).count())
     }
 }

@@ -8,6 +8,7 @@
 //! deadline (`depose_stale`). The advisory locks are the one truth about who owns a shard:
 //! [`OWNERS_SQL!`] reads them from `pg_locks` for the API.
 
+use super::port_error;
 use std::time::Duration;
 
 use sqlx::{Connection, PgConnection, PgPool};
@@ -45,10 +46,6 @@ pub struct PgLeaseBackend {
     conn: Mutex<Option<PgConnection>>,
 }
 
-fn other(e: sqlx::Error) -> StoreError {
-    StoreError::Other(e.to_string())
-}
-
 impl PgLeaseBackend {
     pub fn new(pool: PgPool) -> Self {
         Self {
@@ -65,13 +62,13 @@ impl PgLeaseBackend {
     ) -> Result<T, StoreError> {
         let mut guard = self.conn.lock().await;
         if guard.is_none() {
-            let mut conn = self.pool.acquire().await.map_err(other)?.detach();
+            let mut conn = self.pool.acquire().await.map_err(port_error)?.detach();
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "set application_name = '{APPLICATION_NAME}'"
             )))
             .execute(&mut conn)
             .await
-            .map_err(other)?;
+            .map_err(port_error)?;
             *guard = Some(conn);
         }
         let conn = guard.as_mut().expect("just set");
@@ -82,7 +79,7 @@ impl PgLeaseBackend {
                 if let Some(c) = guard.take() {
                     let _ = c.close().await;
                 }
-                Err(other(e))
+                Err(port_error(e))
             }
         }
     }

@@ -23,6 +23,8 @@
 //! [`SourceError::RateLimited`]; 5xx, network errors and unknown GraphQL errors are transient;
 //! 4xx and authorization or query errors are permanent.
 
+pub mod fake;
+
 use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};

@@ -1,0 +1,167 @@
+//! The webhook outbox over PostgreSQL: pending deliveries in order per endpoint, their results
+//! and retries, and the pruning of old events. Implements the engine's `WebhookStore` port; the
+//! HTTP side is [`crate::webhook`].
+
+use super::port_error;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::PgPool;
+use tranche_core::domain::SHARDS;
+use tranche_engine::ports::{Delivery, StoreError, WebhookStore};
+use uuid::Uuid;
+
+/// The outbox over PostgreSQL; opens the endpoints' sealed secrets to sign with.
+pub struct PgWebhookStore {
+    pool: PgPool,
+    secrets: Arc<crate::secrets::SecretBox>,
+}
+
+impl PgWebhookStore {
+    pub fn new(pool: PgPool, secrets: Arc<crate::secrets::SecretBox>) -> Self {
+        Self { pool, secrets }
+    }
+}
+
+type DeliveryRow = (
+    Uuid,
+    i64,
+    String,
+    String,
+    String,
+    i64,
+    Uuid,
+    String,
+    DateTime<Utc>,
+    Value,
+    i32,
+    DateTime<Utc>,
+    DateTime<Utc>,
+);
+
+#[async_trait::async_trait]
+impl WebhookStore for PgWebhookStore {
+    async fn pending_deliveries(
+        &self,
+        shards: &[u16],
+        limit: i64,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let shards: Vec<i64> = shards.iter().map(|&s| i64::from(s)).collect();
+        let rows: Vec<DeliveryRow> = sqlx::query_as(
+            "select d.id, d.endpoint_id, e.url, e.secret, e.format, d.customer_id, ev.id, ev.type,
+                    ev.occurred_at, ev.payload, d.attempts, d.created_at, d.next_attempt_at
+               from webhook_deliveries d
+               join webhook_endpoints e on e.id = d.endpoint_id
+               join events ev on ev.id = d.event_id
+              where d.status = 'pending' and d.customer_id % $2 = any($1::int8[])
+              order by d.endpoint_id, d.seq
+              limit $3",
+        )
+        .bind(&shards)
+        .bind(i64::from(SHARDS))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(port_error)?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| {
+                // A secret that does not open (its key is not configured) holds its endpoint's
+                // deliveries back rather than sending them unsigned.
+                let secret = match self.secrets.open(r.5, &r.3) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(webhook.endpoint = r.1, error = %e, "cannot sign deliveries to this endpoint");
+                        return None;
+                    }
+                };
+                Some((r, secret))
+            })
+            .map(|(r, secret)| Delivery {
+                id: r.0.to_string(),
+                endpoint_id: r.1,
+                url: r.2,
+                secret,
+                format: r.4,
+                customer_id: r.5,
+                event_id: r.6.to_string(),
+                event_type: r.7,
+                occurred_at: r.8,
+                payload: r.9.to_string(),
+                attempts: r.10,
+                created_at: r.11,
+                next_attempt_at: r.12,
+            })
+            .collect())
+    }
+
+    async fn delivered(&self, id: &str, status: u16, at: DateTime<Utc>) -> Result<(), StoreError> {
+        let id = Uuid::parse_str(id).map_err(|e| StoreError::Other(e.to_string()))?;
+        sqlx::query(
+            "update webhook_deliveries
+                set status = 'delivered', delivered_at = $3, last_attempt_at = $3,
+                    attempts = attempts + 1, last_status_code = $2, last_error = null
+              where id = $1",
+        )
+        .bind(id)
+        .bind(i32::from(status))
+        .bind(at)
+        .execute(&self.pool)
+        .await
+        .map(drop)
+        .map_err(port_error)
+    }
+
+    async fn attempt_failed(
+        &self,
+        id: &str,
+        status: Option<u16>,
+        error: &str,
+        at: DateTime<Utc>,
+        retry_at: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError> {
+        let id = Uuid::parse_str(id).map_err(|e| StoreError::Other(e.to_string()))?;
+        sqlx::query(
+            "update webhook_deliveries
+                set attempts = attempts + 1, last_attempt_at = $4, last_status_code = $2,
+                    last_error = $3,
+                    status = case when $5::timestamptz is null then 'failed' else 'pending' end,
+                    next_attempt_at = coalesce($5, next_attempt_at)
+              where id = $1",
+        )
+        .bind(id)
+        .bind(status.map(i32::from))
+        .bind(error)
+        .bind(at)
+        .bind(retry_at)
+        .execute(&self.pool)
+        .await
+        .map(drop)
+        .map_err(port_error)
+    }
+
+    async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        // In slices, so no statement holds many locks or runs for long.
+        let mut total = 0;
+        loop {
+            let deleted = sqlx::query(
+                "delete from events where id in (
+                     select e.id from events e
+                      where e.occurred_at < $1
+                        and not exists (select 1 from webhook_deliveries d
+                                         where d.event_id = e.id and d.status = 'pending')
+                      limit 5000)",
+            )
+            .bind(before)
+            .execute(&self.pool)
+            .await
+            .map_err(port_error)?
+            .rows_affected();
+            total += deleted;
+            if deleted < 5000 {
+                return Ok(total);
+            }
+        }
+    }
+}
