@@ -55,9 +55,6 @@ enum Command {
     Openapi,
     /// Watch a storm happen: local fake CDNs, a throwaway database, about 30 seconds.
     Demo,
-    /// Engine benchmarks (see BENCHMARKS.md).
-    #[command(subcommand)]
-    Bench(crate::bench::BenchCommand),
 }
 
 pub fn main() -> ExitCode {
@@ -96,7 +93,7 @@ pub fn main() -> ExitCode {
         eprintln!("tranche: invalid configuration: {e}");
         return ExitCode::from(2);
     }
-    if matches!(cli.command, Command::Demo | Command::Bench(_)) {
+    if matches!(cli.command, Command::Demo) {
         // The demo narrates on stdout; keep the logs to warnings unless asked.
         if std::env::var_os("RUST_LOG").is_none() {
             // SAFETY: single-threaded here, before the runtime and any other thread start.
@@ -117,7 +114,6 @@ pub fn main() -> ExitCode {
             Command::Serve { .. } => serve(settings).await,
             Command::Migrate => migrate(settings).await,
             Command::Demo => crate::demo::run().await,
-            Command::Bench(cmd) => crate::bench::run(cmd).await,
             Command::Openapi => unreachable!("handled above"),
         }
     });

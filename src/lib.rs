@@ -8,7 +8,7 @@
 //!
 //! # Layout
 //!
-//! The workspace has three crates: `core/` (tranche-core: domain types and every rule, no I/O),
+//! The workspace has three crates (and `bench/`, the benchmarks, outside the product binary): `core/` (tranche-core: domain types and every rule, no I/O),
 //! `engine/` (tranche-engine: the actors and the ports they reach the world through) and this
 //! one, the `tranche` binary with its adapters, one folder per thing it talks to:
 //!
@@ -28,14 +28,12 @@
 //!   actor tree.
 //! * [`startup`] — [`startup::Application`]: build on a listener (port 0 in tests), run until a
 //!   shutdown signal. Tests boot exactly this.
-//! * [`cli`] — the subcommands (`serve`, `migrate`, `openapi`, `demo`, `bench`) and process
+//! * [`cli`] — the subcommands (`serve`, `migrate`, `openapi`, `demo`) and process
 //!   lifecycle; [`config`] — defaults, then `tranche.toml`, then environment.
 //! * [`demo`] — `tranche demo` and the switchable fake CDN edges it and the tests use.
-//! * [`bench`] — `tranche bench …`, the engine benchmarks recorded in BENCHMARKS.md.
 //! * [`secrets`] — sealing of webhook secrets at rest; [`telemetry`] — `tracing` setup.
 
 pub mod api;
-pub mod bench;
 pub mod cli;
 pub mod cloudflare;
 pub mod config;

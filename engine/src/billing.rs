@@ -45,6 +45,7 @@ pub enum BillingMsg {
     /// Re-read the customers of the owned shards.
     Reconcile,
     /// Runs every customer's billing now and replies with the sum of the runs (tests, bench).
+    #[cfg(feature = "test-hooks")]
     RunAll(RpcReplyPort<Result<BillingRunSummary, String>>),
     /// Customers with a billing actor here.
     Customers(RpcReplyPort<Vec<i64>>),
@@ -107,6 +108,7 @@ impl Actor for BillingSupervisor {
                 }
             }
             BillingMsg::Reconcile => state.reconcile(&myself).await,
+            #[cfg(feature = "test-hooks")]
             BillingMsg::RunAll(reply) => {
                 let actors: Vec<ActorRef<CustomerMsg>> =
                     state.customers.values().map(|(a, _)| a.clone()).collect();
@@ -165,6 +167,7 @@ impl Actor for BillingSupervisor {
     }
 }
 
+#[cfg(feature = "test-hooks")]
 /// Runs the given customers' billing now, a few at a time, and sums the runs.
 async fn run_all(actors: Vec<ActorRef<CustomerMsg>>) -> Result<BillingRunSummary, String> {
     const CONCURRENCY: usize = 4;

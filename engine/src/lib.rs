@@ -117,6 +117,7 @@ impl Engine {
         }
     }
 
+    #[cfg(feature = "test-hooks")]
     /// Writes buffered observations now.
     pub async fn flush_observations(&self) {
         if let Some((writer, _, _)) = self.children().await {
@@ -124,6 +125,7 @@ impl Engine {
         }
     }
 
+    #[cfg(feature = "test-hooks")]
     /// Runs every billing actor on this node now; the sum of their runs (`None`: this node
     /// does not bill).
     pub async fn bill_now(&self) -> Option<Result<ports::BillingRunSummary, String>> {
@@ -139,18 +141,21 @@ impl Engine {
         }
     }
 
+    #[cfg(feature = "test-hooks")]
     /// Runs usage ingestion now (`None`: this node does not ingest usage).
     pub async fn ingest_usage_now(&self) -> Option<usage_ingestor::IngestSummary> {
         let usage = ractor::call!(self.root, RootMsg::Usage).ok()??;
         ractor::call!(usage, usage_ingestor::UsageMsg::IngestNow).ok()
     }
 
+    #[cfg(feature = "test-hooks")]
     /// Runs the domain verifier's due checks now (`None`: this node does not verify).
     pub async fn verify_now(&self) -> Option<usize> {
         let verifier = ractor::call!(self.root, RootMsg::Verifier).ok()??;
         ractor::call!(verifier, verifier::VerifierMsg::CheckNow).ok()
     }
 
+    #[cfg(feature = "test-hooks")]
     /// Runs a webhook delivery pass now (`None`: this node does not send webhooks).
     pub async fn deliver_webhooks_now(&self) -> Option<usize> {
         let dispatcher = ractor::call!(self.root, RootMsg::Webhooks).ok()??;

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::config::EngineConfig;
 use super::ports::{EngineStore, Observation};
@@ -38,7 +38,8 @@ pub enum ObservationMsg {
     /// Periodic flush.
     Flush,
     /// Flush now and reply when done (shutdown, tests).
-    FlushNow(RpcReplyPort<()>),
+    #[cfg(feature = "test-hooks")]
+    FlushNow(ractor::RpcReplyPort<()>),
     /// Delete aggregates past the retention.
     Prune,
 }
@@ -76,6 +77,7 @@ impl Actor for ObservationWriter {
                 state.buffer.push(o);
             }
             ObservationMsg::Flush => state.flush().await,
+            #[cfg(feature = "test-hooks")]
             ObservationMsg::FlushNow(reply) => {
                 state.flush().await;
                 let _ = reply.send(());

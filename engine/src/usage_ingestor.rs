@@ -61,6 +61,7 @@ pub enum UsageMsg {
     Shards(OwnedShards),
     Tick,
     /// Ingests now and replies with what happened (tests, bench).
+    #[cfg(feature = "test-hooks")]
     IngestNow(RpcReplyPort<IngestSummary>),
     /// A pass finished.
     Done,
@@ -109,6 +110,7 @@ impl Actor for UsageIngestor {
                     state.start_pass(&myself, Vec::new());
                 }
             }
+            #[cfg(feature = "test-hooks")]
             UsageMsg::IngestNow(reply) => {
                 if state.running {
                     state.queued.push(reply);

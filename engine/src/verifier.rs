@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::watch;
 
 use super::billing::forward_shards;
@@ -41,7 +41,8 @@ pub enum VerifierMsg {
     Shards(OwnedShards),
     Tick,
     /// Runs due checks now; replies with how many results were written (tests).
-    CheckNow(RpcReplyPort<usize>),
+    #[cfg(feature = "test-hooks")]
+    CheckNow(ractor::RpcReplyPort<usize>),
 }
 
 impl Actor for DomainVerifier {
@@ -78,6 +79,7 @@ impl Actor for DomainVerifier {
             VerifierMsg::Tick => {
                 state.check_due().await;
             }
+            #[cfg(feature = "test-hooks")]
             VerifierMsg::CheckNow(reply) => {
                 let _ = reply.send(state.check_due().await);
             }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::watch;
 
 use super::billing::forward_shards;
@@ -66,7 +66,8 @@ pub enum DispatcherMsg {
     Shards(OwnedShards),
     Pass,
     /// Runs a pass now; replies with how many deliveries succeeded (tests).
-    PassNow(RpcReplyPort<usize>),
+    #[cfg(feature = "test-hooks")]
+    PassNow(ractor::RpcReplyPort<usize>),
     /// Deletes events older than the retention (and their deliveries), unless still pending.
     Prune,
 }
@@ -116,6 +117,7 @@ impl Actor for WebhookDispatcher {
                 };
                 myself.send_after(pause, || DispatcherMsg::Pass);
             }
+            #[cfg(feature = "test-hooks")]
             DispatcherMsg::PassNow(reply) => {
                 let _ = reply.send(state.pass().await);
             }

@@ -18,13 +18,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use super::{CountingDns, Env, Moto, percentile};
-use crate::demo::edge::Behaviour;
-use crate::postgres::{self, customers};
-use crate::route53::{DEFAULT_TTL, Route53Provider};
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use tranche::demo::edge::Behaviour;
+use tranche::postgres::{self, customers};
+use tranche::route53::{DEFAULT_TTL, Route53Provider};
 use tranche_core::domain::{PolicyKind, PolicyParams, shard_of};
 
 async fn scalar(pool: &sqlx::PgPool, sql: &'static str) -> anyhow::Result<i64> {
@@ -144,11 +144,11 @@ pub async fn failover(
         inner: route53.clone(),
         calls: AtomicU64::new(0),
     });
-    let engine = crate::node::start(
+    let engine = tranche::node::start(
         super::engine_config("bench-node"),
         env.pool.clone(),
         Arc::new(env.prober()?),
-        Some(crate::node::DnsOptions {
+        Some(tranche::node::DnsOptions {
             provider: calls.clone(),
             rate_per_sec: rate,
             burst,
@@ -270,7 +270,7 @@ impl NodeProcess {
             .local_addr()?
             .port();
         let log = std::fs::File::create(env.dir.join(format!("{id}.log")))?;
-        let child = Command::new(std::env::current_exe()?)
+        let child = Command::new(tranche_binary()?)
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--node-id", id])
             .env("DATABASE_URL", url)
@@ -306,7 +306,7 @@ impl Drop for NodeProcess {
 async fn shards_held(pool: &sqlx::PgPool, node: &str) -> anyhow::Result<i64> {
     Ok(sqlx::query_scalar(concat!(
         "with owners as (",
-        crate::OWNERS_SQL!(),
+        tranche::OWNERS_SQL!(),
         ") select count(*) from owners w join cluster_nodes n on n.backend_pid = w.pid
            where n.node_id = $1"
     ))
@@ -383,4 +383,19 @@ pub async fn nodes(env: &Env, n: usize, interval: i32, freeze: bool) -> anyhow::
     );
     drop((a, b));
     Ok(())
+}
+
+/// The `tranche` binary the node processes run: `TRANCHE_BIN`, or the one built beside this
+/// bench (`target/<profile>/tranche`).
+fn tranche_binary() -> anyhow::Result<std::path::PathBuf> {
+    if let Some(path) = std::env::var_os("TRANCHE_BIN") {
+        return Ok(path.into());
+    }
+    let beside = std::env::current_exe()?.with_file_name("tranche");
+    anyhow::ensure!(
+        beside.exists(),
+        "no tranche binary at {} (build it with `cargo build --release --bin tranche`, or set TRANCHE_BIN)",
+        beside.display()
+    );
+    Ok(beside)
 }

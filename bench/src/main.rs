@@ -1,4 +1,7 @@
-//! `tranche bench …`: the engine benchmarks recorded in BENCHMARKS.md.
+//! `tranche-bench …`: the benchmarks recorded in BENCHMARKS.md, kept out of the product binary.
+//!
+//! Run from the workspace root: `cargo build --release --bin tranche --bin tranche-bench`, then
+//! `./target/release/tranche-bench <mode> …` (`--help` lists the modes and their options).
 //!
 //! Each mode starts a throwaway embedded PostgreSQL and local fake CDN edges (on their own
 //! runtime threads, named `bench-edge`, so their CPU is accounted separately from Tranche's),
@@ -24,22 +27,54 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use clap::Subcommand;
+use clap::{Parser, Subcommand};
 use sqlx::PgPool;
 use tranche_core::domain::{PolicyKind, PolicyParams, PolicyPatch, shard_of};
 use tranche_core::probe::{ProbeRequest, ProbeResult};
 use tranche_engine::EngineConfig;
 use tranche_engine::ports::Prober;
 
-use crate::demo::edge::{Behaviour, FakeEdge, TestCa};
-use crate::node::RunningEngine;
-use crate::postgres::embedded::{EmbeddedOptions, EmbeddedPostgres};
-use crate::postgres::{self, customers};
-use crate::prober::NetworkProber;
+use tranche::demo::edge::{Behaviour, FakeEdge, TestCa};
+use tranche::node::RunningEngine;
+use tranche::postgres::embedded::{EmbeddedOptions, EmbeddedPostgres};
+use tranche::postgres::{self, customers};
+use tranche::prober::NetworkProber;
 
 mod billing;
 mod failover;
 mod webhooks;
+
+/// Tranche's benchmarks (see BENCHMARKS.md).
+#[derive(Debug, Parser)]
+#[command(name = "tranche-bench", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: BenchCommand,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    // The benches narrate on stdout; keep the logs to warnings unless asked.
+    if std::env::var_os("RUST_LOG").is_none() {
+        // SAFETY: single-threaded here, before the runtime and any other thread start.
+        unsafe { std::env::set_var("RUST_LOG", "warn") };
+    }
+    tranche::telemetry::init(tranche::config::LogFormat::Text);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tranche-bench: could not start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tranche-bench: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -244,8 +279,8 @@ impl Env {
         }
         let server = tokio::task::block_in_place(|| EmbeddedPostgres::start(&options))?;
         server.ensure_database("tranche").await?;
-        let pool = crate::postgres::pool::pool(server.connect_options("tranche"), 16).await?;
-        crate::postgres::pool::migrate(&pool).await?;
+        let pool = tranche::postgres::pool::pool(server.connect_options("tranche"), 16).await?;
+        tranche::postgres::pool::migrate(&pool).await?;
         customers::ensure_demo(&pool).await?;
         let ca = TestCa::new(&["*.bench.test"])?;
         let edge_runtime = tokio::runtime::Builder::new_multi_thread()
@@ -514,11 +549,11 @@ async fn start_engine(
     own_pool: bool,
 ) -> anyhow::Result<RunningEngine> {
     let pool = if own_pool {
-        crate::postgres::pool::pool((*env.pool.connect_options()).clone(), 8).await?
+        tranche::postgres::pool::pool((*env.pool.connect_options()).clone(), 8).await?
     } else {
         env.pool.clone()
     };
-    crate::node::start(engine_config(node), pool, prober, None).await
+    tranche::node::start(engine_config(node), pool, prober, None).await
 }
 
 async fn wait_running(
@@ -775,7 +810,7 @@ impl Drop for Moto {
 
 /// Counts provider calls.
 struct CountingDns {
-    inner: Arc<crate::route53::Route53Provider>,
+    inner: Arc<tranche::route53::Route53Provider>,
     calls: AtomicU64,
 }
 
@@ -814,9 +849,9 @@ async fn dns_storm(
     use tranche_engine::ports::DnsProvider;
 
     let moto = Moto::start().await?;
-    let route53 = Arc::new(crate::route53::Route53Provider::for_endpoint(
+    let route53 = Arc::new(tranche::route53::Route53Provider::for_endpoint(
         &moto.url,
-        crate::route53::DEFAULT_TTL,
+        tranche::route53::DEFAULT_TTL,
     ));
     // Probing is irrelevant here: one probe an hour.
     let policy = PolicyParams::new(
@@ -845,12 +880,12 @@ async fn dns_storm(
         inner: route53.clone(),
         calls: AtomicU64::new(0),
     });
-    let dns = crate::node::DnsOptions {
+    let dns = tranche::node::DnsOptions {
         provider: counting.clone(),
         rate_per_sec: rate,
         burst,
     };
-    let engine = crate::node::start(
+    let engine = tranche::node::start(
         engine_config("bench-node"),
         env.pool.clone(),
         Arc::new(env.prober()?),

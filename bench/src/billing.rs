@@ -10,11 +10,11 @@ use tranche_core::domain::shard_of;
 use tranche_core::usage::UsageSettings;
 
 use super::{Env, own_cpu, rss_kib};
-use crate::cloudflare::CloudflareSource;
-use crate::cloudflare::fake::{FakeCloudflare, Row};
-use crate::config::Secret;
-use crate::node::{EngineOptions, RunningEngine, UsageOptions};
-use crate::postgres::customers::DEMO_CUSTOMER_ID;
+use tranche::cloudflare::CloudflareSource;
+use tranche::cloudflare::fake::{FakeCloudflare, Row};
+use tranche::config::Secret;
+use tranche::node::{EngineOptions, RunningEngine, UsageOptions};
+use tranche::postgres::customers::DEMO_CUSTOMER_ID;
 
 /// Peak resident set of this process, KiB.
 fn peak_rss_kib() -> u64 {
@@ -30,7 +30,7 @@ fn peak_rss_kib() -> u64 {
 
 async fn start_node(env: &Env, options: EngineOptions) -> anyhow::Result<RunningEngine> {
     let prober = Arc::new(env.prober()?);
-    crate::node::start_with(
+    tranche::node::start_with(
         super::engine_config("bench-billing"),
         env.pool.clone(),
         prober,

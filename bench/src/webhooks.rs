@@ -23,13 +23,13 @@ use tranche_core::probe::{ProbeRequest, ProbeResult};
 use tranche_engine::ports::Prober;
 
 use super::{CountingDns, Env, Moto, percentile};
-use crate::demo::edge::{Behaviour, FakeEdge};
-use crate::node::{DnsOptions, EngineOptions, WebhookOptions};
-use crate::postgres::{self, customers};
+use tranche::demo::edge::{Behaviour, FakeEdge};
+use tranche::node::{DnsOptions, EngineOptions, WebhookOptions};
+use tranche::postgres::{self, customers};
 
 /// Records when each probe finished and how long it took.
 struct Timed {
-    inner: crate::prober::NetworkProber,
+    inner: tranche::prober::NetworkProber,
     samples: Mutex<Vec<(Instant, f64)>>,
 }
 
@@ -198,9 +198,9 @@ pub async fn webhooks(
 
     // Route53 with the live zone; the live service probed every second.
     let moto = Moto::start().await?;
-    let route53 = Arc::new(crate::route53::Route53Provider::for_endpoint(
+    let route53 = Arc::new(tranche::route53::Route53Provider::for_endpoint(
         &moto.url,
-        crate::route53::DEFAULT_TTL,
+        tranche::route53::DEFAULT_TTL,
     ));
     route53
         .client()
@@ -270,7 +270,7 @@ pub async fn webhooks(
         inner: route53.clone(),
         calls: AtomicU64::new(0),
     };
-    let node = crate::node::start_with(
+    let node = tranche::node::start_with(
         super::engine_config("bench-webhooks"),
         pool.clone(),
         prober.clone(),
@@ -281,10 +281,10 @@ pub async fn webhooks(
                 burst: 8,
             }),
             webhooks: Some(WebhookOptions {
-                secrets: Arc::new(crate::secrets::SecretBox::plaintext()),
+                secrets: Arc::new(tranche::secrets::SecretBox::plaintext()),
                 allow_private: true,
                 idle: Duration::from_millis(100),
-                retention: crate::node::EVENT_RETENTION,
+                retention: tranche::node::EVENT_RETENTION,
             }),
             ..EngineOptions::default()
         },
