@@ -10,9 +10,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::sync::watch;
 
+use super::children::{Children, fenced};
 use super::config::EngineConfig;
 use super::ports::{BillingRunSummary, BillingStore, Fence, OwnedShards, StoreError};
 use tranche_core::billing::BillingSettings;
@@ -35,8 +36,7 @@ pub struct BillingArgs {
 pub struct BillingSupervisorState {
     ctx: Arc<BillingCtx>,
     owned: OwnedShards,
-    customers: HashMap<i64, (ActorRef<CustomerMsg>, Fence)>,
-    by_actor: HashMap<ActorId, i64>,
+    customers: Children<i64, CustomerMsg>,
     forwarder: tokio::task::JoinHandle<()>,
 }
 
@@ -88,8 +88,7 @@ impl Actor for BillingSupervisor {
         Ok(BillingSupervisorState {
             ctx: args.ctx,
             owned: OwnedShards::new(),
-            customers: HashMap::new(),
-            by_actor: HashMap::new(),
+            customers: Children::default(),
             forwarder,
         })
     }
@@ -111,7 +110,7 @@ impl Actor for BillingSupervisor {
             #[cfg(feature = "test-hooks")]
             BillingMsg::RunAll(reply) => {
                 let actors: Vec<ActorRef<CustomerMsg>> =
-                    state.customers.values().map(|(a, _)| a.clone()).collect();
+                    state.customers.actors().cloned().collect();
                 tokio::spawn(async move {
                     let _ = reply.send(run_all(actors).await);
                 });
@@ -144,8 +143,7 @@ impl Actor for BillingSupervisor {
             | SupervisionEvent::ActorTerminated(cell, ..) => cell.clone(),
             _ => return Ok(()),
         };
-        if let Some(customer) = state.by_actor.remove(&cell.get_id()) {
-            state.customers.remove(&customer);
+        if let Some(customer) = state.customers.forget(cell.get_id()) {
             if let SupervisionEvent::ActorFailed(_, err) = event {
                 tracing::error!(customer_id = customer, error = %err, "billing actor failed; restarting");
             }
@@ -160,9 +158,7 @@ impl Actor for BillingSupervisor {
         state: &mut BillingSupervisorState,
     ) -> Result<(), ActorProcessingErr> {
         state.forwarder.abort();
-        for (actor, _) in state.customers.values() {
-            actor.stop(None);
-        }
+        state.customers.stop_all();
         Ok(())
     }
 }
@@ -170,88 +166,60 @@ impl Actor for BillingSupervisor {
 #[cfg(feature = "test-hooks")]
 /// Runs the given customers' billing now, a few at a time, and sums the runs.
 async fn run_all(actors: Vec<ActorRef<CustomerMsg>>) -> Result<BillingRunSummary, String> {
-    const CONCURRENCY: usize = 4;
-    let mut total = BillingRunSummary::default();
-    let mut pending = tokio::task::JoinSet::new();
-    let mut actors = actors.into_iter();
-    loop {
-        while pending.len() < CONCURRENCY {
-            let Some(actor) = actors.next() else { break };
-            pending.spawn(async move {
-                ractor::call!(actor, CustomerMsg::RunNow)
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r)
-            });
-        }
-        match pending.join_next().await {
-            Some(Ok(Ok(run))) => total.add(&run),
-            Some(Ok(Err(e))) => return Err(e),
-            Some(Err(e)) => return Err(e.to_string()),
-            None => return Ok(total),
-        }
-    }
+    use std::ops::ControlFlow;
+    super::children::bounded(
+        actors,
+        4,
+        |actor| async move {
+            ractor::call!(actor, CustomerMsg::RunNow)
+                .map_err(|e| e.to_string())
+                .and_then(|r| r)
+        },
+        Ok(BillingRunSummary::default()),
+        |total, run| match (total, run) {
+            (Ok(mut total), Ok(Ok(run))) => {
+                total.add(&run);
+                ControlFlow::Continue(Ok(total))
+            }
+            (_, Ok(Err(e))) => ControlFlow::Break(Err(e)),
+            (_, Err(e)) => ControlFlow::Break(Err(e.to_string())),
+            (Err(e), _) => ControlFlow::Break(Err(e)),
+        },
+    )
+    .await
 }
 
 impl BillingSupervisorState {
     async fn reconcile(&mut self, myself: &ActorRef<BillingMsg>) {
-        let wanted: HashMap<i64, Fence> = if self.owned.is_empty() {
+        let wanted = if self.owned.is_empty() {
             HashMap::new()
         } else {
             let shards: Vec<u16> = self.owned.keys().copied().collect();
             match self.ctx.store.customers_on_shards(&shards).await {
-                Ok(customers) => customers
-                    .into_iter()
-                    .filter_map(|(customer, shard)| {
-                        self.owned
-                            .get(&shard)
-                            .map(|&epoch| (customer, Fence { shard, epoch }))
-                    })
-                    .collect(),
+                Ok(customers) => fenced(&self.owned, customers),
                 Err(e) => {
                     tracing::warn!(error = %e, "could not load customers; keeping the billing actors");
                     return;
                 }
             }
         };
-        let gone: Vec<i64> = self
-            .customers
-            .keys()
-            .filter(|c| !wanted.contains_key(*c))
-            .copied()
-            .collect();
-        for customer in gone {
-            if let Some((actor, _)) = self.customers.remove(&customer) {
-                self.by_actor.remove(&actor.get_id());
-                actor.stop(None);
-            }
-        }
-        for (customer, fence) in wanted {
-            match self.customers.get_mut(&customer) {
-                Some((actor, current)) if *current != fence => {
-                    *current = fence;
-                    let _ = actor.cast(CustomerMsg::Fence(fence));
-                }
-                Some(_) => {}
-                None => {
-                    let args = CustomerArgs {
-                        customer_id: customer,
-                        fence,
-                        ctx: self.ctx.clone(),
-                    };
-                    match Actor::spawn_linked(None, CustomerBillingActor, args, myself.get_cell())
-                        .await
-                    {
-                        Ok((actor, _)) => {
-                            self.by_actor.insert(actor.get_id(), customer);
-                            self.customers.insert(customer, (actor, fence));
-                        }
-                        Err(e) => {
-                            tracing::warn!(customer_id = customer, error = %e, "could not start billing actor")
-                        }
+        let ctx = &self.ctx;
+        self.customers
+            .reconcile(wanted, CustomerMsg::Fence, |customer_id, fence| async move {
+                let args = CustomerArgs {
+                    customer_id,
+                    fence,
+                    ctx: ctx.clone(),
+                };
+                match Actor::spawn_linked(None, CustomerBillingActor, args, myself.get_cell()).await {
+                    Ok((actor, _)) => Some(actor),
+                    Err(e) => {
+                        tracing::warn!(customer.id = customer_id, error = %e, "could not start billing actor");
+                        None
                     }
                 }
-            }
-        }
+            })
+            .await;
     }
 }
 

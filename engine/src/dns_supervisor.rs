@@ -5,9 +5,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
-use super::ports::{Fence, OwnedShards};
+use super::children::{Children, fenced};
+use super::ports::OwnedShards;
 use super::zone_actor::{DnsCtx, ZoneActor, ZoneArgs, ZoneMsg};
 
 pub struct DnsSupervisor;
@@ -15,8 +16,7 @@ pub struct DnsSupervisor;
 pub struct DnsSupervisorState {
     ctx: Arc<DnsCtx>,
     owned: OwnedShards,
-    zones: HashMap<String, (ActorRef<ZoneMsg>, Fence)>,
-    by_actor: HashMap<ActorId, String>,
+    zones: Children<String, ZoneMsg>,
 }
 
 pub enum DnsMsg {
@@ -46,8 +46,7 @@ impl Actor for DnsSupervisor {
         Ok(DnsSupervisorState {
             ctx,
             owned: OwnedShards::new(),
-            zones: HashMap::new(),
-            by_actor: HashMap::new(),
+            zones: Children::default(),
         })
     }
 
@@ -63,7 +62,7 @@ impl Actor for DnsSupervisor {
                 state.reconcile(&myself).await;
             }
             DnsMsg::Wake(zone) => match state.zones.get(&zone) {
-                Some((actor, _)) => {
+                Some(actor) => {
                     let _ = actor.cast(ZoneMsg::Wake);
                 }
                 // A zone that just got its first steered domain.
@@ -72,7 +71,7 @@ impl Actor for DnsSupervisor {
             DnsMsg::Reconcile => state.reconcile(&myself).await,
             DnsMsg::WakeAll => {
                 state.reconcile(&myself).await;
-                for (actor, _) in state.zones.values() {
+                for actor in state.zones.actors() {
                     let _ = actor.cast(ZoneMsg::Wake);
                 }
             }
@@ -94,8 +93,7 @@ impl Actor for DnsSupervisor {
             | SupervisionEvent::ActorTerminated(cell, ..) => cell.clone(),
             _ => return Ok(()),
         };
-        if let Some(zone) = state.by_actor.remove(&cell.get_id()) {
-            state.zones.remove(&zone);
+        if let Some(zone) = state.zones.forget(cell.get_id()) {
             if let SupervisionEvent::ActorFailed(_, err) = event {
                 tracing::error!(dns.zone = %zone, error = %err, "zone actor failed; restarting");
             }
@@ -109,70 +107,41 @@ impl Actor for DnsSupervisor {
         _myself: ActorRef<DnsMsg>,
         state: &mut DnsSupervisorState,
     ) -> Result<(), ActorProcessingErr> {
-        for (actor, _) in state.zones.values() {
-            actor.stop(None);
-        }
+        state.zones.stop_all();
         Ok(())
     }
 }
 
 impl DnsSupervisorState {
     async fn reconcile(&mut self, myself: &ActorRef<DnsMsg>) {
-        let wanted: HashMap<String, Fence> = if self.owned.is_empty() {
+        let wanted = if self.owned.is_empty() {
             HashMap::new()
         } else {
             let shards: Vec<u16> = self.owned.keys().copied().collect();
             match self.ctx.store.zones_on_shards(&shards).await {
-                Ok(zones) => zones
-                    .into_iter()
-                    .filter_map(|(zone, shard)| {
-                        self.owned
-                            .get(&shard)
-                            .map(|&epoch| (zone, Fence { shard, epoch }))
-                    })
-                    .collect(),
+                Ok(zones) => fenced(&self.owned, zones),
                 Err(e) => {
                     tracing::warn!(error = %e, "could not load DNS zones; keeping the running zone actors");
                     return;
                 }
             }
         };
-        let gone: Vec<String> = self
-            .zones
-            .keys()
-            .filter(|z| !wanted.contains_key(*z))
-            .cloned()
-            .collect();
-        for zone in gone {
-            if let Some((actor, _)) = self.zones.remove(&zone) {
-                self.by_actor.remove(&actor.get_id());
-                actor.stop(None);
-            }
-        }
-        for (zone, fence) in wanted {
-            match self.zones.get_mut(&zone) {
-                Some((actor, current)) if *current != fence => {
-                    *current = fence;
-                    let _ = actor.cast(ZoneMsg::Update(fence));
-                }
-                Some(_) => {}
-                None => {
-                    let args = ZoneArgs {
-                        zone: zone.clone(),
-                        fence,
-                        ctx: self.ctx.clone(),
-                    };
-                    match Actor::spawn_linked(None, ZoneActor, args, myself.get_cell()).await {
-                        Ok((actor, _)) => {
-                            self.by_actor.insert(actor.get_id(), zone.clone());
-                            self.zones.insert(zone, (actor, fence));
-                        }
-                        Err(e) => {
-                            tracing::warn!(dns.zone = %zone, error = %e, "could not start zone actor")
-                        }
+        let ctx = &self.ctx;
+        self.zones
+            .reconcile(wanted, ZoneMsg::Update, |zone, fence| async move {
+                let args = ZoneArgs {
+                    zone: zone.clone(),
+                    fence,
+                    ctx: ctx.clone(),
+                };
+                match Actor::spawn_linked(None, ZoneActor, args, myself.get_cell()).await {
+                    Ok((actor, _)) => Some(actor),
+                    Err(e) => {
+                        tracing::warn!(dns.zone = %zone, error = %e, "could not start zone actor");
+                        None
                     }
                 }
-            }
-        }
+            })
+            .await;
     }
 }

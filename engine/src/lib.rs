@@ -26,6 +26,7 @@
 //! over PostgreSQL and the network.
 
 pub mod billing;
+pub mod children;
 pub mod config;
 pub mod dns_supervisor;
 pub mod domain_actor;

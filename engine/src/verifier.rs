@@ -3,6 +3,7 @@
 //! lookups at a time. Each result is written with a condition on the state it was made for, so
 //! no row lock is ever held across a DNS lookup.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::watch;
 
 use super::billing::forward_shards;
+use super::children::bounded;
 use super::config::EngineConfig;
 use super::ports::{OwnedShards, TxtLookup, VerificationStore};
 use tranche_core::verify::{Policy, challenge_name, evaluate};
@@ -113,48 +115,44 @@ impl VerifierState {
                 return 0;
             }
         };
-        let mut written = 0;
-        let mut pending = tokio::task::JoinSet::new();
-        let mut due = due.into_iter();
-        loop {
-            while pending.len() < CONCURRENCY {
-                let Some(check) = due.next() else { break };
-                let lookup = self.args.lookup.clone();
-                pending.spawn(async move {
+        let (lookup, store, clock) = (
+            self.args.lookup.clone(),
+            self.args.store.clone(),
+            self.args.config.clock.clone(),
+        );
+        let policy = Arc::new(self.args.policy.clone());
+        bounded(
+            due,
+            CONCURRENCY,
+            |check| {
+                let (lookup, store, clock, policy) =
+                    (lookup.clone(), store.clone(), clock.clone(), policy.clone());
+                async move {
                     let result = lookup.txt(&challenge_name(&check.hostname)).await;
-                    (check, result)
-                });
-            }
-            let Some(joined) = pending.join_next().await else {
-                break;
-            };
-            let Ok((check, result)) = joined else {
-                continue;
-            };
-            let now = (self.args.config.clock)();
-            let outcome = evaluate(&check, &result, now, &self.args.policy);
-            match self
-                .args
-                .store
-                .record_verification(&check, &outcome, now)
-                .await
-            {
-                Ok(true) => {
-                    written += 1;
-                    if outcome.newly_verified {
-                        tracing::info!(domain.id = check.domain_id, domain = %check.hostname, "domain verified");
-                    } else if outcome.status != check.status {
-                        tracing::info!(domain.id = check.domain_id, domain = %check.hostname, status = outcome.status.as_str(), "domain verification state changed");
-                    } else if outcome.lost && !check.lost {
-                        tracing::warn!(domain.id = check.domain_id, domain = %check.hostname, "verified domain's challenge record has disappeared");
+                    let now = clock();
+                    let outcome = evaluate(&check, &result, now, &policy);
+                    match store.record_verification(&check, &outcome, now).await {
+                        Ok(true) => {
+                            if outcome.newly_verified {
+                                tracing::info!(domain.id = check.domain_id, domain = %check.hostname, "domain verified");
+                            } else if outcome.status != check.status {
+                                tracing::info!(domain.id = check.domain_id, domain = %check.hostname, status = outcome.status.as_str(), "domain verification state changed");
+                            } else if outcome.lost && !check.lost {
+                                tracing::warn!(domain.id = check.domain_id, domain = %check.hostname, "verified domain's challenge record has disappeared");
+                            }
+                            1
+                        }
+                        Ok(false) => 0,
+                        Err(e) => {
+                            tracing::warn!(domain.id = check.domain_id, error = %e, "could not record verification");
+                            0
+                        }
                     }
                 }
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(domain.id = check.domain_id, error = %e, "could not record verification")
-                }
-            }
-        }
-        written
+            },
+            0,
+            |written, n| ControlFlow::Continue(written + n.unwrap_or(0)),
+        )
+        .await
     }
 }

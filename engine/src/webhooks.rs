@@ -12,6 +12,7 @@
 //! delivery logs — never one with a delivery still pending.
 
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::watch;
 
 use super::billing::forward_shards;
+use super::children::bounded;
 use super::config::EngineConfig;
 use super::ports::{Delivery, OwnedShards, WebhookSender, WebhookStore};
 
@@ -164,28 +166,23 @@ impl DispatcherState {
             by_endpoint.entry(d.endpoint_id).or_default().push(d);
         }
         let now = (self.args.config.clock)();
-        let mut queues = by_endpoint
+        let queues = by_endpoint
             .into_values()
             // The endpoint's oldest pending delivery decides: in backoff, the whole queue waits.
             .filter(|q| q.first().is_some_and(|d| d.next_attempt_at <= now));
-        let mut sent = 0;
-        let mut tasks = tokio::task::JoinSet::new();
-        loop {
-            while tasks.len() < CONCURRENCY {
-                let Some(queue) = queues.next() else { break };
-                let (store, sender, clock) = (
-                    self.args.store.clone(),
-                    self.args.sender.clone(),
-                    self.args.config.clock.clone(),
-                );
-                tasks.spawn(async move { deliver_in_order(queue, store, sender, clock).await });
-            }
-            match tasks.join_next().await {
-                Some(Ok(n)) => sent += n,
-                Some(Err(_)) => {}
-                None => return sent,
-            }
-        }
+        let (store, sender, clock) = (
+            self.args.store.clone(),
+            self.args.sender.clone(),
+            self.args.config.clock.clone(),
+        );
+        bounded(
+            queues,
+            CONCURRENCY,
+            |queue| deliver_in_order(queue, store.clone(), sender.clone(), clock.clone()),
+            0,
+            |sent, n| ControlFlow::Continue(sent + n.unwrap_or(0)),
+        )
+        .await
     }
 }
 

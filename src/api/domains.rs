@@ -383,15 +383,17 @@ impl DomainsApi {
             probe_timeout_ms: s.probe_timeout_ms,
         };
         if patch.is_empty() {
-            return Err(ApiError::Unprocessable(poem_openapi::payload::Json(
-                super::error::ErrorBody {
-                    code: "validation_failed".into(),
-                    message: "send at least one of primary_target, backup_target, probe_path, \
-                              probe_scheme, expected_statuses, probe_timeout_ms"
-                        .into(),
-                    field: None,
-                },
-            )));
+            return Err(ApiError::empty_patch(
+                &[
+                    "primary_target",
+                    "backup_target",
+                    "probe_path",
+                    "probe_scheme",
+                    "expected_statuses",
+                    "probe_timeout_ms",
+                ],
+                None,
+            ));
         }
         let row = domains::update(&ctx.pool, tenant.customer_id, id.0, domain_id.0, &patch)
             .await?

@@ -109,6 +109,27 @@ impl ApiError {
         Self::Unprocessable(body("validation_failed", message, Some(field)))
     }
 
+    /// A PATCH that sends nothing to change: names the fields it may send (`field`: the object
+    /// that was empty, when it is nested).
+    pub fn empty_patch(fields: &[&str], field: Option<&str>) -> Self {
+        Self::Unprocessable(body(
+            "validation_failed",
+            format!("send at least one of {}", fields.join(", ")),
+            field,
+        ))
+    }
+
+    /// The same error blamed on another field (`to`, with `message`) when it names `from`: for
+    /// a constraint over two fields, blame the one the request sent.
+    pub fn blame(self, from: &str, to: &str, message: impl Into<String>) -> Self {
+        match self {
+            Self::Unprocessable(Json(b)) if b.field.as_deref() == Some(from) => {
+                Self::invalid(to, message)
+            }
+            other => other,
+        }
+    }
+
     /// Adapter for the domain parsers: `Hostname::parse(s).map_err(ApiError::field("name"))`.
     pub fn field(field: &'static str) -> impl Fn(Invalid) -> Self {
         move |e| Self::invalid(field, format!("{field} {}", e.0))

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use tranche_core::domain::{PolicyError, PolicyKind, PolicyParams, PolicyPatch};
 
 use super::auth::{Scope, Scoped, needs};
-use super::error::{ApiError, ApiResult, ErrorBody};
+use super::error::{ApiError, ApiResult};
 use super::json::JsonBody;
 use super::services::{Deleted, service_not_found};
 use super::{ApiContext, ApiTags, decimal_from_json, json_number};
@@ -30,7 +30,8 @@ pub struct StormPolicy {
     pub window_seconds: i32,
     /// Seconds the primary must stay at or above the threshold before the storm ends.
     pub cooldown_seconds: i32,
-    /// Cap on the storm coverage factor used for the billing discount (≥ 1).
+    /// Cap on the storm coverage factor used for the billing discount (greater than 0, at most
+    /// 10; below 1 a storm is covered only in part).
     pub max_coverage_factor: f64,
     /// Seconds between probes of each domain through each CDN.
     pub probe_interval_seconds: i32,
@@ -250,11 +251,7 @@ impl PoliciesApi {
     ) -> ApiResult<Json<StormPolicy>> {
         let patch = body.0.into_patch()?;
         if patch.is_empty() {
-            return Err(ApiError::Unprocessable(Json(ErrorBody {
-                code: "validation_failed".into(),
-                message: "send at least one parameter to change".into(),
-                field: None,
-            })));
+            return Err(ApiError::empty_patch(POLICY_FIELDS, None));
         }
         let mut tx = ctx.pool.begin().await?;
         let current = policies::get_for_update(&mut tx, tenant.customer_id, id.0, policy_id.0)
@@ -286,6 +283,18 @@ impl PoliciesApi {
         }
     }
 }
+
+/// The parameters a policy PATCH may send.
+pub const POLICY_FIELDS: &[&str] = &[
+    "threshold_avail",
+    "window_seconds",
+    "cooldown_seconds",
+    "max_coverage_factor",
+    "probe_interval_seconds",
+    "min_samples",
+    "consecutive_failures",
+    "consecutive_successes",
+];
 
 /// The parameters stored in a row (valid by construction: the database checks them too).
 fn params_of(row: &PolicyRow) -> ApiResult<PolicyParams> {

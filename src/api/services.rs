@@ -202,13 +202,10 @@ impl ServicesApi {
     ) -> ApiResult<Json<Service>> {
         let body = body.0;
         if body.name.is_none() && body.primary_cdn.is_none() && body.backup_cdn.is_none() {
-            return Err(ApiError::Unprocessable(poem_openapi::payload::Json(
-                super::error::ErrorBody {
-                    code: "validation_failed".into(),
-                    message: "send at least one of name, primary_cdn, backup_cdn".into(),
-                    field: None,
-                },
-            )));
+            return Err(ApiError::empty_patch(
+                &["name", "primary_cdn", "backup_cdn"],
+                None,
+            ));
         }
         let name = body
             .name
@@ -268,13 +265,14 @@ impl ServicesApi {
 
 /// A PATCH that makes primary and backup equal is blamed on the field it sent.
 fn distinct_cdn_field(err: sqlx::Error, patch: &services::ServicePatch<'_>) -> ApiError {
-    let violated = err
-        .as_database_error()
-        .and_then(|d| d.constraint())
-        .is_some_and(|c| c == "services_distinct_cdns_check");
-    if violated && patch.backup_cdn.is_none() {
-        ApiError::invalid("primary_cdn", "primary_cdn must differ from backup_cdn")
+    let err = ApiError::from(err);
+    if patch.backup_cdn.is_none() {
+        err.blame(
+            "backup_cdn",
+            "primary_cdn",
+            "primary_cdn must differ from backup_cdn",
+        )
     } else {
-        err.into()
+        err
     }
 }

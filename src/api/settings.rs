@@ -12,7 +12,7 @@ use serde::Deserialize;
 use tranche_core::domain::{PolicyKind, PolicyParams};
 
 use super::auth::{Scope, Scoped, needs};
-use super::error::{ApiError, ApiResult, ErrorBody};
+use super::error::{ApiError, ApiResult};
 use super::json::JsonBody;
 use super::policies::{UpdateStormPolicy, policy_error};
 use super::{ApiContext, ApiTags, json_number};
@@ -112,11 +112,10 @@ impl SettingsApi {
             .transpose()?
             .filter(|p| !p.is_empty())
             .ok_or_else(|| {
-                ApiError::Unprocessable(Json(ErrorBody {
-                    code: "validation_failed".into(),
-                    message: "send storm_policy_defaults with at least one field".into(),
-                    field: Some("storm_policy_defaults".into()),
-                }))
+                ApiError::empty_patch(
+                    super::policies::POLICY_FIELDS,
+                    Some("storm_policy_defaults"),
+                )
             })?;
         let kind = PolicyKind::HttpAvailability;
         let row = settings::change_policy_defaults(&ctx.pool, tenant.customer_id, kind, |p| {

@@ -66,26 +66,35 @@ impl SpecRow {
                 .transpose()
                 .map_err(|e| e.to_string())
         };
-        let defaults = PolicyParams::defaults(PolicyKind::HttpAvailability);
-        let policy = match self.threshold_avail {
-            Some(threshold_avail) => PolicyParams {
-                kind: PolicyKind::HttpAvailability,
-                threshold_avail,
-                window_seconds: self.window_seconds.unwrap_or(defaults.window_seconds),
-                cooldown_seconds: self.cooldown_seconds.unwrap_or(defaults.cooldown_seconds),
-                max_coverage_factor: self.max_coverage_factor.unwrap_or(Decimal::ONE),
-                probe_interval_seconds: self
-                    .probe_interval_seconds
-                    .unwrap_or(defaults.probe_interval_seconds),
-                min_samples: self.min_samples.unwrap_or(defaults.min_samples),
-                consecutive_failures: self
-                    .consecutive_failures
-                    .unwrap_or(defaults.consecutive_failures),
-                consecutive_successes: self
-                    .consecutive_successes
-                    .unwrap_or(defaults.consecutive_successes),
-            },
-            None => defaults,
+        // The service's `http_availability` policy (a left join: every column is set when the
+        // row exists), or the defaults when it has none.
+        let policy = match (
+            self.threshold_avail,
+            self.window_seconds,
+            self.cooldown_seconds,
+            self.max_coverage_factor,
+            self.probe_interval_seconds,
+            self.min_samples,
+            self.consecutive_failures,
+            self.consecutive_successes,
+        ) {
+            (Some(t), Some(w), Some(c), Some(m), Some(p), Some(n), Some(f), Some(k)) => {
+                PolicyParams {
+                    kind: PolicyKind::HttpAvailability,
+                    threshold_avail: t,
+                    window_seconds: w,
+                    cooldown_seconds: c,
+                    max_coverage_factor: m,
+                    probe_interval_seconds: p,
+                    min_samples: n,
+                    consecutive_failures: f,
+                    consecutive_successes: k,
+                }
+            }
+            (None, None, None, None, None, None, None, None) => {
+                PolicyParams::defaults(PolicyKind::HttpAvailability)
+            }
+            _ => return Err("the storm policy row has a null column".into()),
         };
         let spec = DomainSpec {
             id: self.id,

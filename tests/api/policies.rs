@@ -72,7 +72,7 @@ async fn invalid_policies_are_rejected_naming_the_field() {
         ),
         (json!({ "cooldown_seconds": -1 }), "cooldown_seconds"),
         (
-            json!({ "max_coverage_factor": 0.99 }),
+            json!({ "max_coverage_factor": 10.01 }),
             "max_coverage_factor",
         ),
         (
@@ -193,4 +193,66 @@ async fn delete_removes_the_policy() {
     assert_eq!(app.get(&base, &DEMO).await.expect(200).body, json!([]));
     // The kind is free again.
     app.post(&base, &DEMO, json!({})).await.expect(201);
+}
+
+#[tokio::test]
+async fn a_policy_may_cover_storms_in_part_up_to_tenfold() {
+    let app = spawn_app().await;
+    let sid = app.create_service(&DEMO, "web").await;
+    let base = format!("/v1/services/{sid}/storm-policies");
+    for bad in [0.0, -0.5, 10.5] {
+        app.post(&base, &DEMO, json!({ "max_coverage_factor": bad }))
+            .await
+            .expect_error(422, "validation_failed", Some("max_coverage_factor"));
+    }
+    let created = app
+        .post(&base, &DEMO, json!({ "max_coverage_factor": 0.5 }))
+        .await
+        .expect(201);
+    assert_eq!(created.body["max_coverage_factor"], 0.5);
+    let pid = created.body["id"].as_i64().unwrap();
+    app.patch(
+        &format!("{base}/{pid}"),
+        &DEMO,
+        json!({ "max_coverage_factor": 10 }),
+    )
+    .await
+    .expect(200);
+}
+
+/// The column defaults of the policy tables are the core's defaults (one source of truth for
+/// what a policy is when nothing is said; the database's defaults only back it up).
+#[tokio::test]
+async fn the_databases_policy_defaults_are_the_cores() {
+    use tranche_core::domain::{PolicyKind, PolicyParams};
+    let app = spawn_app().await;
+    let d = PolicyParams::defaults(PolicyKind::HttpAvailability);
+    let defaults: Vec<(String, String)> = sqlx::query_as(
+        "select column_name::text, column_default::text from information_schema.columns
+          where table_name = 'storm_policies' and column_default is not null
+            and column_name <> 'id' and column_name not like '%_at'",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    let expected = [
+        ("threshold_avail", d.threshold_avail.to_string()),
+        ("window_seconds", d.window_seconds.to_string()),
+        ("cooldown_seconds", d.cooldown_seconds.to_string()),
+        ("max_coverage_factor", d.max_coverage_factor.to_string()),
+        (
+            "probe_interval_seconds",
+            d.probe_interval_seconds.to_string(),
+        ),
+        ("min_samples", d.min_samples.to_string()),
+        ("consecutive_failures", d.consecutive_failures.to_string()),
+        ("consecutive_successes", d.consecutive_successes.to_string()),
+    ];
+    for (column, value) in expected {
+        let stored = defaults
+            .iter()
+            .find(|(c, _)| c == column)
+            .map(|(_, v)| v.as_str());
+        assert_eq!(stored, Some(value.as_str()), "default of {column}");
+    }
 }

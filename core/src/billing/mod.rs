@@ -4,7 +4,7 @@
 //! ```text
 //! charge(bytes) = round(bytes × rate_cents_per_gb / 2^30)                  whole cents
 //! overlap       = seconds of the window inside the union of the storms      (open storm → window end)
-//! coverage      = min(overlap × max_cov / window_seconds, max_cov)          max_cov ≥ 1 (1: no policy)
+//! coverage      = min(overlap × max_cov / window_seconds, max_cov)          0 < max_cov (1: no policy)
 //! subtotal      = charge(primary) + charge(backup)
 //! discount      = min(round(charge(backup) × discount_rate × coverage), subtotal)
 //! total         = subtotal − discount
@@ -117,7 +117,7 @@ pub enum BillingError {
     EmptyWindow,
     #[error("byte counts must not be negative")]
     NegativeBytes,
-    #[error("max coverage factor {0} must be at least 1")]
+    #[error("max coverage factor {0} must be greater than 0")]
     CoverageFactor(Decimal),
     #[error("invalid rates: {0}")]
     Rates(String),
@@ -237,7 +237,7 @@ pub fn price(
     if usage.window_end <= usage.window_start {
         return Err(BillingError::EmptyWindow);
     }
-    if max_coverage_factor < Decimal::ONE {
+    if max_coverage_factor <= Decimal::ZERO {
         return Err(BillingError::CoverageFactor(max_coverage_factor));
     }
     rates.validate()?;

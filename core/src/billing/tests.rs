@@ -207,8 +207,8 @@ fn bad_inputs_are_errors_not_panics() {
         Err(BillingError::NegativeBytes)
     );
     assert_eq!(
-        price(&hour(1, 1), &[], d("0.5"), &Rates::default()),
-        Err(BillingError::CoverageFactor(d("0.5")))
+        price(&hour(1, 1), &[], d("0"), &Rates::default()),
+        Err(BillingError::CoverageFactor(d("0")))
     );
     let bad = Rates {
         discount_rate: d("1.5"),
@@ -239,13 +239,17 @@ fn reference_round(num: u128, den: u128) -> u128 {
 
 proptest! {
     /// The line agrees with an independent computation in exact integer rationals (seconds
-    /// granularity, rates 12 ¢/GB and 0.5, factor 1.5), and its invariants hold.
+    /// granularity, rates 12 ¢/GB and 0.5, factors from partial cover to 10), and its
+    /// invariants hold.
     #[test]
     fn agrees_with_exact_rationals(
         primary in 0i64..=i64::MAX,
         backup in 0i64..=i64::MAX,
         window_secs in 1i64..=86_400,
         storms in proptest::collection::vec((-7200i64..90_000, 0i64..10_000, any::<bool>()), 0..5),
+        (factor, f_num, f_den) in prop::sample::select(vec![
+            ("1.5", 3u128, 2u128), ("0.5", 1, 2), ("0.1", 1, 10), ("1", 1, 1), ("10", 10, 1),
+        ]),
     ) {
         let start = t("00:00:00");
         let usage = Usage {
@@ -261,7 +265,7 @@ proptest! {
                 ended_at: (!open).then(|| start + chrono::TimeDelta::seconds(from + len)),
             })
             .collect();
-        let line = price(&usage, &spans, d("1.5"), &Rates::default()).unwrap();
+        let line = price(&usage, &spans, d(factor), &Rates::default()).unwrap();
 
         // Reference: covered seconds by brute force over each second of the window.
         let covered = (0..window_secs)
@@ -271,14 +275,15 @@ proptest! {
             .count() as u128;
         let charge = |b: i64| reference_round(b as u128 * 12, 1 << 30);
         let (p, b) = (charge(primary), charge(backup));
-        // discount = b × 1/2 × covered × 3/2 / window = 3·b·covered / (4·window)
-        let discount = reference_round(3 * b * covered, 4 * window_secs as u128).min(p + b);
+        // discount = b × 1/2 × covered × f / window = b·covered·f_num / (2·f_den·window)
+        let discount =
+            reference_round(b * covered * f_num, 2 * f_den * window_secs as u128).min(p + b);
         prop_assert_eq!(line.primary.cents, Decimal::from(p as i64));
         prop_assert_eq!(line.backup.cents, Decimal::from(b as i64));
         prop_assert_eq!(line.storm_overlap_seconds, Decimal::from(covered as i64));
         prop_assert_eq!(line.discount_cents, Decimal::from(discount as i64));
         prop_assert_eq!(line.total_cents, Decimal::from((p + b - discount) as i64));
-        prop_assert!(line.coverage <= d("1.5"));
+        prop_assert!(line.coverage <= d(factor));
         prop_assert!(line.total_cents >= Decimal::ZERO);
     }
 }

@@ -101,6 +101,8 @@ pub struct PolicyError {
 
 const MAX_WINDOW_SECONDS: i32 = 86_400;
 const MAX_COOLDOWN_SECONDS: i32 = 7 * 86_400;
+/// The largest `max_coverage_factor` a policy may have.
+pub const MAX_COVERAGE_FACTOR: i64 = 10;
 const MAX_INTERVAL_SECONDS: i32 = 3_600;
 const MAX_MIN_SAMPLES: i32 = 10_000;
 const MAX_CONSECUTIVE: i32 = 100;
@@ -197,12 +199,14 @@ impl PolicyParams {
                 ),
             );
         }
-        if self.max_coverage_factor < Decimal::ONE || self.max_coverage_factor > Decimal::from(100)
+        // Below 1 a storm's time is covered only in part (DESIGN.md §5); 10 bounds the refund.
+        if self.max_coverage_factor <= Decimal::ZERO
+            || self.max_coverage_factor > Decimal::from(MAX_COVERAGE_FACTOR)
         {
             return fail(
                 "max_coverage_factor",
                 format!(
-                    "must be between 1 and 100 (got {})",
+                    "must be greater than 0 and at most {MAX_COVERAGE_FACTOR} (got {})",
                     self.max_coverage_factor
                 ),
             );
@@ -307,7 +311,7 @@ mod tests {
 
     #[test]
     fn rejects_out_of_range_fields_naming_them() {
-        let cases: [(PolicyPatch, &str); 7] = [
+        let cases: [(PolicyPatch, &str); 8] = [
             (
                 PolicyPatch {
                     consecutive_failures: Some(0),
@@ -338,7 +342,14 @@ mod tests {
             ),
             (
                 PolicyPatch {
-                    max_coverage_factor: Some(dec("0.99")),
+                    max_coverage_factor: Some(dec("0")),
+                    ..Default::default()
+                },
+                "max_coverage_factor",
+            ),
+            (
+                PolicyPatch {
+                    max_coverage_factor: Some(dec("10.01")),
                     ..Default::default()
                 },
                 "max_coverage_factor",
@@ -365,13 +376,15 @@ mod tests {
     }
 
     #[test]
-    fn cooldown_zero_and_coverage_one_are_allowed() {
-        let patch = PolicyPatch {
-            cooldown_seconds: Some(0),
-            max_coverage_factor: Some(Decimal::ONE),
-            ..Default::default()
-        };
-        assert!(PolicyParams::new(PolicyKind::HttpAvailability, &patch).is_ok());
+    fn cooldown_zero_and_partial_or_tenfold_cover_are_allowed() {
+        for factor in ["0.01", "0.5", "1", "10"] {
+            let patch = PolicyPatch {
+                cooldown_seconds: Some(0),
+                max_coverage_factor: Some(dec(factor)),
+                ..Default::default()
+            };
+            assert!(PolicyParams::new(PolicyKind::HttpAvailability, &patch).is_ok());
+        }
     }
 
     #[test]
