@@ -15,6 +15,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tranche::postgres::outbox::{NewEvent, emit};
+use tranche_core::events::EventType;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
@@ -318,16 +320,42 @@ pub async fn webhooks(
     // Phase 2: group B breaks as storms open on every fan-out domain.
     let broke = (Instant::now(), Utc::now());
     edge_b.set(Behaviour::Status(503));
-    let storms = sqlx::query(
-        "insert into storm_events (service_id, domain_id, kind, started_at)
-         select d.service_id, d.id, 'http_availability', now()
-           from service_domains d join services s on s.id = d.service_id
-          where s.customer_id = any($1)",
+    // As the engine commits storms: the facts and their events in one transaction.
+    let mut tx = pool.begin().await?;
+    let opened: Vec<(uuid::Uuid, i64, i64, String, i64, DateTime<Utc>)> = sqlx::query_as(
+        "with opened as (
+             insert into storm_events (service_id, domain_id, kind, started_at, trigger)
+             select d.service_id, d.id, 'http_availability', now(), '{}'
+               from service_domains d join services s on s.id = d.service_id
+              where s.customer_id = any($1)
+             returning id, service_id, domain_id, started_at
+         )
+         select o.id, o.service_id, o.domain_id, d.hostname, s.customer_id, o.started_at
+           from opened o join service_domains d on d.id = o.domain_id
+           join services s on s.id = o.service_id",
     )
     .bind(&ids)
-    .execute(pool)
-    .await?
-    .rows_affected();
+    .fetch_all(&mut *tx)
+    .await?;
+    let events: Vec<NewEvent> = opened
+        .into_iter()
+        .map(
+            |(storm_id, service_id, domain_id, host, customer, started_at)| {
+                NewEvent::new(
+                    customer,
+                    EventType::StormStarted,
+                    serde_json::json!({
+                        "storm_id": storm_id, "service_id": service_id, "domain_id": domain_id,
+                        "domain": host, "kind": "http_availability",
+                        "started_at": started_at.to_rfc3339(), "trigger": {},
+                    }),
+                )
+            },
+        )
+        .collect();
+    emit(&mut tx, &events).await?;
+    tx.commit().await?;
+    let storms = events.len() as u64;
     let committed = broke.0.elapsed();
     measure("during_fanout", pool, &prober, &group_b, broke).await?;
     let deadline = Instant::now() + Duration::from_secs(300);

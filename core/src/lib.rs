@@ -18,6 +18,8 @@
 //!   and the billing run's plan (which invoice each line goes on, adjustments, sums).
 //! * [`usage`] — usage ingestion (poll spans, attribution) and the snapshot revision rules.
 //! * [`dns`] — DNS steering: the ChangeBatch planner and the provider's answers.
+//! * [`events`] — which committed facts are announced to webhooks (storm, DNS, verification,
+//!   certificate, invoice events).
 //! * [`verify`] — domain ownership verification's state machine (TXT challenge).
 //! * [`address_policy`] — which addresses are public (webhooks and probe targets).
 
@@ -25,6 +27,7 @@ pub mod address_policy;
 pub mod billing;
 pub mod dns;
 pub mod domain;
+pub mod events;
 pub mod observations;
 pub mod probe;
 pub mod storm;

@@ -238,6 +238,8 @@ impl ZoneState {
                 first
             }
         };
+        // Attempts are numbered from 1 (`tranche_core::events::DNS_FAILURE_ALERT_ATTEMPT` counts
+        // on it: a change still failing at that attempt is announced).
         let attempt = self.failures as i32 + 1;
         let id = self
             .ctx

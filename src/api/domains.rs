@@ -442,7 +442,7 @@ impl DomainsApi {
         domains::get(&ctx.pool, tenant.customer_id, id.0, domain_id.0)
             .await?
             .ok_or_else(not_found)?;
-        let check = verification::check_for(&ctx.pool, domain_id.0)
+        let check = verification::check_for(&ctx.pool, tenant.customer_id, domain_id.0)
             .await?
             .ok_or_else(not_found)?;
         // The lookup happens outside any transaction; the result is written only if the

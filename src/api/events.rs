@@ -1,11 +1,11 @@
 //! The event contract: one typed schema per event type, as webhooks deliver them and
 //! `GET /v1/events` lists them.
 //!
-//! Events are written by database triggers (`migrations/`), in the transaction of the fact they
-//! report, so the payloads are built in SQL. This module is their documentation in the OpenAPI
-//! document — the [`Event`] union, discriminated by `type` — and their contract: a test parses
-//! every kind of event the triggers produce through it, with unknown fields refused, so the
-//! two cannot drift.
+//! Events are written by the adapters that commit the facts they report, in the same
+//! transaction (`postgres::outbox::emit`; which facts are events is the core's
+//! `tranche_core::events`). This module is their documentation in the OpenAPI document — the
+//! [`Event`] union, discriminated by `type` — and their contract: a test parses every kind of
+//! event the engine produces through it, with unknown fields refused, so the two cannot drift.
 //!
 //! Ratios (availabilities, thresholds) are decimal strings, exact like money; times are
 //! RFC 3339.

@@ -19,16 +19,19 @@
 //! Anything failing rolls the whole run back; the failure is then recorded in `billing_runs`
 //! with its error, and the next tick retries.
 
-use super::port_error;
+use super::outbox::{NewEvent, emit};
+use super::{port_error, timestamp};
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use sqlx::{FromRow, PgPool, Postgres, Transaction};
 use tranche_core::billing::{
-    BillingSettings, RunInputs, RunPlan, StormSpan, Unbilled, Usage, plan_run, snapshot_periods,
+    BillingSettings, DraftDelta, RunInputs, RunPlan, StormSpan, Unbilled, Usage, plan_run,
+    snapshot_periods,
 };
 use tranche_core::domain::SHARDS;
+use tranche_core::events::EventType;
 use tranche_engine::ports::{
     BillingRunSummary, BillingStore, Fence, StoreError, UsageReport, UsageService, UsageStore,
 };
@@ -300,7 +303,20 @@ pub async fn apply_run(
     let mut summary = BillingRunSummary::default();
     if !plan.lines.is_empty() {
         let (invoice_of, created) = upsert_drafts(tx, customer_id, plan, node_id).await?;
-        summary.invoices_created = created;
+        summary.invoices_created = created.len() as u32;
+        let events: Vec<NewEvent> = created
+            .iter()
+            .map(|d| {
+                let payload = serde_json::json!({
+                    "invoice_id": invoice_of[&d.period_start],
+                    "period_start": timestamp(d.period_start),
+                    "period_end": timestamp(d.period_end),
+                    "status": "draft",
+                });
+                NewEvent::new(customer_id, EventType::InvoiceCreated, payload)
+            })
+            .collect();
+        emit(tx, &events).await.map_err(port_error)?;
         summary.invoices_touched = plan.drafts.len() as u32;
         let invoices: Vec<Uuid> = plan
             .lines
@@ -366,15 +382,15 @@ pub async fn apply_run(
 }
 
 /// Adds the plan's draft sums to the customer's draft invoices of those periods, creating the
-/// drafts that do not exist yet, in one statement. Returns each period's invoice id and how
-/// many were created. Every period must be a draft: the run holds the existing invoices `for
+/// drafts that do not exist yet, in one statement. Returns each period's invoice id and the
+/// drafts that were created (in period order). Every period must be a draft: the run holds the existing invoices `for
 /// update`, so one finalized since (the current period's, locked only here) is an error.
-async fn upsert_drafts(
+async fn upsert_drafts<'p>(
     tx: &mut Transaction<'_, Postgres>,
     customer_id: i64,
-    plan: &RunPlan,
+    plan: &'p RunPlan,
     node_id: &str,
-) -> Result<(HashMap<DateTime<Utc>, Uuid>, u32), StoreError> {
+) -> Result<(HashMap<DateTime<Utc>, Uuid>, Vec<&'p DraftDelta>), StoreError> {
     let drafts = &plan.drafts;
     let rows: Vec<(Uuid, DateTime<Utc>, bool)> = sqlx::query_as(
         "insert into invoices (customer_id, period_start, period_end, created_by_node,
@@ -424,7 +440,12 @@ async fn upsert_drafts(
             drafts.len()
         )));
     }
-    let created = rows.iter().filter(|r| r.2).count() as u32;
+    let created: std::collections::HashSet<DateTime<Utc>> =
+        rows.iter().filter(|r| r.2).map(|r| r.1).collect();
+    let created = drafts
+        .iter()
+        .filter(|d| created.contains(&d.period_start))
+        .collect();
     Ok((
         rows.into_iter().map(|(id, s, _)| (s, id)).collect(),
         created,

@@ -1,6 +1,7 @@
 //! The engine's database port over PostgreSQL.
 
-use super::port_error;
+use super::outbox::{NewEvent, emit};
+use super::{port_error, timestamp};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -11,6 +12,9 @@ use sqlx::{FromRow, PgPool};
 use tranche_core::dns::planner::{Batch, RecordChange, RecordType};
 use tranche_core::domain::{
     ExpectedStatuses, PolicyKind, PolicyParams, ProbePath, ProbeScheme, ProbeTarget, TargetHost,
+};
+use tranche_core::events::{
+    DnsOutcome, EventType, certificate_expiring, dns_change_event, state_event,
 };
 use tranche_core::observations::{Minute, aggregate};
 use tranche_core::storm::{Decision, StormChange, StormState, Weights};
@@ -191,8 +195,10 @@ impl EngineStore for PgEngineStore {
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(port_error)?;
         check_fence(&mut tx, fence).await?;
-        sqlx::query(
-            "insert into domain_states as st (domain_id, state, state_since, desired_primary_weight,
+        // The state it replaces (read in the statement's snapshot) decides the announcement.
+        let (previous, since): (Option<String>, DateTime<Utc>) = sqlx::query_as(
+            "with prev as (select state from domain_states where domain_id = $1)
+             insert into domain_states as st (domain_id, state, state_since, desired_primary_weight,
                     desired_backup_weight, trigger_primary_avail, trigger_backup_avail, decided_by_node,
                     state_reason)
              values ($1, $2, $3, $4, $5, $6, $7, $8, $9)
@@ -204,7 +210,8 @@ impl EngineStore for PgEngineStore {
                  trigger_primary_avail = excluded.trigger_primary_avail,
                  trigger_backup_avail = excluded.trigger_backup_avail,
                  decided_by_node = excluded.decided_by_node,
-                 state_reason = excluded.state_reason",
+                 state_reason = excluded.state_reason
+             returning (select state from prev), state_since",
         )
         .bind(spec.id)
         .bind(d.state.as_str())
@@ -215,9 +222,40 @@ impl EngineStore for PgEngineStore {
         .bind(d.backup.availability.ratio())
         .bind(node_id)
         .bind(reason)
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await
         .map_err(port_error)?;
+        let mut events = Vec::new();
+        let previous = previous.as_deref().and_then(StormState::parse);
+        let about = |more: serde_json::Value| {
+            let mut payload = json!({
+                "service_id": spec.service_id, "domain_id": spec.id, "domain": spec.hostname,
+            });
+            if let (Some(p), serde_json::Value::Object(m)) = (payload.as_object_mut(), more) {
+                p.extend(m);
+            }
+            payload
+        };
+        match state_event(previous, d.state) {
+            Some(kind @ EventType::StormBackupUnhealthy) => {
+                events.push(NewEvent::new(spec.customer_id, kind, about(json!({
+                    "since": timestamp(since),
+                    "primary_availability": d.primary.availability.ratio().map(|r| r.to_string()),
+                    "backup_availability": d.backup.availability.ratio().map(|r| r.to_string()),
+                }))));
+            }
+            Some(kind) => {
+                events.push(NewEvent::new(
+                    spec.customer_id,
+                    kind,
+                    about(json!({
+                        "since": timestamp(since),
+                        "reason": reason.unwrap_or("unknown"),
+                    })),
+                ));
+            }
+            None => {}
+        }
         let kind = spec.policy.kind.as_str();
         match d.storm {
             Some(StormChange::Opened) => {
@@ -234,39 +272,62 @@ impl EngineStore for PgEngineStore {
                     "from_state": d.previous.as_str(),
                 });
                 // Idempotent: if a storm is already open (a retried commit), keep that one.
-                sqlx::query(
+                let opened: Option<(uuid::Uuid, DateTime<Utc>)> = sqlx::query_as(
                     "insert into storm_events (service_id, domain_id, kind, started_at, trigger, opened_by_node)
                      values ($1, $2, $3, $4, $5, $6)
-                     on conflict (domain_id, kind) where ended_at is null do nothing",
+                     on conflict (domain_id, kind) where ended_at is null do nothing
+                     returning id, started_at",
                 )
                 .bind(spec.service_id)
                 .bind(spec.id)
                 .bind(kind)
                 .bind(d.at)
-                .bind(trigger)
+                .bind(&trigger)
                 .bind(node_id)
-                .execute(&mut *tx)
+                .fetch_optional(&mut *tx)
                 .await
                 .map_err(port_error)?;
+                if let Some((storm_id, started_at)) = opened {
+                    events.push(NewEvent::new(
+                        spec.customer_id,
+                        EventType::StormStarted,
+                        about(json!({
+                            "storm_id": storm_id, "kind": kind, "started_at": timestamp(started_at),
+                            "trigger": trigger,
+                        })),
+                    ));
+                }
             }
             Some(StormChange::Closed) => {
-                sqlx::query(
+                let closed: Vec<(uuid::Uuid, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
                     "update storm_events
                         set ended_at = greatest($3, started_at), closed_by_node = $4,
                             trigger = trigger || jsonb_build_object('closing_primary_availability', $5::text)
-                      where domain_id = $1 and kind = $2 and ended_at is null",
+                      where domain_id = $1 and kind = $2 and ended_at is null
+                  returning id, started_at, ended_at",
                 )
                 .bind(spec.id)
                 .bind(kind)
                 .bind(d.at)
                 .bind(node_id)
                 .bind(d.primary.availability.ratio().map(|r| r.to_string()))
-                .execute(&mut *tx)
+                .fetch_all(&mut *tx)
                 .await
                 .map_err(port_error)?;
+                for (storm_id, started_at, ended_at) in closed {
+                    events.push(NewEvent::new(
+                        spec.customer_id,
+                        EventType::StormEnded,
+                        about(json!({
+                            "storm_id": storm_id, "kind": kind, "started_at": timestamp(started_at),
+                            "ended_at": timestamp(ended_at),
+                        })),
+                    ));
+                }
             }
             None => {}
         }
+        emit(&mut tx, &events).await.map_err(port_error)?;
         tx.commit().await.map_err(port_error)
     }
 
@@ -358,6 +419,7 @@ impl EngineStore for PgEngineStore {
         .execute(&mut *tx)
         .await
         .map_err(port_error)?;
+        expiring_certificates(&mut tx, latest).await?;
         tx.commit().await.map_err(port_error)
     }
 
@@ -393,6 +455,108 @@ pub(crate) async fn check_fence(
             epoch: fence.epoch,
         })
     }
+}
+
+/// Announces edge certificates the batch saw expiring soon (the core's rule), once per domain,
+/// CDN and expiry (`certificate_alerts` keeps what was announced).
+async fn expiring_certificates(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    latest: &[tranche_core::observations::Latest<'_>],
+) -> Result<(), StoreError> {
+    let now = Utc::now();
+    let mut candidates: (Vec<i64>, Vec<&str>, Vec<DateTime<Utc>>) = Default::default();
+    for l in latest {
+        for (cdn, o) in [("primary", l.primary), ("backup", l.backup)] {
+            if let Some(expires) = o.and_then(|o| o.cert_expires_at)
+                && certificate_expiring(expires, now).is_some()
+            {
+                candidates.0.push(l.domain_id);
+                candidates.1.push(cdn);
+                candidates.2.push(expires);
+            }
+        }
+    }
+    if candidates.0.is_empty() {
+        return Ok(());
+    }
+    let fresh: Vec<(i64, String, DateTime<Utc>, i64, i64, String)> = sqlx::query_as(
+        "with fresh as (
+             insert into certificate_alerts (domain_id, cdn, expires_at)
+             select b.domain_id, b.cdn, b.expires_at
+               from unnest($1::int8[], $2::text[], $3::timestamptz[]) as b(domain_id, cdn, expires_at)
+               join service_domains d on d.id = b.domain_id
+             on conflict do nothing
+             returning domain_id, cdn, expires_at
+         )
+         select f.domain_id, f.cdn, f.expires_at, s.customer_id, d.service_id, d.hostname
+           from fresh f
+           join service_domains d on d.id = f.domain_id
+           join services s on s.id = d.service_id
+          order by f.domain_id, f.cdn desc",
+    )
+    .bind(&candidates.0)
+    .bind(&candidates.1)
+    .bind(&candidates.2)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(port_error)?;
+    let events: Vec<NewEvent> = fresh
+        .into_iter()
+        .map(|(domain_id, cdn, expires, customer, service_id, host)| {
+            NewEvent::new(
+                customer,
+                EventType::CertificateExpiring,
+                json!({
+                    "service_id": service_id, "domain_id": domain_id, "domain": host, "cdn": cdn,
+                    "expires_at": timestamp(expires),
+                    "days_left": certificate_expiring(expires, now).unwrap_or(0),
+                }),
+            )
+        })
+        .collect();
+    emit(tx, &events).await.map_err(port_error)?;
+    Ok(())
+}
+
+/// Announces a DNS change attempt's outcome when the core's rule says so: one event per
+/// customer with domains in the change, listing only that customer's records.
+async fn emit_dns_change(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    change: uuid::Uuid,
+    outcome: DnsOutcome,
+    attempt: i32,
+) -> Result<(), StoreError> {
+    let Some(kind) = dns_change_event(outcome, attempt) else {
+        return Ok(());
+    };
+    let payloads: Vec<(i64, serde_json::Value)> = sqlx::query_as(
+        "select s.customer_id,
+                jsonb_build_object('change_id', c.id, 'zone', c.zone, 'provider', c.provider,
+                    'changes', (select coalesce(jsonb_agg(x), '[]'::jsonb)
+                                  from jsonb_array_elements(c.changes) x
+                                 where (x->>'domain_id')::bigint in (
+                                       select d2.id from service_domains d2
+                                         join services s2 on s2.id = d2.service_id
+                                        where s2.customer_id = s.customer_id)),
+                    'error', c.error, 'attempt', c.attempt,
+                    'will_retry', c.status = 'failed' and c.will_retry)
+           from dns_changes c
+           join service_domains d on d.id = any(c.domain_ids)
+           join services s on s.id = d.service_id
+          where c.id = $1
+          group by s.customer_id, c.id
+          order by s.customer_id",
+    )
+    .bind(change)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(port_error)?;
+    let events: Vec<NewEvent> = payloads
+        .into_iter()
+        .map(|(customer, payload)| NewEvent::new(customer, kind, payload))
+        .collect();
+    emit(tx, &events).await.map_err(port_error)?;
+    Ok(())
 }
 
 /// The record type and value a probe target becomes in DNS.
@@ -622,19 +786,23 @@ impl DnsStore for PgEngineStore {
         .execute(&mut *tx)
         .await
         .map_err(port_error)?;
-        sqlx::query(
+        let attempt: i32 = sqlx::query_scalar(
             "update dns_changes
                 set status = case when $3 then 'insync' else 'submitted' end,
                     provider_change_id = $2,
                     insync_at = case when $3 then now() end
-              where id = $1",
+              where id = $1
+          returning attempt",
         )
         .bind(change)
         .bind(provider_change_id)
         .bind(in_sync)
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await
         .map_err(port_error)?;
+        if in_sync {
+            emit_dns_change(&mut tx, change, DnsOutcome::InSync, attempt).await?;
+        }
         tx.commit().await.map_err(port_error)
     }
 
@@ -650,17 +818,20 @@ impl DnsStore for PgEngineStore {
         let mut tx = self.pool.begin().await.map_err(port_error)?;
         // No domain marked failed: the zone actor retries (backoff, or the halves of a
         // bisected batch); `dns.change_failed` waits for that to fail for good or for long.
-        sqlx::query(
+        let will_retry = permanent.is_empty();
+        let attempt: i32 = sqlx::query_scalar(
             "update dns_changes set status = 'failed', error = $2, failed_at = now(),
                     will_retry = $3
-              where id = $1",
+              where id = $1
+          returning attempt",
         )
         .bind(change)
         .bind(error)
-        .bind(permanent.is_empty())
-        .execute(&mut *tx)
+        .bind(will_retry)
+        .fetch_one(&mut *tx)
         .await
         .map_err(port_error)?;
+        emit_dns_change(&mut tx, change, DnsOutcome::Failed { will_retry }, attempt).await?;
         if !permanent.is_empty() {
             sqlx::query(
                 "insert into dns_records (domain_id, zone, provider, last_change_id, last_error, failed_at)
@@ -727,11 +898,19 @@ impl DnsStore for PgEngineStore {
         let change: uuid::Uuid = change_id
             .parse()
             .map_err(|e| StoreError::Other(format!("{e}")))?;
-        sqlx::query("update dns_changes set status = 'insync', insync_at = now() where id = $1 and status = 'submitted'")
-            .bind(change)
-            .execute(&self.pool)
-            .await
-            .map(drop)
-            .map_err(port_error)
+        let mut tx = self.pool.begin().await.map_err(port_error)?;
+        let attempt: Option<i32> = sqlx::query_scalar(
+            "update dns_changes set status = 'insync', insync_at = now()
+              where id = $1 and status = 'submitted'
+          returning attempt",
+        )
+        .bind(change)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(port_error)?;
+        if let Some(attempt) = attempt {
+            emit_dns_change(&mut tx, change, DnsOutcome::InSync, attempt).await?;
+        }
+        tx.commit().await.map_err(port_error)
     }
 }

@@ -34,3 +34,8 @@ pub mod webhooks;
 pub(crate) fn port_error(e: sqlx::Error) -> tranche_engine::ports::StoreError {
     tranche_engine::ports::StoreError::Backend(Box::new(e))
 }
+
+/// A time in an event payload: RFC 3339, as PostgreSQL writes a `timestamptz` into JSON.
+pub(crate) fn timestamp(t: chrono::DateTime<chrono::Utc>) -> serde_json::Value {
+    serde_json::Value::String(t.to_rfc3339())
+}

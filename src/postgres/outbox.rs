@@ -1,16 +1,75 @@
-//! The webhook outbox over PostgreSQL: pending deliveries in order per endpoint, their results
-//! and retries, and the pruning of old events. Implements the engine's `WebhookStore` port; the
-//! HTTP side is [`crate::webhook`].
+//! The webhook outbox over PostgreSQL: [`emit`] records events in the transaction of their fact
+//! and queues them for the subscribed endpoints; [`PgWebhookStore`] (the engine's
+//! `WebhookStore` port) reads pending deliveries in order per endpoint, records results and
+//! retries, and prunes old events. The HTTP side is [`crate::webhook`]; which facts are events
+//! is decided by [`tranche_core::events`].
 
 use super::port_error;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tranche_core::domain::SHARDS;
+use tranche_core::events::EventType;
 use tranche_engine::ports::{Delivery, StoreError, WebhookStore};
 use uuid::Uuid;
+
+/// An event to record for a customer.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub customer_id: i64,
+    pub kind: EventType,
+    pub payload: Value,
+    /// Queue it for this endpoint only (a test ping), whatever its subscriptions.
+    pub endpoint: Option<i64>,
+}
+
+impl NewEvent {
+    pub fn new(customer_id: i64, kind: EventType, payload: Value) -> Self {
+        Self {
+            customer_id,
+            kind,
+            payload,
+            endpoint: None,
+        }
+    }
+}
+
+/// Records `events` (in order) and queues each for every enabled endpoint of its customer
+/// subscribed to its type, in one statement inside the caller's transaction; returns the
+/// events' ids.
+pub async fn emit(conn: &mut PgConnection, events: &[NewEvent]) -> sqlx::Result<Vec<Uuid>> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_scalar(
+        "with src as (
+             select gen_random_uuid() as id, u.customer_id, u.type, u.payload, u.endpoint, u.ord
+               from unnest($1::int8[], $2::text[], $3::jsonb[], $4::int8[])
+                    with ordinality as u(customer_id, type, payload, endpoint, ord)
+         ), ev as (
+             insert into events (id, customer_id, type, payload)
+             select id, customer_id, type, payload from src order by ord
+         ), queued as (
+             insert into webhook_deliveries (endpoint_id, event_id, customer_id)
+             select e.id, src.id, src.customer_id
+               from src join webhook_endpoints e on e.customer_id = src.customer_id
+              where case when src.endpoint is null
+                         then e.enabled and (cardinality(e.event_types) = 0
+                                             or src.type = any(e.event_types))
+                         else e.id = src.endpoint end
+              order by src.ord, e.id
+         )
+         select id from src order by ord",
+    )
+    .bind(events.iter().map(|e| e.customer_id).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.payload.clone()).collect::<Vec<_>>())
+    .bind(events.iter().map(|e| e.endpoint).collect::<Vec<_>>())
+    .fetch_all(conn)
+    .await
+}
 
 /// The outbox over PostgreSQL; opens the endpoints' sealed secrets to sign with.
 pub struct PgWebhookStore {

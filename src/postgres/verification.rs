@@ -1,6 +1,7 @@
 //! Domain verification over PostgreSQL ([`PgVerificationStore`]) and TXT lookups through
 //! hickory-resolver ([`HickoryTxt`]).
 
+use super::outbox::{NewEvent, emit};
 use super::port_error;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use hickory_resolver::TokioResolver;
 use sqlx::PgPool;
+use tranche_core::events::verification_event;
 use tranche_core::verify::{Check, Lookup, Outcome, Status};
 use tranche_engine::ports::{StoreError, TxtLookup, VerificationStore};
 
@@ -35,14 +37,20 @@ fn check_of((domain_id, hostname, token, status, created_at, attempts, lost): Ch
     }
 }
 
-/// The check of one domain (for `POST …/verify`).
-pub async fn check_for(pool: &PgPool, domain_id: i64) -> sqlx::Result<Option<Check>> {
+/// The check of one of the customer's domains (for `POST …/verify`).
+pub async fn check_for(
+    pool: &PgPool,
+    customer_id: i64,
+    domain_id: i64,
+) -> sqlx::Result<Option<Check>> {
     let row: Option<CheckRow> = sqlx::query_as(
-        "select id, hostname, verification_token, verification_status, created_at,
-                verification_attempts, verification_lost_at is not null
-           from service_domains where id = $1 and deleted_at is null",
+        "select d.id, d.hostname, d.verification_token, d.verification_status, d.created_at,
+                d.verification_attempts, d.verification_lost_at is not null
+           from service_domains d join services s on s.id = d.service_id
+          where d.id = $1 and s.customer_id = $2 and d.deleted_at is null",
     )
     .bind(domain_id)
+    .bind(customer_id)
     .fetch_optional(pool)
     .await?;
     Ok(row.map(check_of))
@@ -55,7 +63,8 @@ pub async fn record(
     outcome: &Outcome,
     now: DateTime<Utc>,
 ) -> sqlx::Result<bool> {
-    let done = sqlx::query(
+    let mut tx = pool.begin().await?;
+    let written: Option<(i64, i64, String)> = sqlx::query_as(
         "update service_domains
             set verification_status = $3,
                 verified_at = case when $3 = 'verified' then coalesce(verified_at, $4) end,
@@ -67,7 +76,8 @@ pub async fn record(
                 verification_attempts = $7,
                 verification_next_at = $8,
                 verification_lost_at = case when $9 then coalesce(verification_lost_at, $4) end
-          where id = $1 and verification_status = $2 and deleted_at is null",
+          where id = $1 and verification_status = $2 and deleted_at is null
+      returning service_id, (select s.customer_id from services s where s.id = service_id), hostname",
     )
     .bind(check.domain_id)
     .bind(check.status.as_str())
@@ -78,9 +88,20 @@ pub async fn record(
     .bind(outcome.attempts)
     .bind(outcome.next_at)
     .bind(outcome.lost)
-    .execute(pool)
+    .fetch_optional(&mut *tx)
     .await?;
-    Ok(done.rows_affected() == 1)
+    let Some((service_id, customer_id, hostname)) = written else {
+        return Ok(false);
+    };
+    if let Some(kind) = verification_event(check.status, outcome.status) {
+        let payload = serde_json::json!({
+            "service_id": service_id, "domain_id": check.domain_id, "domain": hostname,
+            "error": outcome.error,
+        });
+        emit(&mut tx, &[NewEvent::new(customer_id, kind, payload)]).await?;
+    }
+    tx.commit().await?;
+    Ok(true)
 }
 
 #[async_trait::async_trait]

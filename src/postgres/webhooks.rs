@@ -1,5 +1,5 @@
 //! Webhook endpoints, their delivery log, and manual replays. (Events and deliveries are
-//! written by the `tranche_emit` function the fact tables' triggers call.)
+//! written by [`super::outbox::emit`] in the transaction of each fact.)
 
 use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgPool};
@@ -114,13 +114,19 @@ pub async fn delete(pool: &PgPool, customer_id: i64, id: i64) -> sqlx::Result<bo
 
 /// Queues a `ping` event for this endpoint only; returns the event id.
 pub async fn ping(pool: &PgPool, customer_id: i64, endpoint_id: i64) -> sqlx::Result<Uuid> {
-    sqlx::query_scalar(
-        "select tranche_emit($1, 'ping', jsonb_build_object('endpoint_id', $2::bigint), $2)",
-    )
-    .bind(customer_id)
-    .bind(endpoint_id)
-    .fetch_one(pool)
-    .await
+    let mut conn = pool.acquire().await?;
+    let event = super::outbox::NewEvent {
+        endpoint: Some(endpoint_id),
+        ..super::outbox::NewEvent::new(
+            customer_id,
+            tranche_core::events::EventType::Ping,
+            serde_json::json!({ "endpoint_id": endpoint_id }),
+        )
+    };
+    let ids = super::outbox::emit(&mut conn, &[event]).await?;
+    ids.into_iter()
+        .next()
+        .ok_or_else(|| sqlx::Error::Protocol("the ping was not recorded".into()))
 }
 
 #[derive(Debug, Clone, FromRow)]

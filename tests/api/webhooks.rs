@@ -4,6 +4,8 @@
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tranche::postgres::outbox::{NewEvent, emit};
+use tranche_core::events::EventType;
 
 use poem::web::Data;
 use poem::{EndpointExt, Route, Server, handler, post};
@@ -138,21 +140,46 @@ async fn storm(app: &TestApp, name: &str, end: bool) {
         .body["id"]
         .as_i64()
         .unwrap();
-    let id: uuid::Uuid = sqlx::query_scalar(
-        "insert into storm_events (service_id, domain_id, kind, started_at)
-         values ($1, $2, 'http_availability', now()) returning id",
+    // As the engine commits a storm: the fact and its event in one transaction.
+    let mut tx = app.pool.begin().await.unwrap();
+    let (id, started_at): (uuid::Uuid, chrono::DateTime<chrono::Utc>) = sqlx::query_as(
+        "insert into storm_events (service_id, domain_id, kind, started_at, trigger)
+         values ($1, $2, 'http_availability', now(), '{}') returning id, started_at",
     )
     .bind(service)
     .bind(domain)
-    .fetch_one(&app.pool)
+    .fetch_one(&mut *tx)
     .await
     .unwrap();
+    let about = json!({
+        "storm_id": id, "service_id": service, "domain_id": domain,
+        "domain": format!("{name}.example.com"), "kind": "http_availability",
+        "started_at": started_at.to_rfc3339(),
+    });
+    let mut started = about.clone();
+    started["trigger"] = json!({});
+    emit(
+        &mut tx,
+        &[NewEvent::new(1, EventType::StormStarted, started)],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
     if end {
-        sqlx::query("update storm_events set ended_at = now() where id = $1")
-            .bind(id)
-            .execute(&app.pool)
+        let mut tx = app.pool.begin().await.unwrap();
+        let ended_at: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
+            "update storm_events set ended_at = now() where id = $1 returning ended_at",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+        let mut ended = about;
+        ended["ended_at"] = json!(ended_at.to_rfc3339());
+        emit(&mut tx, &[NewEvent::new(1, EventType::StormEnded, ended)])
             .await
             .unwrap();
+        tx.commit().await.unwrap();
     }
 }
 
@@ -437,21 +464,32 @@ async fn an_expiring_certificate_is_announced_once() {
         .as_i64()
         .unwrap();
     // What the observation writer records after probes: the primary's certificate expires in
-    // 3 days, the backup's in 90; written twice (two flushes).
+    // 3 days (and an hour), the backup's in 90; written twice (two flushes).
+    let store = tranche::postgres::engine_store::PgEngineStore::new(app.pool.clone());
+    let now = chrono::Utc::now();
+    let observation = |cdn, days| tranche_engine::ports::Observation {
+        domain_id: domain,
+        cdn,
+        at: now,
+        outcome: tranche_core::probe::Outcome::Ok,
+        latency_ms: 5,
+        status: Some(200),
+        error: None,
+        cert_expires_at: Some(now + chrono::TimeDelta::days(days) + chrono::TimeDelta::hours(1)),
+        availability: None,
+    };
     for _ in 0..2 {
-        sqlx::query(
-            "insert into domain_observations (domain_id, node_id, observed_at, primary_last, backup_last)
-             values ($1, 'n', now(),
-                     jsonb_build_object('cert_expires_at', now() + interval '3 days'),
-                     jsonb_build_object('cert_expires_at', now() + interval '90 days'))
-             on conflict (domain_id) do update set observed_at = now(),
-                     primary_last = domain_observations.primary_last,
-                     backup_last = domain_observations.backup_last",
-        )
-        .bind(domain)
-        .execute(&app.pool)
-        .await
-        .unwrap();
+        use tranche_engine::ports::EngineStore;
+        store
+            .write_observations(
+                "n",
+                &[
+                    observation(tranche_core::probe::Cdn::Primary, 3),
+                    observation(tranche_core::probe::Cdn::Backup, 90),
+                ],
+            )
+            .await
+            .unwrap();
     }
     assert_eq!(app.engine().deliver_webhooks_now().await, Some(1));
     let (headers, body) = received.requests.lock().unwrap()[0].clone();
