@@ -259,7 +259,7 @@ async fn start_engine(
             billing,
             usage,
             verify: Some(node::VerifyOptions {
-                lookup: Arc::new(crate::postgres::verification::HickoryTxt::new(
+                lookup: Arc::new(crate::resolver::HickoryTxt::new(
                     &settings.verification_nameservers,
                 )?),
                 policy: settings.verify_policy(),

@@ -24,6 +24,7 @@
 //!   it.
 //! * [`webhook`] — the webhook sender: Standard Webhooks signing, Slack text, HTTP.
 //! * [`prober`] — the network prober: one HTTP(S) request through one CDN, new connection each.
+//! * [`resolver`] — DNS resolution shared by the prober, and TXT lookups for ownership checks.
 //! * [`node`] — wires the adapters to the engine, listens for configuration changes, starts the
 //!   actor tree.
 //! * [`startup`] — [`startup::Application`]: build on a listener (port 0 in tests), run until a
@@ -41,6 +42,7 @@ pub mod demo;
 pub mod node;
 pub mod postgres;
 pub mod prober;
+pub mod resolver;
 pub mod route53;
 pub mod secrets;
 pub mod startup;

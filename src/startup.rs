@@ -51,7 +51,7 @@ impl Application {
                 api::auth::FAILED_AUTH_PER_SECOND,
                 api::auth::FAILED_AUTH_BURST,
             ),
-            verifier: Arc::new(crate::postgres::verification::HickoryTxt::new(
+            verifier: Arc::new(crate::resolver::HickoryTxt::new(
                 &settings.verification_nameservers,
             )?),
             verify_policy: settings.verify_policy(),

@@ -145,7 +145,7 @@ impl Actor for BillingSupervisor {
         };
         if let Some(customer) = state.customers.forget(cell.get_id()) {
             if let SupervisionEvent::ActorFailed(_, err) = event {
-                tracing::error!(customer_id = customer, error = %err, "billing actor failed; restarting");
+                tracing::error!(customer.id = customer, error = %err, "billing actor failed; restarting");
             }
             state.reconcile(&myself).await;
         }
@@ -332,11 +332,11 @@ impl CustomerState {
                     }
                 }
                 Err(e @ StoreError::Fenced { .. }) => {
-                    tracing::info!(customer_id = self.customer_id, error = %e, "billing skipped: shard moved");
+                    tracing::info!(customer.id = self.customer_id, error = %e, "billing skipped: shard moved");
                     return Err(e);
                 }
                 Err(e) => {
-                    tracing::warn!(customer_id = self.customer_id, error = %e, "billing run failed; retrying next tick");
+                    tracing::warn!(customer.id = self.customer_id, error = %e, "billing run failed; retrying next tick");
                     return Err(e);
                 }
             }

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use super::auth::Admin;
 use super::error::{ApiError, ApiResult};
 use super::json::JsonBody;
-use super::services::Deleted;
+use super::resource::Deleted;
 use super::{ApiContext, ApiTags};
 use crate::postgres::customers::{self, CustomerRow};
 

@@ -10,10 +10,10 @@ use poem_openapi::{Object, OpenApi};
 use uuid::Uuid;
 
 use super::auth::{Scope, Scoped, Tenant, needs};
-use super::engine::DnsWeights;
 use super::error::{ApiError, ApiResult};
 use super::json::JsonBody;
-use super::services::service_not_found;
+use super::resource::service_not_found;
+use super::storms::DnsWeights;
 use super::{ApiContext, ApiTags};
 use crate::postgres::dns::{self, ChangeFilter, DnsChangeRow, DnsDomainRow};
 

@@ -17,7 +17,7 @@ use tranche_core::domain::{
 use super::auth::{Scope, Scoped, needs};
 use super::error::{ApiError, ApiResult};
 use super::json::JsonBody;
-use super::services::{Deleted, service_not_found};
+use super::resource::{Deleted, service_not_found};
 use super::{ApiContext, ApiTags};
 use crate::postgres::domains;
 use crate::postgres::verification;

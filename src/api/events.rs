@@ -18,7 +18,7 @@ use poem_openapi::types::{ToJSON, Type};
 use poem_openapi::{Object, Union};
 use uuid::Uuid;
 
-use super::engine::DnsWeights;
+use super::storms::DnsWeights;
 
 /// What the storm detector saw when it opened a storm.
 #[derive(Debug, Clone, Object)]

@@ -13,8 +13,8 @@ use rust_decimal::Decimal;
 use uuid::Uuid;
 
 use super::auth::{Scope, Scoped, needs};
-use super::engine::Storm;
 use super::error::{ApiError, ApiResult};
+use super::storms::Storm;
 use super::{ApiContext, ApiTags};
 use crate::postgres::invoices::{self, BillingRunRow, InvoiceFilter, InvoiceRow, LineRow};
 use crate::postgres::storms;

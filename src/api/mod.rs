@@ -12,7 +12,6 @@ pub mod admin;
 pub mod auth;
 pub mod dns;
 pub mod domains;
-pub mod engine;
 pub mod error;
 pub mod events;
 pub mod guard;
@@ -24,8 +23,10 @@ pub mod json;
 pub mod keys;
 pub mod policies;
 pub mod rate_limit;
+pub mod resource;
 pub mod services;
 pub mod settings;
+pub mod storms;
 pub mod usage;
 pub mod webhooks;
 
@@ -106,7 +107,7 @@ pub type Api = (
     services::ServicesApi,
     domains::DomainsApi,
     policies::PoliciesApi,
-    engine::EngineApi,
+    storms::StormsApi,
     dns::DnsApi,
     usage::UsageApi,
     invoices::InvoicesApi,
@@ -125,7 +126,7 @@ pub fn openapi() -> OpenApiService<Api, ()> {
             services::ServicesApi,
             domains::DomainsApi,
             policies::PoliciesApi,
-            engine::EngineApi,
+            storms::StormsApi,
             dns::DnsApi,
             usage::UsageApi,
             invoices::InvoicesApi,

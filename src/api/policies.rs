@@ -13,7 +13,7 @@ use tranche_core::domain::{PolicyError, PolicyKind, PolicyParams, PolicyPatch};
 use super::auth::{Scope, Scoped, needs};
 use super::error::{ApiError, ApiResult};
 use super::json::JsonBody;
-use super::services::{Deleted, service_not_found};
+use super::resource::{Deleted, service_not_found};
 use super::{ApiContext, ApiTags, decimal_from_json, json_number};
 use crate::postgres::policies::{self, PolicyRow};
 

@@ -15,6 +15,7 @@ use super::domains::Domain;
 use super::error::{ApiError, ApiResult};
 use super::json::JsonBody;
 use super::policies::StormPolicy;
+use super::resource::{Deleted, service_not_found};
 use super::{ApiContext, ApiTags};
 use crate::postgres::services;
 
@@ -95,18 +96,7 @@ pub enum CreatedService {
     Created(Json<Service>, #[oai(header = "Location")] String),
 }
 
-#[derive(ApiResponse)]
-pub enum Deleted {
-    /// Deleted.
-    #[oai(status = 204)]
-    NoContent,
-}
-
 pub struct ServicesApi;
-
-pub(crate) fn service_not_found(id: i64) -> ApiError {
-    ApiError::not_found(format!("service {id} not found"))
-}
 
 #[OpenApi(tag = "ApiTags::Services")]
 impl ServicesApi {

@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::auth::{Scope, Scoped, needs};
 use super::error::{ApiError, ApiResult};
 use super::json::JsonBody;
-use super::services::service_not_found;
+use super::resource::service_not_found;
 use super::{ApiContext, ApiTags};
 use crate::postgres::usage::{self, SnapshotFilter, SnapshotRow};
 

@@ -19,7 +19,7 @@ use super::auth::{Scope, Scoped, needs};
 use super::error::{ApiError, ApiResult};
 use super::events::EventJson;
 use super::json::JsonBody;
-use super::services::Deleted;
+use super::resource::Deleted;
 use super::{ApiContext, ApiTags};
 use crate::postgres::webhooks::{self, DeliveryRow, EndpointFields, EndpointRow};
 

@@ -33,7 +33,7 @@ use serde_json::{Value, json};
 use tranche_core::usage::{HostUsage, SourceError, SourceQuery};
 use tranche_engine::ports::UsageSource;
 
-use crate::config::Secret;
+use crate::secrets::Secret;
 
 /// Cloudflare's API base.
 pub const DEFAULT_BASE_URL: &str = "https://api.cloudflare.com/client/v4";

@@ -83,21 +83,23 @@ impl PgWebhookStore {
     }
 }
 
-type DeliveryRow = (
-    Uuid,
-    i64,
-    String,
-    String,
-    String,
-    i64,
-    Uuid,
-    String,
-    DateTime<Utc>,
-    Value,
-    i32,
-    DateTime<Utc>,
-    DateTime<Utc>,
-);
+/// A pending delivery with its endpoint and event.
+#[derive(sqlx::FromRow)]
+struct DeliveryRow {
+    id: Uuid,
+    endpoint_id: i64,
+    url: String,
+    secret: String,
+    format: String,
+    customer_id: i64,
+    event_id: Uuid,
+    event_type: String,
+    occurred_at: DateTime<Utc>,
+    payload: Value,
+    attempts: i32,
+    created_at: DateTime<Utc>,
+    next_attempt_at: DateTime<Utc>,
+}
 
 #[async_trait::async_trait]
 impl WebhookStore for PgWebhookStore {
@@ -108,8 +110,9 @@ impl WebhookStore for PgWebhookStore {
     ) -> Result<Vec<Delivery>, StoreError> {
         let shards: Vec<i64> = shards.iter().map(|&s| i64::from(s)).collect();
         let rows: Vec<DeliveryRow> = sqlx::query_as(
-            "select d.id, d.endpoint_id, e.url, e.secret, e.format, d.customer_id, ev.id, ev.type,
-                    ev.occurred_at, ev.payload, d.attempts, d.created_at, d.next_attempt_at
+            "select d.id, d.endpoint_id, e.url, e.secret, e.format, d.customer_id,
+                    ev.id as event_id, ev.type as event_type, ev.occurred_at, ev.payload,
+                    d.attempts, d.created_at, d.next_attempt_at
                from webhook_deliveries d
                join webhook_endpoints e on e.id = d.endpoint_id
                join events ev on ev.id = d.event_id
@@ -128,29 +131,29 @@ impl WebhookStore for PgWebhookStore {
             .filter_map(|r| {
                 // A secret that does not open (its key is not configured) holds its endpoint's
                 // deliveries back rather than sending them unsigned.
-                let secret = match self.secrets.open(r.5, &r.3) {
+                let secret = match self.secrets.open(r.customer_id, &r.secret) {
                     Ok(s) => s,
                     Err(e) => {
-                        tracing::error!(webhook.endpoint = r.1, error = %e, "cannot sign deliveries to this endpoint");
+                        tracing::error!(webhook.endpoint = r.endpoint_id, error = %e, "cannot sign deliveries to this endpoint");
                         return None;
                     }
                 };
                 Some((r, secret))
             })
             .map(|(r, secret)| Delivery {
-                id: r.0.to_string(),
-                endpoint_id: r.1,
-                url: r.2,
+                id: r.id.to_string(),
+                endpoint_id: r.endpoint_id,
+                url: r.url,
                 secret,
-                format: r.4,
-                customer_id: r.5,
-                event_id: r.6.to_string(),
-                event_type: r.7,
-                occurred_at: r.8,
-                payload: r.9.to_string(),
-                attempts: r.10,
-                created_at: r.11,
-                next_attempt_at: r.12,
+                format: r.format,
+                customer_id: r.customer_id,
+                event_id: r.event_id.to_string(),
+                event_type: r.event_type,
+                occurred_at: r.occurred_at,
+                payload: r.payload.to_string(),
+                attempts: r.attempts,
+                created_at: r.created_at,
+                next_attempt_at: r.next_attempt_at,
             })
             .collect())
     }

@@ -1,17 +1,14 @@
-//! Domain verification over PostgreSQL ([`PgVerificationStore`]) and TXT lookups through
-//! hickory-resolver ([`HickoryTxt`]).
+//! Domain verification over PostgreSQL ([`PgVerificationStore`]): due checks and their
+//! results (the TXT lookups themselves are [`crate::resolver::HickoryTxt`]).
 
 use super::outbox::{NewEvent, emit};
 use super::port_error;
-use std::net::SocketAddr;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use hickory_resolver::TokioResolver;
 use sqlx::PgPool;
 use tranche_core::events::verification_event;
-use tranche_core::verify::{Check, Lookup, Outcome, Status};
-use tranche_engine::ports::{StoreError, TxtLookup, VerificationStore};
+use tranche_core::verify::{Check, Outcome, Status};
+use tranche_engine::ports::{StoreError, VerificationStore};
 
 pub struct PgVerificationStore {
     pool: PgPool,
@@ -143,52 +140,5 @@ impl VerificationStore for PgVerificationStore {
         record(&self.pool, check, outcome, now)
             .await
             .map_err(port_error)
-    }
-}
-
-/// TXT lookups with hickory-resolver: the system's resolver configuration, or the given
-/// nameservers (UDP, then TCP).
-pub struct HickoryTxt {
-    resolver: Option<TokioResolver>,
-}
-
-impl HickoryTxt {
-    pub fn new(nameservers: &[SocketAddr]) -> anyhow::Result<Self> {
-        Ok(Self {
-            resolver: crate::prober::resolver(nameservers, Some(Duration::from_secs(2)))?,
-        })
-    }
-}
-
-#[async_trait::async_trait]
-impl TxtLookup for HickoryTxt {
-    async fn txt(&self, name: &str) -> Lookup {
-        let Some(resolver) = &self.resolver else {
-            return Lookup::Error("no DNS resolver configured".into());
-        };
-        match resolver.txt_lookup(format!("{name}.")).await {
-            Ok(lookup) => {
-                let records: Vec<Vec<String>> = lookup
-                    .answers()
-                    .iter()
-                    .filter_map(|r| match &r.data {
-                        hickory_resolver::proto::rr::RData::TXT(txt) => Some(
-                            txt.txt_data
-                                .iter()
-                                .map(|s| String::from_utf8_lossy(s).into_owned())
-                                .collect(),
-                        ),
-                        _ => None,
-                    })
-                    .collect();
-                if records.is_empty() {
-                    Lookup::Missing
-                } else {
-                    Lookup::Records(records)
-                }
-            }
-            Err(e) if e.is_no_records_found() || e.is_nx_domain() => Lookup::Missing,
-            Err(e) => Lookup::Error(e.to_string()),
-        }
     }
 }

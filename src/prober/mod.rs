@@ -11,6 +11,7 @@
 //! refused (`blocked`) unless the operator allows them (`probe_allow_private`), so customers
 //! cannot point Tranche at the operator's own network.
 
+use crate::resolver::resolver;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -212,48 +213,6 @@ impl Prober for NetworkProber {
             error,
         }
     }
-}
-
-/// A DNS resolver: through `servers` (UDP, then TCP) when given, else the system's
-/// configuration (`None`, logged, when there is none). `fresh` sets a short per-query timeout
-/// and turns the answer cache off (ownership checks must see what is published now).
-pub fn resolver(
-    servers: &[SocketAddr],
-    fresh: Option<std::time::Duration>,
-) -> anyhow::Result<Option<hickory_resolver::TokioResolver>> {
-    use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
-    use hickory_resolver::net::runtime::TokioRuntimeProvider;
-    let mut builder = if servers.is_empty() {
-        match hickory_resolver::TokioResolver::builder_tokio() {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "no system DNS configuration; only IP-literal targets will resolve");
-                return Ok(None);
-            }
-        }
-    } else {
-        let name_servers = servers
-            .iter()
-            .map(|addr| {
-                let mut udp = ConnectionConfig::udp();
-                udp.port = addr.port();
-                let mut tcp = ConnectionConfig::tcp();
-                tcp.port = addr.port();
-                NameServerConfig::new(addr.ip(), true, vec![udp, tcp])
-            })
-            .collect();
-        hickory_resolver::TokioResolver::builder_with_config(
-            ResolverConfig::from_name_servers(name_servers),
-            TokioRuntimeProvider::default(),
-        )
-    };
-    if let Some(t) = fresh {
-        let options = builder.options_mut();
-        options.timeout = t;
-        options.attempts = 2;
-        options.cache_size = 0;
-    }
-    Ok(Some(builder.build()?))
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tranche::node::{EngineOptions, VerifyOptions};
-use tranche::postgres::verification::HickoryTxt;
+use tranche::resolver::HickoryTxt;
 use tranche_core::verify::Policy;
 use tranche_engine::ports::DnsStore;
 

@@ -1,4 +1,5 @@
-//! The engine's state, read-only: per-domain storm state, storms, cluster membership.
+//! Storms and the state behind them, read-only: per-domain storm state, storms, and the cluster
+//! that decides them.
 
 use std::sync::Arc;
 
@@ -13,7 +14,7 @@ use uuid::Uuid;
 
 use super::auth::{Admin, Scope, Scoped, needs};
 use super::error::{ApiError, ApiResult};
-use super::services::service_not_found;
+use super::resource::service_not_found;
 use super::{ApiContext, ApiTags};
 use crate::postgres::storms::{self, DomainStateRow, StormFilter, StormRow};
 
@@ -192,10 +193,10 @@ pub struct ClusterNode {
     pub deposed_by: Option<String>,
 }
 
-pub struct EngineApi;
+pub struct StormsApi;
 
 #[OpenApi]
-impl EngineApi {
+impl StormsApi {
     /// Storm state of every domain of a service: state, desired DNS weights, window
     /// availability and last probe per CDN, owning node.
     #[oai(
