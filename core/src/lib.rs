@@ -21,6 +21,7 @@
 //! * [`events`] — which committed facts are announced to webhooks (storm, DNS, verification,
 //!   certificate, invoice events).
 //! * [`verify`] — domain ownership verification's state machine (TXT challenge).
+//! * [`webhook`] — how long and how often a failing webhook delivery is retried.
 //! * [`address_policy`] — which addresses are public (webhooks and probe targets).
 
 pub mod address_policy;
@@ -33,3 +34,4 @@ pub mod probe;
 pub mod storm;
 pub mod usage;
 pub mod verify;
+pub mod webhook;

@@ -22,8 +22,27 @@
 //! [`lease_keeper::LeaseKeeper`] obtained, so a node that lost a shard cannot act for it.
 //!
 //! The engine talks to the outside world only through its ports ([`ports::EngineStore`],
-//! [`ports::LeaseBackend`], [`ports::Prober`]); the `tranche` crate implements them
-//! over PostgreSQL and the network.
+//! [`ports::LeaseBackend`], [`ports::Prober`], …); the `tranche` crate implements them
+//! over PostgreSQL and the network. Decisions are the core's (`tranche-core`): the actors feed
+//! it time and observations and commit what it decides. No actor sleeps or waits on a limiter
+//! inside `handle`: waits are `send_after` messages or run in tasks that report back.
+//!
+//! # Layout
+//!
+//! * this file — [`Engine`], a running tree, and its handle;
+//! * [`root`] — the root supervisor and what it is set up with; [`config`] — [`EngineConfig`];
+//! * [`lease_keeper`] — shard leases and fencing epochs;
+//! * [`probe_supervisor`], [`domain_actor`], [`observation_writer`] — probing and storms;
+//! * [`dns_supervisor`], [`zone_actor`], [`rate`] — DNS steering through the provider;
+//! * [`billing`], [`usage_ingestor`], [`verifier`], [`webhooks`] — invoicing, usage pulls,
+//!   ownership checks, webhook delivery;
+//! * [`children`] — what the supervisors share (child bookkeeping, bounded fan-out);
+//! * [`ports`] — every port: the stores, the DNS provider, the prober, usage sources, TXT
+//!   lookups, the webhook sender.
+//!
+//! The `test-hooks` feature adds messages and [`Engine`] methods that run a pass now (bill,
+//! ingest, verify, deliver, flush) for the integration tests and the benchmarks; the product
+//! binary is built without it.
 
 pub mod billing;
 pub mod children;

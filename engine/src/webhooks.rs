@@ -16,7 +16,7 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::TimeDelta;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::watch;
 
@@ -24,27 +24,12 @@ use super::billing::forward_shards;
 use super::children::bounded;
 use super::config::EngineConfig;
 use super::ports::{Delivery, OwnedShards, WebhookSender, WebhookStore};
+use tranche_core::webhook::retry_at;
 
 /// Endpoints being delivered to at once.
 const CONCURRENCY: usize = 64;
 /// Deliveries loaded per pass.
 const BATCH: i64 = 5000;
-/// How long a delivery is retried.
-pub const RETRY_FOR: TimeDelta = TimeDelta::hours(24);
-const BACKOFF_BASE: TimeDelta = TimeDelta::seconds(5);
-const BACKOFF_MAX: TimeDelta = TimeDelta::hours(1);
-
-/// When to retry after `attempts` failed attempts (`None`: give up, the 24 h are over).
-pub fn retry_at(
-    created_at: DateTime<Utc>,
-    attempts: i32,
-    now: DateTime<Utc>,
-) -> Option<DateTime<Utc>> {
-    let exp = BACKOFF_BASE * (1i32 << attempts.saturating_sub(1).clamp(0, 20));
-    let next = now + exp.min(BACKOFF_MAX);
-    (next <= created_at + RETRY_FOR).then_some(next)
-}
-
 pub struct WebhookDispatcher;
 
 pub struct DispatcherArgs {
@@ -224,19 +209,4 @@ async fn deliver_in_order(
         }
     }
     sent
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retries_back_off_for_a_day_then_give_up() {
-        let t0: DateTime<Utc> = "2026-11-23T00:00:00Z".parse().unwrap();
-        assert_eq!(retry_at(t0, 1, t0), Some(t0 + TimeDelta::seconds(5)));
-        assert_eq!(retry_at(t0, 3, t0), Some(t0 + TimeDelta::seconds(20)));
-        assert_eq!(retry_at(t0, 30, t0), Some(t0 + TimeDelta::hours(1)));
-        let late = t0 + TimeDelta::hours(23) + TimeDelta::minutes(30);
-        assert_eq!(retry_at(t0, 30, late), None);
-    }
 }

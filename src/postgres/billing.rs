@@ -19,16 +19,14 @@
 //! Anything failing rolls the whole run back; the failure is then recorded in `billing_runs`
 //! with its error, and the next tick retries.
 
-use super::outbox::{NewEvent, emit};
-use super::{port_error, timestamp};
+use super::port_error;
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use sqlx::{FromRow, PgPool, Postgres, Transaction};
 use tranche_core::billing::{
-    BillingSettings, DraftDelta, RunInputs, RunPlan, StormSpan, Unbilled, Usage, plan_run,
-    snapshot_periods,
+    BillingSettings, RunInputs, RunPlan, StormSpan, Unbilled, Usage, plan_run, snapshot_periods,
 };
 use tranche_core::domain::SHARDS;
 use tranche_core::events::EventType;
@@ -303,20 +301,7 @@ pub async fn apply_run(
     let mut summary = BillingRunSummary::default();
     if !plan.lines.is_empty() {
         let (invoice_of, created) = upsert_drafts(tx, customer_id, plan, node_id).await?;
-        summary.invoices_created = created.len() as u32;
-        let events: Vec<NewEvent> = created
-            .iter()
-            .map(|d| {
-                let payload = serde_json::json!({
-                    "invoice_id": invoice_of[&d.period_start],
-                    "period_start": timestamp(d.period_start),
-                    "period_end": timestamp(d.period_end),
-                    "status": "draft",
-                });
-                NewEvent::new(customer_id, EventType::InvoiceCreated, payload)
-            })
-            .collect();
-        emit(tx, &events).await.map_err(port_error)?;
+        summary.invoices_created = created;
         summary.invoices_touched = plan.drafts.len() as u32;
         let invoices: Vec<Uuid> = plan
             .lines
@@ -382,31 +367,52 @@ pub async fn apply_run(
 }
 
 /// Adds the plan's draft sums to the customer's draft invoices of those periods, creating the
-/// drafts that do not exist yet, in one statement. Returns each period's invoice id and the
-/// drafts that were created (in period order). Every period must be a draft: the run holds the existing invoices `for
+/// drafts that do not exist yet and queueing `invoice.created` for each, in one statement.
+/// Returns each period's invoice id and how many were created. Every period must be a draft: the run holds the existing invoices `for
 /// update`, so one finalized since (the current period's, locked only here) is an error.
-async fn upsert_drafts<'p>(
+async fn upsert_drafts(
     tx: &mut Transaction<'_, Postgres>,
     customer_id: i64,
-    plan: &'p RunPlan,
+    plan: &RunPlan,
     node_id: &str,
-) -> Result<(HashMap<DateTime<Utc>, Uuid>, Vec<&'p DraftDelta>), StoreError> {
+) -> Result<(HashMap<DateTime<Utc>, Uuid>, u32), StoreError> {
     let drafts = &plan.drafts;
-    let rows: Vec<(Uuid, DateTime<Utc>, bool)> = sqlx::query_as(
-        "insert into invoices (customer_id, period_start, period_end, created_by_node,
-                               subtotal_cents, discount_cents, total_cents, line_count)
-         select $1, s, e, $4, sub, dis, tot, n
-           from unnest($2::timestamptz[], $3::timestamptz[], $5::numeric[], $6::numeric[],
-                       $7::numeric[], $8::int4[]) t(s, e, sub, dis, tot, n)
-          order by s
-         on conflict (customer_id, period_start) do update
-            set subtotal_cents = invoices.subtotal_cents + excluded.subtotal_cents,
-                discount_cents = invoices.discount_cents + excluded.discount_cents,
-                total_cents = invoices.total_cents + excluded.total_cents,
-                line_count = invoices.line_count + excluded.line_count
-          where invoices.status = 'draft'
-         returning id, period_start, xmax = 0",
-    )
+    // The drafts this statement creates announce themselves (`invoice.created`, in period order)
+    // in the same statement: one round trip per run, as the billing run is statement-bound.
+    let rows: Vec<(Uuid, DateTime<Utc>, bool)> = sqlx::query_as(concat!(
+        "with up as (
+             insert into invoices (customer_id, period_start, period_end, created_by_node,
+                                   subtotal_cents, discount_cents, total_cents, line_count)
+             select $1, s, e, $4, sub, dis, tot, n
+               from unnest($2::timestamptz[], $3::timestamptz[], $5::numeric[], $6::numeric[],
+                           $7::numeric[], $8::int4[]) t(s, e, sub, dis, tot, n)
+              order by s
+             on conflict (customer_id, period_start) do update
+                set subtotal_cents = invoices.subtotal_cents + excluded.subtotal_cents,
+                    discount_cents = invoices.discount_cents + excluded.discount_cents,
+                    total_cents = invoices.total_cents + excluded.total_cents,
+                    line_count = invoices.line_count + excluded.line_count
+              where invoices.status = 'draft'
+             returning id, period_start, period_end, status, xmax = 0 as created
+         ), announced as (
+             select gen_random_uuid() as event_id, id, period_start, period_end, status
+               from up where created
+         ), ev as (
+             insert into events (id, customer_id, type, payload)
+             select event_id, $1, $9, jsonb_build_object('invoice_id', id,
+                        'period_start', period_start, 'period_end', period_end, 'status', status)
+               from announced order by period_start
+         ), queued as (
+             insert into webhook_deliveries (endpoint_id, event_id, customer_id)
+             select e.id, a.event_id, $1
+               from announced a join webhook_endpoints e on e.customer_id = $1
+              where ",
+        super::outbox::subscribed!("e", "$9"),
+        "
+              order by a.period_start, e.id
+         )
+         select id, period_start, created from up",
+    ))
     .bind(customer_id)
     .bind(drafts.iter().map(|d| d.period_start).collect::<Vec<_>>())
     .bind(drafts.iter().map(|d| d.period_end).collect::<Vec<_>>())
@@ -430,6 +436,7 @@ async fn upsert_drafts<'p>(
             .collect::<Vec<_>>(),
     )
     .bind(drafts.iter().map(|d| d.lines).collect::<Vec<_>>())
+    .bind(EventType::InvoiceCreated.as_str())
     .fetch_all(&mut **tx)
     .await
     .map_err(port_error)?;
@@ -440,12 +447,7 @@ async fn upsert_drafts<'p>(
             drafts.len()
         )));
     }
-    let created: std::collections::HashSet<DateTime<Utc>> =
-        rows.iter().filter(|r| r.2).map(|r| r.1).collect();
-    let created = drafts
-        .iter()
-        .filter(|d| created.contains(&d.period_start))
-        .collect();
+    let created = rows.iter().filter(|r| r.2).count() as u32;
     Ok((
         rows.into_iter().map(|(id, s, _)| (s, id)).collect(),
         created,

@@ -15,6 +15,25 @@ use tranche_core::events::EventType;
 use tranche_engine::ports::{Delivery, StoreError, WebhookStore};
 use uuid::Uuid;
 
+/// The SQL condition that endpoint `$e` receives events of type `$t`: enabled and subscribed to
+/// it (no types listed: every type). One definition for every statement that queues deliveries.
+macro_rules! subscribed {
+    ($e:literal, $t:literal) => {
+        concat!(
+            "(",
+            $e,
+            ".enabled and (cardinality(",
+            $e,
+            ".event_types) = 0 or ",
+            $t,
+            " = any(",
+            $e,
+            ".event_types)))"
+        )
+    };
+}
+pub(crate) use subscribed;
+
 /// An event to record for a customer.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
@@ -43,7 +62,7 @@ pub async fn emit(conn: &mut PgConnection, events: &[NewEvent]) -> sqlx::Result<
     if events.is_empty() {
         return Ok(Vec::new());
     }
-    sqlx::query_scalar(
+    sqlx::query_scalar(concat!(
         "with src as (
              select gen_random_uuid() as id, u.customer_id, u.type, u.payload, u.endpoint, u.ord
                from unnest($1::int8[], $2::text[], $3::jsonb[], $4::int8[])
@@ -55,14 +74,13 @@ pub async fn emit(conn: &mut PgConnection, events: &[NewEvent]) -> sqlx::Result<
              insert into webhook_deliveries (endpoint_id, event_id, customer_id)
              select e.id, src.id, src.customer_id
                from src join webhook_endpoints e on e.customer_id = src.customer_id
-              where case when src.endpoint is null
-                         then e.enabled and (cardinality(e.event_types) = 0
-                                             or src.type = any(e.event_types))
-                         else e.id = src.endpoint end
+              where case when src.endpoint is null then ",
+        subscribed!("e", "src.type"),
+        " else e.id = src.endpoint end
               order by src.ord, e.id
          )
          select id from src order by ord",
-    )
+    ))
     .bind(events.iter().map(|e| e.customer_id).collect::<Vec<_>>())
     .bind(events.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>())
     .bind(events.iter().map(|e| e.payload.clone()).collect::<Vec<_>>())
