@@ -1,6 +1,33 @@
-//! Webhook delivery rules: how long and how often a failing delivery is retried.
+//! Webhook delivery rules: the body formats, and how long and how often a failing delivery is
+//! retried.
 
 use chrono::{DateTime, TimeDelta, Utc};
+
+/// What a delivery's body looks like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// The signed JSON envelope of the event.
+    Json,
+    /// A Slack-compatible `{"text": …}`.
+    Slack,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Json => "json",
+            Self::Slack => "slack",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "json" => Some(Self::Json),
+            "slack" => Some(Self::Slack),
+            _ => None,
+        }
+    }
+}
 
 /// How long a delivery is retried.
 pub const RETRY_FOR: TimeDelta = TimeDelta::hours(24);
@@ -21,6 +48,14 @@ pub fn retry_at(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formats_round_trip() {
+        for f in [Format::Json, Format::Slack] {
+            assert_eq!(Format::parse(f.as_str()), Some(f));
+        }
+        assert_eq!(Format::parse("xml"), None);
+    }
 
     #[test]
     fn retries_back_off_for_a_day_then_give_up() {

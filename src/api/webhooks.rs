@@ -229,8 +229,7 @@ fn fields(input: WebhookInput, allow_private: bool) -> ApiResult<EndpointFields>
         }
     }
     if let Some(f) = &input.format
-        && f != "json"
-        && f != "slack"
+        && tranche_core::webhook::Format::parse(f).is_none()
     {
         return Err(ApiError::invalid("format", "format must be json or slack"));
     }

@@ -12,6 +12,7 @@ use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 use tranche_core::domain::SHARDS;
 use tranche_core::events::EventType;
+use tranche_core::webhook::Format;
 use tranche_engine::ports::{Delivery, StoreError, WebhookStore};
 use uuid::Uuid;
 
@@ -149,6 +150,10 @@ impl WebhookStore for PgWebhookStore {
             .filter_map(|r| {
                 // A secret that does not open (its key is not configured) holds its endpoint's
                 // deliveries back rather than sending them unsigned.
+                let Some(format) = Format::parse(&r.format) else {
+                    tracing::error!(webhook.endpoint = r.endpoint_id, format = %r.format, "unknown webhook format; holding its deliveries");
+                    return None;
+                };
                 let secret = match self.secrets.open(r.customer_id, &r.secret) {
                     Ok(s) => s,
                     Err(e) => {
@@ -156,14 +161,14 @@ impl WebhookStore for PgWebhookStore {
                         return None;
                     }
                 };
-                Some((r, secret))
+                Some((r, secret, format))
             })
-            .map(|(r, secret)| Delivery {
+            .map(|(r, secret, format)| Delivery {
                 id: r.id.to_string(),
                 endpoint_id: r.endpoint_id,
                 url: r.url,
                 secret,
-                format: r.format,
+                format,
                 customer_id: r.customer_id,
                 event_id: r.event_id.to_string(),
                 event_type: r.event_type,

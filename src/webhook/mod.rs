@@ -251,7 +251,7 @@ impl WebhookSender for HttpSender {
     async fn send(&self, d: &Delivery) -> Result<u16, (Option<u16>, String)> {
         let url = reqwest::Url::parse(&d.url).map_err(|e| (None, format!("bad URL: {e}")))?;
         self.literal_allowed(&url).map_err(|e| (None, e))?;
-        let body = if d.format == "slack" {
+        let body = if d.format == tranche_core::webhook::Format::Slack {
             json!({ "text": slack_text(d) })
         } else {
             json_body(d)
@@ -350,7 +350,7 @@ mod tests {
             endpoint_id: 1,
             url,
             secret: "s".repeat(32),
-            format: "json".into(),
+            format: tranche_core::webhook::Format::Json,
             customer_id: 1,
             event_id: Uuid::new_v4().to_string(),
             event_type: "ping".into(),

@@ -298,8 +298,7 @@ pub struct Delivery {
     pub endpoint_id: i64,
     pub url: String,
     pub secret: String,
-    /// `json` or `slack`.
-    pub format: String,
+    pub format: tranche_core::webhook::Format,
     pub customer_id: i64,
     pub event_id: String,
     pub event_type: String,
