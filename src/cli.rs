@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use rustls::pki_types::pem::PemObject;
-use tranche_engine::EngineConfig;
+use tranche_actors::EngineConfig;
 
-use tranche_engine::ports::{DnsProvider, NoopProvider};
+use tranche_actors::ports::{DnsProvider, NoopProvider};
 
 use crate::config::{DnsProviderKind, HumanDuration, Settings};
 use crate::node;

@@ -8,8 +8,9 @@
 //!
 //! # Layout
 //!
-//! The workspace has three crates (and `bench/`, the benchmarks, outside the product binary): `core/` (tranche-core: domain types and every rule, no I/O),
-//! `engine/` (tranche-engine: the actors and the ports they reach the world through) and this
+//! The workspace has three crates (and `bench/`, the benchmarks, outside the product binary): `actors/`
+//! (tranche-actors: the actors and the ports they reach the world through), `actors/core/`
+//! (tranche-core: the pure engine they drive — domain types and every rule, no I/O) and this
 //! one, the `tranche` binary with its adapters, one folder per thing it talks to:
 //!
 //! * [`api`] — the HTTP surface (poem + poem-openapi): one module per resource, one error type

@@ -1,24 +1,24 @@
 //! The engine's adapters: its ports implemented over PostgreSQL ([`crate::postgres::engine_store::PgEngineStore`],
 //! [`crate::postgres::leases::PgLeaseBackend`], [`crate::postgres::billing::PgBillingStore`], [`crate::postgres::billing::PgUsageStore`]), the configuration-change listener, and [`start`], which wires
-//! them to the network prober and starts the actor tree (`tranche_engine`).
+//! them to the network prober and starts the actor tree (`tranche_actors`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
+use tranche_actors::ports::DnsProvider;
+use tranche_actors::ports::Prober;
+use tranche_actors::ports::TxtLookup;
+use tranche_actors::ports::UsageSource;
+use tranche_actors::rate::TokenBucket;
+use tranche_actors::{
+    BillingSetup, DnsSetup, Engine, EngineConfig, RootArgs, UsageSetup, VerifySetup, WebhookSetup,
+};
 use tranche_core::billing::BillingSettings;
 use tranche_core::dns::planner::BatchLimits;
 use tranche_core::usage::UsageSettings;
 use tranche_core::verify::Policy;
-use tranche_engine::ports::DnsProvider;
-use tranche_engine::ports::Prober;
-use tranche_engine::ports::TxtLookup;
-use tranche_engine::ports::UsageSource;
-use tranche_engine::rate::TokenBucket;
-use tranche_engine::{
-    BillingSetup, DnsSetup, Engine, EngineConfig, RootArgs, UsageSetup, VerifySetup, WebhookSetup,
-};
 
 /// The channel the configuration tables notify on (see the engine migration).
 pub const CONFIG_CHANNEL: &str = "tranche_config";

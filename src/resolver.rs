@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use hickory_resolver::TokioResolver;
+use tranche_actors::ports::TxtLookup;
 use tranche_core::verify::Lookup;
-use tranche_engine::ports::TxtLookup;
 
 /// A DNS resolver: through `servers` (UDP, then TCP) when given, else the system's
 /// configuration (`None`, logged, when there is none). `fresh` sets a short per-query timeout

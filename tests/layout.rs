@@ -61,7 +61,7 @@ fn the_core_has_no_io() {
     for name in &names {
         assert!(
             ["chrono", "rust_decimal", "thiserror"].contains(&name.as_str()),
-            "tranche-core depends on {name}: the core does no I/O (see core/src/lib.rs)"
+            "tranche-core depends on {name}: the core does no I/O (see actors/core/src/lib.rs)"
         );
     }
 }
@@ -69,7 +69,7 @@ fn the_core_has_no_io() {
 #[test]
 fn the_engine_talks_to_the_world_only_through_its_ports() {
     let meta = metadata();
-    for (name, _) in dependencies(&meta, "tranche-engine") {
+    for (name, _) in dependencies(&meta, "tranche-actors") {
         assert!(
             ![
                 "sqlx",
@@ -80,7 +80,7 @@ fn the_engine_talks_to_the_world_only_through_its_ports() {
                 "aws-sdk-route53"
             ]
             .contains(&name.as_str()),
-            "tranche-engine depends on {name}: adapters belong in the tranche crate"
+            "tranche-actors depends on {name}: adapters belong in the tranche crate"
         );
     }
 }
@@ -93,7 +93,7 @@ fn the_product_carries_no_test_rigs() {
             name, "tranche-bench",
             "the benchmarks are not part of the product"
         );
-        if name == "tranche-engine" {
+        if name == "tranche-actors" {
             assert!(
                 !features.iter().any(|f| f == "test-hooks"),
                 "the product binary is built without the engine's test hooks"

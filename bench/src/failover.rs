@@ -378,7 +378,7 @@ pub async fn nodes(env: &Env, n: usize, interval: i32, freeze: bool) -> anyhow::
     println!(
         "RESULT takeover_{} domains={n} of_which_on_lost_node={lost} interval={interval}s deadline_s={} all_shards_held_by_survivor_s={:.2} all_domains_observed_again_s={observed_s:.2}",
         if freeze { "freeze" } else { "kill9" },
-        tranche_engine::config::LEASE_DEADLINE.as_secs(),
+        tranche_actors::config::LEASE_DEADLINE.as_secs(),
         shards_s.unwrap_or(f64::NAN),
     );
     drop((a, b));

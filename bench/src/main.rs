@@ -29,10 +29,10 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::{Parser, Subcommand};
 use sqlx::PgPool;
+use tranche_actors::EngineConfig;
+use tranche_actors::ports::Prober;
 use tranche_core::domain::{PolicyKind, PolicyParams, PolicyPatch, shard_of};
 use tranche_core::probe::{ProbeRequest, ProbeResult};
-use tranche_engine::EngineConfig;
-use tranche_engine::ports::Prober;
 
 use tranche::demo::edge::{Behaviour, FakeEdge, TestCa};
 use tranche::node::RunningEngine;
@@ -815,7 +815,7 @@ struct CountingDns {
 }
 
 #[async_trait::async_trait]
-impl tranche_engine::ports::DnsProvider for CountingDns {
+impl tranche_actors::ports::DnsProvider for CountingDns {
     fn name(&self) -> &'static str {
         "route53"
     }
@@ -845,8 +845,8 @@ async fn dns_storm(
     burst: u32,
     naive: usize,
 ) -> anyhow::Result<()> {
+    use tranche_actors::ports::DnsProvider;
     use tranche_core::dns::planner::{Batch, RecordChange, RecordType};
-    use tranche_engine::ports::DnsProvider;
 
     let moto = Moto::start().await?;
     let route53 = Arc::new(tranche::route53::Route53Provider::for_endpoint(

@@ -20,9 +20,9 @@ use tranche_core::events::EventType;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
+use tranche_actors::ports::Prober;
 use tranche_core::domain::{PolicyKind, PolicyParams, PolicyPatch};
 use tranche_core::probe::{ProbeRequest, ProbeResult};
-use tranche_engine::ports::Prober;
 
 use super::{CountingDns, Env, Moto, percentile};
 use tranche::demo::edge::{Behaviour, FakeEdge};

@@ -1,6 +1,6 @@
 //! The HTTP API: poem + poem-openapi.
 //!
-//! One module per resource ([`services`], [`domains`], [`policies`], [`engine`], [`dns`],
+//! One module per resource ([`services`], [`domains`], [`policies`], [`storms`], [`dns`],
 //! [`usage`], [`invoices`], [`keys`], [`settings`], [`jobs`], [`webhooks`], [`admin`],
 //! [`health`]), each
 //! an `#[OpenApi]` struct; [`openapi`] combines them into the document served at `/openapi.json`
@@ -55,7 +55,7 @@ pub struct ApiContext {
     /// Failed authentications per client address: over it, 429 before any key is looked up.
     pub auth_failures: rate_limit::RateLimiter,
     /// TXT lookups for `POST …/verify`.
-    pub verifier: Arc<dyn tranche_engine::ports::TxtLookup>,
+    pub verifier: Arc<dyn tranche_actors::ports::TxtLookup>,
     pub verify_policy: tranche_core::verify::Policy,
     /// Whether webhook URLs may point at private addresses.
     pub webhook_allow_private: bool,

@@ -10,7 +10,7 @@ use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi};
 use serde::Deserialize;
-use tranche_engine::ports::UsageReport;
+use tranche_actors::ports::UsageReport;
 use uuid::Uuid;
 
 use super::auth::{Scope, Scoped, needs};

@@ -30,8 +30,8 @@ use std::time::Duration;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tranche_actors::ports::UsageSource;
 use tranche_core::usage::{HostUsage, SourceError, SourceQuery};
-use tranche_engine::ports::UsageSource;
 
 use crate::secrets::Secret;
 

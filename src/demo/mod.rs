@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use tranche_actors::EngineConfig;
 use tranche_core::domain::{PolicyKind, PolicyParams, PolicyPatch, default_zone, shard_of};
-use tranche_engine::EngineConfig;
 
 use crate::config::Settings;
 use crate::postgres::embedded::{EmbeddedOptions, EmbeddedPostgres};

@@ -25,14 +25,14 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use sqlx::{FromRow, PgPool, Postgres, Transaction};
+use tranche_actors::ports::{
+    BillingRunSummary, BillingStore, Fence, StoreError, UsageReport, UsageService, UsageStore,
+};
 use tranche_core::billing::{
     BillingSettings, RunInputs, RunPlan, StormSpan, Unbilled, Usage, plan_run, snapshot_periods,
 };
 use tranche_core::domain::SHARDS;
 use tranche_core::events::EventType;
-use tranche_engine::ports::{
-    BillingRunSummary, BillingStore, Fence, StoreError, UsageReport, UsageService, UsageStore,
-};
 use uuid::Uuid;
 
 use super::engine_store::check_fence;

@@ -9,6 +9,10 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde_json::json;
 use sqlx::{FromRow, PgPool};
+use tranche_actors::ports::{
+    DnsStore, DomainSpec, EngineStore, Fence, Observation, OrphanedChange, PersistedState,
+    StoreError,
+};
 use tranche_core::dns::planner::{Batch, RecordChange, RecordType};
 use tranche_core::domain::{
     ExpectedStatuses, PolicyKind, PolicyParams, ProbePath, ProbeScheme, ProbeTarget, TargetHost,
@@ -18,10 +22,6 @@ use tranche_core::events::{
 };
 use tranche_core::observations::{Minute, aggregate};
 use tranche_core::storm::{Decision, StormChange, StormState, Weights};
-use tranche_engine::ports::{
-    DnsStore, DomainSpec, EngineStore, Fence, Observation, OrphanedChange, PersistedState,
-    StoreError,
-};
 
 pub struct PgEngineStore {
     pool: PgPool,

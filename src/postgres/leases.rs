@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::Mutex;
-use tranche_engine::ports::{LeaseBackend, StoreError};
+use tranche_actors::ports::{LeaseBackend, StoreError};
 
 /// First key of the two-key advisory lock space used for shards (ASCII "TRNC", 1414680131).
 const LOCK_SPACE: i32 = 0x5452_4e43;
@@ -21,7 +21,7 @@ const LOCK_SPACE: i32 = 0x5452_4e43;
 const _: () = assert!(LOCK_SPACE == 1_414_680_131);
 /// A node whose heartbeat is older than this is considered dead when computing fair shares
 /// (a node whose lease session is gone is dead at once), and is deposed by the survivors.
-pub const NODE_TIMEOUT: Duration = tranche_engine::config::LEASE_DEADLINE;
+pub const NODE_TIMEOUT: Duration = tranche_actors::config::LEASE_DEADLINE;
 /// `application_name` of lease sessions (visible in `pg_stat_activity`).
 const APPLICATION_NAME: &str = "tranche-lease";
 

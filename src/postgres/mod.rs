@@ -31,8 +31,8 @@ pub mod verification;
 pub mod webhooks;
 
 /// A database error as the engine's ports report it (the error itself kept as the source).
-pub(crate) fn port_error(e: sqlx::Error) -> tranche_engine::ports::StoreError {
-    tranche_engine::ports::StoreError::Backend(Box::new(e))
+pub(crate) fn port_error(e: sqlx::Error) -> tranche_actors::ports::StoreError {
+    tranche_actors::ports::StoreError::Backend(Box::new(e))
 }
 
 /// A time in an event payload: RFC 3339, as PostgreSQL writes a `timestamptz` into JSON.

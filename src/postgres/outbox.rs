@@ -10,10 +10,10 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
+use tranche_actors::ports::{Delivery, StoreError, WebhookStore};
 use tranche_core::domain::SHARDS;
 use tranche_core::events::EventType;
 use tranche_core::webhook::Format;
-use tranche_engine::ports::{Delivery, StoreError, WebhookStore};
 use uuid::Uuid;
 
 /// The SQL condition that endpoint `$e` receives events of type `$t`: enabled and subscribed to

@@ -14,8 +14,8 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use sqlx::{FromRow, PgPool};
+use tranche_actors::ports::UsageReport;
 use tranche_core::usage::revision::{Change, Revision, last_per_key, plan_revision};
-use tranche_engine::ports::UsageReport;
 use uuid::Uuid;
 
 /// Advisory-lock key space of usage writers (`pg_advisory_xact_lock(USAGE_LOCK_SPACE, id)`).

@@ -6,9 +6,9 @@ use super::port_error;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
+use tranche_actors::ports::{StoreError, VerificationStore};
 use tranche_core::events::verification_event;
 use tranche_core::verify::{Check, Outcome, Status};
-use tranche_engine::ports::{StoreError, VerificationStore};
 
 pub struct PgVerificationStore {
     pool: PgPool,

@@ -24,9 +24,9 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+use tranche_actors::ports::Prober;
 use tranche_core::domain::{ProbeScheme, TargetHost};
 use tranche_core::probe::{Outcome, ProbeRequest, ProbeResult};
-use tranche_engine::ports::Prober;
 
 /// TLS sessions kept for resumption (one per hostname and CDN target, roughly).
 const SESSION_CACHE: usize = 65_536;

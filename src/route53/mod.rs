@@ -24,9 +24,9 @@ use aws_sdk_route53::types::{
 };
 use tokio::sync::Mutex;
 use tokio::time::Instant;
+use tranche_actors::ports::DnsProvider;
 use tranche_core::dns::planner::{Batch, RecordType};
 use tranche_core::dns::provider::{ProviderError, Submitted};
-use tranche_engine::ports::DnsProvider;
 
 /// TTL of the weighted records unless configured otherwise.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(60);

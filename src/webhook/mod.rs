@@ -33,7 +33,7 @@ use chrono::Utc;
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
-use tranche_engine::ports::{Delivery, WebhookSender};
+use tranche_actors::ports::{Delivery, WebhookSender};
 
 /// `t=<unix>,v1=<hex hmac>` for `body` signed at `t`.
 pub fn signature(secret: &str, t: i64, body: &[u8]) -> String {

@@ -13,9 +13,9 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use tranche::node::EngineOptions;
 use tranche::postgres::billing::PgBillingStore;
+use tranche_actors::ports::{BillingStore, Fence, StoreError};
 use tranche_core::billing::{BillingSettings, Rates, StormSpan, Usage, price};
 use tranche_core::domain::customer_shard;
-use tranche_engine::ports::{BillingStore, Fence, StoreError};
 use uuid::Uuid;
 
 use crate::helpers::{Auth, TestApp, eventually, spawn_app, start_node, test_billing};
@@ -101,7 +101,7 @@ async fn start_billing(app: &mut TestApp, settings: BillingSettings, customer: i
     .await;
 }
 
-async fn bill(app: &TestApp) -> tranche_engine::ports::BillingRunSummary {
+async fn bill(app: &TestApp) -> tranche_actors::ports::BillingRunSummary {
     app.engine()
         .bill_now()
         .await

@@ -16,8 +16,8 @@ use sqlx::PgPool;
 use tokio::time::Instant;
 use tranche::demo::edge::{Behaviour, FakeEdge};
 use tranche::route53::{DEFAULT_TTL, Route53Provider};
+use tranche_actors::config::LEASE_DEADLINE;
 use tranche_core::domain::shard_of;
-use tranche_engine::config::LEASE_DEADLINE;
 
 use crate::dns_faults::{Faults, Route53Proxy, fault_proxy};
 use crate::helpers::{ADMIN_TOKEN, TestApp, add_zone_domains, eventually, fast_service, spawn_app};

@@ -10,8 +10,8 @@ use tokio::time::Instant;
 use tranche::demo::edge::{Behaviour, FakeEdge};
 use tranche::node::RunningEngine;
 use tranche::prober::NetworkProber;
+use tranche_actors::ports::Prober;
 use tranche_core::probe::{ProbeRequest, ProbeResult};
-use tranche_engine::ports::Prober;
 
 use crate::helpers::{Auth, eventually, spawn_app, test_engine_config};
 

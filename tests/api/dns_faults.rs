@@ -395,7 +395,7 @@ async fn a_rejected_record_is_isolated_and_the_rest_of_the_zone_applied() {
 struct Hang;
 
 #[async_trait::async_trait]
-impl tranche_engine::ports::DnsProvider for Hang {
+impl tranche_actors::ports::DnsProvider for Hang {
     fn name(&self) -> &'static str {
         "route53"
     }
@@ -427,7 +427,7 @@ async fn a_node_killed_between_desired_and_applied_is_replaced_by_one_that_appli
     let edge = FakeEdge::http().await.unwrap();
     let app = spawn_app().await;
     steered_domains(&app, &edge, &["app.example.test"]).await;
-    let node = |name: &'static str, dns: Arc<dyn tranche_engine::ports::DnsProvider>| {
+    let node = |name: &'static str, dns: Arc<dyn tranche_actors::ports::DnsProvider>| {
         let pool_of = app.pool.clone();
         async move {
             let pool = tranche::postgres::pool::pool((*pool_of.connect_options()).clone(), 6)

@@ -8,10 +8,10 @@ use serde_json::json;
 use tranche::postgres::engine_store::PgEngineStore;
 use tranche::postgres::leases::PgLeaseBackend;
 use tranche::prober::NetworkProber;
+use tranche_actors::ports::{EngineStore, Fence, LeaseBackend, StoreError};
 use tranche_core::storm::{
     Availability, CdnHealth, Decision, StormChange, StormState, Streak, Weights,
 };
-use tranche_engine::ports::{EngineStore, Fence, LeaseBackend, StoreError};
 
 use crate::helpers::{Auth, eventually, spawn_app};
 

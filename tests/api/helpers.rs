@@ -148,8 +148,8 @@ fn init_test_logs() {
 }
 
 /// Engine settings for tests: fast leases, reconciliation and flushes.
-pub fn test_engine_config(node: &str) -> tranche_engine::EngineConfig {
-    let mut config = tranche_engine::EngineConfig::new(node);
+pub fn test_engine_config(node: &str) -> tranche_actors::EngineConfig {
+    let mut config = tranche_actors::EngineConfig::new(node);
     config.lease_interval = std::time::Duration::from_millis(200);
     config.reconcile_interval = std::time::Duration::from_millis(500);
     config.flush_interval = std::time::Duration::from_millis(200);
@@ -287,7 +287,7 @@ impl TestApp {
     /// Starts an engine node on this app's database, probing with `prober`.
     pub async fn start_engine(
         &mut self,
-        prober: std::sync::Arc<dyn tranche_engine::ports::Prober>,
+        prober: std::sync::Arc<dyn tranche_actors::ports::Prober>,
     ) {
         self.start_engine_with_dns(prober, None).await;
     }
@@ -295,8 +295,8 @@ impl TestApp {
     /// Starts an engine node that also steers DNS through `provider`.
     pub async fn start_engine_with_dns(
         &mut self,
-        prober: std::sync::Arc<dyn tranche_engine::ports::Prober>,
-        provider: Option<std::sync::Arc<dyn tranche_engine::ports::DnsProvider>>,
+        prober: std::sync::Arc<dyn tranche_actors::ports::Prober>,
+        provider: Option<std::sync::Arc<dyn tranche_actors::ports::DnsProvider>>,
     ) {
         let node = format!(
             "test-node-{}",
@@ -320,7 +320,7 @@ impl TestApp {
     }
 
     /// The running engine (panics if none was started).
-    pub fn engine(&self) -> &tranche_engine::Engine {
+    pub fn engine(&self) -> &tranche_actors::Engine {
         &self.engine.as_ref().expect("no engine started").engine
     }
 }

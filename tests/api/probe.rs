@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use tranche::demo::edge::{Behaviour, FakeEdge, TestCa};
 use tranche::prober::NetworkProber;
+use tranche_actors::ports::Prober;
 use tranche_core::domain::{ExpectedStatuses, ProbePath, ProbeScheme, ProbeTarget};
 use tranche_core::probe::{Outcome, ProbeRequest};
-use tranche_engine::ports::Prober;
 
 fn request(hostname: &str, edge: &FakeEdge, scheme: ProbeScheme) -> ProbeRequest {
     ProbeRequest {

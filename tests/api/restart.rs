@@ -9,7 +9,7 @@ use std::time::Duration;
 use tranche::demo::edge::{Behaviour, FakeEdge};
 use tranche::postgres::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use tranche::prober::NetworkProber;
-use tranche_engine::ports::NoopProvider;
+use tranche_actors::ports::NoopProvider;
 
 use crate::helpers::{add_zone_domains, eventually, fast_service, spawn_app_on};
 

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use chrono::Utc;
 use tranche::route53::{DEFAULT_TTL, Route53Provider};
+use tranche_actors::ports::DnsProvider;
 use tranche_core::dns::planner::{BatchLimits, RecordChange, RecordType, plan};
 use tranche_core::dns::provider::ProviderError;
 use tranche_core::storm::Weights;
-use tranche_engine::ports::DnsProvider;
 
 use crate::helpers::eventually;
 

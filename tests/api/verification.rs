@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tranche::node::{EngineOptions, VerifyOptions};
 use tranche::resolver::HickoryTxt;
+use tranche_actors::ports::DnsStore;
 use tranche_core::verify::Policy;
-use tranche_engine::ports::DnsStore;
 
 use crate::helpers::{Auth, DnsAnswer, LocalDns, TestApp, eventually, spawn_app_with};
 
@@ -287,7 +287,7 @@ async fn dev_mode_verifications_are_never_rechecked_nor_flagged() {
     let store = tranche::postgres::verification::PgVerificationStore::new(app.pool.clone());
     let all: Vec<u16> = (0..256).collect();
     let later = chrono::Utc::now() + chrono::Duration::days(7);
-    use tranche_engine::ports::VerificationStore;
+    use tranche_actors::ports::VerificationStore;
     assert!(
         store
             .due_verifications(&all, later, 100)

@@ -467,7 +467,7 @@ async fn an_expiring_certificate_is_announced_once() {
     // 3 days (and an hour), the backup's in 90; written twice (two flushes).
     let store = tranche::postgres::engine_store::PgEngineStore::new(app.pool.clone());
     let now = chrono::Utc::now();
-    let observation = |cdn, days| tranche_engine::ports::Observation {
+    let observation = |cdn, days| tranche_actors::ports::Observation {
         domain_id: domain,
         cdn,
         at: now,
@@ -479,7 +479,7 @@ async fn an_expiring_certificate_is_announced_once() {
         availability: None,
     };
     for _ in 0..2 {
-        use tranche_engine::ports::EngineStore;
+        use tranche_actors::ports::EngineStore;
         store
             .write_observations(
                 "n",
@@ -507,7 +507,7 @@ async fn an_expiring_certificate_is_announced_once() {
 /// Old events go with their delivery logs; one still being delivered stays, as do recent ones.
 #[tokio::test]
 async fn old_events_are_pruned_unless_still_pending() {
-    use tranche_engine::ports::WebhookStore;
+    use tranche_actors::ports::WebhookStore;
 
     let app = spawn_app().await;
     let id = app

@@ -3,7 +3,7 @@
 //! Nothing here reads the clock, the network or the database; time and inputs are passed in, so
 //! every rule is unit- and property-tested without a runtime. Cargo enforces it: this crate
 //! depends on no async runtime, no actor framework and no database driver (`cargo tree -p
-//! tranche-core` lists chrono, rust_decimal and thiserror). The engine crate drives these rules
+//! tranche-core` lists chrono, rust_decimal and thiserror). The actors crate (`actors/`) drives these rules
 //! from actors; the `tranche` crate loads their inputs and applies their plans.
 //!
 //! # Layout

@@ -9,17 +9,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use tranche_actors::config::tokio_clock;
+use tranche_actors::ports::Prober;
+use tranche_actors::ports::{
+    DomainSpec, EngineStore, Fence, LeaseBackend, Observation, PersistedState, StoreError,
+};
+use tranche_actors::{Engine, EngineConfig, RootArgs};
 use tranche_core::domain::{
     ExpectedStatuses, PolicyKind, PolicyParams, PolicyPatch, ProbePath, ProbeScheme, ProbeTarget,
 };
 use tranche_core::probe::{Outcome, ProbeRequest, ProbeResult};
 use tranche_core::storm::{Decision, StormChange, StormState, Weights};
-use tranche_engine::config::tokio_clock;
-use tranche_engine::ports::Prober;
-use tranche_engine::ports::{
-    DomainSpec, EngineStore, Fence, LeaseBackend, Observation, PersistedState, StoreError,
-};
-use tranche_engine::{Engine, EngineConfig, RootArgs};
 
 type Decisions = Arc<Mutex<Vec<Decision>>>;
 
@@ -102,7 +102,7 @@ impl LeaseBackend for AllShards {
 struct Switch {
     primary_up: AtomicBool,
     backup_up: AtomicBool,
-    clock: tranche_engine::Clock,
+    clock: tranche_actors::Clock,
 }
 
 #[async_trait::async_trait]
@@ -149,7 +149,7 @@ struct Harness {
     decisions: Decisions,
     store: Arc<MemoryStore>,
     prober: Arc<Switch>,
-    clock: tranche_engine::Clock,
+    clock: tranche_actors::Clock,
 }
 
 async fn harness(patch: PolicyPatch, primary_up: bool, panic_once: bool) -> Harness {
