@@ -48,6 +48,10 @@ enum Command {
         /// database; each needs its own id.
         #[arg(long)]
         node_id: Option<String>,
+        /// This node's vantage (region), e.g. `eu-west`: domains are probed from several
+        /// regions and decided by a quorum of them.
+        #[arg(long)]
+        region: Option<String>,
     },
     /// Apply database migrations and exit.
     Migrate,
@@ -79,6 +83,7 @@ pub fn main() -> ExitCode {
         listen,
         dev,
         node_id,
+        region,
     } = &cli.command
     {
         if let Some(listen) = listen {
@@ -87,6 +92,9 @@ pub fn main() -> ExitCode {
         settings.dev |= dev;
         if node_id.is_some() {
             settings.node_id = node_id.clone();
+        }
+        if let Some(region) = region {
+            settings.region.clone_from(region);
         }
     }
     if let Err(e) = settings.validate() {
@@ -217,7 +225,7 @@ async fn start_engine(
         .node_id
         .clone()
         .unwrap_or_else(node::default_node_id);
-    tracing::info!(node = %node_id, "starting the engine");
+    tracing::info!(node = %node_id, region = %settings.region, vantages_per_domain = settings.vantages_per_domain, "starting the engine");
     let provider: Arc<dyn DnsProvider> = match settings.dns_provider {
         DnsProviderKind::Route53 => route53(settings).await,
         DnsProviderKind::Auto if crate::config::aws_credentials_configured() => {
@@ -250,8 +258,11 @@ async fn start_engine(
         None
     };
     let usage = usage_options(settings)?;
+    let mut config = EngineConfig::new(node_id);
+    config.vantage.clone_from(&settings.region);
+    config.vantages_per_domain = settings.vantages_per_domain;
     node::start_with(
-        EngineConfig::new(node_id),
+        config,
         pool.clone(),
         prober,
         node::EngineOptions {

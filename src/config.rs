@@ -11,6 +11,8 @@
 //! | `log_format`         | `TRANCHE_LOG_FORMAT` (`text`/`json`)          | `text`             |
 //! | `db_max_connections` | `TRANCHE_DB_MAX_CONNECTIONS`                  | `16`               |
 //! | `node_id`            | `TRANCHE_NODE_ID`, `--node-id`                | `<hostname>-<pid>` |
+//! | `region`             | `TRANCHE_REGION`, `--region`                  | `default`          |
+//! | `vantages_per_domain`| `TRANCHE_VANTAGES_PER_DOMAIN`                 | `3`                |
 //! | `engine`             | `TRANCHE_ENGINE`                              | `true`             |
 //! | `probe_allow_private`| `TRANCHE_PROBE_ALLOW_PRIVATE`                 | `false`            |
 //! | `probe_ca_file`      | `TRANCHE_PROBE_CA_FILE`                       | none               |
@@ -88,6 +90,13 @@ pub struct Settings {
     /// This node's name in the cluster (default `<hostname>-<pid>`); nodes sharing a database
     /// must have distinct ids.
     pub node_id: Option<String>,
+    /// This node's vantage: the region its probes see the CDNs from (`eu-west`, `us-east`, …).
+    /// A domain is probed from up to `vantages_per_domain` distinct regions and decided by the
+    /// policy's quorum of them; nodes in one region count as one vantage.
+    pub region: String,
+    /// How many distinct regions probe each domain when that many exist (1 turns multi-vantage
+    /// probing off). Every node of a cluster must use the same value.
+    pub vantages_per_domain: usize,
     /// Run the actor engine (probing, storms). `false` makes an API-only node.
     pub engine: bool,
     /// Let probes reach loopback/private addresses (tests, demos, internal edges).
@@ -179,6 +188,8 @@ impl Default for Settings {
             log_format: LogFormat::Text,
             db_max_connections: 16,
             node_id: None,
+            region: tranche_actors::config::DEFAULT_VANTAGE.to_owned(),
+            vantages_per_domain: 3,
             engine: true,
             probe_allow_private: false,
             probe_ca_file: None,
@@ -287,6 +298,23 @@ impl Settings {
             if burst == 0 {
                 anyhow::bail!("{name} must be at least 1");
             }
+        }
+        let region_ok = (1..=64).contains(&self.region.len())
+            && self
+                .region
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !region_ok {
+            anyhow::bail!(
+                "region must be 1–64 letters, digits, '-', '_' or '.' (got {:?})",
+                self.region
+            );
+        }
+        if !(1..=16).contains(&self.vantages_per_domain) {
+            anyhow::bail!(
+                "vantages_per_domain must be between 1 and 16 (got {})",
+                self.vantages_per_domain
+            );
         }
         if self.http_max_connections == Some(0) {
             anyhow::bail!("http_max_connections must be at least 1");

@@ -13,7 +13,8 @@ use tranche_actors::ports::TxtLookup;
 use tranche_actors::ports::UsageSource;
 use tranche_actors::rate::TokenBucket;
 use tranche_actors::{
-    BillingSetup, DnsSetup, Engine, EngineConfig, RootArgs, UsageSetup, VerifySetup, WebhookSetup,
+    BillingSetup, DnsSetup, Engine, EngineConfig, RootArgs, UsageSetup, VantageSetup, VerifySetup,
+    WebhookSetup,
 };
 use tranche_core::billing::BillingSettings;
 use tranche_core::dns::planner::BatchLimits;
@@ -168,7 +169,15 @@ pub async fn start_with(
         settings: u.settings,
         sources: u.sources,
     });
-    let leases = Arc::new(crate::postgres::leases::PgLeaseBackend::new(pool.clone()));
+    let leases = Arc::new(crate::postgres::leases::PgLeaseBackend::new(
+        pool.clone(),
+        config.vantage.clone(),
+    ));
+    // Several vantages only matter when there may be other regions to hear from.
+    let vantages = (config.vantages_per_domain > 1).then(|| VantageSetup {
+        bus: Arc::new(crate::postgres::vantages::PgVantageBus::new(pool.clone())),
+    });
+    let node_id = config.node_id.clone();
     let dns = dns.map(|d| DnsSetup {
         store: store.clone(),
         provider: d.provider,
@@ -186,11 +195,12 @@ pub async fn start_with(
             usage,
             verify,
             webhooks,
+            vantages,
         })
         .await
         .map_err(|e| anyhow::anyhow!("could not start the engine: {e}"))?,
     );
-    let listener = tokio::spawn(listen_for_config(pool, engine.clone()));
+    let listener = tokio::spawn(listen_for_config(pool, engine.clone(), node_id));
     Ok(RunningEngine {
         engine,
         billing: billing_store,
@@ -198,17 +208,29 @@ pub async fn start_with(
     })
 }
 
-/// Forwards configuration notifications to the engine. Reconnects after errors; periodic
-/// reconciliation covers anything missed meanwhile.
-async fn listen_for_config(pool: PgPool, engine: Arc<Engine>) {
+/// Forwards configuration notifications, and other nodes' vantage summaries, to the engine.
+/// Reconnects after errors; periodic reconciliation covers configuration missed meanwhile, and a
+/// summary missed leaves its vantage unknown until the next one.
+async fn listen_for_config(pool: PgPool, engine: Arc<Engine>, node_id: String) {
+    use crate::postgres::vantages;
     loop {
         match PgListener::connect_with(&pool).await {
             Ok(mut listener) => {
-                if let Err(e) = listener.listen(CONFIG_CHANNEL).await {
+                if let Err(e) = listener
+                    .listen_all([CONFIG_CHANNEL, vantages::CHANNEL])
+                    .await
+                {
                     tracing::warn!(error = %e, "could not LISTEN for configuration changes");
                 } else {
                     loop {
                         match listener.recv().await {
+                            Ok(n) if n.channel() == vantages::CHANNEL => {
+                                let mut reports = vantages::decode(n.payload());
+                                reports.retain(|r| r.node_id != node_id);
+                                if !reports.is_empty() {
+                                    engine.vantage_reports(reports).await;
+                                }
+                            }
                             Ok(_) => engine.config_changed().await,
                             Err(e) => {
                                 tracing::warn!(error = %e, "configuration listener lost its connection");

@@ -91,7 +91,17 @@ pub struct EngineConfig {
     pub probe_retention: Duration,
     /// Whether this node's shard leases still hold (shared by every actor of the node).
     pub lease: LeaseValidity,
+    /// This node's vantage: the region its probes see the CDNs from (`eu-west`, …).
+    pub vantage: String,
+    /// How many distinct vantages probe each domain (the owner's and up to this many − 1
+    /// others), when that many exist. Every node of a cluster must use the same value.
+    pub vantages_per_domain: usize,
+    /// How often an observing node sends its vantages' window summaries to the deciders.
+    pub vantage_report_interval: Duration,
 }
+
+/// The vantage of a node that declares none.
+pub const DEFAULT_VANTAGE: &str = "default";
 
 impl EngineConfig {
     pub fn new(node_id: impl Into<String>) -> Self {
@@ -103,6 +113,9 @@ impl EngineConfig {
             flush_interval: Duration::from_secs(2),
             probe_retention: Duration::from_secs(7 * 86_400),
             lease: LeaseValidity::default(),
+            vantage: DEFAULT_VANTAGE.to_owned(),
+            vantages_per_domain: 3,
+            vantage_report_interval: Duration::from_millis(250),
         }
     }
 }

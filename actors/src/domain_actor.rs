@@ -13,10 +13,19 @@
 //! its own clock; if the commit fails the actor keeps its old state and re-decides on the next
 //! result. A fenced commit means the shard moved to another node: the actor stops.
 //!
+//! A domain is probed from several vantages (regions) when the cluster has them: the actor on
+//! the shard's owner is the *decider*; actors on observing nodes of other vantages
+//! (`observer: true`) probe the same way but decide nothing — after each result they send their
+//! windows' summary (a [`VantageReport`]) to the node's vantage publisher, which batches them
+//! to the deciders. The decider judges each CDN by the policy's quorum of its own view and the
+//! fresh reports (a report older than two intervals no longer counts: its vantage is unknown),
+//! and records a vantage that sees a CDN down while the quorum does not (`vantage_disagrees`).
+//!
 //! The domains of one DNS zone probe in the same part of the interval (a phase from the zone's
 //! name, spread by the zone's size), so an outage is seen by all of them together and their
 //! failovers leave in one ChangeBatch.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,11 +33,16 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::config::EngineConfig;
 use super::observation_writer::ObservationMsg;
-use super::ports::{DomainSpec, EngineStore, Fence, Observation, PersistedState, StoreError};
+use super::ports::{
+    Disagreement, DomainSpec, EngineStore, Fence, Observation, PersistedState, StoreError,
+    VantageReport, VantageViews,
+};
+use super::vantage_publisher::PublisherMsg;
 use crate::ports::Prober;
 use tranche_core::probe::{Cdn, Outcome, ProbeResult};
 use tranche_core::storm::{
-    Availability, AvailabilityWindow, CdnHealth, Inputs, StormMachine, Streak,
+    Availability, AvailabilityWindow, CdnHealth, Inputs, StormMachine, Streak, VantageHealth,
+    Vantages,
 };
 
 /// Longest delay before a new actor's first probe.
@@ -42,6 +56,8 @@ pub struct EngineCtx {
     pub observations: ActorRef<ObservationMsg>,
     /// The node's DNS supervisor, woken after a decision (`None`: DNS steering off).
     pub dns: Option<ActorRef<super::dns_supervisor::DnsMsg>>,
+    /// Where observers send their window summaries (`None`: single-vantage engine).
+    pub vantages: Option<ActorRef<PublisherMsg>>,
 }
 
 pub struct DomainActor;
@@ -49,6 +65,8 @@ pub struct DomainActor;
 pub struct DomainArgs {
     pub spec: DomainSpec,
     pub fence: Fence,
+    /// Probe for another node's decisions (this node observes the shard from its vantage).
+    pub observer: bool,
     /// The persisted state, when the caller already loaded it (saves a query per actor at
     /// start-up); `None` makes the actor load it itself.
     pub persisted: Option<Option<PersistedState>>,
@@ -87,6 +105,14 @@ pub struct DomainState {
     /// Why the primary's last probe could not be counted (it was blocked), if it could not.
     primary_blocked: Option<String>,
     machine: StormMachine,
+    /// Observing for another node: report windows, decide nothing.
+    observer: bool,
+    /// The latest summary from each other vantage, with when it arrived.
+    remote: BTreeMap<String, (VantageReport, tokio::time::Instant)>,
+    /// The vantages that disagreed with the quorum at the last record of it.
+    disagreeing: Vec<Disagreement>,
+    /// The vantages whose primary window was known at the last record.
+    known_vantages: Vec<String>,
     /// Stamped on timer messages; bumped when the schedule changes so stale ticks are dropped.
     generation: u64,
     /// Delay after the first probe that moves the actor onto its phase within the interval.
@@ -103,6 +129,8 @@ pub enum DomainMsg {
     ProbeDone(Cdn, ProbeResult),
     /// The domain's configuration or the shard's fencing epoch changed.
     Update(Box<DomainSpec>, Fence),
+    /// Another vantage's window summary (deciders only).
+    Remote(Box<VantageReport>),
 }
 
 impl Actor for DomainActor {
@@ -118,6 +146,7 @@ impl Actor for DomainActor {
         let now = (args.ctx.config.clock)();
         let persisted = match args.persisted {
             Some(p) => p,
+            None if args.observer => None,
             None => args.ctx.store.load_state(args.spec.id).await?,
         };
         let machine = match persisted {
@@ -134,6 +163,10 @@ impl Actor for DomainActor {
             backup_streak: Streak::default(),
             primary_blocked: None,
             machine,
+            observer: args.observer,
+            remote: BTreeMap::new(),
+            disagreeing: Vec::new(),
+            known_vantages: Vec::new(),
             generation: 0,
             realign: None,
             next_due: None,
@@ -169,7 +202,7 @@ impl Actor for DomainActor {
                 let due = state.next_due.map_or(now + step, |d| d + step).max(now);
                 state.next_due = Some(due);
                 myself.send_after(due - now, move || DomainMsg::Tick(generation));
-                if state.spec.primary_target.is_none() {
+                if state.spec.primary_target.is_none() && !state.observer {
                     // Nothing to probe through the primary: time alone moves the machine (to
                     // `unknown`).
                     state.evaluate(&myself).await;
@@ -188,12 +221,27 @@ impl Actor for DomainActor {
             }
             DomainMsg::Tick(_) => {}
             DomainMsg::ProbeDone(cdn, result) => state.on_result(&myself, cdn, result).await,
+            DomainMsg::Remote(report) => {
+                if !state.observer && report.vantage != state.ctx.config.vantage {
+                    let arrived = tokio::time::Instant::now();
+                    state
+                        .remote
+                        .insert(report.vantage.clone(), (*report, arrived));
+                    state.evaluate(&myself).await;
+                }
+            }
             DomainMsg::Update(spec, fence) => {
                 let spec = *spec;
                 if spec.primary_target != state.spec.primary_target {
                     state.primary.clear();
                     state.primary_streak = Streak::default();
                     state.primary_blocked = None;
+                }
+                if spec.primary_target != state.spec.primary_target
+                    || spec.backup_target != state.spec.backup_target
+                {
+                    // The other vantages' windows describe the old targets.
+                    state.remote.clear();
                 }
                 if spec.backup_target != state.spec.backup_target {
                     state.backup.clear();
@@ -244,16 +292,16 @@ impl DomainState {
     }
 
     /// Why the primary cannot be judged (for the `unknown` state).
-    fn unknown_reason(&self, primary: &CdnHealth) -> String {
+    fn unknown_reason(&self, primary: &Vantages) -> String {
         if self.spec.primary_target.is_none() {
             "no primary target is configured".to_owned()
         } else if let Some(error) = &self.primary_blocked {
             format!("probes through the primary are blocked: {error}")
         } else {
+            let attempts = primary.own().map_or(0, |h| h.availability.attempts());
             format!(
                 "too few probe results through the primary in the window ({} of {})",
-                primary.availability.attempts(),
-                self.spec.policy.min_samples
+                attempts, self.spec.policy.min_samples
             )
         }
     }
@@ -276,6 +324,19 @@ impl DomainState {
             }
         } else if cdn == Cdn::Primary {
             self.primary_blocked = Some(result.error.clone().unwrap_or_default());
+        }
+        if self.observer {
+            let report = VantageReport {
+                domain_id: self.spec.id,
+                vantage: self.ctx.config.vantage.clone(),
+                node_id: self.ctx.config.node_id.clone(),
+                primary: self.health(Cdn::Primary, now),
+                backup: self.health(Cdn::Backup, now),
+            };
+            if let Some(publisher) = &self.ctx.vantages {
+                let _ = publisher.cast(PublisherMsg::Report(report));
+            }
+            return;
         }
         let own = self.health(cdn, now).availability;
         let _ = self
@@ -319,15 +380,112 @@ impl DomainState {
         }
     }
 
+    /// Every vantage's view of `cdn`: this node's first, then each fresh remote summary.
+    fn vantages(&mut self, cdn: Cdn, now: chrono::DateTime<chrono::Utc>) -> Vantages {
+        let own = VantageHealth {
+            vantage: self.ctx.config.vantage.clone(),
+            node_id: self.ctx.config.node_id.clone(),
+            health: self.health(cdn, now),
+        };
+        // Two intervals plus the report delay: one missed report is tolerated, a vantage that
+        // stopped reporting (its node died, the shard moved) soon counts as unknown.
+        let fresh = self.interval() * 2 + self.ctx.config.vantage_report_interval * 2;
+        let arrived_after = tokio::time::Instant::now().checked_sub(fresh);
+        self.remote
+            .retain(|_, (_, at)| arrived_after.is_none_or(|after| *at >= after));
+        let remote = self.remote.values().map(|(r, _)| VantageHealth {
+            vantage: r.vantage.clone(),
+            node_id: r.node_id.clone(),
+            health: match cdn {
+                Cdn::Primary => r.primary,
+                Cdn::Backup => r.backup,
+            },
+        });
+        Vantages {
+            views: std::iter::once(own).chain(remote).collect(),
+        }
+    }
+
+    /// Records which vantages disagree with the quorum, and every vantage's view, when either
+    /// the disagreement or the set of vantages with a known window changes (rarely: a node or
+    /// a network problem comes or goes), never per probe.
+    async fn note_disagreement(&mut self, inputs: &Inputs) {
+        let policy = &self.spec.policy;
+        let now: Vec<Disagreement> = [
+            (Cdn::Primary, &inputs.primary),
+            (Cdn::Backup, &inputs.backup),
+        ]
+        .into_iter()
+        .flat_map(|(cdn, v)| {
+            v.disagreeing(policy)
+                .into_iter()
+                .map(move |d| Disagreement {
+                    vantage: d.vantage.clone(),
+                    node_id: d.node_id.clone(),
+                    cdn,
+                })
+        })
+        .collect();
+        let key = |d: &Disagreement| (d.vantage.clone(), d.cdn.as_str());
+        let known: Vec<String> = inputs
+            .primary
+            .views
+            .iter()
+            .filter(|v| v.known())
+            .map(|v| v.vantage.clone())
+            .collect();
+        let same = now.len() == self.disagreeing.len()
+            && now.iter().map(key).eq(self.disagreeing.iter().map(key))
+            && known == self.known_vantages;
+        // One vantage before and after, agreeing with itself: nothing worth a write (a
+        // single-node install never writes here).
+        let alone = known.len() <= 1
+            && self.known_vantages.len() <= 1
+            && now.is_empty()
+            && self.disagreeing.is_empty();
+        if alone {
+            self.known_vantages = known;
+            return;
+        }
+        if same || !self.ctx.config.lease.is_valid() {
+            return;
+        }
+        let views = VantageViews {
+            primary: &inputs.primary,
+            backup: &inputs.backup,
+        };
+        match self
+            .ctx
+            .store
+            .record_disagreement(&self.spec, &now, views, self.fence)
+            .await
+        {
+            Ok(()) => {
+                for d in now
+                    .iter()
+                    .filter(|d| !self.disagreeing.iter().any(|o| key(o) == key(d)))
+                {
+                    tracing::warn!(domain.id = self.spec.id, vantage = %d.vantage, node = %d.node_id, cdn = d.cdn.as_str(), "a vantage sees the CDN down while the quorum does not");
+                }
+                self.disagreeing = now;
+                self.known_vantages = known;
+            }
+            Err(e) => {
+                tracing::warn!(domain.id = self.spec.id, error = %e, "could not record a vantage disagreement; will retry")
+            }
+        }
+    }
+
     async fn evaluate(&mut self, myself: &ActorRef<DomainMsg>) {
         let now = (self.ctx.config.clock)();
-        let primary = self.health(Cdn::Primary, now);
-        let backup = self.health(Cdn::Backup, now);
         let inputs = Inputs {
-            primary,
-            backup,
+            primary: self.vantages(Cdn::Primary, now),
+            backup: self.vantages(Cdn::Backup, now),
             step_applied: self.step_applied().await,
         };
+        let primary = inputs.primary.clone();
+        let backup_avail = inputs.backup.availability();
+        self.note_disagreement(&inputs).await;
 
         // Decide on a copy; adopt it only once it is committed.
         let mut next = self.machine.clone();
@@ -365,8 +523,9 @@ impl DomainState {
                     from = decision.previous.as_str(),
                     to = decision.state.as_str(),
                     weights = %decision.weights,
-                    primary_avail = ?primary.availability.ratio(),
-                    backup_avail = ?backup.availability.ratio(),
+                    primary_avail = ?primary.availability(),
+                    backup_avail = ?backup_avail,
+                    vantages = primary.views.len(),
                     reason = reason.as_deref().unwrap_or(""),
                     "storm state changed"
                 );

@@ -15,6 +15,7 @@
 //! keep a slow database from making nodes depose each other, a node deposes others only after
 //! its own heartbeats have succeeded without a gap for a whole deadline.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -25,6 +26,7 @@ use super::config::{EngineConfig, LEASE_DEADLINE, LEASE_MARGIN};
 use super::dns_supervisor::DnsMsg;
 use super::ports::{LeaseBackend, OwnedShards};
 use super::probe_supervisor::SupervisorMsg;
+use tranche_core::domain::vantage::observed_shards;
 use tranche_core::domain::{SHARDS, shard_of};
 
 pub struct LeaseKeeper;
@@ -46,6 +48,8 @@ pub struct LeaseState {
     dns: Option<ActorRef<DnsMsg>>,
     shards: Arc<watch::Sender<OwnedShards>>,
     owned: OwnedShards,
+    /// The shards this node observes from its vantage for their owners.
+    observed: BTreeSet<u16>,
     /// Start of the current run of successful heartbeats, none more than a deadline apart.
     healthy_since: Option<Instant>,
     /// Start of the last successful heartbeat.
@@ -109,6 +113,7 @@ impl Actor for LeaseKeeper {
             dns: args.dns,
             shards: args.shards,
             owned: OwnedShards::new(),
+            observed: BTreeSet::new(),
             healthy_since: None,
             last_ok: None,
         })
@@ -128,6 +133,9 @@ impl Actor for LeaseKeeper {
             LeaseMsg::SetSupervisor(supervisor) => {
                 state.supervisor = supervisor;
                 state.publish();
+                let _ = state
+                    .supervisor
+                    .cast(SupervisorMsg::Observed(state.observed.clone()));
             }
         }
         Ok(())
@@ -254,6 +262,36 @@ impl LeaseState {
         if changed {
             tracing::info!(node = %node, shards = self.owned.len(), live_nodes = live, "shard ownership changed");
             self.publish();
+        }
+        self.observe().await;
+    }
+
+    /// Recomputes the shards this node observes for other owners (rendezvous over the live
+    /// vantages, see `tranche_core::domain::vantage`) and tells the probe supervisor when that
+    /// changes. A failure to read the membership keeps the current set until the next tick.
+    async fn observe(&mut self) {
+        if self.config.vantages_per_domain <= 1 {
+            return;
+        }
+        let membership = match self.backend.members().await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the cluster's vantages; keeping the observed shards");
+                return;
+            }
+        };
+        let observed = observed_shards(
+            &self.config.node_id,
+            &membership.live,
+            &membership.owners,
+            self.config.vantages_per_domain,
+        );
+        if observed != self.observed {
+            tracing::info!(node = %self.config.node_id, vantage = %self.config.vantage, observed = observed.len(), "observed shards changed");
+            self.observed = observed;
+            let _ = self
+                .supervisor
+                .cast(SupervisorMsg::Observed(self.observed.clone()));
         }
     }
 }

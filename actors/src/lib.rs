@@ -56,6 +56,7 @@ pub mod probe_supervisor;
 pub mod rate;
 pub mod root;
 pub mod usage_ingestor;
+pub mod vantage_publisher;
 pub mod verifier;
 pub mod webhooks;
 pub mod zone_actor;
@@ -69,7 +70,9 @@ use lease_keeper::LeaseMsg;
 use observation_writer::ObservationMsg;
 use ports::OwnedShards;
 use probe_supervisor::SupervisorMsg;
-pub use root::{BillingSetup, DnsSetup, RootArgs, UsageSetup, VerifySetup, WebhookSetup};
+pub use root::{
+    BillingSetup, DnsSetup, RootArgs, UsageSetup, VantageSetup, VerifySetup, WebhookSetup,
+};
 use root::{RootMsg, RootSupervisor};
 
 /// A running engine on this node.
@@ -109,6 +112,14 @@ impl Engine {
         }
         if let Some(dns) = self.dns().await {
             let _ = dns.cast(dns_supervisor::DnsMsg::WakeAll);
+        }
+    }
+
+    /// Hands other vantages' window summaries to the deciders of their domains on this node
+    /// (the others are dropped).
+    pub async fn vantage_reports(&self, reports: Vec<ports::VantageReport>) {
+        if let Some((_, supervisor, _)) = self.children().await {
+            let _ = supervisor.cast(SupervisorMsg::Remote(reports));
         }
     }
 

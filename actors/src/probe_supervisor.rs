@@ -1,18 +1,19 @@
-//! ProbeSupervisor: one DomainActor per domain on the shards this node owns.
+//! ProbeSupervisor: one DomainActor per domain on the shards this node owns, and one observer
+//! per domain on the shards it observes from its vantage for other owners.
 //!
 //! It reconciles the running actors with the database whenever the owned shards change, when a
 //! configuration change is announced (debounced), and periodically (so a missed notification is
 //! repaired). A DomainActor that fails is restarted and rebuilds its state from the database;
 //! one that stops because it was fenced is dropped and the next reconciliation decides.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use super::domain_actor::{DomainActor, DomainArgs, DomainMsg, EngineCtx};
-use super::ports::{DomainSpec, Fence, OwnedShards, PersistedState};
+use super::ports::{DomainSpec, Fence, OwnedShards, PersistedState, VantageReport};
 
 /// Delay that coalesces bursts of configuration notifications into one reconciliation.
 const DEBOUNCE: Duration = Duration::from_millis(150);
@@ -22,6 +23,8 @@ pub struct ProbeSupervisor;
 pub struct SupervisorState {
     ctx: Arc<EngineCtx>,
     owned: OwnedShards,
+    /// Shards whose domains this node probes for their owners (from the lease keeper).
+    observed: BTreeSet<u16>,
     running: HashMap<i64, Running>,
     by_actor: HashMap<ActorId, i64>,
     reconcile_pending: bool,
@@ -31,11 +34,16 @@ struct Running {
     actor: ActorRef<DomainMsg>,
     spec: DomainSpec,
     fence: Fence,
+    observer: bool,
 }
 
 pub enum SupervisorMsg {
     /// The shards this node owns (from the lease keeper).
     Shards(OwnedShards),
+    /// The shards this node observes for other owners (from the lease keeper).
+    Observed(BTreeSet<u16>),
+    /// Window summaries from other vantages, for the deciders here.
+    Remote(Vec<VantageReport>),
     /// Configuration changed somewhere; reconcile soon.
     ConfigChanged,
     /// Reconcile now.
@@ -58,6 +66,7 @@ impl Actor for ProbeSupervisor {
         Ok(SupervisorState {
             ctx,
             owned: OwnedShards::new(),
+            observed: BTreeSet::new(),
             running: HashMap::new(),
             by_actor: HashMap::new(),
             reconcile_pending: false,
@@ -77,13 +86,30 @@ impl Actor for ProbeSupervisor {
                 let lost: Vec<i64> = state
                     .running
                     .iter()
-                    .filter(|(_, r)| state.owned.get(&r.fence.shard) != Some(&r.fence.epoch))
+                    .filter(|(_, r)| {
+                        !r.observer && state.owned.get(&r.fence.shard) != Some(&r.fence.epoch)
+                    })
                     .map(|(id, _)| *id)
                     .collect();
                 for id in lost {
                     state.stop_domain(id);
                 }
                 state.reconcile(&myself).await;
+            }
+            SupervisorMsg::Observed(observed) => {
+                if observed != state.observed {
+                    state.observed = observed;
+                    state.reconcile(&myself).await;
+                }
+            }
+            SupervisorMsg::Remote(reports) => {
+                for report in reports {
+                    if let Some(r) = state.running.get(&report.domain_id)
+                        && !r.observer
+                    {
+                        let _ = r.actor.cast(DomainMsg::Remote(Box::new(report)));
+                    }
+                }
             }
             SupervisorMsg::ConfigChanged => {
                 if !state.reconcile_pending {
@@ -96,7 +122,8 @@ impl Actor for ProbeSupervisor {
                 state.reconcile(&myself).await;
             }
             SupervisorMsg::Running(reply) => {
-                let _ = reply.send(state.running.keys().copied().collect());
+                let deciding = state.running.iter().filter(|(_, r)| !r.observer);
+                let _ = reply.send(deciding.map(|(id, _)| *id).collect());
             }
         }
         Ok(())
@@ -114,8 +141,10 @@ impl Actor for ProbeSupervisor {
                     && let Some(r) = state.running.remove(&id)
                 {
                     tracing::error!(domain.id = id, error = %err, "domain actor failed; restarting it from the database");
-                    if state.owned.get(&r.fence.shard) == Some(&r.fence.epoch) {
-                        state.spawn(&myself, r.spec, r.fence, None, 1).await;
+                    if r.observer || state.owned.get(&r.fence.shard) == Some(&r.fence.epoch) {
+                        state
+                            .spawn(&myself, r.spec, r.fence, r.observer, None, 1)
+                            .await;
                     }
                 }
             }
@@ -158,6 +187,7 @@ impl SupervisorState {
         myself: &ActorRef<SupervisorMsg>,
         spec: DomainSpec,
         fence: Fence,
+        observer: bool,
         persisted: Option<Option<PersistedState>>,
         zone_domains: usize,
     ) {
@@ -166,13 +196,22 @@ impl SupervisorState {
             zone_domains,
             spec: spec.clone(),
             fence,
+            observer,
             persisted,
             ctx: self.ctx.clone(),
         };
         match Actor::spawn_linked(None, DomainActor, args, myself.get_cell()).await {
             Ok((actor, _)) => {
                 self.by_actor.insert(actor.get_id(), id);
-                self.running.insert(id, Running { actor, spec, fence });
+                self.running.insert(
+                    id,
+                    Running {
+                        actor,
+                        spec,
+                        fence,
+                        observer,
+                    },
+                );
             }
             Err(e) => {
                 tracing::warn!(domain.id = id, error = %e, "could not start domain actor; will retry")
@@ -181,14 +220,21 @@ impl SupervisorState {
     }
 
     async fn reconcile(&mut self, myself: &ActorRef<SupervisorMsg>) {
-        if self.owned.is_empty() {
+        if self.owned.is_empty() && self.observed.is_empty() {
             let ids: Vec<i64> = self.running.keys().copied().collect();
             for id in ids {
                 self.stop_domain(id);
             }
             return;
         }
-        let shards: Vec<u16> = self.owned.keys().copied().collect();
+        let shards: Vec<u16> = self
+            .owned
+            .keys()
+            .chain(self.observed.iter())
+            .copied()
+            .collect::<BTreeSet<u16>>()
+            .into_iter()
+            .collect();
         let domains = match self.ctx.store.domains_on_shards(&shards).await {
             Ok(d) => d,
             Err(e) => {
@@ -207,14 +253,33 @@ impl SupervisorState {
             .collect();
         let mut wanted = std::collections::HashSet::with_capacity(domains.len());
         for (spec, persisted) in domains {
-            let Some(&epoch) = self.owned.get(&spec.shard) else {
-                continue;
-            };
-            let fence = Fence {
-                shard: spec.shard,
-                epoch,
+            // Owned wins: a shard observed a moment ago and owned now is decided here.
+            let (fence, observer) = match self.owned.get(&spec.shard) {
+                Some(&epoch) => (
+                    Fence {
+                        shard: spec.shard,
+                        epoch,
+                    },
+                    false,
+                ),
+                None if self.observed.contains(&spec.shard) => (
+                    Fence {
+                        shard: spec.shard,
+                        epoch: 0,
+                    },
+                    true,
+                ),
+                None => continue,
             };
             wanted.insert(spec.id);
+            if self
+                .running
+                .get(&spec.id)
+                .is_some_and(|r| r.observer != observer)
+            {
+                // Changing role restarts the actor: a decider starts from the persisted state.
+                self.stop_domain(spec.id);
+            }
             match self.running.get_mut(&spec.id) {
                 Some(r) if r.spec == spec && r.fence == fence => {}
                 Some(r) => {
@@ -224,7 +289,7 @@ impl SupervisorState {
                 }
                 None => {
                     let zone_domains = zone_sizes[&spec.id];
-                    self.spawn(myself, spec, fence, Some(persisted), zone_domains)
+                    self.spawn(myself, spec, fence, observer, Some(persisted), zone_domains)
                         .await
                 }
             }

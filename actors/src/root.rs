@@ -22,10 +22,11 @@ use super::lease_keeper::{LeaseArgs, LeaseKeeper, LeaseMsg};
 use super::observation_writer::{ObservationMsg, ObservationWriter, WriterArgs};
 use super::ports::{
     BillingStore, DnsStore, EngineStore, LeaseBackend, OwnedShards, TxtLookup, UsageStore,
-    VerificationStore, WebhookSender, WebhookStore,
+    VantageBus, VerificationStore, WebhookSender, WebhookStore,
 };
 use super::probe_supervisor::{ProbeSupervisor, SupervisorMsg};
 use super::usage_ingestor::{UsageArgs, UsageIngestor, UsageMsg};
+use super::vantage_publisher::{PublisherArgs, PublisherMsg, VantagePublisher};
 use super::verifier::{DomainVerifier, VerifierArgs, VerifierMsg};
 use super::webhooks::{DispatcherArgs, DispatcherMsg, WebhookDispatcher};
 use super::zone_actor::DnsCtx;
@@ -55,6 +56,16 @@ pub struct RootArgs {
     pub verify: Option<VerifySetup>,
     /// Webhook deliveries; `None` sends nothing from this node.
     pub webhooks: Option<WebhookSetup>,
+    /// Probing from several vantages; `None`: this node neither observes for others nor hears
+    /// from them (every domain is judged from its owner's vantage alone).
+    pub vantages: Option<VantageSetup>,
+}
+
+/// What multi-vantage probing needs.
+pub struct VantageSetup {
+    /// Sends this node's summaries to the deciders (the adapter hands the summaries it hears
+    /// to [`crate::Engine::vantage_reports`]).
+    pub bus: Arc<dyn VantageBus>,
 }
 
 /// What webhook delivery needs.
@@ -99,6 +110,7 @@ pub struct DnsSetup {
 pub struct RootState {
     args: RootArgs,
     pub(crate) writer: ActorRef<ObservationMsg>,
+    pub(crate) publisher: Option<ActorRef<PublisherMsg>>,
     pub(crate) supervisor: ActorRef<SupervisorMsg>,
     pub(crate) leases: ActorRef<LeaseMsg>,
     pub(crate) dns: Option<ActorRef<DnsMsg>>,
@@ -133,7 +145,12 @@ pub enum RootMsg {
 
 impl RootState {
     fn ctx(&self) -> Arc<EngineCtx> {
-        ctx(&self.args, self.writer.clone(), self.dns.clone())
+        ctx(
+            &self.args,
+            self.writer.clone(),
+            self.dns.clone(),
+            self.publisher.clone(),
+        )
     }
 
     /// A new probe supervisor (with the current writer and DNS references), handed to the lease
@@ -168,6 +185,7 @@ fn ctx(
     args: &RootArgs,
     writer: ActorRef<ObservationMsg>,
     dns: Option<ActorRef<DnsMsg>>,
+    vantages: Option<ActorRef<PublisherMsg>>,
 ) -> Arc<EngineCtx> {
     Arc::new(EngineCtx {
         config: args.config.clone(),
@@ -175,7 +193,26 @@ fn ctx(
         prober: args.prober.clone(),
         observations: writer,
         dns,
+        vantages,
     })
+}
+
+async fn spawn_publisher(
+    args: &RootArgs,
+    root: &ActorRef<RootMsg>,
+) -> Result<Option<ActorRef<PublisherMsg>>, ActorProcessingErr> {
+    let Some(setup) = &args.vantages else {
+        return Ok(None);
+    };
+    let publisher_args = PublisherArgs {
+        config: args.config.clone(),
+        bus: setup.bus.clone(),
+    };
+    Ok(Some(
+        Actor::spawn_linked(None, VantagePublisher, publisher_args, root.get_cell())
+            .await?
+            .0,
+    ))
 }
 
 async fn spawn_dns(
@@ -349,12 +386,17 @@ impl Actor for RootSupervisor {
     ) -> Result<RootState, ActorProcessingErr> {
         let shards = Arc::new(watch::Sender::new(OwnedShards::new()));
         let writer = spawn_writer(&args, &myself).await?;
+        let publisher = spawn_publisher(&args, &myself).await?;
         let dns = spawn_dns(&args, &myself).await?;
         let billing = spawn_billing(&args, &shards, &myself).await?;
         let usage = spawn_usage(&args, &shards, &myself).await?;
         let verifier = spawn_verifier(&args, &shards, &myself).await?;
         let webhooks = spawn_webhooks(&args, &shards, &myself).await?;
-        let supervisor = spawn_supervisor(ctx(&args, writer.clone(), dns.clone()), &myself).await?;
+        let supervisor = spawn_supervisor(
+            ctx(&args, writer.clone(), dns.clone(), publisher.clone()),
+            &myself,
+        )
+        .await?;
         let leases = spawn_leases(
             &args,
             supervisor.clone(),
@@ -366,6 +408,7 @@ impl Actor for RootSupervisor {
         Ok(RootState {
             args,
             writer,
+            publisher,
             supervisor,
             leases,
             dns,
@@ -424,6 +467,11 @@ impl Actor for RootSupervisor {
             // Domain actors hold the old writer: restart the probe supervisor with the new one.
             state.supervisor.stop(Some("writer restarted".into()));
             state.respawn_supervisor(&myself).await?;
+        } else if state.publisher.as_ref().is_some_and(|p| p.get_id() == id) {
+            tracing::error!(error = %err, "vantage publisher failed; restarting");
+            state.publisher = spawn_publisher(&state.args, &myself).await?;
+            state.supervisor.stop(Some("publisher restarted".into()));
+            state.respawn_supervisor(&myself).await?;
         } else if id == state.supervisor.get_id() {
             tracing::error!(error = %err, "probe supervisor failed; restarting");
             state.respawn_supervisor(&myself).await?;
@@ -480,6 +528,9 @@ impl Actor for RootSupervisor {
         }
         if let Some(dns) = &state.dns {
             stop_and_wait(dns.get_cell()).await;
+        }
+        if let Some(publisher) = &state.publisher {
+            stop_and_wait(publisher.get_cell()).await;
         }
         stop_and_wait(state.writer.get_cell()).await;
         Ok(())

@@ -66,6 +66,16 @@ impl EngineStore for MemoryStore {
         self.decisions.lock().unwrap().push(d.clone());
         Ok(())
     }
+    async fn record_disagreement(
+        &self,
+        _: &DomainSpec,
+        _: &[tranche_actors::ports::Disagreement],
+        _: tranche_actors::ports::VantageViews<'_>,
+        _: Fence,
+    ) -> Result<(), StoreError> {
+        // One vantage: it can never disagree with itself.
+        unreachable!("a single vantage never disagrees")
+    }
     async fn step_applied(&self, _: i64, _: Weights) -> Result<bool, StoreError> {
         // No DNS steering on this node: never consulted.
         unreachable!("the engine has no DNS steering here")
@@ -96,6 +106,10 @@ impl LeaseBackend for AllShards {
     }
     async fn reset(&self) {}
     async fn deregister(&self, _: &str) {}
+    async fn members(&self) -> Result<tranche_actors::ports::Membership, StoreError> {
+        // Alone in its vantage: nothing to observe for others.
+        Ok(Default::default())
+    }
 }
 
 /// Answers instantly: OK unless the CDN is switched to failing.
@@ -179,6 +193,7 @@ async fn harness(patch: PolicyPatch, primary_up: bool, panic_once: bool) -> Harn
         usage: None,
         verify: None,
         webhooks: None,
+        vantages: None,
     })
     .await
     .unwrap();

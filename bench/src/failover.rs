@@ -251,13 +251,18 @@ pub async fn failover(
 }
 
 /// A `tranche serve` child process of this binary.
-struct NodeProcess {
-    id: String,
+pub(super) struct NodeProcess {
+    pub(super) id: String,
     child: Child,
 }
 
 impl NodeProcess {
     fn start(env: &Env, id: &str) -> anyhow::Result<Self> {
+        Self::start_with(env, id, &[])
+    }
+
+    /// A node with `extra` environment on top of the bench's.
+    pub(super) fn start_with(env: &Env, id: &str, extra: &[(&str, &str)]) -> anyhow::Result<Self> {
         let o = env.pool.connect_options();
         let url = format!(
             "postgres://{}@localhost:{}/{}?host={}",
@@ -278,6 +283,7 @@ impl NodeProcess {
             .env("TRANCHE_DNS_PROVIDER", "noop")
             .env("TRANCHE_BILLING", "false")
             .env("RUST_LOG", "warn")
+            .envs(extra.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -286,6 +292,11 @@ impl NodeProcess {
             id: id.to_owned(),
             child,
         })
+    }
+
+    /// Process id (for its CPU time in `/proc`).
+    pub(super) fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     fn signal(&self, signal: Signal) -> anyhow::Result<()> {

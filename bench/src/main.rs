@@ -42,6 +42,7 @@ use tranche::prober::NetworkProber;
 
 mod billing;
 mod failover;
+mod vantages;
 mod webhooks;
 
 /// Tranche's benchmarks (see BENCHMARKS.md).
@@ -180,6 +181,20 @@ pub enum BenchCommand {
         #[arg(long)]
         freeze: bool,
     },
+    /// Probing from several regions: V `tranche serve` processes in V regions (1: the
+    /// baseline); steady-state probes, CPU and PostgreSQL writes, then detection after the
+    /// primary breaks for everyone.
+    Vantages {
+        #[arg(long, default_value_t = 10_000)]
+        domains: usize,
+        #[arg(long, default_value_t = 3)]
+        regions: usize,
+        #[arg(long, default_value_t = 10)]
+        interval: i32,
+        /// Measured steady-state seconds.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Time for a surviving node to take over a killed node's domains.
     Takeover {
         #[arg(long, default_value_t = 1_000)]
@@ -214,6 +229,12 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             window,
         } => detection(&env, domains, interval, window).await,
         BenchCommand::Takeover { domains, interval } => takeover(&env, domains, interval).await,
+        BenchCommand::Vantages {
+            domains,
+            regions,
+            interval,
+            seconds,
+        } => vantages::vantages(&env, domains, regions, interval, seconds).await,
         BenchCommand::Failover {
             domains,
             zones,

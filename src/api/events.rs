@@ -18,7 +18,7 @@ use poem_openapi::types::{ToJSON, Type};
 use poem_openapi::{Object, Union};
 use uuid::Uuid;
 
-use super::storms::DnsWeights;
+use super::storms::{DnsWeights, VantageView};
 
 /// What the storm detector saw when it opened a storm.
 #[derive(Debug, Clone, Object)]
@@ -47,6 +47,35 @@ pub struct StormTrigger {
     /// Set when the storm ends: the primary's availability then (decimal string).
     #[oai(nullable)]
     pub closing_primary_availability: Option<String>,
+    /// The policy's quorum (absent on storms opened before vantages). The availabilities
+    /// above are then the median of the vantages with a known window; the attempts and
+    /// failures in a row are the deciding node's own.
+    #[oai(nullable)]
+    pub quorum: Option<String>,
+    /// Every vantage's view when the storm opened (absent on storms opened before vantages).
+    #[oai(nullable)]
+    pub vantages: Option<Vec<VantageView>>,
+}
+
+/// `data` of `vantage.disagrees`: a vantage (region) sees a CDN of the domain down while the
+/// quorum of vantages does not, so Tranche does not act on it; usually a network problem near
+/// that vantage. Sent once when the disagreement starts.
+#[derive(Debug, Clone, Object)]
+#[oai(deny_unknown_fields)]
+pub struct VantageDisagrees {
+    pub service_id: i64,
+    pub domain_id: i64,
+    pub domain: String,
+    /// The disagreeing vantage and the node that probed from it.
+    pub vantage: String,
+    pub node_id: String,
+    /// `primary` or `backup`.
+    pub cdn: String,
+    pub since: DateTime<Utc>,
+    /// The policy's quorum.
+    pub quorum: String,
+    /// Every vantage's view.
+    pub vantages: Vec<VantageView>,
 }
 
 /// `data` of `storm.started`: a domain's primary CDN fell below its policy; traffic moves to
@@ -234,6 +263,8 @@ envelopes! {
     DomainVerificationFailedEvent => DomainVerification;
     /// `certificate.expiring`
     CertificateExpiringEvent => CertificateExpiring;
+    /// `vantage.disagrees`
+    VantageDisagreesEvent => VantageDisagrees;
     /// `ping`
     PingEvent => Ping;
 }
@@ -263,6 +294,8 @@ pub enum Event {
     DomainVerificationFailed(DomainVerificationFailedEvent),
     #[oai(mapping = "certificate.expiring")]
     CertificateExpiring(CertificateExpiringEvent),
+    #[oai(mapping = "vantage.disagrees")]
+    VantageDisagrees(VantageDisagreesEvent),
     #[oai(mapping = "ping")]
     Ping(PingEvent),
 }

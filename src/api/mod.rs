@@ -94,7 +94,7 @@ pub enum ApiTags {
     /// themselves. Each event type's body is a schema of its own: see `Event` (discriminated
     /// by `type`: `storm.started`, `storm.ended`, `storm.backup_unhealthy`,
     /// `domain.health_unknown`, `dns.change_applied`, `dns.change_failed`, `invoice.created`, `domain.verified`,
-    /// `domain.verification_failed`, `certificate.expiring`, `ping`). Deliveries are signed:
+    /// `domain.verification_failed`, `certificate.expiring`, `vantage.disagrees`, `ping`). Deliveries are signed:
     /// `Tranche-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
     Webhooks,
     /// Operator endpoints (admin token).

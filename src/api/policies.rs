@@ -44,6 +44,10 @@ pub struct StormPolicy {
     /// Successful probes of the primary in a row needed, on top of the cooldown, before the
     /// ramp back to the primary starts.
     pub consecutive_successes: i32,
+    /// How many of the vantages (regions) probing a domain must agree that a CDN is down (or
+    /// healthy): `majority` (more than half of those with a known window), `any` or `all`.
+    /// Vantages that know nothing yet never count as down.
+    pub quorum: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -62,6 +66,7 @@ impl From<PolicyRow> for StormPolicy {
             min_samples: r.min_samples,
             consecutive_failures: r.consecutive_failures,
             consecutive_successes: r.consecutive_successes,
+            quorum: r.quorum,
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -105,6 +110,10 @@ pub struct CreateStormPolicy {
     /// cooldown (1–100, default 3).
     #[oai(nullable)]
     pub consecutive_successes: Option<i32>,
+    /// `majority` (default), `any` or `all`: how many of the vantages probing a domain must
+    /// agree (see the policy's `quorum`).
+    #[oai(nullable)]
+    pub quorum: Option<String>,
 }
 
 /// Body of `PATCH /v1/services/{id}/storm-policies/{policy_id}`: any non-empty subset. The kind
@@ -129,6 +138,8 @@ pub struct UpdateStormPolicy {
     pub consecutive_failures: Option<i32>,
     #[oai(nullable)]
     pub consecutive_successes: Option<i32>,
+    #[oai(nullable)]
+    pub quorum: Option<String>,
 }
 
 impl UpdateStormPolicy {
@@ -148,6 +159,12 @@ impl UpdateStormPolicy {
             min_samples: self.min_samples,
             consecutive_failures: self.consecutive_failures,
             consecutive_successes: self.consecutive_successes,
+            quorum: self
+                .quorum
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(ApiError::field("quorum"))?,
         })
     }
 }
@@ -221,6 +238,7 @@ impl PoliciesApi {
             min_samples: body.min_samples,
             consecutive_failures: body.consecutive_failures,
             consecutive_successes: body.consecutive_successes,
+            quorum: body.quorum,
         }
         .into_patch()?;
         // Omitted fields take the customer's defaults (`/v1/settings`).
@@ -294,6 +312,7 @@ pub const POLICY_FIELDS: &[&str] = &[
     "min_samples",
     "consecutive_failures",
     "consecutive_successes",
+    "quorum",
 ];
 
 /// The parameters stored in a row (valid by construction: the database checks them too).
@@ -312,5 +331,9 @@ fn params_of(row: &PolicyRow) -> ApiResult<PolicyParams> {
         min_samples: row.min_samples,
         consecutive_failures: row.consecutive_failures,
         consecutive_successes: row.consecutive_successes,
+        quorum: row.quorum.parse().map_err(|e| {
+            tracing::error!(policy.id = row.id, error = %e, "stored policy has an unknown quorum");
+            ApiError::internal()
+        })?,
     })
 }

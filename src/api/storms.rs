@@ -50,6 +50,54 @@ pub struct DomainState {
     /// Time of the latest recorded probe.
     #[oai(nullable)]
     pub observed_at: Option<DateTime<Utc>>,
+    /// Every vantage (region) that probed the domain, as the owner saw them at its last
+    /// decision or change of disagreement: the owner's own view first. Empty before the first.
+    pub vantages: Vec<VantageView>,
+    /// Vantages that see a CDN down while the quorum does not — usually a network problem near
+    /// that vantage, not at the CDN. Empty when every vantage agrees.
+    pub vantage_disagrees: Vec<VantageDisagreement>,
+}
+
+/// What one vantage saw of a domain's CDNs.
+#[derive(Debug, Clone, Object, Deserialize)]
+pub struct VantageView {
+    /// The vantage's region label.
+    pub vantage: String,
+    /// The node that probed from it.
+    pub node_id: String,
+    /// Availability through the primary over the window (decimal string), null while unknown.
+    #[oai(nullable)]
+    pub primary_availability: Option<String>,
+    /// Availability through the backup over the window (decimal string), null while unknown.
+    #[oai(nullable)]
+    pub backup_availability: Option<String>,
+    /// This vantage alone judges the primary down (window below the threshold after
+    /// `consecutive_failures` failures in a row).
+    pub primary_down: bool,
+    /// This vantage alone judges the backup down.
+    pub backup_down: bool,
+}
+
+/// A vantage that sees a CDN down while the quorum of vantages does not.
+#[derive(Debug, Clone, Object, Deserialize)]
+pub struct VantageDisagreement {
+    pub vantage: String,
+    pub node_id: String,
+    /// `primary` or `backup`.
+    pub cdn: String,
+    /// Since when it has disagreed.
+    pub since: DateTime<Utc>,
+}
+
+/// A JSON array of `T` stored by the engine (entries that do not parse are skipped).
+fn json_list<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Vec<T> {
+    match v {
+        serde_json::Value::Array(items) => items
+            .into_iter()
+            .filter_map(|i| serde_json::from_value(i).ok())
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// Weights of the primary and backup DNS records (sum 100).
@@ -115,6 +163,8 @@ impl From<DomainStateRow> for DomainState {
             },
             owning_node: r.owner_node,
             observed_at: r.observed_at,
+            vantages: json_list(r.vantages),
+            vantage_disagrees: json_list(r.vantage_disagrees),
         }
     }
 }
@@ -171,12 +221,28 @@ pub struct Cluster {
     /// Shards whose lock no node holds right now (the advisory locks are the one truth: a
     /// shard held by a frozen node counts as owned until the survivors depose it).
     pub unowned_shards: u16,
+    /// The nodes, by vantage then id.
     pub nodes: Vec<ClusterNode>,
+    /// The vantages (regions) the nodes probe from, with their nodes. A domain is probed from
+    /// up to `vantages_per_domain` of the vantages with a live node.
+    pub vantages: Vec<ClusterVantage>,
+}
+
+/// One vantage (region) of the cluster.
+#[derive(Debug, Clone, Object)]
+pub struct ClusterVantage {
+    pub vantage: String,
+    /// Its nodes' ids.
+    pub nodes: Vec<String>,
+    /// How many of them are alive.
+    pub alive_nodes: u32,
 }
 
 #[derive(Debug, Clone, Object)]
 pub struct ClusterNode {
     pub node_id: String,
+    /// The region the node probes from (`region` in its configuration).
+    pub vantage: String,
     pub started_at: DateTime<Utc>,
     pub heartbeat_at: DateTime<Utc>,
     /// Heartbeat within the deadline (3 s) and a lease session that exists. A node that is
@@ -300,14 +366,31 @@ impl StormsApi {
             .iter()
             .flat_map(|n| n.shards.iter().copied())
             .collect();
+        let mut vantages: Vec<ClusterVantage> = Vec::new();
+        for n in &nodes {
+            match vantages.last_mut() {
+                Some(v) if v.vantage == n.vantage => {}
+                _ => vantages.push(ClusterVantage {
+                    vantage: n.vantage.clone(),
+                    nodes: Vec::new(),
+                    alive_nodes: 0,
+                }),
+            }
+            if let Some(v) = vantages.last_mut() {
+                v.nodes.push(n.node_id.clone());
+                v.alive_nodes += u32::from(n.alive);
+            }
+        }
         Ok(Json(Cluster {
             shards: SHARDS,
             unowned_shards: SHARDS - owned.len() as u16,
+            vantages,
             nodes: nodes
                 .into_iter()
                 .map(|n| ClusterNode {
                     shard_count: n.shards.len() as u32,
                     node_id: n.node_id,
+                    vantage: n.vantage,
                     started_at: n.started_at,
                     heartbeat_at: n.heartbeat_at,
                     alive: n.alive,

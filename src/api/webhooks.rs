@@ -24,7 +24,7 @@ use super::{ApiContext, ApiTags};
 use crate::postgres::webhooks::{self, DeliveryRow, EndpointFields, EndpointRow};
 
 /// Event types an endpoint can subscribe to.
-pub const EVENT_TYPES: [&str; 10] = [
+pub const EVENT_TYPES: [&str; 11] = [
     "storm.started",
     "storm.ended",
     "storm.backup_unhealthy",
@@ -35,6 +35,7 @@ pub const EVENT_TYPES: [&str; 10] = [
     "domain.verified",
     "domain.verification_failed",
     "certificate.expiring",
+    "vantage.disagrees",
 ];
 
 /// A webhook endpoint (the secret is shown only when created or rotated).

@@ -10,18 +10,45 @@ use rust_decimal::Decimal;
 use serde_json::json;
 use sqlx::{FromRow, PgPool};
 use tranche_actors::ports::{
-    DnsStore, DomainSpec, EngineStore, Fence, Observation, OrphanedChange, PersistedState,
-    StoreError,
+    Disagreement, DnsStore, DomainSpec, EngineStore, Fence, Observation, OrphanedChange,
+    PersistedState, StoreError, VantageViews,
 };
 use tranche_core::dns::planner::{Batch, RecordChange, RecordType};
 use tranche_core::domain::{
-    ExpectedStatuses, PolicyKind, PolicyParams, ProbePath, ProbeScheme, ProbeTarget, TargetHost,
+    ExpectedStatuses, Invalid, PolicyKind, PolicyParams, ProbePath, ProbeScheme, ProbeTarget,
+    TargetHost,
 };
 use tranche_core::events::{
     DnsOutcome, EventType, certificate_expiring, dns_change_event, state_event,
 };
 use tranche_core::observations::{Minute, aggregate};
-use tranche_core::storm::{Decision, StormChange, StormState, Weights};
+use tranche_core::storm::{Decision, StormChange, StormState, Vantages, Weights};
+
+/// Every vantage's view of both CDNs, as stored in `domain_states.vantages` and storm
+/// triggers: `[{vantage, node_id, primary_availability, backup_availability, primary_down,
+/// backup_down}]` (availabilities as decimal strings, null while unknown).
+fn vantage_views(
+    primary: &Vantages,
+    backup: &Vantages,
+    policy: &PolicyParams,
+) -> serde_json::Value {
+    let backup_of = |vantage: &str| backup.views.iter().find(|b| b.vantage == vantage);
+    primary
+        .views
+        .iter()
+        .map(|p| {
+            let b = backup_of(&p.vantage);
+            json!({
+                "vantage": p.vantage,
+                "node_id": p.node_id,
+                "primary_availability": p.health.availability.ratio(),
+                "backup_availability": b.and_then(|b| b.health.availability.ratio()),
+                "primary_down": p.health.is_down(policy),
+                "backup_down": b.is_some_and(|b| b.health.is_down(policy)),
+            })
+        })
+        .collect()
+}
 
 pub struct PgEngineStore {
     pool: PgPool,
@@ -55,6 +82,7 @@ struct SpecRow {
     min_samples: Option<i32>,
     consecutive_failures: Option<i32>,
     consecutive_successes: Option<i32>,
+    quorum: Option<String>,
     state: Option<String>,
     state_since: Option<DateTime<Utc>>,
     desired_primary_weight: Option<i16>,
@@ -81,8 +109,9 @@ impl SpecRow {
             self.min_samples,
             self.consecutive_failures,
             self.consecutive_successes,
+            self.quorum.as_deref(),
         ) {
-            (Some(t), Some(w), Some(c), Some(m), Some(p), Some(n), Some(f), Some(k)) => {
+            (Some(t), Some(w), Some(c), Some(m), Some(p), Some(n), Some(f), Some(k), Some(q)) => {
                 PolicyParams {
                     kind: PolicyKind::HttpAvailability,
                     threshold_avail: t,
@@ -93,9 +122,10 @@ impl SpecRow {
                     min_samples: n,
                     consecutive_failures: f,
                     consecutive_successes: k,
+                    quorum: q.parse().map_err(|e: Invalid| e.to_string())?,
                 }
             }
-            (None, None, None, None, None, None, None, None) => {
+            (None, None, None, None, None, None, None, None, None) => {
                 PolicyParams::defaults(PolicyKind::HttpAvailability)
             }
             _ => return Err("the storm policy row has a null column".into()),
@@ -145,7 +175,7 @@ impl EngineStore for PgEngineStore {
                     d.probe_timeout_ms,
                     p.threshold_avail, p.window_seconds, p.cooldown_seconds, p.max_coverage_factor,
                     p.probe_interval_seconds, p.min_samples, p.consecutive_failures,
-                    p.consecutive_successes,
+                    p.consecutive_successes, p.quorum,
                     st.state, st.state_since, st.desired_primary_weight
                from service_domains d
                join services s on s.id = d.service_id
@@ -193,6 +223,7 @@ impl EngineStore for PgEngineStore {
         fence: Fence,
         node_id: &str,
     ) -> Result<(), StoreError> {
+        let views = vantage_views(&d.primary, &d.backup, &spec.policy);
         let mut tx = self.pool.begin().await.map_err(port_error)?;
         check_fence(&mut tx, fence).await?;
         // The state it replaces (read in the statement's snapshot) decides the announcement.
@@ -200,8 +231,8 @@ impl EngineStore for PgEngineStore {
             "with prev as (select state from domain_states where domain_id = $1)
              insert into domain_states as st (domain_id, state, state_since, desired_primary_weight,
                     desired_backup_weight, trigger_primary_avail, trigger_backup_avail, decided_by_node,
-                    state_reason)
-             values ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                    state_reason, vantages)
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
              on conflict (domain_id) do update set
                  state = excluded.state,
                  state_since = case when st.state = excluded.state then st.state_since else excluded.state_since end,
@@ -210,7 +241,8 @@ impl EngineStore for PgEngineStore {
                  trigger_primary_avail = excluded.trigger_primary_avail,
                  trigger_backup_avail = excluded.trigger_backup_avail,
                  decided_by_node = excluded.decided_by_node,
-                 state_reason = excluded.state_reason
+                 state_reason = excluded.state_reason,
+                 vantages = excluded.vantages
              returning (select state from prev), state_since",
         )
         .bind(spec.id)
@@ -218,10 +250,11 @@ impl EngineStore for PgEngineStore {
         .bind(d.at)
         .bind(i16::from(d.weights.primary))
         .bind(i16::from(d.weights.backup))
-        .bind(d.primary.availability.ratio())
-        .bind(d.backup.availability.ratio())
+        .bind(d.primary.availability())
+        .bind(d.backup.availability())
         .bind(node_id)
         .bind(reason)
+        .bind(&views)
         .fetch_one(&mut *tx)
         .await
         .map_err(port_error)?;
@@ -238,11 +271,15 @@ impl EngineStore for PgEngineStore {
         };
         match state_event(previous, d.state) {
             Some(kind @ EventType::StormBackupUnhealthy) => {
-                events.push(NewEvent::new(spec.customer_id, kind, about(json!({
-                    "since": timestamp(since),
-                    "primary_availability": d.primary.availability.ratio().map(|r| r.to_string()),
-                    "backup_availability": d.backup.availability.ratio().map(|r| r.to_string()),
-                }))));
+                events.push(NewEvent::new(
+                    spec.customer_id,
+                    kind,
+                    about(json!({
+                        "since": timestamp(since),
+                        "primary_availability": d.primary.availability().map(|r| r.to_string()),
+                        "backup_availability": d.backup.availability().map(|r| r.to_string()),
+                    })),
+                ));
             }
             Some(kind) => {
                 events.push(NewEvent::new(
@@ -260,12 +297,17 @@ impl EngineStore for PgEngineStore {
         match d.storm {
             Some(StormChange::Opened) => {
                 // Ratios as decimal strings (`Decimal` serializes as one), counts as integers.
+                // The availabilities are the quorum's (the median of the known vantages); the
+                // counts are the decider's own; `vantages` has every vantage's view.
+                let own = |v: &Vantages| v.own().copied();
                 let trigger = json!({
-                    "primary_availability": d.primary.availability.ratio(),
-                    "primary_attempts": d.primary.availability.attempts(),
-                    "primary_consecutive_failures": d.primary.streak.failures(),
-                    "backup_availability": d.backup.availability.ratio(),
-                    "backup_attempts": d.backup.availability.attempts(),
+                    "primary_availability": d.primary.availability(),
+                    "primary_attempts": own(&d.primary).map_or(0, |h| h.availability.attempts()),
+                    "primary_consecutive_failures": own(&d.primary).map_or(0, |h| h.streak.failures()),
+                    "backup_availability": d.backup.availability(),
+                    "backup_attempts": own(&d.backup).map_or(0, |h| h.availability.attempts()),
+                    "quorum": spec.policy.quorum.as_str(),
+                    "vantages": views,
                     "threshold_avail": spec.policy.threshold_avail,
                     "window_seconds": spec.policy.window_seconds,
                     "consecutive_failures": spec.policy.consecutive_failures,
@@ -310,7 +352,7 @@ impl EngineStore for PgEngineStore {
                 .bind(kind)
                 .bind(d.at)
                 .bind(node_id)
-                .bind(d.primary.availability.ratio().map(|r| r.to_string()))
+                .bind(d.primary.availability().map(|r| r.to_string()))
                 .fetch_all(&mut *tx)
                 .await
                 .map_err(port_error)?;
@@ -327,6 +369,79 @@ impl EngineStore for PgEngineStore {
             }
             None => {}
         }
+        emit(&mut tx, &events).await.map_err(port_error)?;
+        tx.commit().await.map_err(port_error)
+    }
+
+    async fn record_disagreement(
+        &self,
+        spec: &DomainSpec,
+        disagreeing: &[Disagreement],
+        views: VantageViews<'_>,
+        fence: Fence,
+    ) -> Result<(), StoreError> {
+        let views = vantage_views(views.primary, views.backup, &spec.policy);
+        let now: Vec<serde_json::Value> = disagreeing
+            .iter()
+            .map(|d| json!({"vantage": d.vantage, "node_id": d.node_id, "cdn": d.cdn.as_str()}))
+            .collect();
+        let mut tx = self.pool.begin().await.map_err(port_error)?;
+        check_fence(&mut tx, fence).await?;
+        // The previous set (read under the row lock) decides which vantages are new.
+        let previous: Option<serde_json::Value> = sqlx::query_scalar(
+            "select vantage_disagrees from domain_states where domain_id = $1 for update",
+        )
+        .bind(spec.id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(port_error)?;
+        let since = timestamp(Utc::now());
+        let before: Vec<serde_json::Value> = previous
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default();
+        let same = |a: &serde_json::Value, b: &serde_json::Value| {
+            a["vantage"] == b["vantage"] && a["cdn"] == b["cdn"]
+        };
+        // Keep when each disagreement started.
+        let stored: Vec<serde_json::Value> = now
+            .iter()
+            .map(|d| {
+                let started = before
+                    .iter()
+                    .find(|b| same(b, d))
+                    .map(|b| b["since"].clone())
+                    .unwrap_or_else(|| json!(since));
+                let mut d = d.clone();
+                d["since"] = started;
+                d
+            })
+            .collect();
+        sqlx::query(
+            "insert into domain_states (domain_id, vantage_disagrees, vantages) values ($1, $2, $3)
+             on conflict (domain_id) do update
+                set vantage_disagrees = excluded.vantage_disagrees, vantages = excluded.vantages",
+        )
+        .bind(spec.id)
+        .bind(serde_json::Value::Array(stored.clone()))
+        .bind(&views)
+        .execute(&mut *tx)
+        .await
+        .map_err(port_error)?;
+        let events: Vec<NewEvent> = stored
+            .iter()
+            .filter(|d| !before.iter().any(|b| same(b, d)))
+            .map(|d| {
+                NewEvent::new(
+                    spec.customer_id,
+                    EventType::VantageDisagrees,
+                    json!({
+                        "service_id": spec.service_id, "domain_id": spec.id, "domain": spec.hostname,
+                        "vantage": d["vantage"], "node_id": d["node_id"], "cdn": d["cdn"],
+                        "since": d["since"], "quorum": spec.policy.quorum.as_str(), "vantages": views,
+                    }),
+                )
+            })
+            .collect();
         emit(&mut tx, &events).await.map_err(port_error)?;
         tx.commit().await.map_err(port_error)
     }

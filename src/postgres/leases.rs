@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::Mutex;
-use tranche_actors::ports::{LeaseBackend, StoreError};
+use tranche_actors::ports::{LeaseBackend, Membership, StoreError};
+use tranche_core::domain::vantage::Member;
 
 /// First key of the two-key advisory lock space used for shards (ASCII "TRNC", 1414680131).
 const LOCK_SPACE: i32 = 0x5452_4e43;
@@ -44,13 +45,16 @@ pub struct PgLeaseBackend {
     /// The lock connection, detached from the pool: dropping it closes it, which frees every
     /// lock (a pooled connection would go back to the pool still holding them).
     conn: Mutex<Option<PgConnection>>,
+    /// This node's vantage, recorded with every heartbeat.
+    vantage: String,
 }
 
 impl PgLeaseBackend {
-    pub fn new(pool: PgPool) -> Self {
+    pub fn new(pool: PgPool, vantage: impl Into<String>) -> Self {
         Self {
             pool,
             conn: Mutex::new(None),
+            vantage: vantage.into(),
         }
     }
 
@@ -96,16 +100,19 @@ impl LeaseBackend for PgLeaseBackend {
         let node = node_id.to_owned();
         let shards: Vec<i16> = shards.iter().map(|s| *s as i16).collect();
         let timeout_ms = NODE_TIMEOUT.as_millis() as i64;
+        let vantage = self.vantage.clone();
         self.with_conn(move |c| {
             Box::pin(async move {
                 sqlx::query(
-                    "insert into cluster_nodes (node_id, heartbeat_at, shards, backend_pid)
-                     values ($1, now(), $2, pg_backend_pid())
+                    "insert into cluster_nodes (node_id, heartbeat_at, shards, backend_pid, vantage)
+                     values ($1, now(), $2, pg_backend_pid(), $3)
                      on conflict (node_id) do update
-                        set heartbeat_at = now(), shards = excluded.shards, backend_pid = excluded.backend_pid",
+                        set heartbeat_at = now(), shards = excluded.shards,
+                            backend_pid = excluded.backend_pid, vantage = excluded.vantage",
                 )
                 .bind(&node)
                 .bind(&shards)
+                .bind(&vantage)
                 .execute(&mut *c)
                 .await?;
                 // Live: a fresh heartbeat *and* a lease session that still exists. A crashed node's
@@ -232,6 +239,33 @@ impl LeaseBackend for PgLeaseBackend {
         if let Some(c) = self.conn.lock().await.take() {
             let _ = c.close().await;
         }
+    }
+
+    async fn members(&self) -> Result<Membership, StoreError> {
+        // Live as in `heartbeat`; owners from the locks themselves (`OWNERS_SQL!`).
+        let rows: Vec<(String, String, Vec<i32>)> = sqlx::query_as(concat!(
+            "with owners as (",
+            OWNERS_SQL!(),
+            ")
+             select n.node_id, n.vantage,
+                    coalesce((select array_agg(w.shard) from owners w where w.pid = n.backend_pid), '{}')
+               from cluster_nodes n
+              where n.heartbeat_at > now() - make_interval(secs => $1::double precision / 1000)
+                and exists (select 1 from pg_stat_activity a where a.pid = n.backend_pid
+                               and a.datname = current_database() and a.backend_start <= n.heartbeat_at)"
+        ))
+        .bind(NODE_TIMEOUT.as_millis() as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(port_error)?;
+        let mut membership = Membership::default();
+        for (node_id, vantage, shards) in rows {
+            for shard in shards {
+                membership.owners.insert(shard as u16, node_id.clone());
+            }
+            membership.live.push(Member { node_id, vantage });
+        }
+        Ok(membership)
     }
 
     async fn deregister(&self, node_id: &str) {

@@ -27,6 +27,7 @@ pub mod services;
 pub mod settings;
 pub mod storms;
 pub mod usage;
+pub mod vantages;
 pub mod verification;
 pub mod webhooks;
 

@@ -18,6 +18,7 @@ pub struct PolicyRow {
     pub min_samples: i32,
     pub consecutive_failures: i32,
     pub consecutive_successes: i32,
+    pub quorum: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -27,7 +28,7 @@ macro_rules! columns {
     () => {
         "p.id, p.service_id, p.kind, p.threshold_avail, p.window_seconds,
     p.cooldown_seconds, p.max_coverage_factor, p.probe_interval_seconds, p.min_samples,
-    p.consecutive_failures, p.consecutive_successes, p.created_at, p.updated_at"
+    p.consecutive_failures, p.consecutive_successes, p.quorum, p.created_at, p.updated_at"
     };
 }
 
@@ -81,8 +82,8 @@ pub async fn create(
         "insert into storm_policies as p
                 (service_id, kind, threshold_avail, window_seconds, cooldown_seconds,
                  max_coverage_factor, probe_interval_seconds, min_samples,
-                 consecutive_failures, consecutive_successes)
-         select s.id, $3, $4, $5, $6, $7, $8, $9, $10, $11
+                 consecutive_failures, consecutive_successes, quorum)
+         select s.id, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12
            from services s
           where s.id = $1 and s.customer_id = $2 and s.deleted_at is null
          returning ",
@@ -100,6 +101,7 @@ pub async fn create(
     .bind(params.min_samples)
     .bind(params.consecutive_failures)
     .bind(params.consecutive_successes)
+    .bind(params.quorum.as_str())
     .fetch_optional(pool)
     .await
 }
@@ -137,7 +139,7 @@ pub async fn update(
         "update storm_policies p
             set threshold_avail = $2, window_seconds = $3, cooldown_seconds = $4,
                 max_coverage_factor = $5, probe_interval_seconds = $6, min_samples = $7,
-                consecutive_failures = $8, consecutive_successes = $9
+                consecutive_failures = $8, consecutive_successes = $9, quorum = $10
           where p.id = $1
          returning ",
         columns!(),
@@ -152,6 +154,7 @@ pub async fn update(
     .bind(params.min_samples)
     .bind(params.consecutive_failures)
     .bind(params.consecutive_successes)
+    .bind(params.quorum.as_str())
     .fetch_one(conn)
     .await
 }

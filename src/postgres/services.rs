@@ -84,7 +84,7 @@ pub async fn get_detail(
                                      p.window_seconds, p.cooldown_seconds,
                                      p.max_coverage_factor::text as max_coverage_factor,
                                      p.probe_interval_seconds, p.min_samples,
-                                     p.consecutive_failures, p.consecutive_successes, p.created_at,
+                                     p.consecutive_failures, p.consecutive_successes, p.quorum, p.created_at,
                                      p.updated_at
                                 from storm_policies p
                                where p.service_id = services.id) p),

@@ -30,6 +30,8 @@ impl SettingsRow {
             min_samples: self.policy_min_samples,
             consecutive_failures: self.policy_consecutive_failures,
             consecutive_successes: self.policy_consecutive_successes,
+            // Not a customer default (yet): every new policy decides by majority.
+            quorum: Default::default(),
         }
     }
 }

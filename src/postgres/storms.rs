@@ -21,6 +21,8 @@ pub struct DomainStateRow {
     pub backup_last: Option<serde_json::Value>,
     pub observed_at: Option<DateTime<Utc>>,
     pub owner_node: Option<String>,
+    pub vantages: serde_json::Value,
+    pub vantage_disagrees: serde_json::Value,
 }
 
 /// Per-domain engine state of a live service of the customer (`None`: no such service).
@@ -43,7 +45,9 @@ pub async fn service_state(
                 coalesce(st.desired_backup_weight, 0::smallint) as desired_backup_weight,
                 o.primary_avail::text as primary_avail, o.backup_avail::text as backup_avail,
                 o.primary_last, o.backup_last, o.observed_at,
-                n.node_id as owner_node
+                n.node_id as owner_node,
+                coalesce(st.vantages, '[]') as vantages,
+                coalesce(st.vantage_disagrees, '[]') as vantage_disagrees
            from service_domains d
            left join domain_states st on st.domain_id = d.id
            left join domain_observations o on o.domain_id = d.id
@@ -153,6 +157,7 @@ pub struct NodeRow {
     pub shards: Vec<i16>,
     pub deposed_at: Option<DateTime<Utc>>,
     pub deposed_by: Option<String>,
+    pub vantage: String,
 }
 
 /// The nodes, each with the shards its lease session holds right now (from `pg_locks`, the
@@ -169,8 +174,8 @@ pub async fn cluster_nodes(pool: &PgPool) -> sqlx::Result<Vec<NodeRow>> {
                                  and a.datname = current_database() and a.backend_start <= n.heartbeat_at) as alive,
                 coalesce((select array_agg(w.shard::smallint order by w.shard)
                             from owners w where w.pid = n.backend_pid), '{}') as shards,
-                n.deposed_at, n.deposed_by
-           from cluster_nodes n order by n.node_id"
+                n.deposed_at, n.deposed_by, n.vantage
+           from cluster_nodes n order by n.vantage, n.node_id"
     ))
     .bind(NODE_TIMEOUT.as_millis() as i64)
     .fetch_all(pool)

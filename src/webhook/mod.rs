@@ -162,6 +162,13 @@ pub fn slack_text(d: &Delivery) -> String {
                 .map(|v| v.to_string())
                 .unwrap_or_else(|| "?".into())
         ),
+        "vantage.disagrees" => format!(
+            ":satellite_antenna: From {} ({}), the {} CDN of {} looks down, but the other vantages disagree: Tranche does not act on it. Check that vantage's network.",
+            s("vantage"),
+            s("node_id"),
+            s("cdn"),
+            s("domain")
+        ),
         "ping" => ":wave: Tranche webhook test: this endpoint receives notifications.".to_owned(),
         other => format!("Tranche event {other}."),
     }

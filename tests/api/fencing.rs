@@ -30,14 +30,16 @@ fn storm_decision() -> Decision {
                 attempts: 5,
             },
             Streak::failing(3),
-        ),
+        )
+        .into(),
         backup: CdnHealth::new(
             Availability::Known {
                 successes: 5,
                 attempts: 5,
             },
             Streak::succeeding(5),
-        ),
+        )
+        .into(),
     }
 }
 
@@ -53,10 +55,10 @@ async fn a_deposed_node_cannot_open_a_storm() {
     let (spec, _) = store.domains_on_shards(&all).await.unwrap().pop().unwrap();
 
     // Node A takes the shard (epoch 1); node B takes it over (epoch 2) after A's session ended.
-    let a = PgLeaseBackend::new(app.pool.clone());
+    let a = PgLeaseBackend::new(app.pool.clone(), "default");
     let epoch_a = a.try_acquire("node-a", spec.shard).await.unwrap().unwrap();
     a.reset().await;
-    let b = PgLeaseBackend::new(app.pool.clone());
+    let b = PgLeaseBackend::new(app.pool.clone(), "default");
     // The server frees A's locks when its backend has exited, a moment after the close.
     let epoch_b = eventually("A's lock freed", Duration::from_secs(10), || async {
         b.try_acquire("node-b", spec.shard).await.unwrap()

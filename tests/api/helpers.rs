@@ -559,7 +559,8 @@ fn answer(
                 .map(|(rtype, rdata)| {
                     let mut r = vec![0xc0, 0x0c];
                     r.extend_from_slice(&rtype.to_be_bytes());
-                    r.extend_from_slice(&[0, 1, 0, 0, 0, 60]);
+                    // Class IN, TTL 1 s: resolvers re-ask at once when a test changes an answer.
+                    r.extend_from_slice(&[0, 1, 0, 0, 0, 1]);
                     r.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
                     r.extend_from_slice(&rdata);
                     r

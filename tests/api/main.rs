@@ -23,6 +23,7 @@ mod route53;
 mod services;
 mod tenants;
 mod usage;
+mod vantages;
 mod verification;
 mod walkthrough;
 mod webhooks;

@@ -24,6 +24,7 @@ async fn omitted_fields_take_the_design_defaults() {
     assert_eq!(b["max_coverage_factor"], 1.5);
     assert_eq!(b["probe_interval_seconds"], 10);
     assert_eq!(b["min_samples"], 3);
+    assert_eq!(b["quorum"], "majority");
     let pid = b["id"].as_i64().unwrap();
     assert_eq!(
         resp.headers["location"],
@@ -83,6 +84,8 @@ async fn invalid_policies_are_rejected_naming_the_field() {
         (json!({ "window_seconds": 20 }), "window_seconds"),
         (json!({ "kind": "latency_p95" }), "kind"),
         (json!({ "kind": "" }), "kind"),
+        (json!({ "quorum": "most" }), "quorum"),
+        (json!({ "quorum": 2 }), "quorum"),
         (json!({ "treshold_avail": 0.9 }), "treshold_avail"),
     ];
     for (body, field) in cases {
@@ -255,4 +258,33 @@ async fn the_databases_policy_defaults_are_the_cores() {
             .map(|(_, v)| v.as_str());
         assert_eq!(stored, Some(value.as_str()), "default of {column}");
     }
+}
+
+#[tokio::test]
+async fn the_quorum_is_chosen_per_policy() {
+    let app = spawn_app().await;
+    let sid = app.create_service(&DEMO, "web").await;
+    let base = format!("/v1/services/{sid}/storm-policies");
+    let created = app
+        .post(&base, &DEMO, json!({ "quorum": "any" }))
+        .await
+        .expect(201)
+        .body;
+    assert_eq!(created["quorum"], "any");
+    let pid = created["id"].as_i64().unwrap();
+    let patched = app
+        .patch(&format!("{base}/{pid}"), &DEMO, json!({ "quorum": "all" }))
+        .await
+        .expect(200)
+        .body;
+    assert_eq!(patched["quorum"], "all");
+    app.patch(&format!("{base}/{pid}"), &DEMO, json!({ "quorum": "half" }))
+        .await
+        .expect_error(422, "validation_failed", Some("quorum"));
+    let service = app
+        .get(&format!("/v1/services/{sid}"), &DEMO)
+        .await
+        .expect(200)
+        .body;
+    assert_eq!(service["storm_policies"][0]["quorum"], "all", "{service}");
 }

@@ -24,6 +24,8 @@ pub enum EventType {
     DnsChangeFailed,
     InvoiceCreated,
     CertificateExpiring,
+    /// A vantage sees a CDN down while the quorum of vantages does not.
+    VantageDisagrees,
 }
 
 impl EventType {
@@ -40,6 +42,7 @@ impl EventType {
             Self::DnsChangeFailed => "dns.change_failed",
             Self::InvoiceCreated => "invoice.created",
             Self::CertificateExpiring => "certificate.expiring",
+            Self::VantageDisagrees => "vantage.disagrees",
         }
     }
 }

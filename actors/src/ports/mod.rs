@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use tranche_core::domain::vantage::Member;
 use tranche_core::domain::{ExpectedStatuses, PolicyParams, ProbePath, ProbeScheme, ProbeTarget};
 use tranche_core::probe::{Cdn, ProbeRequest};
-use tranche_core::storm::{Decision, StormState, Weights};
+use tranche_core::storm::{CdnHealth, Decision, StormState, Vantages, Weights};
 
 mod providers;
 
@@ -84,6 +85,47 @@ pub enum StoreError {
     Other(String),
 }
 
+/// What one vantage (an observing node) sees of a domain's two CDNs: its windows and streaks,
+/// sent to the domain's decider every report interval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VantageReport {
+    pub domain_id: i64,
+    pub vantage: String,
+    pub node_id: String,
+    pub primary: CdnHealth,
+    pub backup: CdnHealth,
+}
+
+/// A vantage that sees a CDN down while the quorum does not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disagreement {
+    pub vantage: String,
+    pub node_id: String,
+    pub cdn: Cdn,
+}
+
+/// Every vantage's view of both CDNs at a decision or a change of disagreement, for the record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VantageViews<'a> {
+    pub primary: &'a Vantages,
+    pub backup: &'a Vantages,
+}
+
+/// How window summaries travel from observing nodes to deciders. Summaries are soft state: one
+/// that is lost leaves its vantage unknown for a while, which never counts as down.
+#[async_trait::async_trait]
+pub trait VantageBus: Send + Sync + 'static {
+    /// Sends a batch of summaries to every node (each keeps those of the domains it decides).
+    async fn publish(&self, reports: &[VantageReport]) -> Result<(), StoreError>;
+}
+
+/// The live members of the cluster and the owner of each owned shard.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Membership {
+    pub live: Vec<Member>,
+    pub owners: BTreeMap<u16, String>,
+}
+
 /// The engine's database.
 #[async_trait::async_trait]
 pub trait EngineStore: Send + Sync + 'static {
@@ -104,6 +146,16 @@ pub trait EngineStore: Send + Sync + 'static {
         reason: Option<&str>,
         fence: Fence,
         node_id: &str,
+    ) -> Result<(), StoreError>;
+    /// Records which vantages disagree with the quorum about the domain's CDNs (empty: none), with
+    /// every vantage's view, if `fence` is still current; announces each vantage that starts
+    /// disagreeing (`vantage.disagrees`) in the same transaction.
+    async fn record_disagreement(
+        &self,
+        spec: &DomainSpec,
+        disagreeing: &[Disagreement],
+        views: VantageViews<'_>,
+        fence: Fence,
     ) -> Result<(), StoreError>;
     /// Whether `weights` — the domain's desired weights — are in effect at the DNS provider:
     /// applied and in sync, or nothing to wait for (the domain is not steered, an operator pin
@@ -142,6 +194,8 @@ pub trait LeaseBackend: Send + Sync + 'static {
     async fn reset(&self);
     /// Removes the node from the membership table (clean shutdown).
     async fn deregister(&self, node_id: &str);
+    /// The live nodes with their vantages, and who owns each shard.
+    async fn members(&self) -> Result<Membership, StoreError>;
 }
 
 /// The shards a node owns, with their fencing epochs.

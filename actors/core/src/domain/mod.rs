@@ -10,11 +10,12 @@ mod policy;
 mod probe;
 mod shard;
 mod target;
+pub mod vantage;
 
 pub use cdn::{CUSTOM_PREFIX, CdnName, KNOWN_CDNS};
 pub use hostname::Hostname;
 pub use names::ServiceName;
-pub use policy::{PolicyError, PolicyKind, PolicyParams, PolicyPatch};
+pub use policy::{PolicyError, PolicyKind, PolicyParams, PolicyPatch, Quorum};
 pub use probe::{ExpectedStatuses, ProbeScheme};
 pub use shard::{SHARDS, customer_shard, default_zone, shard_of};
 pub use target::{ProbePath, ProbeTarget, TargetHost};

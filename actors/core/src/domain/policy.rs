@@ -48,6 +48,67 @@ impl fmt::Display for PolicyKind {
     }
 }
 
+/// How many of the vantages with a known window must agree.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Quorum {
+    /// More than half (Cloudflare Load Balancing's region majority). With an even split
+    /// neither side has it: the CDN is then neither down nor healthy and the state holds.
+    #[default]
+    Majority,
+    /// One is enough (the most sensitive: any vantage can fail over).
+    Any,
+    /// Every one (the most conservative).
+    All,
+}
+
+impl Quorum {
+    pub const ALL: [Quorum; 3] = [Quorum::Majority, Quorum::Any, Quorum::All];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Majority => "majority",
+            Self::Any => "any",
+            Self::All => "all",
+        }
+    }
+
+    /// Votes needed out of `known` vantages (0 when none is known: nothing can be decided).
+    pub fn needed(self, known: usize) -> usize {
+        if known == 0 {
+            return 0;
+        }
+        match self {
+            Self::Majority => known / 2 + 1,
+            Self::Any => 1,
+            Self::All => known,
+        }
+    }
+
+    /// Whether `votes` of `known` vantages make the quorum (never with no known vantage).
+    pub fn holds(self, votes: usize, known: usize) -> bool {
+        known > 0 && votes >= self.needed(known)
+    }
+}
+
+impl FromStr for Quorum {
+    type Err = Invalid;
+
+    fn from_str(s: &str) -> Result<Self, Invalid> {
+        Self::ALL
+            .into_iter()
+            .find(|q| q.as_str() == s.trim())
+            .ok_or_else(|| {
+                Invalid::new(format!("unknown quorum {s:?}; allowed: majority, any, all"))
+            })
+    }
+}
+
+impl fmt::Display for Quorum {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A complete, valid set of policy parameters. Defaults follow DESIGN.md §2.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyParams {
@@ -70,6 +131,9 @@ pub struct PolicyParams {
     /// Successful probes of the primary in a row needed, on top of the cooldown, before the ramp
     /// back starts.
     pub consecutive_successes: i32,
+    /// How many of the vantages probing a domain must agree that a CDN is down (or healthy)
+    /// before the storm machine acts on it.
+    pub quorum: Quorum,
 }
 
 /// A partial update; `None` keeps the current value.
@@ -83,6 +147,7 @@ pub struct PolicyPatch {
     pub min_samples: Option<i32>,
     pub consecutive_failures: Option<i32>,
     pub consecutive_successes: Option<i32>,
+    pub quorum: Option<Quorum>,
 }
 
 impl PolicyPatch {
@@ -119,6 +184,7 @@ impl PolicyParams {
             min_samples: 3,
             consecutive_failures: 3,
             consecutive_successes: 3,
+            quorum: Quorum::Majority,
         }
     }
 
@@ -160,6 +226,7 @@ impl PolicyParams {
             consecutive_successes: patch
                 .consecutive_successes
                 .unwrap_or(self.consecutive_successes),
+            quorum: patch.quorum.unwrap_or(self.quorum),
         };
         next.validate(patch)?;
         Ok(next)

@@ -20,6 +20,9 @@
 //! its window known and at or above the threshold with fewer than `consecutive_failures`
 //! failures in a row.
 //!
+//! With several vantages, each of these judgements is taken by the policy's quorum of the
+//! vantages whose window is known ([`Vantages`]); one vantage decides alone.
+//!
 //! Invariants (property-tested below): a storm opens only when the primary's window is known
 //! and below the threshold after `consecutive_failures` failures in a row; traffic never moves
 //! *towards* the backup unless the backup is healthy; at most one storm is open; a storm closes
@@ -31,7 +34,7 @@ use std::fmt;
 
 use chrono::{DateTime, Duration, Utc};
 
-use super::{Availability, Streak};
+use super::{Availability, Streak, Vantages};
 use crate::domain::PolicyParams;
 
 /// DNS weights for the primary and backup records (they sum to 100).
@@ -153,11 +156,12 @@ impl CdnHealth {
     }
 }
 
-/// One evaluation's inputs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One evaluation's inputs: what every vantage sees of each CDN (judged by the policy's
+/// quorum; one vantage on a single-node install).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inputs {
-    pub primary: CdnHealth,
-    pub backup: CdnHealth,
+    pub primary: Vantages,
+    pub backup: Vantages,
     /// Whether the current desired weights are in effect at the DNS provider (or the domain is
     /// not steered, so there is nothing to wait for). The ramp waits for it.
     pub step_applied: bool,
@@ -172,9 +176,9 @@ pub struct Decision {
     pub state: StormState,
     pub weights: Weights,
     pub storm: Option<StormChange>,
-    /// The CDNs as they were when the decision was made.
-    pub primary: CdnHealth,
-    pub backup: CdnHealth,
+    /// The CDNs as every vantage saw them when the decision was made.
+    pub primary: Vantages,
+    pub backup: Vantages,
 }
 
 /// One domain's storm state. Construct with [`StormMachine::new`] or restore from the persisted
@@ -264,16 +268,15 @@ impl StormMachine {
             backup,
             step_applied,
         } = inputs;
-        let threshold = policy.threshold_avail;
         let primary_down = primary.is_down(policy);
-        let primary_healthy = primary.availability.is_healthy(threshold);
+        let primary_healthy = primary.is_healthy(policy);
         let backup_ok = backup.can_take_traffic(policy);
         if primary_healthy {
             self.primary_healthy_since.get_or_insert(now);
         } else {
             self.primary_healthy_since = None;
         }
-        if matches!(primary.availability, Availability::Known { .. }) {
+        if primary.is_known() {
             self.primary_known_at = now;
         }
         if step_applied {
@@ -284,7 +287,7 @@ impl StormMachine {
         let unjudgeable =
             unknown_for > Duration::seconds(i64::from(policy.window_seconds)) + interval;
         let successes_enough =
-            primary.streak.successes() >= policy.consecutive_successes.max(1) as u32;
+            primary.successes(policy.quorum) >= policy.consecutive_successes.max(1) as u32;
 
         let (state, weights, storm) = match self.state {
             StormState::Healthy | StormState::BackupUnhealthy | StormState::Unknown
@@ -339,7 +342,7 @@ impl StormMachine {
                         (Some(healthy), Some(applied)) => now - healthy.max(applied) >= interval,
                         _ => false,
                     };
-                    if carried && primary.streak.successes() > 0 {
+                    if carried && primary.successes(policy.quorum) > 0 {
                         self.ramp_step()
                     } else {
                         return None;
@@ -414,8 +417,8 @@ mod tests {
     /// Inputs with the current weights applied at the provider.
     fn i(primary: CdnHealth, backup: CdnHealth) -> Inputs {
         Inputs {
-            primary,
-            backup,
+            primary: primary.into(),
+            backup: backup.into(),
             step_applied: true,
         }
     }
@@ -718,7 +721,7 @@ mod tests {
                     last_primary_down = now;
                 }
                 applied |= applies;
-                let inputs = Inputs { primary: pa, backup: ba, step_applied: applied };
+                let inputs = Inputs { primary: pa.into(), backup: ba.into(), step_applied: applied };
                 let before = machine.weights();
                 if let Some(d) = machine.evaluate(now, inputs, &p) {
                     match d.storm {
@@ -815,7 +818,7 @@ mod tests {
                 now += Duration::seconds(step);
                 let (pa, ba) = h.record(now, true, true, &p);
                 let applied = now - decided_at >= Duration::seconds(provider_delay);
-                if let Some(d) = machine.evaluate(now, Inputs { primary: pa, backup: ba, step_applied: applied }, &p) {
+                if let Some(d) = machine.evaluate(now, Inputs { primary: pa.into(), backup: ba.into(), step_applied: applied }, &p) {
                     prop_assert!(d.weights.primary >= weights.primary.min(d.weights.primary));
                     decided_at = now;
                 }
@@ -825,6 +828,48 @@ mod tests {
             }
             let (left, at) = (machine.state(), machine.weights());
             prop_assert!(false, "restored {state:?} at {weights} still {left:?} at {at} after {bound} s");
+        }
+    }
+
+    /// Three vantages' views of the primary, each up, down or unknown.
+    fn views(v: [u8; 3]) -> Vantages {
+        Vantages {
+            views: v
+                .iter()
+                .enumerate()
+                .map(|(i, k)| crate::storm::VantageHealth {
+                    vantage: format!("v{i}"),
+                    node_id: format!("n{i}"),
+                    health: match k {
+                        0 => UP,
+                        1 => DOWN,
+                        _ => UNKNOWN,
+                    },
+                })
+                .collect(),
+        }
+    }
+
+    proptest! {
+        /// Under a majority quorum, a storm never opens while no more than half of the vantages
+        /// with a known window see the primary down — whatever the others report, however long.
+        #[test]
+        fn a_minority_of_vantages_never_opens_a_storm(
+            steps in proptest::collection::vec(proptest::array::uniform3(0u8..3), 1..80),
+        ) {
+            let p = policy(30);
+            let mut m = StormMachine::new(t(0));
+            for (k, v) in steps.iter().enumerate() {
+                let known = v.iter().filter(|x| **x < 2).count();
+                let down = v.iter().filter(|x| **x == 1).count();
+                let inputs = Inputs { primary: views(*v), backup: UP.into(), step_applied: true };
+                let d = m.evaluate(t(k as i64 * 10), inputs, &p);
+                if 2 * down <= known {
+                    prop_assert!(d.as_ref().is_none_or(|d| d.storm != Some(StormChange::Opened)), "{v:?}: {d:?}");
+                } else {
+                    prop_assert!(m.state().storm_open() || m.state() == StormState::Recovering, "{v:?}: {:?}", m.state());
+                }
+            }
         }
     }
 }

@@ -6,9 +6,11 @@
 //! results in, and persists every [`Decision`] before acting on it.
 
 mod machine;
+mod quorum;
 mod window;
 
 pub use machine::{
     CdnHealth, Decision, Inputs, RAMP_STEPS, StormChange, StormMachine, StormState, Weights,
 };
+pub use quorum::{Quorum, VantageHealth, Vantages};
 pub use window::{Availability, AvailabilityWindow, Streak};
