@@ -41,8 +41,8 @@ use super::vantage_publisher::PublisherMsg;
 use crate::ports::Prober;
 use tranche_core::probe::{Cdn, Outcome, ProbeResult};
 use tranche_core::storm::{
-    Availability, AvailabilityWindow, CdnHealth, Inputs, StormMachine, Streak, VantageHealth,
-    Vantages,
+    Availability, AvailabilityWindow, CdnHealth, DisagreementDamper, Inputs, StormMachine, Streak,
+    VantageHealth, Vantages, views,
 };
 
 /// Longest delay before a new actor's first probe.
@@ -94,6 +94,19 @@ pub fn probe_phase(
     Duration::from_millis((zone_hash % interval_ms + own) % interval_ms)
 }
 
+/// What the storm machine can read from one vantage's report: its judgement of each CDN.
+fn verdict(r: &VantageReport, policy: &tranche_core::domain::PolicyParams) -> [bool; 6] {
+    let known = |h: &CdnHealth| matches!(h.availability, Availability::Known { .. });
+    [
+        known(&r.primary),
+        r.primary.is_down(policy),
+        r.primary.availability.is_healthy(policy.threshold_avail),
+        r.primary.streak.successes() >= policy.consecutive_successes.max(1) as u32,
+        known(&r.backup),
+        r.backup.can_take_traffic(policy),
+    ]
+}
+
 pub struct DomainState {
     spec: DomainSpec,
     fence: Fence,
@@ -111,8 +124,8 @@ pub struct DomainState {
     remote: BTreeMap<String, (VantageReport, tokio::time::Instant)>,
     /// The vantages that disagreed with the quorum at the last record of it.
     disagreeing: Vec<Disagreement>,
-    /// The vantages whose primary window was known at the last record.
-    known_vantages: Vec<String>,
+    /// Holds disagreements back until they have lasted a window.
+    damper: DisagreementDamper,
     /// Stamped on timer messages; bumped when the schedule changes so stale ticks are dropped.
     generation: u64,
     /// Delay after the first probe that moves the actor onto its phase within the interval.
@@ -166,7 +179,7 @@ impl Actor for DomainActor {
             observer: args.observer,
             remote: BTreeMap::new(),
             disagreeing: Vec::new(),
-            known_vantages: Vec::new(),
+            damper: DisagreementDamper::default(),
             generation: 0,
             realign: None,
             next_due: None,
@@ -223,11 +236,20 @@ impl Actor for DomainActor {
             DomainMsg::ProbeDone(cdn, result) => state.on_result(&myself, cdn, result).await,
             DomainMsg::Remote(report) => {
                 if !state.observer && report.vantage != state.ctx.config.vantage {
+                    // Re-evaluate at once only when the vantage's verdict changed (or it is new):
+                    // that is what can move the quorum; the next own probe takes the rest.
+                    let policy = &state.spec.policy;
+                    let changed = state
+                        .remote
+                        .get(&report.vantage)
+                        .is_none_or(|(old, _)| verdict(old, policy) != verdict(&report, policy));
                     let arrived = tokio::time::Instant::now();
                     state
                         .remote
                         .insert(report.vantage.clone(), (*report, arrived));
-                    state.evaluate(&myself).await;
+                    if changed {
+                        state.evaluate(&myself).await;
+                    }
                 }
             }
             DomainMsg::Update(spec, fence) => {
@@ -339,6 +361,17 @@ impl DomainState {
             return;
         }
         let own = self.health(cdn, now).availability;
+        // With other vantages reporting, `/state` shows each one's view (live, through the
+        // observation writer's batches: no write of its own).
+        let vantages = if self.remote.is_empty() {
+            Vec::new()
+        } else {
+            let (primary, backup) = (
+                self.vantages(Cdn::Primary, now),
+                self.vantages(Cdn::Backup, now),
+            );
+            views(&primary, &backup, &self.spec.policy)
+        };
         let _ = self
             .ctx
             .observations
@@ -352,6 +385,7 @@ impl DomainState {
                 error: result.error,
                 cert_expires_at: result.cert_expires_at,
                 availability: own.ratio(),
+                vantages,
             }));
         self.evaluate(myself).await;
     }
@@ -406,12 +440,11 @@ impl DomainState {
         }
     }
 
-    /// Records which vantages disagree with the quorum, and every vantage's view, when either
-    /// the disagreement or the set of vantages with a known window changes (rarely: a node or
-    /// a network problem comes or goes), never per probe.
-    async fn note_disagreement(&mut self, inputs: &Inputs) {
+    /// Records which vantages disagree with the quorum, with every vantage's view, when that
+    /// changes (rarely: a network problem near a vantage comes or goes), never per probe.
+    async fn note_disagreement(&mut self, at: chrono::DateTime<chrono::Utc>, inputs: &Inputs) {
         let policy = &self.spec.policy;
-        let now: Vec<Disagreement> = [
+        let seen: Vec<Disagreement> = [
             (Cdn::Primary, &inputs.primary),
             (Cdn::Backup, &inputs.backup),
         ]
@@ -426,27 +459,18 @@ impl DomainState {
                 })
         })
         .collect();
-        let key = |d: &Disagreement| (d.vantage.clone(), d.cdn.as_str());
-        let known: Vec<String> = inputs
-            .primary
-            .views
-            .iter()
-            .filter(|v| v.known())
-            .map(|v| v.vantage.clone())
+        let lasting = self.damper.settle(
+            at,
+            seen.iter().map(|d| (d.vantage.clone(), d.cdn)),
+            chrono::TimeDelta::seconds(i64::from(policy.window_seconds)),
+        );
+        let now: Vec<Disagreement> = seen
+            .into_iter()
+            .filter(|d| lasting.contains(&(d.vantage.clone(), d.cdn)))
             .collect();
+        let key = |d: &Disagreement| (d.vantage.clone(), d.cdn.as_str());
         let same = now.len() == self.disagreeing.len()
-            && now.iter().map(key).eq(self.disagreeing.iter().map(key))
-            && known == self.known_vantages;
-        // One vantage before and after, agreeing with itself: nothing worth a write (a
-        // single-node install never writes here).
-        let alone = known.len() <= 1
-            && self.known_vantages.len() <= 1
-            && now.is_empty()
-            && self.disagreeing.is_empty();
-        if alone {
-            self.known_vantages = known;
-            return;
-        }
+            && now.iter().map(key).eq(self.disagreeing.iter().map(key));
         if same || !self.ctx.config.lease.is_valid() {
             return;
         }
@@ -468,7 +492,6 @@ impl DomainState {
                     tracing::warn!(domain.id = self.spec.id, vantage = %d.vantage, node = %d.node_id, cdn = d.cdn.as_str(), "a vantage sees the CDN down while the quorum does not");
                 }
                 self.disagreeing = now;
-                self.known_vantages = known;
             }
             Err(e) => {
                 tracing::warn!(domain.id = self.spec.id, error = %e, "could not record a vantage disagreement; will retry")
@@ -485,7 +508,7 @@ impl DomainState {
         };
         let primary = inputs.primary.clone();
         let backup_avail = inputs.backup.availability();
-        self.note_disagreement(&inputs).await;
+        self.note_disagreement(now, &inputs).await;
 
         // Decide on a copy; adopt it only once it is committed.
         let mut next = self.machine.clone();

@@ -6,6 +6,11 @@
 //! acquisition bumps the shard's fencing epoch. If the lease connection fails, every shard is
 //! considered lost at once: the supervisor stops their actors before anything else happens.
 //!
+//! With several vantages (`vantages_per_domain` > 1), each tick also reads the live members
+//! with their vantages and the shards' owners, and recomputes which shards this node observes
+//! for their owners (rendezvous hashing, `tranche_core::domain::vantage`); the probe supervisor
+//! is told when that set changes.
+//!
 //! A lease is also bounded in time. Each successful heartbeat extends the node's
 //! [`LeaseValidity`](super::config::LeaseValidity) to the heartbeat's start plus
 //! [`LEASE_DEADLINE`] minus a margin, and actors act outside the node only while it holds. A

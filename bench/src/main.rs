@@ -189,6 +189,9 @@ pub enum BenchCommand {
         domains: usize,
         #[arg(long, default_value_t = 3)]
         regions: usize,
+        /// Node processes (default: one per region), spread over the regions.
+        #[arg(long)]
+        nodes: Option<usize>,
         #[arg(long, default_value_t = 10)]
         interval: i32,
         /// Measured steady-state seconds.
@@ -232,9 +235,13 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Vantages {
             domains,
             regions,
+            nodes,
             interval,
             seconds,
-        } => vantages::vantages(&env, domains, regions, interval, seconds).await,
+        } => {
+            let nodes = nodes.unwrap_or(regions);
+            vantages::vantages(&env, domains, nodes, regions, interval, seconds).await
+        }
         BenchCommand::Failover {
             domains,
             zones,

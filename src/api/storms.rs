@@ -50,9 +50,13 @@ pub struct DomainState {
     /// Time of the latest recorded probe.
     #[oai(nullable)]
     pub observed_at: Option<DateTime<Utc>>,
-    /// Every vantage (region) that probed the domain, as the owner saw them at its last
-    /// decision or change of disagreement: the owner's own view first. Empty before the first.
+    /// Every vantage (region) probing the domain, as the deciding node sees them now (its own
+    /// view first; refreshed with the observations, every couple of seconds). Empty with a
+    /// single vantage.
     pub vantages: Vec<VantageView>,
+    /// Every vantage's view when the domain's last decision (or change of disagreement) was
+    /// recorded. Empty before the first with several vantages.
+    pub decision_vantages: Vec<VantageView>,
     /// Vantages that see a CDN down while the quorum does not — usually a network problem near
     /// that vantage, not at the CDN. Empty when every vantage agrees.
     pub vantage_disagrees: Vec<VantageDisagreement>,
@@ -164,6 +168,7 @@ impl From<DomainStateRow> for DomainState {
             owning_node: r.owner_node,
             observed_at: r.observed_at,
             vantages: json_list(r.vantages),
+            decision_vantages: json_list(r.decision_vantages),
             vantage_disagrees: json_list(r.vantage_disagrees),
         }
     }

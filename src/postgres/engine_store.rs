@@ -21,33 +21,36 @@ use tranche_core::domain::{
 use tranche_core::events::{
     DnsOutcome, EventType, certificate_expiring, dns_change_event, state_event,
 };
+use tranche_core::observations::VantageView;
 use tranche_core::observations::{Minute, aggregate};
-use tranche_core::storm::{Decision, StormChange, StormState, Vantages, Weights};
+use tranche_core::storm::{Decision, StormChange, StormState, Vantages, Weights, views};
 
-/// Every vantage's view of both CDNs, as stored in `domain_states.vantages` and storm
-/// triggers: `[{vantage, node_id, primary_availability, backup_availability, primary_down,
-/// backup_down}]` (availabilities as decimal strings, null while unknown).
+/// Every vantage's view of both CDNs, as stored in `domain_states.vantages`,
+/// `domain_observations.vantages` and storm triggers: `[{vantage, node_id,
+/// primary_availability, backup_availability, primary_down, backup_down}]` (availabilities as
+/// decimal strings, null while unknown).
+fn views_json(views: &[VantageView]) -> serde_json::Value {
+    views
+        .iter()
+        .map(|v| {
+            json!({
+                "vantage": v.vantage,
+                "node_id": v.node_id,
+                "primary_availability": v.primary,
+                "backup_availability": v.backup,
+                "primary_down": v.primary_down,
+                "backup_down": v.backup_down,
+            })
+        })
+        .collect()
+}
+
 fn vantage_views(
     primary: &Vantages,
     backup: &Vantages,
     policy: &PolicyParams,
 ) -> serde_json::Value {
-    let backup_of = |vantage: &str| backup.views.iter().find(|b| b.vantage == vantage);
-    primary
-        .views
-        .iter()
-        .map(|p| {
-            let b = backup_of(&p.vantage);
-            json!({
-                "vantage": p.vantage,
-                "node_id": p.node_id,
-                "primary_availability": p.health.availability.ratio(),
-                "backup_availability": b.and_then(|b| b.health.availability.ratio()),
-                "primary_down": p.health.is_down(policy),
-                "backup_down": b.is_some_and(|b| b.health.is_down(policy)),
-            })
-        })
-        .collect()
+    views_json(&views(primary, backup, policy))
 }
 
 pub struct PgEngineStore {
@@ -511,10 +514,10 @@ impl EngineStore for PgEngineStore {
         };
         let latest = &aggregate.latest;
         sqlx::query(
-            "insert into domain_observations as o (domain_id, node_id, observed_at, primary_avail, backup_avail, primary_last, backup_last)
-             select b.domain_id, $2, b.at, b.pa, b.ba, b.pl, b.bl
-               from unnest($1::bigint[], $3::timestamptz[], $4::numeric[], $5::numeric[], $6::jsonb[], $7::jsonb[])
-                    as b(domain_id, at, pa, ba, pl, bl)
+            "insert into domain_observations as o (domain_id, node_id, observed_at, primary_avail, backup_avail, primary_last, backup_last, vantages)
+             select b.domain_id, $2, b.at, b.pa, b.ba, b.pl, b.bl, b.v
+               from unnest($1::bigint[], $3::timestamptz[], $4::numeric[], $5::numeric[], $6::jsonb[], $7::jsonb[], $8::jsonb[])
+                    as b(domain_id, at, pa, ba, pl, bl, v)
                join service_domains d on d.id = b.domain_id
              on conflict (domain_id) do update set
                  node_id = excluded.node_id,
@@ -522,7 +525,8 @@ impl EngineStore for PgEngineStore {
                  primary_avail = coalesce(excluded.primary_avail, case when excluded.primary_last is null then o.primary_avail end),
                  backup_avail = coalesce(excluded.backup_avail, case when excluded.backup_last is null then o.backup_avail end),
                  primary_last = coalesce(excluded.primary_last, o.primary_last),
-                 backup_last = coalesce(excluded.backup_last, o.backup_last)",
+                 backup_last = coalesce(excluded.backup_last, o.backup_last),
+                 vantages = excluded.vantages",
         )
         .bind(latest.iter().map(|l| l.domain_id).collect::<Vec<_>>())
         .bind(node_id)
@@ -531,6 +535,12 @@ impl EngineStore for PgEngineStore {
         .bind(latest.iter().map(|l| l.backup.and_then(|o| o.availability)).collect::<Vec<_>>())
         .bind(latest.iter().map(|l| describe(l.primary)).collect::<Vec<_>>())
         .bind(latest.iter().map(|l| describe(l.backup)).collect::<Vec<_>>())
+        .bind(
+            latest
+                .iter()
+                .map(|l| l.vantages.map(views_json))
+                .collect::<Vec<_>>(),
+        )
         .execute(&mut *tx)
         .await
         .map_err(port_error)?;

@@ -22,6 +22,7 @@ pub struct DomainStateRow {
     pub observed_at: Option<DateTime<Utc>>,
     pub owner_node: Option<String>,
     pub vantages: serde_json::Value,
+    pub decision_vantages: serde_json::Value,
     pub vantage_disagrees: serde_json::Value,
 }
 
@@ -46,7 +47,8 @@ pub async fn service_state(
                 o.primary_avail::text as primary_avail, o.backup_avail::text as backup_avail,
                 o.primary_last, o.backup_last, o.observed_at,
                 n.node_id as owner_node,
-                coalesce(st.vantages, '[]') as vantages,
+                coalesce(o.vantages, '[]') as vantages,
+                coalesce(st.vantages, '[]') as decision_vantages,
                 coalesce(st.vantage_disagrees, '[]') as vantage_disagrees
            from service_domains d
            left join domain_states st on st.domain_id = d.id

@@ -288,4 +288,6 @@ async fn one_vantage_alone_never_fails_over_a_quorum_does_and_a_dying_one_change
     .await;
     holds(&app.pool, B.zone, DOMAINS as i64, Duration::from_secs(4)).await;
     assert_eq!(storms(&app.pool, A.zone).await, (DOMAINS as i64, 0));
+    // Every event here matches its documented schema.
+    crate::helpers::assert_events_conform(&app.pool, &["vantage.disagrees", "storm.started"]).await;
 }

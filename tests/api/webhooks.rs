@@ -477,6 +477,7 @@ async fn an_expiring_certificate_is_announced_once() {
         error: None,
         cert_expires_at: Some(now + chrono::TimeDelta::days(days) + chrono::TimeDelta::hours(1)),
         availability: None,
+        vantages: Vec::new(),
     };
     for _ in 0..2 {
         use tranche_actors::ports::EngineStore;

@@ -25,6 +25,21 @@ pub struct Observation {
     pub cert_expires_at: Option<DateTime<Utc>>,
     /// Window availability of this CDN after the result (`None` while unknown).
     pub availability: Option<Decimal>,
+    /// Every vantage's view as the decider sees it now (empty with a single vantage).
+    pub vantages: Vec<VantageView>,
+}
+
+/// One vantage's view of a domain's CDNs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VantageView {
+    pub vantage: String,
+    pub node_id: String,
+    /// Window availabilities (`None` while unknown).
+    pub primary: Option<Decimal>,
+    pub backup: Option<Decimal>,
+    /// Whether this vantage alone judges the CDN down.
+    pub primary_down: bool,
+    pub backup_down: bool,
 }
 
 /// The aggregate of one domain's probes through one CDN in one UTC minute.
@@ -48,6 +63,8 @@ pub struct Latest<'a> {
     pub observed_at: DateTime<Utc>,
     pub primary: Option<&'a Observation>,
     pub backup: Option<&'a Observation>,
+    /// The newest non-empty vantage views among them (`None`: a single vantage).
+    pub vantages: Option<&'a [VantageView]>,
 }
 
 /// What a batch adds to the stored aggregates.
@@ -64,7 +81,15 @@ pub struct Aggregate<'a> {
 pub fn aggregate(batch: &[Observation]) -> Aggregate<'_> {
     let mut minutes: BTreeMap<(i64, u8, DateTime<Utc>), Minute> = BTreeMap::new();
     let mut latest: HashMap<(i64, Cdn), &Observation> = HashMap::new();
+    // Per domain, the newest result that carries vantage views.
+    let mut views: HashMap<i64, &Observation> = HashMap::new();
     for o in batch {
+        if !o.vantages.is_empty() {
+            let slot = views.entry(o.domain_id).or_insert(o);
+            if o.at >= slot.at {
+                *slot = o;
+            }
+        }
         let minute = o.at.duration_trunc(TimeDelta::minutes(1)).unwrap_or(o.at);
         let m = minutes
             .entry((o.domain_id, cdn_order(o.cdn), minute))
@@ -95,7 +120,9 @@ pub fn aggregate(batch: &[Observation]) -> Aggregate<'_> {
             observed_at: o.at,
             primary: None,
             backup: None,
+            vantages: None,
         });
+        slot.vantages = views.get(&domain_id).map(|v| v.vantages.as_slice());
         slot.observed_at = slot.observed_at.max(o.at);
         match cdn {
             Cdn::Primary => slot.primary = Some(o),
@@ -132,6 +159,7 @@ mod tests {
             error: None,
             cert_expires_at: None,
             availability: None,
+            vantages: Vec::new(),
         }
     }
 
@@ -248,7 +276,7 @@ mod tests {
                 at: base + TimeDelta::seconds(s),
                 outcome: if ok { Outcome::Ok } else { Outcome::Timeout },
                 latency_ms: lat,
-                status: None, error: None, cert_expires_at: None, availability: None,
+                status: None, error: None, cert_expires_at: None, availability: None, vantages: Vec::new(),
             }).collect();
             let a = aggregate(&batch);
             prop_assert_eq!(a.minutes.iter().map(|m| m.attempts as usize).sum::<usize>(), batch.len());

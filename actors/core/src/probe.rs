@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use crate::domain::{ExpectedStatuses, ProbePath, ProbeScheme, ProbeTarget};
 
 /// Which of a service's two CDNs a probe goes through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Cdn {
     Primary,
     Backup,

@@ -12,5 +12,5 @@ mod window;
 pub use machine::{
     CdnHealth, Decision, Inputs, RAMP_STEPS, StormChange, StormMachine, StormState, Weights,
 };
-pub use quorum::{Quorum, VantageHealth, Vantages};
+pub use quorum::{DisagreementDamper, Quorum, VantageHealth, Vantages, views};
 pub use window::{Availability, AvailabilityWindow, Streak};

@@ -8,12 +8,17 @@
 //! vantage that vanishes never counts as down. With one vantage every rule is exactly the
 //! single-vantage rule (a quorum of one).
 
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, TimeDelta, Utc};
 use rust_decimal::Decimal;
 
 use super::machine::CdnHealth;
 use super::window::Availability;
 use crate::domain::PolicyParams;
 pub use crate::domain::Quorum;
+use crate::observations::VantageView;
+use crate::probe::Cdn;
 
 /// What one vantage reports of one CDN.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -143,6 +148,56 @@ impl Vantages {
     }
 }
 
+/// Damps disagreements. Vantages probe at different moments, so at the start and the end of a
+/// real outage they briefly disagree; a vantage that sees a CDN down while the quorum does not
+/// is reported only once that has lasted `hold` (the policy's window), and is cleared as soon
+/// as it stops.
+#[derive(Debug, Clone, Default)]
+pub struct DisagreementDamper {
+    /// Since when each (vantage, CDN) has disagreed without a break.
+    since: BTreeMap<(String, Cdn), DateTime<Utc>>,
+}
+
+impl DisagreementDamper {
+    /// Feeds the disagreements seen at `now`; returns those that have lasted `hold`.
+    pub fn settle(
+        &mut self,
+        now: DateTime<Utc>,
+        seen: impl IntoIterator<Item = (String, Cdn)>,
+        hold: TimeDelta,
+    ) -> BTreeSet<(String, Cdn)> {
+        let seen: BTreeSet<(String, Cdn)> = seen.into_iter().collect();
+        self.since.retain(|k, _| seen.contains(k));
+        for k in &seen {
+            self.since.entry(k.clone()).or_insert(now);
+        }
+        self.since
+            .iter()
+            .filter(|(_, since)| now - **since >= hold)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+}
+
+/// Every vantage's view of both CDNs (the primary's vantages, in their order), for the record.
+pub fn views(primary: &Vantages, backup: &Vantages, policy: &PolicyParams) -> Vec<VantageView> {
+    primary
+        .views
+        .iter()
+        .map(|p| {
+            let b = backup.views.iter().find(|b| b.vantage == p.vantage);
+            VantageView {
+                vantage: p.vantage.clone(),
+                node_id: p.node_id.clone(),
+                primary: p.health.availability.ratio(),
+                backup: b.and_then(|b| b.health.availability.ratio()),
+                primary_down: p.health.is_down(policy),
+                backup_down: b.is_some_and(|b| b.health.is_down(policy)),
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,6 +299,22 @@ mod tests {
         assert_eq!("any".parse::<Quorum>().unwrap(), Quorum::Any);
         let e = "most".parse::<Quorum>().unwrap_err();
         assert!(e.to_string().contains("majority, any, all"), "{e}");
+    }
+
+    #[test]
+    fn disagreements_count_once_they_last() {
+        let t = |s: i64| DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap();
+        let hold = TimeDelta::seconds(30);
+        let eu = || ("eu".to_owned(), Cdn::Primary);
+        let mut d = DisagreementDamper::default();
+        assert!(d.settle(t(0), [eu()], hold).is_empty());
+        assert!(d.settle(t(29), [eu()], hold).is_empty());
+        assert_eq!(d.settle(t(30), [eu()], hold), BTreeSet::from([eu()]));
+        // A break restarts the clock; clearing is immediate.
+        assert!(d.settle(t(31), [], hold).is_empty());
+        assert!(d.settle(t(32), [eu()], hold).is_empty());
+        assert!(d.settle(t(61), [eu()], hold).is_empty());
+        assert_eq!(d.settle(t(62), [eu()], hold).len(), 1);
     }
 
     fn health() -> impl Strategy<Value = CdnHealth> {
