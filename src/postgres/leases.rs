@@ -26,6 +26,19 @@ pub const NODE_TIMEOUT: Duration = tranche_actors::config::LEASE_DEADLINE;
 /// `application_name` of lease sessions (visible in `pg_stat_activity`).
 const APPLICATION_NAME: &str = "tranche-lease";
 
+/// `application_name` of a node's notification listener (configuration changes and vantage
+/// summaries), so that survivors end it together with the lease session when they depose the
+/// node: a frozen process never reads its notifications, and PostgreSQL's notification queue
+/// cannot advance past the slowest listener — it would fill up for every node. At most 63
+/// bytes, as PostgreSQL keeps.
+pub fn listener_application_name(node_id: &str) -> String {
+    let mut name = format!("tranche-listen {node_id}");
+    while name.len() > 63 {
+        name.pop();
+    }
+    name
+}
+
 /// `(shard, pid)` of every shard lock held right now: the advisory locks in `pg_locks`
 /// (two-key form: `classid` = the lock space [`LOCK_SPACE`], `objid` = the shard, `objsubid` =
 /// 2). A lock is held by exactly one session, so no shard is ever counted twice. A macro so
@@ -180,6 +193,15 @@ impl LeaseBackend for PgLeaseBackend {
                     .bind(&other)
                     .bind(&node)
                     .bind(pid)
+                    .execute(&mut *tx)
+                    .await?;
+                    // Its listener too (see `listener_application_name`); it reconnects if the
+                    // node wakes up.
+                    sqlx::query(
+                        "select pg_terminate_backend(pid) from pg_stat_activity
+                          where application_name = $1 and datname = current_database()",
+                    )
+                    .bind(listener_application_name(&other))
                     .execute(&mut *tx)
                     .await?;
                     if ended {

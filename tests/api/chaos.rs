@@ -125,6 +125,15 @@ pub(crate) async fn owner_of(pool: &PgPool, shard: u16) -> Option<String> {
     .unwrap()
 }
 
+/// Sessions of `node`'s notification listener.
+async fn listeners(pool: &PgPool, node: &str) -> i64 {
+    sqlx::query_scalar("select count(*) from pg_stat_activity where application_name = $1")
+        .bind(tranche::postgres::leases::listener_application_name(node))
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
 /// A zone in moto, `DOMAINS` domains in it through a primary and a backup edge, a fast policy.
 struct Setup {
     _moto: Moto,
@@ -372,6 +381,11 @@ async fn a_frozen_owner_is_deposed_and_does_not_act_when_it_wakes() {
 
     s.primary.set(Behaviour::Status(503));
     storms_applied(&s.app.pool).await;
+    assert_eq!(
+        listeners(&s.app.pool, &frozen.id).await,
+        1,
+        "the node listens"
+    );
 
     frozen.signal(Signal::SIGSTOP);
     let stopped = Instant::now();
@@ -410,6 +424,13 @@ async fn a_frozen_owner_is_deposed_and_does_not_act_when_it_wakes() {
     assert_eq!(frozen_view["alive"], false, "{cluster}");
     assert_eq!(frozen_view["shard_count"], 0, "{cluster}");
     assert_eq!(frozen_view["deposed_by"], survivor.id.as_str(), "{cluster}");
+    // Its notification listener was ended with it: a frozen listener would hold PostgreSQL's
+    // notification queue back for everyone.
+    assert_eq!(
+        listeners(&s.app.pool, &frozen.id).await,
+        0,
+        "the frozen node's listener still runs"
+    );
     let deposed_at: DateTime<Utc> =
         sqlx::query_scalar("select deposed_at from cluster_nodes where node_id = $1")
             .bind(&frozen.id)
