@@ -691,6 +691,31 @@ mod tests {
     }
 
     #[test]
+    fn the_region_and_vantage_count_are_checked() {
+        figment::Jail::expect_with(|jail| {
+            let s = Settings::load(None).map_err(|e| *e)?;
+            assert_eq!((s.region.as_str(), s.vantages_per_domain), ("default", 3));
+            jail.set_env("TRANCHE_REGION", "eu-west");
+            jail.set_env("TRANCHE_VANTAGES_PER_DOMAIN", "2");
+            let s = Settings::load(None).map_err(|e| *e)?;
+            assert_eq!((s.region.as_str(), s.vantages_per_domain), ("eu-west", 2));
+            s.validate().unwrap();
+            for (region, count) in [
+                ("eu west", "3"),
+                ("", "3"),
+                ("eu-west", "0"),
+                ("eu-west", "17"),
+            ] {
+                jail.set_env("TRANCHE_REGION", region);
+                jail.set_env("TRANCHE_VANTAGES_PER_DOMAIN", count);
+                let s = Settings::load(None).map_err(|e| *e)?;
+                assert!(s.validate().is_err(), "{region:?} {count}");
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
     fn billing_settings_take_the_seed_variables_and_stay_exact() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("BILLING_PERIOD", "1h");
