@@ -40,6 +40,7 @@ pub mod cli;
 pub mod cloudflare;
 pub mod config;
 pub mod demo;
+pub mod metrics;
 pub mod node;
 pub mod postgres;
 pub mod prober;

@@ -47,4 +47,17 @@ impl HealthApi {
             }
         }
     }
+
+    /// Prometheus metrics of this node, in the text exposition format (admin token): HTTP
+    /// requests, probes, storms, DNS provider calls, webhook deliveries, and cluster-wide
+    /// gauges (domains by state, the webhook outbox, the database pool).
+    #[oai(path = "/metrics", method = "get", operation_id = "metrics")]
+    async fn metrics(
+        &self,
+        _admin: super::auth::Admin,
+        ctx: Data<&Arc<ApiContext>>,
+    ) -> super::error::ApiResult<PlainText<String>> {
+        crate::metrics::refresh(&ctx.pool).await?;
+        Ok(PlainText(crate::metrics::METRICS.render()))
+    }
 }

@@ -270,6 +270,28 @@ pub fn app(ctx: Arc<ApiContext>) -> impl Endpoint {
             }),
         )
         .with(input::input_guard())
+        .around(|ep, req| async move {
+            let method = req.method().to_string();
+            let started = std::time::Instant::now();
+            let res = ep.call(req).await;
+            let (status, route) = match &res {
+                Ok(r) => (
+                    r.status(),
+                    r.data::<poem_openapi::OperationId>().map(|o| o.0),
+                ),
+                Err(e) => (
+                    e.status(),
+                    e.data::<poem_openapi::OperationId>().map(|o| o.0),
+                ),
+            };
+            crate::metrics::METRICS.http(
+                &method,
+                route.unwrap_or("unmatched"),
+                status.as_u16(),
+                started.elapsed(),
+            );
+            res
+        })
         .with(error::json_errors())
         // Responses carry secrets (new keys, webhook secrets) and tenant data: never cached.
         .with(

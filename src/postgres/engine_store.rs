@@ -373,7 +373,13 @@ impl EngineStore for PgEngineStore {
             None => {}
         }
         emit(&mut tx, &events).await.map_err(port_error)?;
-        tx.commit().await.map_err(port_error)
+        tx.commit().await.map_err(port_error)?;
+        match d.storm {
+            Some(StormChange::Opened) => crate::metrics::METRICS.storms_opened.inc(),
+            Some(StormChange::Closed) => crate::metrics::METRICS.storms_closed.inc(),
+            None => 0,
+        };
+        Ok(())
     }
 
     async fn record_disagreement(

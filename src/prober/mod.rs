@@ -185,7 +185,8 @@ impl Prober for NetworkProber {
         let at = Utc::now();
         let started = Instant::now();
         let result = tokio::time::timeout(req.timeout, self.run(req)).await;
-        let latency_ms = started.elapsed().as_millis().min(u128::from(u32::MAX)) as u32;
+        let took = started.elapsed();
+        let latency_ms = took.as_millis().min(u128::from(u32::MAX)) as u32;
         let (outcome, status, cert_expires_at, error) = match result {
             Err(_) => (
                 Outcome::Timeout,
@@ -204,6 +205,12 @@ impl Prober for NetworkProber {
                 Some(format!("status {status} is not in {}", req.expected)),
             ),
         };
+        crate::metrics::METRICS.probe(
+            req.cdn.as_str(),
+            req.scheme.as_str(),
+            outcome.as_str(),
+            took,
+        );
         ProbeResult {
             at,
             outcome,

@@ -261,15 +261,17 @@ impl DnsProvider for Route53Provider {
             .set_changes(Some(changes))
             .build()
             .map_err(|e| ProviderError::InvalidChangeBatch(e.to_string()))?;
-        let out = match self
+        let started = std::time::Instant::now();
+        let sent = self
             .client
             .change_resource_record_sets()
             .hosted_zone_id(zone_id)
             .change_batch(change_batch)
             .send()
             .await
-            .map_err(map_error)
-        {
+            .map_err(map_error);
+        crate::metrics::METRICS.dns_call("route53", sent.is_ok(), started.elapsed());
+        let out = match sent {
             Ok(out) => out,
             Err(e @ ProviderError::ZoneNotFound(_)) => {
                 // Deleted since it was listed: list again next time.
@@ -288,13 +290,16 @@ impl DnsProvider for Route53Provider {
     }
 
     async fn in_sync(&self, change_id: &str) -> Result<bool, ProviderError> {
+        let started = std::time::Instant::now();
         let out = self
             .client
             .get_change()
             .id(change_id)
             .send()
             .await
-            .map_err(map_error)?;
+            .map_err(map_error);
+        crate::metrics::METRICS.dns_call("route53", out.is_ok(), started.elapsed());
+        let out = out?;
         Ok(out
             .change_info()
             .is_some_and(|i| *i.status() == ChangeStatus::Insync))

@@ -174,6 +174,15 @@ pub fn slack_text(d: &Delivery) -> String {
     }
 }
 
+/// Counts a delivery attempt: `delivered` (2xx), `refused` (another status), `error` (no
+/// answer).
+fn record_delivery(result: &'static str) {
+    crate::metrics::METRICS
+        .webhook_deliveries
+        .get_or_create(&crate::metrics::ResultLabels { result })
+        .inc();
+}
+
 /// Sends deliveries over HTTP(S), refusing private destinations unless allowed.
 pub struct HttpSender {
     client: reqwest::Client,
@@ -282,11 +291,16 @@ impl WebhookSender for HttpSender {
             .body(body)
             .send()
             .await
-            .map_err(|e| (None, format!("request failed: {}", error_chain(&e))))?;
+            .map_err(|e| {
+                record_delivery("error");
+                (None, format!("request failed: {}", error_chain(&e)))
+            })?;
         let status = response.status().as_u16();
         if response.status().is_success() {
+            record_delivery("delivered");
             Ok(status)
         } else {
+            record_delivery("refused");
             Err((Some(status), format!("receiver answered HTTP {status}")))
         }
     }

@@ -567,3 +567,49 @@ async fn a_domain_that_cannot_be_probed_is_unknown_with_the_reason() {
             .unwrap();
     assert_eq!(told, 2, "one event per domain");
 }
+
+/// `/metrics` (admin token): probes by CDN, scheme and outcome, storms, HTTP requests by
+/// operation, domains by state — in Prometheus' text format.
+#[tokio::test]
+async fn metrics_show_probes_storms_and_requests() {
+    let s = scenario(60).await;
+    s.primary.set(Behaviour::Status(503));
+    eventually("storm", Duration::from_secs(20), || async {
+        (s.state().await["state"] == "storm").then_some(())
+    })
+    .await;
+    let url = format!("http://{}/metrics", s.app.addr);
+    let anonymous = s.app.client.get(&url).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let resp = s
+        .app
+        .client
+        .get(&url)
+        .bearer_auth(crate::helpers::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    for expected in [
+        r#"tranche_probes_total{cdn="primary",scheme="https",outcome="http_status"}"#,
+        r#"tranche_probes_total{cdn="backup",scheme="https",outcome="ok"}"#,
+        "tranche_probe_duration_seconds_bucket{",
+        "tranche_storms_opened_total ",
+        r#"tranche_http_requests_total{method="GET",route="get_service_state",status="200"}"#,
+        r#"tranche_http_requests_total{method="GET",route="metrics",status="401"}"#,
+        r#"tranche_domains{state="storm"}"#,
+        "tranche_outbox_pending ",
+        r#"tranche_db_connections{state="idle"}"#,
+    ] {
+        assert!(text.contains(expected), "{expected} missing from:\n{text}");
+    }
+    // Counters count: the storm this test opened is in the total.
+    let opened: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("tranche_storms_opened_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(opened >= 1.0, "{text}");
+}

@@ -11,6 +11,7 @@ use tranche_core::probe::{Outcome, ProbeRequest};
 
 fn request(hostname: &str, edge: &FakeEdge, scheme: ProbeScheme) -> ProbeRequest {
     ProbeRequest {
+        cdn: tranche_core::probe::Cdn::Primary,
         hostname: hostname.to_owned(),
         target: ProbeTarget::parse(&edge.addr().to_string()).unwrap(),
         scheme,

@@ -27,6 +27,8 @@ impl Cdn {
 /// One probe: fetch `path` of `hostname` through `target`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeRequest {
+    /// Which of the domain's CDNs the probe goes through.
+    pub cdn: Cdn,
     /// The customer hostname: SNI and `Host` header.
     pub hostname: String,
     /// The CDN's address for it.

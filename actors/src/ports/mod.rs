@@ -45,6 +45,7 @@ impl DomainSpec {
             Cdn::Backup => self.backup_target.clone()?,
         };
         Some(ProbeRequest {
+            cdn,
             hostname: self.hostname.clone(),
             target,
             scheme: self.scheme,
