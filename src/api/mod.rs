@@ -249,6 +249,20 @@ fn collect_refs(value: &serde_json::Value, out: &mut Vec<String>) {
     }
 }
 
+/// Header carrying a request's id, on every response (and taken from the request when a proxy
+/// set a sane one), and in every log line written while serving it.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// The request's id: the caller's `X-Request-Id` when it is 1–128 visible ASCII characters,
+/// else a new UUID.
+fn request_id(req: &poem::Request) -> String {
+    req.headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| (1..=128).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+}
+
 /// The complete HTTP application: API, `/openapi.json`, `/docs`, JSON errors everywhere.
 pub fn app(ctx: Arc<ApiContext>) -> impl Endpoint {
     let api = openapi();
@@ -275,24 +289,31 @@ pub fn app(ctx: Arc<ApiContext>) -> impl Endpoint {
             let started = std::time::Instant::now();
             let res = ep.call(req).await;
             let (status, route) = match &res {
-                Ok(r) => (
-                    r.status(),
-                    r.data::<poem_openapi::OperationId>().map(|o| o.0),
-                ),
-                Err(e) => (
-                    e.status(),
-                    e.data::<poem_openapi::OperationId>().map(|o| o.0),
-                ),
+                Ok(r) => (r.status(), r.data::<poem_openapi::OperationId>().map(|o| o.0)),
+                Err(e) => (e.status(), e.data::<poem_openapi::OperationId>().map(|o| o.0)),
             };
-            crate::metrics::METRICS.http(
-                &method,
-                route.unwrap_or("unmatched"),
-                status.as_u16(),
-                started.elapsed(),
-            );
+            let took = started.elapsed();
+            crate::metrics::METRICS.http(&method, route.unwrap_or("unmatched"), status.as_u16(), took);
             res
         })
         .with(error::json_errors())
+        // Outside the JSON errors, so that every response — errors too — carries its id.
+        .around(|ep, req| async move {
+            let method = req.method().to_string();
+            let path = req.uri().path().to_owned();
+            let request_id = request_id(&req);
+            let span = tracing::info_span!("request", request_id = %request_id);
+            let started = std::time::Instant::now();
+            let res = tracing::Instrument::instrument(ep.call(req), span.clone()).await;
+            let mut resp = res.map(IntoResponse::into_response)?;
+            span.in_scope(|| {
+                tracing::info!(target: "tranche::access", %method, %path, status = resp.status().as_u16(), ms = started.elapsed().as_secs_f64() * 1000.0, "request");
+            });
+            if let Ok(value) = poem::http::HeaderValue::from_str(&request_id) {
+                resp.headers_mut().insert(REQUEST_ID, value);
+            }
+            Ok::<_, poem::Error>(resp)
+        })
         // Responses carry secrets (new keys, webhook secrets) and tenant data: never cached.
         .with(
             poem::middleware::SetHeader::new()

@@ -36,3 +36,36 @@ async fn unknown_routes_and_methods_answer_json() {
         .await
         .expect_error(405, "method_not_allowed", None);
 }
+
+/// Every response carries a request id — the caller's when it sent a sane one — errors too.
+#[tokio::test]
+async fn every_response_carries_a_request_id() {
+    let app = spawn_app().await;
+    let url = |path: &str| format!("http://{}{path}", app.addr);
+    let resp = app.client.get(url("/healthz")).send().await.unwrap();
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
+    let again = app.client.get(url("/healthz")).send().await.unwrap();
+    assert_ne!(again.headers()["x-request-id"].to_str().unwrap(), id);
+    // A proxy's id is kept, on errors as well.
+    let resp = app
+        .client
+        .get(url("/v1/services/999999"))
+        .header("X-Customer-ID", "1")
+        .header("X-Request-Id", "edge-7f3a")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    assert_eq!(resp.headers()["x-request-id"], "edge-7f3a");
+    // One that is not sane is replaced.
+    let resp = app
+        .client
+        .get(url("/healthz"))
+        .header("X-Request-Id", "x".repeat(200))
+        .send()
+        .await
+        .unwrap();
+    let id = resp.headers()["x-request-id"].to_str().unwrap();
+    assert!(uuid::Uuid::parse_str(id).is_ok(), "{id}");
+}
