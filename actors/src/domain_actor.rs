@@ -361,16 +361,17 @@ impl DomainState {
             return;
         }
         let own = self.health(cdn, now).availability;
-        // With other vantages reporting, `/state` shows each one's view (live, through the
-        // observation writer's batches: no write of its own).
-        let vantages = if self.remote.is_empty() {
-            Vec::new()
-        } else {
-            let (primary, backup) = (
-                self.vantages(Cdn::Primary, now),
-                self.vantages(Cdn::Backup, now),
-            );
+        // Every vantage's view, built once: the decision below judges it, and with other
+        // vantages reporting `/state` shows it (live, through the observation writer's batches:
+        // no write of its own).
+        let (primary, backup) = (
+            self.vantages(Cdn::Primary, now),
+            self.vantages(Cdn::Backup, now),
+        );
+        let vantages = if primary.views.len() > 1 {
             views(&primary, &backup, &self.spec.policy)
+        } else {
+            Vec::new()
         };
         let _ = self
             .ctx
@@ -387,7 +388,7 @@ impl DomainState {
                 availability: own.ratio(),
                 vantages,
             }));
-        self.evaluate(myself).await;
+        self.decide(myself, now, primary, backup).await;
     }
 
     /// Whether the machine's current weights are in effect at the DNS provider, asked only
@@ -501,9 +502,24 @@ impl DomainState {
 
     async fn evaluate(&mut self, myself: &ActorRef<DomainMsg>) {
         let now = (self.ctx.config.clock)();
+        let (primary, backup) = (
+            self.vantages(Cdn::Primary, now),
+            self.vantages(Cdn::Backup, now),
+        );
+        self.decide(myself, now, primary, backup).await;
+    }
+
+    /// Runs the storm machine on every vantage's view of both CDNs at `now`.
+    async fn decide(
+        &mut self,
+        myself: &ActorRef<DomainMsg>,
+        now: chrono::DateTime<chrono::Utc>,
+        primary: Vantages,
+        backup: Vantages,
+    ) {
         let inputs = Inputs {
-            primary: self.vantages(Cdn::Primary, now),
-            backup: self.vantages(Cdn::Backup, now),
+            primary,
+            backup,
             step_applied: self.step_applied().await,
         };
         let primary = inputs.primary.clone();

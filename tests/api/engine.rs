@@ -447,17 +447,10 @@ async fn fast_domains(names: &[(&str, bool)], allow_private: bool) -> (TestApp, 
 }
 
 async fn domain_state(app: &TestApp, service: i64, name: &str) -> Value {
-    let body = app
-        .get(&format!("/v1/services/{service}/state"), &DEMO)
+    app.domain_states(service)
         .await
-        .expect(200)
-        .body;
-    body["domains"]
-        .as_array()
-        .unwrap()
-        .iter()
+        .into_iter()
         .find(|d| d["name"] == name)
-        .cloned()
         .unwrap()
 }
 

@@ -284,6 +284,16 @@ pub async fn spawn_app_on(pool: PgPool, configure: impl FnOnce(&mut Settings)) -
 }
 
 impl TestApp {
+    /// Every domain of `service` as `GET /v1/services/{id}/state` shows it (dev customer).
+    pub async fn domain_states(&self, service: i64) -> Vec<Value> {
+        let body = self
+            .get(&format!("/v1/services/{service}/state"), &Auth::Header(1))
+            .await
+            .expect(200)
+            .body;
+        body["domains"].as_array().cloned().unwrap_or_default()
+    }
+
     /// Starts an engine node on this app's database, probing with `prober`.
     pub async fn start_engine(
         &mut self,

@@ -56,17 +56,10 @@ async fn add_domains(app: &TestApp, service: i64, z: &Zone, primary: u16, backup
 
 /// The domains of `zone` as `/state` shows them.
 async fn states(app: &TestApp, service: i64, zone: &str) -> Vec<Value> {
-    let body = app
-        .get(&format!("/v1/services/{service}/state"), &DEMO)
+    app.domain_states(service)
         .await
-        .expect(200)
-        .body;
-    body["domains"]
-        .as_array()
-        .unwrap()
-        .iter()
+        .into_iter()
         .filter(|d| d["name"].as_str().unwrap().ends_with(zone))
-        .cloned()
         .collect()
 }
 

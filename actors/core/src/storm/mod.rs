@@ -14,3 +14,24 @@ pub use machine::{
 };
 pub use quorum::{DisagreementDamper, Quorum, VantageHealth, Vantages, views};
 pub use window::{Availability, AvailabilityWindow, Streak};
+
+/// CDN views the storm tests share: a window all up, and one all down after a run of failures.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::{Availability, CdnHealth, Streak};
+
+    pub const UP: CdnHealth = CdnHealth::new(
+        Availability::Known {
+            successes: 10,
+            attempts: 10,
+        },
+        Streak::succeeding(10),
+    );
+    pub const DOWN: CdnHealth = CdnHealth::new(
+        Availability::Known {
+            successes: 0,
+            attempts: 10,
+        },
+        Streak::failing(10),
+    );
+}

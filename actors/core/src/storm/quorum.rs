@@ -220,20 +220,7 @@ mod tests {
         }
     }
 
-    const UP: CdnHealth = CdnHealth::new(
-        Availability::Known {
-            successes: 10,
-            attempts: 10,
-        },
-        Streak::succeeding(10),
-    );
-    const DOWN: CdnHealth = CdnHealth::new(
-        Availability::Known {
-            successes: 0,
-            attempts: 10,
-        },
-        Streak::failing(10),
-    );
+    use crate::storm::fixtures::{DOWN, UP};
     const UNKNOWN: CdnHealth =
         CdnHealth::new(Availability::Unknown { attempts: 1 }, Streak::failing(1));
 
