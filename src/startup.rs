@@ -61,6 +61,15 @@ impl Application {
             secrets: Arc::new(crate::secrets::SecretBox::new(
                 &settings.webhook_secret_keys,
             )?),
+            billing: if settings.billing {
+                Some(settings.billing_settings()?)
+            } else {
+                None
+            },
+            node_id: settings
+                .node_id
+                .clone()
+                .unwrap_or_else(crate::node::default_node_id),
         });
         let open_files = raise_open_files_limit();
         let limits = ConnectionLimits {

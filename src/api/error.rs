@@ -148,6 +148,11 @@ impl ApiError {
         )
     }
 
+    /// Something Tranche depends on failed for now; retry later.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::Unavailable(body("unavailable", message, None))
+    }
+
     pub fn internal() -> Self {
         Self::Internal(body(
             "internal",

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use poem::web::Data;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
-use poem_openapi::{Object, OpenApi};
+use poem_openapi::{ApiResponse, Object, OpenApi};
 use rust_decimal::Decimal;
 use uuid::Uuid;
 
@@ -157,6 +157,12 @@ pub struct BillingRun {
     /// Why the run failed (it was rolled back whole; the next run retries).
     #[oai(nullable)]
     pub error: Option<String>,
+    /// Asked for through `POST /v1/billing-runs` (scheduled runs that found nothing to do are
+    /// not recorded; runs on demand always are).
+    pub on_demand: bool,
+    /// The API key that asked for it (null: scheduled, or dev mode).
+    #[oai(nullable)]
+    pub requested_by_key: Option<i64>,
 }
 
 impl From<BillingRunRow> for BillingRun {
@@ -171,8 +177,17 @@ impl From<BillingRunRow> for BillingRun {
             invoices_finalized: r.invoices_finalized,
             snapshots_billed: r.snapshots_billed,
             error: r.error,
+            on_demand: r.on_demand,
+            requested_by_key: r.requested_by_key,
         }
     }
+}
+
+#[derive(ApiResponse)]
+pub enum CreatedRun {
+    /// The run, committed.
+    #[oai(status = 201)]
+    Created(Json<BillingRun>),
 }
 
 pub struct InvoicesApi;
@@ -252,5 +267,45 @@ impl InvoicesApi {
         let limit = super::page_limit(limit.0)?;
         let rows = invoices::runs(&ctx.pool, tenant.customer_id, limit).await?;
         Ok(Json(rows.into_iter().map(BillingRun::from).collect()))
+    }
+
+    /// Runs your invoicing now (admin scope) and returns the run: snapshots whose windows
+    /// have settled are billed and drafts past their grace are finalized, exactly as the
+    /// scheduled run would. Safe to repeat and to race the schedule: a snapshot is billed
+    /// once. A run that fails is rolled back whole, recorded with its error, and answered 503.
+    #[oai(
+        path = "/v1/billing-runs",
+        method = "post",
+        operation_id = "create_billing_run"
+    )]
+    async fn run_now(
+        &self,
+        #[oai(scope = "Scope::Admin")] tenant: Scoped<needs::Admin>,
+        ctx: Data<&Arc<ApiContext>>,
+    ) -> ApiResult<CreatedRun> {
+        let Some(billing) = &ctx.billing else {
+            return Err(ApiError::conflict(
+                "invoicing is disabled on this node (TRANCHE_BILLING=false)",
+                None,
+            ));
+        };
+        let store = crate::postgres::billing::PgBillingStore::new(ctx.pool.clone());
+        let id = store
+            .run_on_demand(
+                tenant.customer_id,
+                Utc::now(),
+                billing,
+                &ctx.node_id,
+                tenant.key_id,
+            )
+            .await
+            .map_err(|e| {
+                tracing::warn!(customer.id = tenant.customer_id, error = %e, "billing run on demand failed");
+                ApiError::unavailable(format!("the billing run failed and was rolled back: {e}"))
+            })?;
+        let run = invoices::run(&ctx.pool, tenant.customer_id, id)
+            .await?
+            .ok_or_else(|| ApiError::not_found(format!("billing run {id} not found")))?;
+        Ok(CreatedRun::Created(Json(run.into())))
     }
 }

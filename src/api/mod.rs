@@ -65,6 +65,10 @@ pub struct ApiContext {
     pub readiness_warnings: Vec<String>,
     /// Seals webhook signing secrets at rest.
     pub secrets: Arc<crate::secrets::SecretBox>,
+    /// Invoicing settings for runs on demand (`None`: invoicing is off on this node).
+    pub billing: Option<tranche_core::billing::BillingSettings>,
+    /// This node's id, recorded on the runs it makes.
+    pub node_id: String,
 }
 
 #[derive(Tags)]

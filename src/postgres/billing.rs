@@ -107,19 +107,7 @@ impl BillingStore for PgBillingStore {
         {
             Err(e @ StoreError::Fenced { .. }) => Err(e),
             Err(e) => {
-                let recorded = sqlx::query(
-                    "insert into billing_runs (customer_id, node_id, started_at, finished_at, error)
-                     values ($1, $2, $3, now(), $4)",
-                )
-                .bind(customer_id)
-                .bind(node_id)
-                .bind(started)
-                .bind(e.to_string())
-                .execute(&self.pool)
-                .await;
-                if let Err(re) = recorded {
-                    tracing::warn!(error = %re, "could not record the failed billing run");
-                }
+                self.record_failure(customer_id, node_id, started, &e).await;
                 Err(e)
             }
             ok => ok,
@@ -137,6 +125,75 @@ impl BillingStore for PgBillingStore {
 }
 
 impl PgBillingStore {
+    /// Runs a customer's invoicing now, for `POST /v1/billing-runs`, from whichever node took
+    /// the request. Runs are safe to race (each locks the snapshots it bills, `skip locked`),
+    /// so this one is fenced at the shard's current epoch only. The run is recorded even when
+    /// it finds nothing to do; a failure rolls it back and is recorded with its error.
+    pub async fn run_on_demand(
+        &self,
+        customer_id: i64,
+        now: DateTime<Utc>,
+        settings: &BillingSettings,
+        node_id: &str,
+        key_id: Option<i64>,
+    ) -> Result<Uuid, StoreError> {
+        let started = Utc::now();
+        let run = async {
+            let mut tx = self.pool.begin().await.map_err(port_error)?;
+            let shard = (customer_id % i64::from(SHARDS)) as u16;
+            let epoch: Option<i64> =
+                sqlx::query_scalar("select epoch from shard_leases where shard = $1")
+                    .bind(shard as i16)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(port_error)?;
+            if let Some(epoch) = epoch {
+                check_fence(&mut tx, Fence { shard, epoch }).await?;
+            }
+            let summary = plan_and_apply(&mut tx, customer_id, now, settings, node_id).await?;
+            let id = record_run(
+                &mut tx,
+                customer_id,
+                node_id,
+                started,
+                &summary,
+                Some(key_id),
+            )
+            .await?;
+            tx.commit().await.map_err(port_error)?;
+            Ok::<_, StoreError>(id)
+        };
+        match run.await {
+            Err(e) => {
+                self.record_failure(customer_id, node_id, started, &e).await;
+                Err(e)
+            }
+            ok => ok,
+        }
+    }
+
+    async fn record_failure(
+        &self,
+        customer_id: i64,
+        node_id: &str,
+        started: DateTime<Utc>,
+        e: &StoreError,
+    ) {
+        let recorded = sqlx::query(
+            "insert into billing_runs (customer_id, node_id, started_at, finished_at, error)
+             values ($1, $2, $3, now(), $4)",
+        )
+        .bind(customer_id)
+        .bind(node_id)
+        .bind(started)
+        .bind(e.to_string())
+        .execute(&self.pool)
+        .await;
+        if let Err(re) = recorded {
+            tracing::warn!(error = %re, "could not record the failed billing run");
+        }
+    }
+
     async fn run(
         &self,
         customer_id: i64,
@@ -148,24 +205,10 @@ impl PgBillingStore {
     ) -> Result<BillingRunSummary, StoreError> {
         let mut tx = self.pool.begin().await.map_err(port_error)?;
         check_fence(&mut tx, fence).await?;
-        let loaded = load_run(&mut tx, customer_id, now, settings).await?;
-        let plan = plan_run(&loaded.inputs, now, settings).map_err(|e| {
-            StoreError::Other(format!(
-                "snapshot {} cannot be priced: {}",
-                loaded.snapshots[e.snapshot].0, e.error
-            ))
-        })?;
-        let summary = apply_run(
-            &mut tx,
-            customer_id,
-            &loaded,
-            &plan,
-            now,
-            settings,
-            node_id,
-            started,
-        )
-        .await?;
+        let summary = plan_and_apply(&mut tx, customer_id, now, settings, node_id).await?;
+        if summary.did_something() {
+            record_run(&mut tx, customer_id, node_id, started, &summary, None).await?;
+        }
         tx.commit().await.map_err(port_error)?;
         Ok(summary)
     }
@@ -286,8 +329,25 @@ pub async fn load_run(
     Ok(loaded)
 }
 
-/// Applies a run's plan inside its transaction and records the run.
-#[allow(clippy::too_many_arguments)]
+/// Loads, plans and applies one run inside `tx` (the caller records it).
+async fn plan_and_apply(
+    tx: &mut Transaction<'_, Postgres>,
+    customer_id: i64,
+    now: DateTime<Utc>,
+    settings: &BillingSettings,
+    node_id: &str,
+) -> Result<BillingRunSummary, StoreError> {
+    let loaded = load_run(tx, customer_id, now, settings).await?;
+    let plan = plan_run(&loaded.inputs, now, settings).map_err(|e| {
+        StoreError::Other(format!(
+            "snapshot {} cannot be priced: {}",
+            loaded.snapshots[e.snapshot].0, e.error
+        ))
+    })?;
+    apply_run(tx, customer_id, &loaded, &plan, now, settings, node_id).await
+}
+
+/// Applies a run's plan inside its transaction.
 pub async fn apply_run(
     tx: &mut Transaction<'_, Postgres>,
     customer_id: i64,
@@ -296,7 +356,6 @@ pub async fn apply_run(
     now: DateTime<Utc>,
     settings: &BillingSettings,
     node_id: &str,
-    started: DateTime<Utc>,
 ) -> Result<BillingRunSummary, StoreError> {
     let mut summary = BillingRunSummary::default();
     if !plan.lines.is_empty() {
@@ -346,24 +405,38 @@ pub async fn apply_run(
     .rows_affected();
     summary.invoices_finalized = finalized as u32;
 
-    if summary.did_something() {
-        sqlx::query(
-            "insert into billing_runs (customer_id, node_id, started_at, finished_at,
-                    invoices_touched, invoices_created, invoices_finalized, snapshots_billed)
-             values ($1, $2, $3, clock_timestamp(), $4, $5, $6, $7)",
-        )
-        .bind(customer_id)
-        .bind(node_id)
-        .bind(started)
-        .bind(summary.invoices_touched as i32)
-        .bind(summary.invoices_created as i32)
-        .bind(summary.invoices_finalized as i32)
-        .bind(summary.snapshots_billed as i32)
-        .execute(&mut **tx)
-        .await
-        .map_err(port_error)?;
-    }
     Ok(summary)
+}
+
+/// Records a successful run (`on_demand`: asked for through the API, with the key that asked)
+/// and returns its id.
+async fn record_run(
+    tx: &mut Transaction<'_, Postgres>,
+    customer_id: i64,
+    node_id: &str,
+    started: DateTime<Utc>,
+    summary: &BillingRunSummary,
+    on_demand: Option<Option<i64>>,
+) -> Result<Uuid, StoreError> {
+    sqlx::query_scalar(
+        "insert into billing_runs (customer_id, node_id, started_at, finished_at,
+                invoices_touched, invoices_created, invoices_finalized, snapshots_billed,
+                on_demand, requested_by_key)
+         values ($1, $2, $3, clock_timestamp(), $4, $5, $6, $7, $8, $9)
+         returning id",
+    )
+    .bind(customer_id)
+    .bind(node_id)
+    .bind(started)
+    .bind(summary.invoices_touched as i32)
+    .bind(summary.invoices_created as i32)
+    .bind(summary.invoices_finalized as i32)
+    .bind(summary.snapshots_billed as i32)
+    .bind(on_demand.is_some())
+    .bind(on_demand.flatten())
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(port_error)
 }
 
 /// Adds the plan's draft sums to the customer's draft invoices of those periods, creating the

@@ -128,18 +128,33 @@ pub struct BillingRunRow {
     pub invoices_finalized: i32,
     pub snapshots_billed: i32,
     pub error: Option<String>,
+    pub on_demand: bool,
+    pub requested_by_key: Option<i64>,
+}
+
+const RUN_COLUMNS: &str = "id, node_id, started_at, finished_at, invoices_touched,
+    invoices_created, invoices_finalized, snapshots_billed, error, on_demand, requested_by_key";
+
+/// One of the customer's billing runs.
+pub async fn run(pool: &PgPool, customer_id: i64, id: Uuid) -> sqlx::Result<Option<BillingRunRow>> {
+    // The query is built from a constant.
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "select {RUN_COLUMNS} from billing_runs where customer_id = $1 and id = $2"
+    )))
+    .bind(customer_id)
+    .bind(id)
+    .fetch_optional(pool)
+    .await
 }
 
 /// The customer's billing runs, newest first.
 pub async fn runs(pool: &PgPool, customer_id: i64, limit: i64) -> sqlx::Result<Vec<BillingRunRow>> {
-    sqlx::query_as(
-        "select id, node_id, started_at, finished_at, invoices_touched, invoices_created,
-                invoices_finalized, snapshots_billed, error
-           from billing_runs
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "select {RUN_COLUMNS} from billing_runs
           where customer_id = $1
           order by started_at desc
-          limit $2",
-    )
+          limit $2"
+    )))
     .bind(customer_id)
     .bind(limit)
     .fetch_all(pool)

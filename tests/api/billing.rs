@@ -1042,3 +1042,62 @@ async fn lines_belong_to_invoices_and_new_drafts_are_announced_in_order() {
         .unwrap();
     assert_eq!(lines, 4);
 }
+
+#[tokio::test]
+async fn a_billing_run_on_demand_bills_now_is_recorded_and_needs_admin() {
+    let app = spawn_app().await;
+    let (customer, key) = app.create_customer("acme").await;
+    let admin = Auth::Key(key);
+    let (_, reader) = app
+        .create_key(&admin, json!({ "name": "ro", "scopes": ["read"] }))
+        .await;
+    let service = app.create_service(&admin, "web").await;
+    post_usage(
+        &app,
+        &admin,
+        service,
+        vec![
+            window("2026-11-20T10:00:00Z", 1, GB, 0),
+            window("2026-11-20T11:00:00Z", 1, 2 * GB, 0),
+        ],
+    )
+    .await;
+
+    app.post("/v1/billing-runs", &reader, json!({}))
+        .await
+        .expect_error(403, "forbidden", None);
+
+    let run = app
+        .post("/v1/billing-runs", &admin, json!({}))
+        .await
+        .expect(201)
+        .body;
+    assert_eq!(run["snapshots_billed"], 2, "{run}");
+    assert_eq!(run["invoices_created"], 1, "{run}");
+    assert_eq!(run["on_demand"], true);
+    assert!(run["requested_by_key"].is_i64(), "{run}");
+    assert_eq!(run["error"], Value::Null);
+    let invoices = app.get("/v1/invoices", &admin).await.expect(200).body;
+    assert_eq!(invoices.as_array().unwrap().len(), 1, "{invoices}");
+    assert_eq!(invoices[0]["total_cents"], "36");
+
+    // Again: nothing left to bill, and the run is still recorded (it was asked for).
+    let again = app
+        .post("/v1/billing-runs", &admin, json!({}))
+        .await
+        .expect(201)
+        .body;
+    assert_eq!(again["snapshots_billed"], 0, "{again}");
+    let runs = app.get("/v1/billing-runs", &admin).await.expect(200).body;
+    let ids: Vec<&Value> = runs.as_array().unwrap().iter().map(|r| &r["id"]).collect();
+    assert_eq!(ids, [&again["id"], &run["id"]]);
+    let billed: i64 = sqlx::query_scalar(
+        "select count(*) from usage_snapshots where customer_id = $1 and invoice_id is not null",
+    )
+    .bind(customer)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(billed, 2, "each snapshot billed once");
+    crate::helpers::assert_events_conform(&app.pool, &["invoice.created"]).await;
+}

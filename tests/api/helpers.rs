@@ -425,7 +425,6 @@ impl TestApp {
         self.request(Method::DELETE, path, auth, None).await
     }
 
-    /// Provisions a customer through the admin API; returns its id and API key.
     /// Creates an API key with `auth` (`body`: name, scopes, …); the created key and its
     /// credentials.
     pub async fn create_key(&self, auth: &Auth, body: Value) -> (Value, Auth) {
@@ -434,6 +433,7 @@ impl TestApp {
         (created, Auth::Key(secret))
     }
 
+    /// Provisions a customer through the admin API; returns its id and API key.
     pub async fn create_customer(&self, name: &str) -> (i64, String) {
         let resp = self
             .post(
