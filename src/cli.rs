@@ -1,4 +1,4 @@
-//! The `tranche` command line: `serve`, `migrate`, `openapi`.
+//! The `tranche` command line: `serve`, `migrate`, `openapi`, `demo`, `ctl`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -59,10 +59,16 @@ enum Command {
     Openapi,
     /// Watch a storm happen: local fake CDNs, a throwaway database, about 30 seconds.
     Demo,
+    /// Operate a running Tranche over its API: services, domains, storms, pins, DNS changes,
+    /// billing, the cluster (`tranche ctl --help`).
+    Ctl(crate::ctl::Ctl),
 }
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Ctl(ctl) = cli.command {
+        return crate::ctl::run(ctl);
+    }
     if let Command::Openapi = cli.command {
         use std::io::Write;
         // A closed pipe (`tranche openapi | head`) is not an error worth a panic.
@@ -122,7 +128,7 @@ pub fn main() -> ExitCode {
             Command::Serve { .. } => serve(settings).await,
             Command::Migrate => migrate(settings).await,
             Command::Demo => crate::demo::run().await,
-            Command::Openapi => unreachable!("handled above"),
+            Command::Openapi | Command::Ctl(_) => unreachable!("handled above"),
         }
     });
     match result {
@@ -226,6 +232,7 @@ async fn start_engine(
         .clone()
         .unwrap_or_else(node::default_node_id);
     tracing::info!(node = %node_id, region = %settings.region, vantages_per_domain = settings.vantages_per_domain, "starting the engine");
+    crate::metrics::METRICS.set_node(&node_id, &settings.region);
     let provider: Arc<dyn DnsProvider> = match settings.dns_provider {
         DnsProviderKind::Route53 => route53(settings).await,
         DnsProviderKind::Auto if crate::config::aws_credentials_configured() => {

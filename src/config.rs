@@ -9,6 +9,8 @@
 //! | `admin_token`        | `TRANCHE_ADMIN_TOKEN`                         | none: admin API off|
 //! | `dev`                | `TRANCHE_DEV`                                 | `false`            |
 //! | `log_format`         | `TRANCHE_LOG_FORMAT` (`text`/`json`)          | `text`             |
+//! | `metrics_listen`     | `TRANCHE_METRICS_LISTEN`                      | none: `/metrics` on `listen`, admin token |
+//! | `metrics_per_domain` | `TRANCHE_METRICS_PER_DOMAIN`                  | `false`            |
 //! | `db_max_connections` | `TRANCHE_DB_MAX_CONNECTIONS`                  | `16`               |
 //! | `node_id`            | `TRANCHE_NODE_ID`, `--node-id`                | `<hostname>-<pid>` |
 //! | `region`             | `TRANCHE_REGION`, `--region`                  | `default`          |
@@ -85,6 +87,13 @@ pub struct Settings {
     pub dev: bool,
     /// Log output format.
     pub log_format: LogFormat,
+    /// A second address serving only `GET /metrics`, without a token (for a scraper on a
+    /// private network). `/metrics` on `listen` always needs the admin token.
+    #[serde(deserialize_with = "optional_listen_address")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Also export per-domain series (availability and certificate expiry per domain and
+    /// CDN). Off by default: one series per domain is a lot for a large installation.
+    pub metrics_per_domain: bool,
     /// Size of the Postgres connection pool.
     pub db_max_connections: u32,
     /// This node's name in the cluster (default `<hostname>-<pid>`); nodes sharing a database
@@ -186,6 +195,8 @@ impl Default for Settings {
             admin_token: None,
             dev: false,
             log_format: LogFormat::Text,
+            metrics_listen: None,
+            metrics_per_domain: false,
             db_max_connections: 16,
             node_id: None,
             region: tranche_actors::config::DEFAULT_VANTAGE.to_owned(),
@@ -249,6 +260,18 @@ pub fn parse_listen(text: &str) -> Result<SocketAddr, String> {
 fn listen_address<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
     let text = String::deserialize(d)?;
     parse_listen(&text).map_err(serde::de::Error::custom)
+}
+
+fn optional_listen_address<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    match Option::<String>::deserialize(d)? {
+        None => Ok(None),
+        Some(text) if text.is_empty() => Ok(None),
+        Some(text) => parse_listen(&text)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
 }
 
 /// Whether the standard AWS credential sources are configured in the environment.

@@ -39,6 +39,7 @@ pub mod api;
 pub mod cli;
 pub mod cloudflare;
 pub mod config;
+pub mod ctl;
 pub mod demo;
 pub mod metrics;
 pub mod node;

@@ -181,7 +181,13 @@ pub async fn start_with(
     let dns = dns.map(|d| DnsSetup {
         store: store.clone(),
         provider: d.provider,
-        limiter: Arc::new(TokenBucket::new(d.rate_per_sec, d.burst)),
+        limiter: Arc::new(
+            TokenBucket::new(d.rate_per_sec, d.burst).with_observer(|wait| {
+                crate::metrics::METRICS
+                    .dns_limiter_wait
+                    .observe(wait.as_secs_f64())
+            }),
+        ),
         limits: BatchLimits::ROUTE53,
     });
     let engine = Arc::new(

@@ -30,6 +30,8 @@ pub struct Application {
     ctx: Arc<ApiContext>,
     limits: ConnectionLimits,
     idle_timeout: Duration,
+    /// `metrics_listen`: serves `GET /metrics` only, without a token.
+    metrics_listener: Option<tokio::net::TcpListener>,
 }
 
 impl Application {
@@ -39,6 +41,14 @@ impl Application {
             .await
             .with_context(|| format!("could not listen on {}", settings.listen))?;
         let local_addr = listener.local_addr()?;
+        let metrics_listener = match settings.metrics_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("could not listen on {addr} (metrics_listen)"))?,
+            ),
+            None => None,
+        };
         let ctx = Arc::new(ApiContext {
             pool,
             dev: settings.dev,
@@ -70,6 +80,7 @@ impl Application {
                 .node_id
                 .clone()
                 .unwrap_or_else(crate::node::default_node_id),
+            metrics_per_domain: settings.metrics_per_domain,
         });
         let open_files = raise_open_files_limit();
         let limits = ConnectionLimits {
@@ -84,6 +95,7 @@ impl Application {
             ctx,
             limits,
             idle_timeout: settings.http_idle_timeout.0,
+            metrics_listener,
         })
     }
 
@@ -95,15 +107,47 @@ impl Application {
         self.local_addr.port()
     }
 
+    /// Where `metrics_listen` serves, when set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
     /// Serves until `shutdown` completes, then lets in-flight requests finish.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> std::io::Result<()> {
+        let metrics = match self.metrics_listener {
+            Some(listener) => {
+                let acceptor = TcpAcceptor::from_tokio(listener)?;
+                let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+                let app = api::metrics_app(self.ctx.clone());
+                let server = tokio::spawn(
+                    Server::new_with_acceptor(acceptor)
+                        .idle_timeout(self.idle_timeout)
+                        .run_with_graceful_shutdown(
+                            app,
+                            async move {
+                                let _ = stopped.await;
+                            },
+                            Some(Duration::from_secs(1)),
+                        ),
+                );
+                Some((stop, server))
+            }
+            None => None,
+        };
         let acceptor = GuardedAcceptor::new(TcpAcceptor::from_tokio(self.listener)?, self.limits);
-        Server::new_with_acceptor(acceptor)
+        let served = Server::new_with_acceptor(acceptor)
             .idle_timeout(self.idle_timeout)
             .run_with_graceful_shutdown(api::app(self.ctx), shutdown, Some(DRAIN_TIMEOUT))
-            .await
+            .await;
+        if let Some((stop, server)) = metrics {
+            let _ = stop.send(());
+            let _ = server.await;
+        }
+        served
     }
 }

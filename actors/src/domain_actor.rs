@@ -528,10 +528,11 @@ impl DomainState {
 
         // Decide on a copy; adopt it only once it is committed.
         let mut next = self.machine.clone();
-        let Some(decision) = next.evaluate(now, inputs, &self.spec.policy) else {
+        let Some(mut decision) = next.evaluate(now, inputs, &self.spec.policy) else {
             self.machine = next;
             return;
         };
+        decision.primary_failing_since = self.primary.first_failure();
         if !self.ctx.config.lease.is_valid() {
             // The node's lease has lapsed by its own clock (it was frozen, or cannot reach the
             // database): it may have been deposed. Decide nothing; the owner will.

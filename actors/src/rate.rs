@@ -16,6 +16,8 @@ pub struct TokenBucket {
     burst: f64,
     /// Tokens available at `.1` (negative: reserved ahead of time).
     state: Mutex<(f64, Instant)>,
+    /// Told every reservation's wait (metrics).
+    observer: Option<Box<dyn Fn(Duration) + Send + Sync>>,
 }
 
 impl TokenBucket {
@@ -26,7 +28,14 @@ impl TokenBucket {
             rate_per_sec: rate_per_sec.max(0.001),
             burst,
             state: Mutex::new((burst, Instant::now())),
+            observer: None,
         }
+    }
+
+    /// Calls `observer` with the wait of every reservation (e.g. to record a histogram).
+    pub fn with_observer(mut self, observer: impl Fn(Duration) + Send + Sync + 'static) -> Self {
+        self.observer = Some(Box::new(observer));
+        self
     }
 
     /// Reserves one token; returns how long until it may be used (zero: now).
@@ -38,11 +47,16 @@ impl TokenBucket {
             (*tokens + now.duration_since(*last).as_secs_f64() * self.rate_per_sec).min(self.burst);
         *last = now;
         *tokens -= 1.0;
-        if *tokens >= 0.0 {
+        let wait = if *tokens >= 0.0 {
             Duration::ZERO
         } else {
             Duration::from_secs_f64(-*tokens / self.rate_per_sec)
+        };
+        drop(state);
+        if let Some(observe) = &self.observer {
+            observe(wait);
         }
+        wait
     }
 }
 

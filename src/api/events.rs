@@ -55,6 +55,10 @@ pub struct StormTrigger {
     /// Every vantage's view when the storm opened (absent on storms opened before vantages).
     #[oai(nullable)]
     pub vantages: Option<Vec<VantageView>>,
+    /// The earliest failed primary probe in the deciding node's window when the storm opened:
+    /// when the trouble began, as far as the window remembers (absent on older storms).
+    #[oai(nullable)]
+    pub primary_failing_since: Option<String>,
 }
 
 /// `data` of `vantage.disagrees`: a vantage (region) sees a CDN of the domain down while the

@@ -48,16 +48,19 @@ impl HealthApi {
         }
     }
 
-    /// Prometheus metrics of this node, in the text exposition format (admin token): HTTP
-    /// requests, probes, storms, DNS provider calls, webhook deliveries, and cluster-wide
-    /// gauges (domains by state, the webhook outbox, the database pool).
+    /// Prometheus metrics of this node, in the text exposition format (admin token; or
+    /// without one on `metrics_listen`): HTTP requests, probes, storms with detection and
+    /// failover latencies, DNS provider calls and rate-limiter waits, webhook deliveries,
+    /// billing runs, usage snapshots, and cluster-wide gauges (domains by state, pending DNS
+    /// changes per zone, nodes and shards, the webhook outbox, certificate expiry, the
+    /// database pool). Names and meanings: `docs/operations.md`.
     #[oai(path = "/metrics", method = "get", operation_id = "metrics")]
     async fn metrics(
         &self,
         _admin: super::auth::Admin,
         ctx: Data<&Arc<ApiContext>>,
     ) -> super::error::ApiResult<PlainText<String>> {
-        crate::metrics::refresh(&ctx.pool).await?;
+        crate::metrics::refresh(&ctx.pool, ctx.metrics_per_domain).await?;
         Ok(PlainText(crate::metrics::METRICS.render()))
     }
 }

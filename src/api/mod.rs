@@ -69,6 +69,8 @@ pub struct ApiContext {
     pub billing: Option<tranche_core::billing::BillingSettings>,
     /// This node's id, recorded on the runs it makes.
     pub node_id: String,
+    /// Export per-domain metric series.
+    pub metrics_per_domain: bool,
 }
 
 #[derive(Tags)]
@@ -268,6 +270,29 @@ fn request_id(req: &poem::Request) -> String {
 }
 
 /// The complete HTTP application: API, `/openapi.json`, `/docs`, JSON errors everywhere.
+/// The `metrics_listen` server: `GET /metrics` only, without a token.
+pub fn metrics_app(ctx: Arc<ApiContext>) -> impl Endpoint {
+    Route::new().at(
+        "/metrics",
+        poem::get(poem::endpoint::make(move |_| {
+            let ctx = ctx.clone();
+            async move {
+                match crate::metrics::refresh(&ctx.pool, ctx.metrics_per_domain).await {
+                    Ok(()) => poem::Response::builder()
+                        .content_type("text/plain; version=0.0.4; charset=utf-8")
+                        .body(crate::metrics::METRICS.render()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not refresh the metrics");
+                        poem::Response::builder()
+                            .status(poem::http::StatusCode::SERVICE_UNAVAILABLE)
+                            .body("database unavailable")
+                    }
+                }
+            }
+        })),
+    )
+}
+
 pub fn app(ctx: Arc<ApiContext>) -> impl Endpoint {
     let api = openapi();
     // Swagger UI shows the document this server serves (the generator's is replaced in it).

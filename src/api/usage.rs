@@ -227,6 +227,7 @@ impl UsageApi {
         }
         let reports = reports(body.0, id.0, tenant.customer_id, Utc::now())?;
         let recorded = usage::record(&ctx.pool, &reports).await?;
+        crate::metrics::METRICS.usage_ingested(recorded.iter().map(|(o, _)| *o), "api");
         Ok(Json(RecordedSnapshots {
             results: recorded
                 .into_iter()

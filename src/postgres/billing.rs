@@ -101,10 +101,11 @@ impl BillingStore for PgBillingStore {
         node_id: &str,
     ) -> Result<BillingRunSummary, StoreError> {
         let started = Utc::now();
-        match self
+        let result = self
             .run(customer_id, fence, now, settings, node_id, started)
-            .await
-        {
+            .await;
+        crate::metrics::METRICS.billing_run(result.as_ref(), started);
+        match result {
             Err(e @ StoreError::Fenced { .. }) => Err(e),
             Err(e) => {
                 self.record_failure(customer_id, node_id, started, &e).await;
@@ -161,9 +162,11 @@ impl PgBillingStore {
             )
             .await?;
             tx.commit().await.map_err(port_error)?;
-            Ok::<_, StoreError>(id)
+            Ok::<_, StoreError>((id, summary))
         };
-        match run.await {
+        let result = run.await;
+        crate::metrics::METRICS.billing_run(result.as_ref().map(|r| &r.1), started);
+        match result.map(|r| r.0) {
             Err(e) => {
                 self.record_failure(customer_id, node_id, started, &e).await;
                 Err(e)
@@ -659,6 +662,7 @@ impl UsageStore for PgUsageStore {
         let outcomes = crate::postgres::usage::record(&self.pool, reports)
             .await
             .map_err(port_error)?;
+        crate::metrics::METRICS.usage_ingested(outcomes.iter().map(|(o, _)| *o), "ingest");
         Ok(outcomes.iter().filter(|(o, _)| o.wrote()).count())
     }
 }

@@ -315,6 +315,7 @@ impl EngineStore for PgEngineStore {
                     "window_seconds": spec.policy.window_seconds,
                     "consecutive_failures": spec.policy.consecutive_failures,
                     "from_state": d.previous.as_str(),
+                    "primary_failing_since": d.primary_failing_since.map(timestamp),
                 });
                 // Idempotent: if a storm is already open (a retried commit), keep that one.
                 let opened: Option<(uuid::Uuid, DateTime<Utc>)> = sqlx::query_as(
@@ -374,11 +375,20 @@ impl EngineStore for PgEngineStore {
         }
         emit(&mut tx, &events).await.map_err(port_error)?;
         tx.commit().await.map_err(port_error)?;
+        let m = &crate::metrics::METRICS;
         match d.storm {
-            Some(StormChange::Opened) => crate::metrics::METRICS.storms_opened.inc(),
-            Some(StormChange::Closed) => crate::metrics::METRICS.storms_closed.inc(),
-            None => 0,
-        };
+            Some(StormChange::Opened) => {
+                m.storms_opened.inc();
+                if let Some(since) = d.primary_failing_since {
+                    m.storm_detection_seconds
+                        .observe((d.at - since).to_std().unwrap_or_default().as_secs_f64());
+                }
+            }
+            Some(StormChange::Closed) => {
+                m.storms_closed.inc();
+            }
+            None => {}
+        }
         Ok(())
     }
 
@@ -586,6 +596,49 @@ pub(crate) async fn check_fence(
             epoch: fence.epoch,
         })
     }
+}
+
+/// A change the provider confirmed (its row already marked `insync`): announces it and returns
+/// the failover latencies it completes, to be observed once committed.
+async fn now_in_sync(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    change: uuid::Uuid,
+    attempt: i32,
+) -> Result<Vec<f64>, StoreError> {
+    emit_dns_change(tx, change, DnsOutcome::InSync, attempt).await?;
+    failover_latencies(tx, change).await
+}
+
+fn observe_failovers(seconds: &[f64]) {
+    for &s in seconds {
+        crate::metrics::METRICS.failover_seconds.observe(s);
+    }
+}
+
+/// Failover latency: for each domain this in-sync change moved away from its primary while a
+/// storm of the domain is open, the time from the storm's start to now, if no earlier change
+/// already put it in sync since that start (only the first move of a storm counts).
+async fn failover_latencies(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    change: uuid::Uuid,
+) -> Result<Vec<f64>, StoreError> {
+    sqlx::query_scalar(
+        "select distinct on (s.id) extract(epoch from c.insync_at - s.started_at)::float8
+           from dns_changes c
+          cross join lateral jsonb_array_elements(c.changes) ch
+           join storm_events s on s.domain_id = (ch ->> 'domain_id')::int8 and s.ended_at is null
+          where c.id = $1
+            and (ch -> 'to' ->> 'primary')::int < coalesce((ch -> 'from' ->> 'primary')::int, 100)
+            and s.started_at <= c.submitted_at
+            and not exists (
+                  select 1 from dns_changes e
+                   where e.domain_ids @> array[s.domain_id] and e.id <> c.id
+                     and e.status = 'insync' and e.submitted_at >= s.started_at)",
+    )
+    .bind(change)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(port_error)
 }
 
 /// Announces edge certificates the batch saw expiring soon (the core's rule), once per domain,
@@ -931,10 +984,14 @@ impl DnsStore for PgEngineStore {
         .fetch_one(&mut *tx)
         .await
         .map_err(port_error)?;
-        if in_sync {
-            emit_dns_change(&mut tx, change, DnsOutcome::InSync, attempt).await?;
-        }
-        tx.commit().await.map_err(port_error)
+        let failovers = if in_sync {
+            now_in_sync(&mut tx, change, attempt).await?
+        } else {
+            Vec::new()
+        };
+        tx.commit().await.map_err(port_error)?;
+        observe_failovers(&failovers);
+        Ok(())
     }
 
     async fn dns_failed(
@@ -1039,9 +1096,12 @@ impl DnsStore for PgEngineStore {
         .fetch_optional(&mut *tx)
         .await
         .map_err(port_error)?;
-        if let Some(attempt) = attempt {
-            emit_dns_change(&mut tx, change, DnsOutcome::InSync, attempt).await?;
-        }
-        tx.commit().await.map_err(port_error)
+        let failovers = match attempt {
+            Some(attempt) => now_in_sync(&mut tx, change, attempt).await?,
+            None => Vec::new(),
+        };
+        tx.commit().await.map_err(port_error)?;
+        observe_failovers(&failovers);
+        Ok(())
     }
 }

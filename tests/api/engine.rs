@@ -22,10 +22,17 @@ struct Scenario {
 }
 
 async fn scenario(cooldown_seconds: i32) -> Scenario {
+    scenario_with(cooldown_seconds, |_| {}).await
+}
+
+async fn scenario_with(
+    cooldown_seconds: i32,
+    configure: impl FnOnce(&mut tranche::config::Settings),
+) -> Scenario {
     let ca = TestCa::new(&["*.example.test"]).unwrap();
     let primary = FakeEdge::https(&ca).await.unwrap();
     let backup = FakeEdge::https(&ca).await.unwrap();
-    let mut app = spawn_app().await;
+    let mut app = crate::helpers::spawn_app_with(configure).await;
     let service = app.create_service(&DEMO, "web").await;
     app.post(
         &format!("/v1/services/{service}/storm-policies"),
@@ -597,12 +604,71 @@ async fn metrics_show_probes_storms_and_requests() {
     ] {
         assert!(text.contains(expected), "{expected} missing from:\n{text}");
     }
-    // Counters count: the storm this test opened is in the total.
-    let opened: f64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("tranche_storms_opened_total "))
-        .unwrap()
+    // Counters count: the storm this test opened is in the total, and its detection latency
+    // (from the first failed probe in the window) was observed.
+    assert!(
+        sample(&text, "tranche_storms_opened_total") >= 1.0,
+        "{text}"
+    );
+    assert!(
+        sample(&text, "tranche_storm_detection_seconds_count") >= 1.0,
+        "{text}"
+    );
+    // The edges' test certificates are valid for a while; the earliest expiry is in the future.
+    let earliest = sample(
+        &text,
+        r#"tranche_cert_earliest_expiry_timestamp_seconds{cdn="primary"}"#,
+    );
+    assert!(earliest > chrono::Utc::now().timestamp() as f64, "{text}");
+    // No per-domain series unless asked for.
+    assert!(
+        !text.contains("tranche_domain_availability_ratio{"),
+        "{text}"
+    );
+}
+
+/// The value of the sample named `series` (with its labels) in a text exposition.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{series} missing from:\n{text}"))
         .parse()
+        .unwrap()
+}
+
+/// `metrics_listen` serves `/metrics` without a token (and nothing else); with
+/// `metrics_per_domain`, each domain has its availability and certificate expiry per CDN.
+#[tokio::test]
+async fn a_separate_metrics_listener_needs_no_token_and_per_domain_series_are_opt_in() {
+    let s = scenario_with(60, |settings| {
+        settings.metrics_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)));
+        settings.metrics_per_domain = true;
+    })
+    .await;
+    let addr = s.app.metrics_addr.expect("metrics_listen is bound");
+    assert_ne!(addr, s.app.addr);
+    let url = format!("http://{addr}/metrics");
+    let text = eventually("per-domain series", Duration::from_secs(20), || async {
+        let resp = s.app.client.get(&url).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let text = resp.text().await.unwrap();
+        text.contains(
+            r#"tranche_domain_availability_ratio{domain="app.example.test",cdn="primary"}"#,
+        )
+        .then_some(text)
+    })
+    .await;
+    assert!(
+        text.contains(r#"tranche_domain_cert_expiry_timestamp_seconds{domain="app.example.test",cdn="backup"}"#),
+        "{text}"
+    );
+    // Only /metrics is served there: the API is not reachable without its own listener.
+    let api = s
+        .app
+        .client
+        .get(format!("http://{addr}/v1/services"))
+        .send()
+        .await
         .unwrap();
-    assert!(opened >= 1.0, "{text}");
+    assert_eq!(api.status(), 404);
 }

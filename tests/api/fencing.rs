@@ -24,6 +24,7 @@ fn storm_decision() -> Decision {
         state: StormState::Storm,
         weights: Weights::FAILOVER,
         storm: Some(StormChange::Opened),
+        primary_failing_since: None,
         primary: CdnHealth::new(
             Availability::Known {
                 successes: 0,

@@ -131,6 +131,8 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub pool: PgPool,
     pub client: reqwest::Client,
+    /// Where `metrics_listen` serves, when the test set it.
+    pub metrics_addr: Option<SocketAddr>,
     /// The actor engine, when the test started one.
     pub engine: Option<tranche::node::RunningEngine>,
 }
@@ -273,12 +275,14 @@ pub async fn spawn_app_on(pool: PgPool, configure: impl FnOnce(&mut Settings)) -
     }
     let app = Application::build(&settings, pool.clone()).await.unwrap();
     let addr = app.local_addr();
+    let metrics_addr = app.metrics_addr();
     tokio::spawn(app.run_until_stopped(std::future::pending()));
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     TestApp {
         addr,
         pool,
         client,
+        metrics_addr,
         engine: None,
     }
 }

@@ -5,6 +5,8 @@ mod auth;
 mod billing;
 mod chaos;
 mod cluster;
+mod ctl;
+mod deploy;
 mod dns_faults;
 mod domains;
 mod engine;

@@ -333,6 +333,20 @@ async fn a_storm_moves_route53_weights_to_the_backup_and_back() {
         storm_id.is_some(),
         "the change names the storm that caused it"
     );
+    // The failover's latency (storm start to INSYNC) is measured once the provider confirms.
+    eventually(
+        "failover latency observed",
+        Duration::from_secs(15),
+        || async {
+            let count = tranche::metrics::METRICS.render().lines().find_map(|l| {
+                l.strip_prefix("tranche_failover_seconds_count ")?
+                    .parse::<f64>()
+                    .ok()
+            });
+            count.filter(|&n| n >= 1.0)
+        },
+    )
+    .await;
 
     primary.set(Behaviour::Healthy);
     eventually(

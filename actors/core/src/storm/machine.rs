@@ -179,6 +179,10 @@ pub struct Decision {
     /// The CDNs as every vantage saw them when the decision was made.
     pub primary: Vantages,
     pub backup: Vantages,
+    /// The earliest failed primary probe in the deciding node's window: when the trouble that
+    /// opened a storm began, as far as the window remembers. The machine leaves it `None`; the
+    /// caller, which holds the window, fills it in (detection latency is measured from it).
+    pub primary_failing_since: Option<DateTime<Utc>>,
 }
 
 /// One domain's storm state. Construct with [`StormMachine::new`] or restore from the persisted
@@ -370,6 +374,7 @@ impl StormMachine {
             storm,
             primary,
             backup,
+            primary_failing_since: None,
         })
     }
 }

@@ -148,6 +148,12 @@ impl AvailabilityWindow {
         }
     }
 
+    /// The earliest failed probe still in the window (evicted with the window's last
+    /// `availability` call).
+    pub fn first_failure(&self) -> Option<DateTime<Utc>> {
+        self.samples.iter().find(|(_, ok)| !ok).map(|(t, _)| *t)
+    }
+
     pub fn len(&self) -> usize {
         self.samples.len()
     }
