@@ -71,6 +71,36 @@ enum CtlCommand {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+    /// Start a failover drill: traffic on the backup for `--for`, then ramped back.
+    Drill {
+        service: i64,
+        domain: i64,
+        /// How long (e.g. `10m`, `1h`; 10 s to 24 h).
+        #[arg(long = "for", value_parser = parse_duration)]
+        duration: u64,
+        #[arg(long)]
+        reason: String,
+    },
+    /// List a domain's drills.
+    Drills { service: i64, domain: i64 },
+    /// Cancel a drill: traffic ramps back now.
+    CancelDrill {
+        service: i64,
+        domain: i64,
+        drill: String,
+    },
+    /// Declare a maintenance window (no storm opens, nothing is alerted on).
+    Maintenance {
+        service: i64,
+        /// Only this domain (default: the whole service).
+        #[arg(long)]
+        domain: Option<i64>,
+        /// How long from now (e.g. `2h`).
+        #[arg(long = "for", value_parser = parse_duration)]
+        duration: u64,
+        #[arg(long)]
+        reason: String,
+    },
     /// Run your invoicing now and show the run.
     Bill,
     /// The cluster: nodes, their vantages and shards (admin token).
@@ -341,6 +371,80 @@ async fn execute(ctl: Ctl) -> CtlResult<String> {
                 )
             })
         }
+        CtlCommand::Drill {
+            service,
+            domain,
+            duration,
+            reason,
+        } => (
+            client
+                .call(
+                    Method::POST,
+                    &format!("/v1/services/{service}/domains/{domain}/drills"),
+                    Some(json!({ "duration_seconds": duration, "reason": reason })),
+                )
+                .await?,
+            details,
+        ),
+        CtlCommand::Drills { service, domain } => (
+            client
+                .call(
+                    Method::GET,
+                    &format!("/v1/services/{service}/domains/{domain}/drills"),
+                    None,
+                )
+                .await?,
+            |v| {
+                table(
+                    v,
+                    &[
+                        ("ID", "/id"),
+                        ("STATUS", "/status"),
+                        ("OUTCOME", "/outcome"),
+                        ("REQUESTED", "/requested_at"),
+                        ("ENDS", "/ends_at"),
+                        ("BY", "/requested_by"),
+                        ("REASON", "/reason"),
+                    ],
+                )
+            },
+        ),
+        CtlCommand::CancelDrill {
+            service,
+            domain,
+            drill,
+        } => (
+            client
+                .call(
+                    Method::DELETE,
+                    &format!("/v1/services/{service}/domains/{domain}/drills/{drill}"),
+                    None,
+                )
+                .await?,
+            details,
+        ),
+        CtlCommand::Maintenance {
+            service,
+            domain,
+            duration,
+            reason,
+        } => {
+            let ends_at = chrono::Utc::now() + chrono::TimeDelta::seconds(duration as i64);
+            let mut body = json!({ "ends_at": ends_at, "reason": reason });
+            if let Some(d) = domain {
+                body["domain_id"] = json!(d);
+            }
+            (
+                client
+                    .call(
+                        Method::POST,
+                        &format!("/v1/services/{service}/maintenance-windows"),
+                        Some(body),
+                    )
+                    .await?,
+                details,
+            )
+        }
         CtlCommand::Bill => (
             client.call(Method::POST, "/v1/billing-runs", None).await?,
             details,
@@ -373,6 +477,11 @@ async fn execute(ctl: Ctl) -> CtlResult<String> {
     } else {
         render(&value)
     })
+}
+
+/// `90s`, `10m`, `1h30m` → seconds.
+fn parse_duration(text: &str) -> Result<u64, String> {
+    crate::config::HumanDuration::parse(text).map(|d| d.0.as_secs())
 }
 
 fn ids(list: &Value) -> Vec<i64> {

@@ -445,21 +445,26 @@ impl DomainState {
     /// changes (rarely: a network problem near a vantage comes or goes), never per probe.
     async fn note_disagreement(&mut self, at: chrono::DateTime<chrono::Utc>, inputs: &Inputs) {
         let policy = &self.spec.policy;
-        let seen: Vec<Disagreement> = [
-            (Cdn::Primary, &inputs.primary),
-            (Cdn::Backup, &inputs.backup),
-        ]
-        .into_iter()
-        .flat_map(|(cdn, v)| {
-            v.disagreeing(policy)
-                .into_iter()
-                .map(move |d| Disagreement {
-                    vantage: d.vantage.clone(),
-                    node_id: d.node_id.clone(),
-                    cdn,
-                })
-        })
-        .collect();
+        // In a maintenance window nothing is alerted on, disagreements included.
+        let seen: Vec<Disagreement> = if inputs.maintenance {
+            Vec::new()
+        } else {
+            [
+                (Cdn::Primary, &inputs.primary),
+                (Cdn::Backup, &inputs.backup),
+            ]
+            .into_iter()
+            .flat_map(|(cdn, v)| {
+                v.disagreeing(policy)
+                    .into_iter()
+                    .map(move |d| Disagreement {
+                        vantage: d.vantage.clone(),
+                        node_id: d.node_id.clone(),
+                        cdn,
+                    })
+            })
+            .collect()
+        };
         let lasting = self.damper.settle(
             at,
             seen.iter().map(|d| (d.vantage.clone(), d.cdn)),
@@ -521,6 +526,8 @@ impl DomainState {
             primary,
             backup,
             step_applied: self.step_applied().await,
+            drill_until: self.spec.drill_until,
+            maintenance: self.spec.in_maintenance(now),
         };
         let primary = inputs.primary.clone();
         let backup_avail = inputs.backup.availability();

@@ -154,6 +154,8 @@ fn spec(policy: PolicyParams) -> DomainSpec {
         expected: ExpectedStatuses::default(),
         timeout: Duration::from_secs(1),
         policy,
+        drill_until: None,
+        maintenance: Vec::new(),
     }
 }
 

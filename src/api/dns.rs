@@ -175,7 +175,7 @@ pub enum Released {
     NoContent,
 }
 
-fn actor(tenant: &Tenant) -> String {
+pub(crate) fn actor(tenant: &Tenant) -> String {
     tenant
         .key_id
         .map_or_else(|| "dev".to_owned(), |id| format!("api_key:{id}"))

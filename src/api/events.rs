@@ -224,6 +224,47 @@ pub struct CertificateExpiring {
     pub days_left: i64,
 }
 
+/// `data` of `drill.started`: an operator's drill moved the domain's traffic to its backup.
+/// No storm is open (drills are never billed as storm time).
+#[derive(Debug, Clone, Object)]
+#[oai(deny_unknown_fields)]
+pub struct DrillStarted {
+    pub service_id: i64,
+    pub domain_id: i64,
+    pub domain: String,
+    #[oai(nullable)]
+    pub drill_id: Option<Uuid>,
+    #[oai(nullable)]
+    pub reason: Option<String>,
+    /// When the drill stops holding traffic on the backup and the ramp back begins.
+    #[oai(nullable)]
+    pub ends_at: Option<DateTime<Utc>>,
+    /// The weights now desired (`{"primary": 0, "backup": 100}`).
+    pub weights: serde_json::Value,
+}
+
+/// `data` of `drill.ended`: the domain left its drill — ramped back to the primary
+/// (`completed`, or `cancelled` early), or taken over by a real storm (`storm`), or sent straight
+/// back because the backup failed (`backup_unhealthy`).
+#[derive(Debug, Clone, Object)]
+#[oai(deny_unknown_fields)]
+pub struct DrillEnded {
+    pub service_id: i64,
+    pub domain_id: i64,
+    pub domain: String,
+    #[oai(nullable)]
+    pub drill_id: Option<Uuid>,
+    #[oai(nullable)]
+    pub reason: Option<String>,
+    #[oai(nullable)]
+    pub ends_at: Option<DateTime<Utc>>,
+    #[oai(nullable)]
+    pub finished_at: Option<DateTime<Utc>>,
+    #[oai(nullable)]
+    pub outcome: Option<String>,
+    pub weights: serde_json::Value,
+}
+
 /// `data` of `ping`, sent by `POST /v1/webhooks/{id}/test` to that endpoint only.
 #[derive(Debug, Clone, Object)]
 #[oai(deny_unknown_fields)]
@@ -269,6 +310,10 @@ envelopes! {
     CertificateExpiringEvent => CertificateExpiring;
     /// `vantage.disagrees`
     VantageDisagreesEvent => VantageDisagrees;
+    /// `drill.started`
+    DrillStartedEvent => DrillStarted;
+    /// `drill.ended`
+    DrillEndedEvent => DrillEnded;
     /// `ping`
     PingEvent => Ping;
 }
@@ -300,6 +345,10 @@ pub enum Event {
     CertificateExpiring(CertificateExpiringEvent),
     #[oai(mapping = "vantage.disagrees")]
     VantageDisagrees(VantageDisagreesEvent),
+    #[oai(mapping = "drill.started")]
+    DrillStarted(DrillStartedEvent),
+    #[oai(mapping = "drill.ended")]
+    DrillEnded(DrillEndedEvent),
     #[oai(mapping = "ping")]
     Ping(PingEvent),
 }

@@ -12,6 +12,7 @@ pub mod admin;
 pub mod auth;
 pub mod dns;
 pub mod domains;
+pub mod drills;
 pub mod error;
 pub mod events;
 pub mod guard;
@@ -100,7 +101,8 @@ pub enum ApiTags {
     /// themselves. Each event type's body is a schema of its own: see `Event` (discriminated
     /// by `type`: `storm.started`, `storm.ended`, `storm.backup_unhealthy`,
     /// `domain.health_unknown`, `dns.change_applied`, `dns.change_failed`, `invoice.created`, `domain.verified`,
-    /// `domain.verification_failed`, `certificate.expiring`, `vantage.disagrees`, `ping`). Deliveries are signed:
+    /// `domain.verification_failed`, `certificate.expiring`, `vantage.disagrees`, `drill.started`,
+    /// `drill.ended`, `ping`). Deliveries are signed:
     /// `Tranche-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
     Webhooks,
     /// Operator endpoints (admin token).
@@ -115,6 +117,7 @@ pub type Api = (
     policies::PoliciesApi,
     storms::StormsApi,
     dns::DnsApi,
+    drills::DrillsApi,
     usage::UsageApi,
     invoices::InvoicesApi,
     keys::KeysApi,
@@ -134,6 +137,7 @@ pub fn openapi() -> OpenApiService<Api, ()> {
             policies::PoliciesApi,
             storms::StormsApi,
             dns::DnsApi,
+            drills::DrillsApi,
             usage::UsageApi,
             invoices::InvoicesApi,
             keys::KeysApi,

@@ -31,8 +31,9 @@ pub struct DomainState {
     pub domain_id: i64,
     pub name: String,
     /// `healthy`, `storm`, `recovering`, `backup_unhealthy` (primary down, backup not healthy:
-    /// no failover) or `unknown` (the primary cannot be judged — no target, every probe
-    /// blocked, too few results — for longer than a window: see `reason`).
+    /// no failover), `unknown` (the primary cannot be judged — no target, every probe
+    /// blocked, too few results — for longer than a window: see `reason`) or `drill` (an
+    /// operator's failover drill holds or ramps traffic back; see `drill`).
     pub state: String,
     /// Why the domain is in its state, where that needs saying (`unknown`).
     #[oai(nullable)]
@@ -60,6 +61,33 @@ pub struct DomainState {
     /// Vantages that see a CDN down while the quorum does not — usually a network problem near
     /// that vantage, not at the CDN. Empty when every vantage agrees.
     pub vantage_disagrees: Vec<VantageDisagreement>,
+    /// The drill under way (requested and not over), if any.
+    #[oai(nullable)]
+    pub drill: Option<DrillInProgress>,
+    /// The maintenance window covering the domain now, if any: no storm opens while it lasts.
+    #[oai(nullable)]
+    pub maintenance: Option<MaintenanceInProgress>,
+}
+
+/// A drill under way, as `/state` shows it.
+#[derive(Debug, Clone, Object, Deserialize)]
+pub struct DrillInProgress {
+    pub drill_id: Uuid,
+    pub reason: String,
+    pub ends_at: DateTime<Utc>,
+    /// When traffic moved (null: not yet — the backup must be healthy first).
+    #[oai(nullable)]
+    pub began_at: Option<DateTime<Utc>>,
+    pub requested_by: String,
+}
+
+/// A maintenance window in force, as `/state` shows it.
+#[derive(Debug, Clone, Object, Deserialize)]
+pub struct MaintenanceInProgress {
+    pub window_id: Uuid,
+    pub reason: String,
+    pub starts_at: DateTime<Utc>,
+    pub ends_at: DateTime<Utc>,
 }
 
 /// What one vantage saw of a domain's CDNs.
@@ -170,6 +198,8 @@ impl From<DomainStateRow> for DomainState {
             vantages: json_list(r.vantages),
             decision_vantages: json_list(r.decision_vantages),
             vantage_disagrees: json_list(r.vantage_disagrees),
+            drill: r.drill.and_then(|v| serde_json::from_value(v).ok()),
+            maintenance: r.maintenance.and_then(|v| serde_json::from_value(v).ok()),
         }
     }
 }

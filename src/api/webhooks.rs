@@ -24,7 +24,7 @@ use super::{ApiContext, ApiTags};
 use crate::postgres::webhooks::{self, DeliveryRow, EndpointFields, EndpointRow};
 
 /// Event types an endpoint can subscribe to.
-pub const EVENT_TYPES: [&str; 11] = [
+pub const EVENT_TYPES: [&str; 13] = [
     "storm.started",
     "storm.ended",
     "storm.backup_unhealthy",
@@ -36,6 +36,8 @@ pub const EVENT_TYPES: [&str; 11] = [
     "domain.verification_failed",
     "certificate.expiring",
     "vantage.disagrees",
+    "drill.started",
+    "drill.ended",
 ];
 
 /// A webhook endpoint (the secret is shown only when created or rotated).

@@ -218,3 +218,22 @@ pub async fn soft_delete(
     .await?;
     Ok(result.rows_affected() == 1)
 }
+
+/// Whether `domain_id` is a live domain of the customer's live service `service_id`.
+pub async fn exists(
+    pool: &PgPool,
+    customer_id: i64,
+    service_id: i64,
+    domain_id: i64,
+) -> sqlx::Result<bool> {
+    sqlx::query_scalar(
+        "select exists (select 1 from service_domains d join services s on s.id = d.service_id
+                         where d.id = $1 and d.service_id = $2 and s.customer_id = $3
+                           and d.deleted_at is null and s.deleted_at is null)",
+    )
+    .bind(domain_id)
+    .bind(service_id)
+    .bind(customer_id)
+    .fetch_one(pool)
+    .await
+}

@@ -19,7 +19,7 @@ use tranche_core::domain::{
     TargetHost,
 };
 use tranche_core::events::{
-    DnsOutcome, EventType, certificate_expiring, dns_change_event, state_event,
+    DnsOutcome, EventType, certificate_expiring, dns_change_event, drill_event, state_event,
 };
 use tranche_core::observations::VantageView;
 use tranche_core::observations::{Minute, aggregate};
@@ -89,6 +89,9 @@ struct SpecRow {
     state: Option<String>,
     state_since: Option<DateTime<Utc>>,
     desired_primary_weight: Option<i16>,
+    drill_until: Option<DateTime<Utc>>,
+    maintenance_starts: Option<Vec<DateTime<Utc>>>,
+    maintenance_ends: Option<Vec<DateTime<Utc>>>,
 }
 
 impl SpecRow {
@@ -148,6 +151,13 @@ impl SpecRow {
                 .map_err(|e| e.to_string())?,
             timeout: Duration::from_millis(self.probe_timeout_ms.max(1) as u64),
             policy,
+            drill_until: self.drill_until,
+            maintenance: self
+                .maintenance_starts
+                .unwrap_or_default()
+                .into_iter()
+                .zip(self.maintenance_ends.unwrap_or_default())
+                .collect(),
         };
         let persisted = match (
             self.state.as_deref().and_then(StormState::parse),
@@ -179,11 +189,22 @@ impl EngineStore for PgEngineStore {
                     p.threshold_avail, p.window_seconds, p.cooldown_seconds, p.max_coverage_factor,
                     p.probe_interval_seconds, p.min_samples, p.consecutive_failures,
                     p.consecutive_successes, p.quorum,
-                    st.state, st.state_since, st.desired_primary_weight
+                    st.state, st.state_since, st.desired_primary_weight,
+                    (select dr.ends_at from drills dr
+                      where dr.domain_id = d.id and dr.finished_at is null
+                      order by dr.requested_at desc limit 1) as drill_until,
+                    mw.maintenance_starts, mw.maintenance_ends
                from service_domains d
                join services s on s.id = d.service_id
                left join storm_policies p on p.service_id = s.id and p.kind = 'http_availability'
                left join domain_states st on st.domain_id = d.id
+               left join lateral (
+                    select array_agg(m.starts_at order by m.id) as maintenance_starts,
+                           array_agg(m.ends_at order by m.id) as maintenance_ends
+                      from maintenance_windows m
+                     where m.service_id = d.service_id and (m.domain_id is null or m.domain_id = d.id)
+                       and m.cancelled_at is null and m.ends_at > now()
+               ) mw on true
               where d.deleted_at is null and s.deleted_at is null and d.shard = any($1)",
         )
         .bind(&shards)
@@ -295,6 +316,9 @@ impl EngineStore for PgEngineStore {
                 ));
             }
             None => {}
+        }
+        if let Some(kind) = drill_event(previous, d.state) {
+            events.push(drill_transition(&mut tx, spec, d, kind, about(json!({}))).await?);
         }
         let kind = spec.policy.kind.as_str();
         match d.storm {
@@ -596,6 +620,89 @@ pub(crate) async fn check_fence(
             epoch: fence.epoch,
         })
     }
+}
+
+/// A drill row as a decision marks it.
+#[derive(FromRow)]
+struct DrillMark {
+    id: uuid::Uuid,
+    reason: String,
+    ends_at: DateTime<Utc>,
+    finished_at: Option<DateTime<Utc>>,
+    outcome: Option<String>,
+}
+
+/// Records a drill starting (traffic moved) or ending (the domain left the drill) on its row,
+/// and builds its event.
+async fn drill_transition(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    spec: &DomainSpec,
+    d: &Decision,
+    kind: EventType,
+    mut payload: serde_json::Value,
+) -> Result<NewEvent, StoreError> {
+    let row: Option<DrillMark> = if kind == EventType::DrillStarted {
+        sqlx::query_as(
+            "update drills set began_at = coalesce(began_at, $2)
+                  where id = (select id from drills where domain_id = $1 and finished_at is null
+                               order by requested_at desc limit 1)
+              returning id, reason, ends_at, null::timestamptz as finished_at, null::text as outcome",
+        )
+        .bind(spec.id)
+        .bind(d.at)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(port_error)?
+    } else {
+        // Ended by a real storm or a failing backup, by a cancellation, or on time.
+        let outcome = match d.state {
+            StormState::Storm => "storm",
+            StormState::BackupUnhealthy => "backup_unhealthy",
+            _ => "completed",
+        };
+        sqlx::query_as(
+            "update drills set finished_at = $2,
+                        outcome = case when $3 = 'completed' and cancelled_at is not null
+                                       then 'cancelled' else $3 end
+                  where id = (select id from drills where domain_id = $1 and finished_at is null
+                               order by requested_at desc limit 1)
+              returning id, reason, ends_at, finished_at, outcome",
+        )
+        .bind(spec.id)
+        .bind(d.at)
+        .bind(outcome)
+        .fetch_optional(&mut **tx)
+        .await
+        .map_err(port_error)?
+    };
+    if let Some(p) = payload.as_object_mut() {
+        match row {
+            Some(DrillMark {
+                id,
+                reason,
+                ends_at,
+                finished_at,
+                outcome,
+            }) => {
+                p.insert("drill_id".into(), json!(id));
+                p.insert("reason".into(), json!(reason));
+                p.insert("ends_at".into(), timestamp(ends_at));
+                if kind == EventType::DrillEnded {
+                    p.insert("finished_at".into(), json!(finished_at.map(timestamp)));
+                    p.insert("outcome".into(), json!(outcome));
+                }
+            }
+            // A domain restored in a drill whose row is gone (deleted with its service).
+            None => {
+                p.insert("drill_id".into(), serde_json::Value::Null);
+            }
+        }
+        p.insert(
+            "weights".into(),
+            json!({ "primary": d.weights.primary, "backup": d.weights.backup }),
+        );
+    }
+    Ok(NewEvent::new(spec.customer_id, kind, payload))
 }
 
 /// A change the provider confirmed (its row already marked `insync`): announces it and returns

@@ -15,6 +15,7 @@ pub mod billing;
 pub mod customers;
 pub mod dns;
 pub mod domains;
+pub mod drills;
 pub mod embedded;
 pub mod engine_store;
 pub mod invoices;

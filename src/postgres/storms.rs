@@ -24,6 +24,8 @@ pub struct DomainStateRow {
     pub vantages: serde_json::Value,
     pub decision_vantages: serde_json::Value,
     pub vantage_disagrees: serde_json::Value,
+    pub drill: Option<serde_json::Value>,
+    pub maintenance: Option<serde_json::Value>,
 }
 
 /// Per-domain engine state of a live service of the customer (`None`: no such service).
@@ -49,7 +51,20 @@ pub async fn service_state(
                 n.node_id as owner_node,
                 coalesce(o.vantages, '[]') as vantages,
                 coalesce(st.vantages, '[]') as decision_vantages,
-                coalesce(st.vantage_disagrees, '[]') as vantage_disagrees
+                coalesce(st.vantage_disagrees, '[]') as vantage_disagrees,
+                (select jsonb_build_object('drill_id', dr.id, 'reason', dr.reason,
+                                           'ends_at', dr.ends_at, 'began_at', dr.began_at,
+                                           'requested_by', dr.requested_by)
+                   from drills dr
+                  where dr.domain_id = d.id and dr.finished_at is null
+                    and (dr.began_at is not null or dr.ends_at > now())
+                  order by dr.requested_at desc limit 1) as drill,
+                (select jsonb_build_object('window_id', m.id, 'reason', m.reason,
+                                           'starts_at', m.starts_at, 'ends_at', m.ends_at)
+                   from maintenance_windows m
+                  where m.service_id = d.service_id and (m.domain_id is null or m.domain_id = d.id)
+                    and m.cancelled_at is null and m.starts_at <= now() and m.ends_at > now()
+                  order by m.ends_at desc limit 1) as maintenance
            from service_domains d
            left join domain_states st on st.domain_id = d.id
            left join domain_observations o on o.domain_id = d.id

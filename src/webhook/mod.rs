@@ -169,6 +169,17 @@ pub fn slack_text(d: &Delivery) -> String {
             s("cdn"),
             s("domain")
         ),
+        "drill.started" => format!(
+            ":fire_drill: Drill on {}: traffic is moving to the backup CDN until {} ({}). No storm is open.",
+            s("domain"),
+            s("ends_at"),
+            s("reason")
+        ),
+        "drill.ended" => format!(
+            ":checkered_flag: Drill over on {} ({}).",
+            s("domain"),
+            s("outcome")
+        ),
         "ping" => ":wave: Tranche webhook test: this endpoint receives notifications.".to_owned(),
         other => format!("Tranche event {other}."),
     }

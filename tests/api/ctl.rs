@@ -136,6 +136,67 @@ async fn ctl_lists_shows_pins_bills_and_reports_errors() {
         out.stderr
     );
 
+    // A drill (no engine here: it stays pending), listed, cancelled; a maintenance window.
+    let out = ctl(
+        &app,
+        &env,
+        &[
+            "--json", "drill", &s, &d, "--for", "10m", "--reason", "game day",
+        ],
+    )
+    .await;
+    assert!(out.ok, "{}", out.stderr);
+    let drill: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(drill["status"], "pending");
+    let out = ctl(&app, &env, &["drills", &s, &d]).await;
+    assert!(
+        out.stdout.lines().nth(1).unwrap().contains("pending"),
+        "{}",
+        out.stdout
+    );
+    let out = ctl(
+        &app,
+        &env,
+        &["cancel-drill", &s, &d, drill["id"].as_str().unwrap()],
+    )
+    .await;
+    assert!(
+        out.ok && out.stdout.contains("outcome: cancelled"),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+    let out = ctl(
+        &app,
+        &env,
+        &["drill", &s, &d, "--for", "2d", "--reason", "x"],
+    )
+    .await;
+    assert!(
+        !out.ok && out.stderr.contains("field `duration_seconds`"),
+        "{}",
+        out.stderr
+    );
+    let out = ctl(
+        &app,
+        &env,
+        &[
+            "maintenance",
+            &s,
+            "--for",
+            "2h",
+            "--reason",
+            "vendor upgrade",
+        ],
+    )
+    .await;
+    assert!(
+        out.ok && out.stdout.contains("status: active"),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+
     let out = ctl(&app, &env, &["--json", "bill"]).await;
     assert!(out.ok, "{}", out.stderr);
     let run: Value = serde_json::from_str(&out.stdout).unwrap();

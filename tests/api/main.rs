@@ -9,6 +9,7 @@ mod ctl;
 mod deploy;
 mod dns_faults;
 mod domains;
+mod drills;
 mod engine;
 mod fencing;
 mod hardening;

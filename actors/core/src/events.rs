@@ -26,6 +26,10 @@ pub enum EventType {
     CertificateExpiring,
     /// A vantage sees a CDN down while the quorum of vantages does not.
     VantageDisagrees,
+    /// An operator's drill moved the domain's traffic to the backup.
+    DrillStarted,
+    /// A drill is over: traffic is back on the primary (or a real storm took over).
+    DrillEnded,
 }
 
 impl EventType {
@@ -43,6 +47,8 @@ impl EventType {
             Self::InvoiceCreated => "invoice.created",
             Self::CertificateExpiring => "certificate.expiring",
             Self::VantageDisagrees => "vantage.disagrees",
+            Self::DrillStarted => "drill.started",
+            Self::DrillEnded => "drill.ended",
         }
     }
 }
@@ -57,7 +63,21 @@ pub fn state_event(previous: Option<StormState>, state: StormState) -> Option<Ev
     match state {
         StormState::BackupUnhealthy => Some(EventType::StormBackupUnhealthy),
         StormState::Unknown => Some(EventType::DomainHealthUnknown),
-        StormState::Healthy | StormState::Storm | StormState::Recovering => None,
+        StormState::Healthy | StormState::Storm | StormState::Recovering | StormState::Drill => {
+            None
+        }
+    }
+}
+
+/// A decided state written over `previous`: entering a drill starts it, leaving one (to any
+/// state: back to healthy, or a real storm taking over) ends it.
+pub fn drill_event(previous: Option<StormState>, state: StormState) -> Option<EventType> {
+    let was = previous == Some(StormState::Drill);
+    let is = state == StormState::Drill;
+    match (was, is) {
+        (false, true) => Some(EventType::DrillStarted),
+        (true, false) => Some(EventType::DrillEnded),
+        _ => None,
     }
 }
 
@@ -132,6 +152,22 @@ mod tests {
             assert_eq!(state_event(Some(Unknown), s), None);
             assert_eq!(state_event(None, s), None);
         }
+    }
+
+    #[test]
+    fn drills_are_announced_when_they_start_and_when_they_end() {
+        use StormState::*;
+        assert_eq!(
+            drill_event(Some(Healthy), Drill),
+            Some(EventType::DrillStarted)
+        );
+        assert_eq!(drill_event(None, Drill), Some(EventType::DrillStarted));
+        assert_eq!(drill_event(Some(Drill), Drill), None);
+        for s in [Healthy, Storm, BackupUnhealthy] {
+            assert_eq!(drill_event(Some(Drill), s), Some(EventType::DrillEnded));
+        }
+        assert_eq!(drill_event(Some(Healthy), Storm), None);
+        assert_eq!(state_event(Some(Healthy), Drill), None);
     }
 
     #[test]

@@ -35,9 +35,22 @@ pub struct DomainSpec {
     pub timeout: Duration,
     /// The service's `http_availability` policy, or the defaults when it has none.
     pub policy: PolicyParams,
+    /// Until when an operator's drill holds the domain on its backup (`None`: no drill, or it
+    /// was cancelled).
+    pub drill_until: Option<chrono::DateTime<chrono::Utc>>,
+    /// The maintenance windows covering the domain (its own and its service's) that have not
+    /// ended: `[starts_at, ends_at)`.
+    pub maintenance: Vec<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)>,
 }
 
 impl DomainSpec {
+    /// Whether a maintenance window covers the domain at `now`.
+    pub fn in_maintenance(&self, now: chrono::DateTime<chrono::Utc>) -> bool {
+        self.maintenance
+            .iter()
+            .any(|(starts, ends)| *starts <= now && now < *ends)
+    }
+
     /// The probe through `cdn`, if that CDN's target is configured.
     pub fn probe_request(&self, cdn: Cdn) -> Option<ProbeRequest> {
         let target = match cdn {

@@ -12,7 +12,16 @@
 //!    │      judged: no target, probes blocked);   │ after the previous one is applied at the
 //!    │      primary known again → Healthy         │ provider; primary down again → Storm
 //!    └──────────────────── last step (100/0): storm closed ┘
+//!
+//!   Healthy ── a drill is on, backup healthy ──▶ Drill (0/100, no storm: never billed as one)
+//!      ▲   drill over: the same ramp, step by step;   │ primary down → Storm (opened);
+//!      └── backup unhealthy: straight back to 100/0 ──┘ (to BackupUnhealthy if the primary is down)
 //! ```
+//!
+//! **Maintenance**: while a maintenance window covers the domain, probes still run and are
+//! shown, but nothing moves *away* from `Healthy`: no storm opens, and neither
+//! `BackupUnhealthy` nor `Unknown` is entered (so nothing is announced). What was already under
+//! way (a storm, its ramp) carries on, and a drill may still run.
 //!
 //! "Primary down" is flap-damped: the primary's window is known and below the threshold *and*
 //! its last `consecutive_failures` probes failed (as Route53's failure threshold and
@@ -88,15 +97,19 @@ pub enum StormState {
     /// The primary's health could not be judged for longer than a window (no target, every
     /// probe blocked, too few results): normal weights, visible, and alerted on.
     Unknown,
+    /// An operator's failover drill: traffic on the backup for a chosen time, then ramped back.
+    /// No storm is open.
+    Drill,
 }
 
 impl StormState {
-    pub const ALL: [StormState; 5] = [
+    pub const ALL: [StormState; 6] = [
         Self::Healthy,
         Self::Storm,
         Self::Recovering,
         Self::BackupUnhealthy,
         Self::Unknown,
+        Self::Drill,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -106,6 +119,7 @@ impl StormState {
             Self::Recovering => "recovering",
             Self::BackupUnhealthy => "backup_unhealthy",
             Self::Unknown => "unknown",
+            Self::Drill => "drill",
         }
     }
 
@@ -165,6 +179,11 @@ pub struct Inputs {
     /// Whether the current desired weights are in effect at the DNS provider (or the domain is
     /// not steered, so there is nothing to wait for). The ramp waits for it.
     pub step_applied: bool,
+    /// Until when an operator's drill holds traffic on the backup (`None`: no drill, or it was
+    /// cancelled). A drill whose time has passed ramps back.
+    pub drill_until: Option<DateTime<Utc>>,
+    /// Whether a maintenance window covers the domain now.
+    pub maintenance: bool,
 }
 
 /// A change of state or desired weights. The actor commits it (with the storm event, if any)
@@ -242,7 +261,7 @@ impl StormMachine {
     /// Whether the machine is waiting to learn that its weights are applied at the provider (a
     /// storm is open and they are not known to be): the actor asks the provider's side only then.
     pub fn awaits_provider(&self) -> bool {
-        self.state.storm_open() && self.applied_since.is_none()
+        (self.state.storm_open() || self.state == StormState::Drill) && self.applied_since.is_none()
     }
 
     /// The next step back towards the primary: the first ramp weight above the current one;
@@ -271,7 +290,10 @@ impl StormMachine {
             primary,
             backup,
             step_applied,
+            drill_until,
+            maintenance,
         } = inputs;
+        let drilling = drill_until.is_some_and(|until| now < until);
         let primary_down = primary.is_down(policy);
         let primary_healthy = primary.is_healthy(policy);
         let backup_ok = backup.can_take_traffic(policy);
@@ -294,6 +316,16 @@ impl StormMachine {
             primary.successes(policy.quorum) >= policy.consecutive_successes.max(1) as u32;
 
         let (state, weights, storm) = match self.state {
+            StormState::Healthy if drilling && backup_ok && !primary_down => {
+                (StormState::Drill, Weights::FAILOVER, None)
+            }
+            // A maintenance window: nothing moves away from healthy (a drill may still start).
+            StormState::Healthy if maintenance => return None,
+            StormState::BackupUnhealthy | StormState::Unknown
+                if maintenance && !primary_healthy =>
+            {
+                return None;
+            }
             StormState::Healthy | StormState::BackupUnhealthy | StormState::Unknown
                 if primary_down && backup_ok =>
             {
@@ -329,6 +361,45 @@ impl StormMachine {
                     (StormState::Storm, Weights::FAILOVER, None)
                 } else {
                     return None;
+                }
+            }
+            StormState::Drill => {
+                if primary_down && backup_ok && !maintenance {
+                    // A real storm during the drill: traffic is already on the backup.
+                    (
+                        StormState::Storm,
+                        Weights::FAILOVER,
+                        Some(StormChange::Opened),
+                    )
+                } else if !backup_ok && self.weights != Weights::NORMAL {
+                    // Never keep traffic on a failing backup for a drill: straight back.
+                    let state = if primary_down && !maintenance {
+                        StormState::BackupUnhealthy
+                    } else {
+                        StormState::Healthy
+                    };
+                    (state, Weights::NORMAL, None)
+                } else if drilling {
+                    if self.weights == Weights::FAILOVER || !backup_ok {
+                        return None;
+                    }
+                    (StormState::Drill, Weights::FAILOVER, None)
+                } else {
+                    // The drill is over: the storm's ramp, without a storm to close.
+                    let carried = match (self.primary_healthy_since, self.applied_since) {
+                        (Some(healthy), Some(applied)) => now - healthy.max(applied) >= interval,
+                        _ => false,
+                    };
+                    if self.weights == Weights::NORMAL
+                        || (carried && primary.successes(policy.quorum) > 0)
+                    {
+                        match self.ramp_step() {
+                            (StormState::Recovering, w, _) => (StormState::Drill, w, None),
+                            (_, w, _) => (StormState::Healthy, w, None),
+                        }
+                    } else {
+                        return None;
+                    }
                 }
             }
             StormState::Recovering => {
@@ -412,6 +483,8 @@ mod tests {
             primary: primary.into(),
             backup: backup.into(),
             step_applied: true,
+            drill_until: None,
+            maintenance: false,
         }
     }
 
@@ -421,6 +494,137 @@ mod tests {
             step_applied: false,
             ..i(primary, backup)
         }
+    }
+
+    fn drill(until: i64, primary: CdnHealth, backup: CdnHealth) -> Inputs {
+        Inputs {
+            drill_until: Some(t(until)),
+            ..i(primary, backup)
+        }
+    }
+
+    fn maintenance(primary: CdnHealth, backup: CdnHealth) -> Inputs {
+        Inputs {
+            maintenance: true,
+            ..i(primary, backup)
+        }
+    }
+
+    #[test]
+    fn a_drill_moves_traffic_to_the_backup_then_ramps_back_without_a_storm() {
+        let p = policy(30);
+        let mut m = StormMachine::new(t(0));
+        let d = m.evaluate(t(1), drill(60, UP, UP), &p).unwrap();
+        assert_eq!(
+            (d.state, d.weights, d.storm),
+            (StormState::Drill, Weights::FAILOVER, None)
+        );
+        // Held for the drill's duration (applied at the provider).
+        for s in 2..60 {
+            assert_eq!(m.evaluate(t(s), drill(60, UP, UP), &p), None, "t={s}");
+        }
+        // Over: the ramp, one step per interval once applied, and no storm to close.
+        let mut steps = Vec::new();
+        for s in 60..120 {
+            if let Some(d) = m.evaluate(t(s), drill(60, UP, UP), &p) {
+                assert_eq!(d.storm, None);
+                steps.push((d.state, d.weights.primary));
+            }
+        }
+        assert_eq!(
+            steps,
+            [
+                (StormState::Drill, 25),
+                (StormState::Drill, 50),
+                (StormState::Healthy, 100)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_drill_waits_for_a_healthy_backup_and_abandons_a_failing_one() {
+        let p = policy(30);
+        let mut m = StormMachine::new(t(0));
+        assert_eq!(
+            m.evaluate(t(1), drill(60, UP, DOWN), &p),
+            None,
+            "backup down: no drill"
+        );
+        assert_eq!(
+            m.evaluate(t(2), drill(60, UP, UNKNOWN), &p),
+            None,
+            "backup unknown: none"
+        );
+        let d = m.evaluate(t(3), drill(60, UP, UP), &p).unwrap();
+        assert_eq!(d.state, StormState::Drill);
+        // The backup fails mid-drill: straight back to the primary, not step by step.
+        let d = m.evaluate(t(4), drill(60, UP, DOWN), &p).unwrap();
+        assert_eq!((d.state, d.weights), (StormState::Healthy, Weights::NORMAL));
+    }
+
+    #[test]
+    fn a_real_outage_during_a_drill_opens_a_storm_and_cancelling_ramps_back() {
+        let p = policy(30);
+        let mut m = StormMachine::new(t(0));
+        m.evaluate(t(1), drill(600, UP, UP), &p).unwrap();
+        let d = m.evaluate(t(2), drill(600, DOWN, UP), &p).unwrap();
+        assert_eq!(
+            (d.state, d.weights, d.storm),
+            (
+                StormState::Storm,
+                Weights::FAILOVER,
+                Some(StormChange::Opened)
+            )
+        );
+
+        // Cancelled (no drill any more): the ramp starts once the failover has carried
+        // traffic for an interval.
+        let mut m = StormMachine::new(t(0));
+        m.evaluate(t(1), drill(600, UP, UP), &p).unwrap();
+        assert_eq!(m.evaluate(t(2), drill(600, UP, UP), &p), None);
+        let first = (3..60)
+            .find_map(|s| m.evaluate(t(s), i(UP, UP), &p))
+            .unwrap();
+        assert_eq!(
+            (first.state, first.weights.primary, first.storm),
+            (StormState::Drill, 25, None)
+        );
+    }
+
+    #[test]
+    fn a_maintenance_window_opens_no_storm_and_enters_no_alerting_state() {
+        let p = policy(30);
+        let mut m = StormMachine::new(t(0));
+        for s in 1..200 {
+            for inputs in [
+                maintenance(DOWN, UP),
+                maintenance(DOWN, DOWN),
+                maintenance(UNKNOWN, UP),
+            ] {
+                assert_eq!(m.evaluate(t(s), inputs, &p), None, "t={s}");
+            }
+        }
+        // The window ends with the primary still down: the storm opens then.
+        let d = m.evaluate(t(200), i(DOWN, UP), &p).unwrap();
+        assert_eq!(d.storm, Some(StormChange::Opened));
+        // A storm already open carries on, ramp included, inside a window.
+        let mut closed = false;
+        for s in 201..400 {
+            if let Some(d) = m.evaluate(t(s), maintenance(UP, UP), &p) {
+                closed |= d.storm == Some(StormChange::Closed);
+            }
+        }
+        assert!(closed, "the storm ramped back and closed during the window");
+        // A drill may still run inside a window.
+        let d = m.evaluate(
+            t(400),
+            Inputs {
+                drill_until: Some(t(500)),
+                ..maintenance(UP, UP)
+            },
+            &p,
+        );
+        assert_eq!(d.map(|d| d.state), Some(StormState::Drill));
     }
 
     #[test]
@@ -689,9 +893,13 @@ mod tests {
             failures in 1i32..4,
             successes in 1i32..4,
             bias in 0u8..4,
+            drill in (0i64..3000, 0i64..600),
+            window_of_maintenance in (0i64..3000, 0i64..600),
         ) {
             let p = arbitrary_policy(threshold_pct, window, min_samples, interval, cooldown, failures, successes);
             let threshold = p.threshold_avail;
+            let (drill_from, drill_len) = drill;
+            let (maint_from, maint_len) = window_of_maintenance;
             let mut machine = StormMachine::new(t(0));
             let mut h = Harness::new();
             let mut now = t(0);
@@ -713,9 +921,23 @@ mod tests {
                     last_primary_down = now;
                 }
                 applied |= applies;
-                let inputs = Inputs { primary: pa.into(), backup: ba.into(), step_applied: applied };
+                // A drill and a maintenance window somewhere in the run.
+                let since_start = (now - t(0)).num_seconds();
+                let drill_until = (since_start >= drill_from).then(|| t(drill_from + drill_len));
+                let maintenance = (maint_from..maint_from + maint_len).contains(&since_start);
+                let inputs = Inputs { primary: pa.into(), backup: ba.into(), step_applied: applied, drill_until, maintenance };
                 let before = machine.weights();
                 if let Some(d) = machine.evaluate(now, inputs, &p) {
+                    if maintenance {
+                        prop_assert!(d.storm != Some(StormChange::Opened), "a storm opened in a maintenance window");
+                        prop_assert!(
+                            !matches!(d.state, StormState::BackupUnhealthy | StormState::Unknown) || d.state == d.previous,
+                            "entered {:?} in a maintenance window", d.state
+                        );
+                    }
+                    if d.state == StormState::Drill && d.previous != StormState::Drill {
+                        prop_assert!(drill_until.is_some_and(|u| now < u), "a drill started outside its time");
+                    }
                     match d.storm {
                         Some(StormChange::Opened) => {
                             prop_assert!(pa.availability.is_below(threshold), "storm opened without a window below threshold: {pa:?}");
@@ -744,7 +966,9 @@ mod tests {
                     if d.weights.backup > weights.backup {
                         prop_assert!(ba.can_take_traffic(&p), "traffic moved towards an unhealthy backup: {ba:?}");
                     }
-                    if d.weights.primary > before.primary {
+                    // (A drill abandoned for a failing backup goes straight back.)
+                    let abandoned = d.previous == StormState::Drill && !ba.can_take_traffic(&p);
+                    if d.weights.primary > before.primary && !abandoned {
                         prop_assert!(applied, "ramp step {} → {} taken before {} was applied", before, d.weights, before);
                     }
                     prop_assert_eq!(d.weights.primary as u16 + d.weights.backup as u16, 100);
@@ -754,7 +978,7 @@ mod tests {
                     weights = d.weights;
                 }
                 prop_assert_eq!(machine.state().storm_open(), open == 1);
-                if !machine.state().storm_open() {
+                if !machine.state().storm_open() && machine.state() != StormState::Drill {
                     prop_assert_eq!(machine.weights(), Weights::NORMAL);
                 }
             }
@@ -797,7 +1021,7 @@ mod tests {
             age in 0i64..100_000,
         ) {
             let p = arbitrary_policy(90, 60, min_samples, interval, cooldown, 3, successes);
-            let weights = if state.storm_open() { Weights::new(held) } else { Weights::NORMAL };
+            let weights = if state.storm_open() || state == StormState::Drill { Weights::new(held) } else { Weights::NORMAL };
             let restored_at = t(age);
             let mut machine = StormMachine::restore(state, t(0), weights, restored_at);
             let mut h = Harness::new();
@@ -810,7 +1034,7 @@ mod tests {
                 now += Duration::seconds(step);
                 let (pa, ba) = h.record(now, true, true, &p);
                 let applied = now - decided_at >= Duration::seconds(provider_delay);
-                if let Some(d) = machine.evaluate(now, Inputs { primary: pa.into(), backup: ba.into(), step_applied: applied }, &p) {
+                if let Some(d) = machine.evaluate(now, Inputs { primary: pa.into(), backup: ba.into(), step_applied: applied, drill_until: None, maintenance: false }, &p) {
                     prop_assert!(d.weights.primary >= weights.primary.min(d.weights.primary));
                     decided_at = now;
                 }
@@ -854,7 +1078,7 @@ mod tests {
             for (k, v) in steps.iter().enumerate() {
                 let known = v.iter().filter(|x| **x < 2).count();
                 let down = v.iter().filter(|x| **x == 1).count();
-                let inputs = Inputs { primary: views(*v), backup: UP.into(), step_applied: true };
+                let inputs = Inputs { primary: views(*v), backup: UP.into(), step_applied: true, drill_until: None, maintenance: false };
                 let d = m.evaluate(t(k as i64 * 10), inputs, &p);
                 if 2 * down <= known {
                     prop_assert!(d.as_ref().is_none_or(|d| d.storm != Some(StormChange::Opened)), "{v:?}: {d:?}");
