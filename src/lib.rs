@@ -49,5 +49,6 @@ pub mod resolver;
 pub mod route53;
 pub mod secrets;
 pub mod startup;
+pub mod status;
 pub mod telemetry;
 pub mod webhook;

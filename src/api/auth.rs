@@ -386,6 +386,59 @@ fn claimed_customer(req: &Request) -> Result<Option<i64>, ApiError> {
     }
 }
 
+/// Authenticates an API key (`claimed`: the customer the request names, if it does): throttled
+/// per client address after failures, rate-limited per key. Also used by the status page's
+/// sign-in form.
+pub(crate) async fn key_tenant(
+    req: &Request,
+    ctx: &ApiContext,
+    token: &str,
+    claimed: Option<i64>,
+) -> Result<Tenant, ApiError> {
+    throttle_failures(req, ctx)?;
+    let invalid = || failed(req, ctx, ApiError::unauthorized("invalid API key"));
+    let prefix = api_keys::prefix_of(token).ok_or_else(invalid)?;
+    let key = api_keys::find_for_auth(&ctx.pool, prefix)
+        .await?
+        .ok_or_else(invalid)?;
+    if !api_keys::matches(token, &key.secret_hash) {
+        return Err(invalid());
+    }
+    if key.customer_status != "active" {
+        return Err(failed(
+            req,
+            ctx,
+            ApiError::unauthorized("this customer is suspended"),
+        ));
+    }
+    if let Some(claimed) = claimed
+        && claimed != key.customer_id
+    {
+        return Err(ApiError::forbidden(
+            format!("{CUSTOMER_HEADER} {claimed} does not match the API key's customer"),
+            Some(CUSTOMER_HEADER),
+        ));
+    }
+    if key
+        .last_used_at
+        .is_none_or(|t| Utc::now() - t > TOUCH_EVERY)
+    {
+        // Bookkeeping only: a failure here must not fail the request.
+        if let Err(e) = api_keys::touch(&ctx.pool, key.id).await {
+            tracing::warn!(api_key.id = key.id, error = %e, "could not record key use");
+        }
+    }
+    ctx.limiter
+        .check(Caller::Key(key.id))
+        .map_err(ApiError::too_many_requests)?;
+    Ok(Tenant {
+        customer_id: key.customer_id,
+        key_id: Some(key.id),
+        scopes: key.scopes,
+        applications: Some(key.applications),
+    })
+}
+
 /// How often `last_used_at` is refreshed; keeps authenticated reads from writing every time.
 const TOUCH_EVERY: Duration = Duration::seconds(60);
 
@@ -393,48 +446,7 @@ async fn authenticate(req: &Request) -> Result<Tenant, ApiError> {
     let ctx = context(req)?;
     let claimed = claimed_customer(req)?;
     if let Some(token) = bearer(req)? {
-        throttle_failures(req, ctx)?;
-        let invalid = || failed(req, ctx, ApiError::unauthorized("invalid API key"));
-        let prefix = api_keys::prefix_of(token).ok_or_else(invalid)?;
-        let key = api_keys::find_for_auth(&ctx.pool, prefix)
-            .await?
-            .ok_or_else(invalid)?;
-        if !api_keys::matches(token, &key.secret_hash) {
-            return Err(invalid());
-        }
-        if key.customer_status != "active" {
-            return Err(failed(
-                req,
-                ctx,
-                ApiError::unauthorized("this customer is suspended"),
-            ));
-        }
-        if let Some(claimed) = claimed
-            && claimed != key.customer_id
-        {
-            return Err(ApiError::forbidden(
-                format!("{CUSTOMER_HEADER} {claimed} does not match the API key's customer"),
-                Some(CUSTOMER_HEADER),
-            ));
-        }
-        if key
-            .last_used_at
-            .is_none_or(|t| Utc::now() - t > TOUCH_EVERY)
-        {
-            // Bookkeeping only: a failure here must not fail the request.
-            if let Err(e) = api_keys::touch(&ctx.pool, key.id).await {
-                tracing::warn!(api_key.id = key.id, error = %e, "could not record key use");
-            }
-        }
-        ctx.limiter
-            .check(Caller::Key(key.id))
-            .map_err(ApiError::too_many_requests)?;
-        return Ok(Tenant {
-            customer_id: key.customer_id,
-            key_id: Some(key.id),
-            scopes: key.scopes,
-            applications: Some(key.applications),
-        });
+        return key_tenant(req, ctx, token, claimed).await;
     }
     let Some(customer_id) = claimed else {
         return Err(ApiError::unauthorized(

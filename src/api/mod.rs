@@ -27,6 +27,7 @@ pub mod rate_limit;
 pub mod resource;
 pub mod services;
 pub mod settings;
+pub mod status_links;
 pub mod storms;
 pub mod usage;
 pub mod webhooks;
@@ -122,6 +123,7 @@ pub type Api = (
     invoices::InvoicesApi,
     keys::KeysApi,
     settings::SettingsApi,
+    status_links::StatusLinksApi,
     jobs::JobsApi,
     webhooks::WebhooksApi,
     admin::AdminApi,
@@ -142,6 +144,7 @@ pub fn openapi() -> OpenApiService<Api, ()> {
             invoices::InvoicesApi,
             keys::KeysApi,
             settings::SettingsApi,
+            status_links::StatusLinksApi,
             jobs::JobsApi,
             webhooks::WebhooksApi,
             admin::AdminApi,
@@ -316,9 +319,11 @@ pub fn app(ctx: Arc<ApiContext>) -> impl Endpoint {
                     .body(served.clone())
             }),
         )
+        .nest("/status", crate::status::routes())
         .with(input::input_guard())
         .around(|ep, req| async move {
             let method = req.method().to_string();
+            let status_page = req.uri().path().starts_with("/status");
             let started = std::time::Instant::now();
             let res = ep.call(req).await;
             let (status, route) = match &res {
@@ -326,7 +331,8 @@ pub fn app(ctx: Arc<ApiContext>) -> impl Endpoint {
                 Err(e) => (e.status(), e.data::<poem_openapi::OperationId>().map(|o| o.0)),
             };
             let took = started.elapsed();
-            crate::metrics::METRICS.http(&method, route.unwrap_or("unmatched"), status.as_u16(), took);
+            let route = route.unwrap_or(if status_page { "status_page" } else { "unmatched" });
+            crate::metrics::METRICS.http(&method, route, status.as_u16(), took);
             res
         })
         .with(error::json_errors())

@@ -26,6 +26,7 @@ pub mod policies;
 pub mod pool;
 pub mod services;
 pub mod settings;
+pub mod status;
 pub mod storms;
 pub mod usage;
 pub mod vantages;

@@ -3,6 +3,7 @@
 mod admin;
 mod auth;
 mod billing;
+mod browser;
 mod chaos;
 mod cluster;
 mod ctl;
@@ -24,6 +25,7 @@ mod restart;
 mod robustness;
 mod route53;
 mod services;
+mod status_page;
 mod tenants;
 mod usage;
 mod vantages;
