@@ -572,7 +572,8 @@ pub async fn refresh(pool: &sqlx::PgPool, per_domain: bool) -> sqlx::Result<()> 
            left join domain_states st on st.domain_id = d.id
            left join dns_pins p on p.domain_id = d.id
            left join dns_records r on r.domain_id = d.id
-          where d.deleted_at is null and d.steering_enabled and d.dns_zone is not null
+          where d.deleted_at is null and d.steering_enabled
+            and d.verification_status = 'verified' and d.dns_zone is not null
           group by 1",
     )
     .fetch_all(pool)

@@ -425,7 +425,7 @@ fn since(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
 }
 
 fn dollars(cents: Decimal) -> String {
-    format!("${}", (cents / Decimal::ONE_HUNDRED).round_dp(2))
+    format!("${:.2}", (cents / Decimal::ONE_HUNDRED).round_dp(2))
 }
 
 /// The live part of a page (what the events replace).

@@ -231,10 +231,22 @@ fn demo_shows_a_storm_and_the_recovery_then_exits_cleanly() {
         "state recovering, DNS weights primary/backup = 25/75",
         "state healthy, DNS weights primary/backup = 100/0",
         "recorded in storm_events",
+        // The backup is probed too, outcomes are said as people say them.
+        "the backup answers 200 OK",
+        "the primary answers 503,",
+        // The DNS audit log, through the no-op provider.
+        "DNS change in zone demo.test, one batch, insync: ",
+        "→ 0/100 (failover)",
+        "→ 25/75 (ramp)",
+        // The silence during the cooldown is explained.
+        "waits out the 5s cooldown",
+        // And the bill, with the storm discount.
+        "storm discount −$",
     ] {
         assert!(
             stdout.contains(expected),
             "missing {expected:?} in:\n{stdout}"
         );
     }
+    assert!(!stdout.contains("http_status"), "{stdout}");
 }

@@ -2,9 +2,11 @@
 //!
 //! It starts a throwaway embedded PostgreSQL, two HTTPS edges standing in for the primary and
 //! backup CDNs ([`edge`]), the API and the engine (fast timings), creates a service with three
-//! domains, then breaks the primary edge and narrates what the engine does: failing probes, the
-//! storm, the DNS weights moving to the backup, the recovery and the ramp back. About half a
-//! minute, then everything is stopped and removed.
+//! domains, then breaks the primary edge and narrates what the engine does: failing probes (and
+//! the backup's, which must be healthy to take the traffic), the storm, the DNS changes (through
+//! the no-op provider, audited in `dns_changes`), the cooldown, the ramp back, and finally the
+//! draft invoice with its storm-time discount. About half a minute, then everything is stopped
+//! and removed.
 
 pub mod edge;
 
@@ -99,8 +101,8 @@ pub async fn run() -> anyhow::Result<()> {
             shard: shard_of(&zone) as i16,
             dns_zone: Some(zone),
             verification_token: "demo",
-            steering_enabled: false,
-            verified: false,
+            steering_enabled: true,
+            verified: true,
         };
         postgres::domains::create(&pool, customers::DEMO_CUSTOMER_ID, service.id, &new).await?;
     }
@@ -117,9 +119,14 @@ pub async fn run() -> anyhow::Result<()> {
     let mut config = EngineConfig::new("demo-node");
     config.lease_interval = Duration::from_millis(250);
     config.flush_interval = Duration::from_millis(250);
-    let engine = crate::node::start(config, pool.clone(), Arc::new(prober), None).await?;
+    let dns = crate::node::DnsOptions {
+        provider: Arc::new(tranche_actors::ports::NoopProvider),
+        rate_per_sec: 50.0,
+        burst: 50,
+    };
+    let engine = crate::node::start(config, pool.clone(), Arc::new(prober), Some(dns)).await?;
     say(
-        "engine started: one actor per domain, probing each through BOTH CDNs (TLS, SNI = the customer hostname)",
+        "engine started: one actor per domain, probing each through BOTH CDNs (TLS, SNI = the customer hostname); DNS through the no-op provider (every change is audited in dns_changes)",
     );
 
     let mut narrator = Narrator::default();
@@ -165,6 +172,7 @@ pub async fn run() -> anyhow::Result<()> {
             "storm on {host}: {seconds:.1}s, recorded in storm_events (the basis of the storm-time billing discount)"
         ));
     }
+    bill(&pool, service.id, &say).await?;
     say("done; stopping everything");
 
     engine.shutdown().await;
@@ -176,6 +184,89 @@ pub async fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Records the traffic of the demo's minutes as one usage snapshot and runs the invoicing now:
+/// the draft invoice shows the backup's bytes during the storm discounted.
+async fn bill(pool: &sqlx::PgPool, service_id: i64, say: &impl Fn(&str)) -> anyhow::Result<()> {
+    use chrono::{TimeDelta, Utc};
+    use rust_decimal::Decimal;
+    const GB: i64 = 1 << 30;
+    let first: Option<chrono::DateTime<Utc>> =
+        sqlx::query_scalar("select min(started_at) from storm_events where service_id = $1")
+            .bind(service_id)
+            .fetch_one(pool)
+            .await?;
+    let now = Utc::now();
+    let start = first.unwrap_or(now) - TimeDelta::seconds(10);
+    let report = tranche_core::usage::UsageReport {
+        service_id,
+        customer_id: customers::DEMO_CUSTOMER_ID,
+        window_start: start,
+        window_end: now,
+        primary_bytes: 40 * GB,
+        backup_bytes: 10 * GB,
+        source: "demo".into(),
+    };
+    postgres::usage::record(pool, &[report]).await?;
+    say(&format!(
+        "usage recorded for the last {}s: 40 GB through the primary, 10 GB through the backup",
+        (now - start).num_seconds()
+    ));
+    let settings = tranche_core::billing::BillingSettings {
+        settle: Duration::ZERO,
+        ..Default::default()
+    };
+    postgres::billing::PgBillingStore::new(pool.clone())
+        .run_on_demand(
+            customers::DEMO_CUSTOMER_ID,
+            now,
+            &settings,
+            "demo-node",
+            None,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let invoice = postgres::invoices::list(
+        pool,
+        customers::DEMO_CUSTOMER_ID,
+        &postgres::invoices::InvoiceFilter {
+            status: Some("draft".into()),
+            before: None,
+            limit: 1,
+        },
+    )
+    .await?
+    .into_iter()
+    .next()
+    .context("the billing run made no invoice")?;
+    let dollars = |cents: Decimal| format!("${:.2}", (cents / Decimal::ONE_HUNDRED).round_dp(2));
+    for line in postgres::invoices::lines(pool, invoice.id).await? {
+        say(&format!(
+            "invoice line: primary {} + backup {} at {}¢/GB = {}; the storm covered {}% of the window, so {}% of the backup charge is refunded: −{}",
+            dollars(line.primary_charge_cents),
+            dollars(line.backup_charge_cents),
+            line.rate_cents_per_gb.normalize(),
+            dollars(line.subtotal_cents),
+            (line.coverage * Decimal::ONE_HUNDRED)
+                .round_dp(1)
+                .normalize(),
+            (line.coverage * line.discount_rate * Decimal::ONE_HUNDRED)
+                .round_dp(1)
+                .normalize(),
+            dollars(line.discount_cents),
+        ));
+    }
+    say(&format!(
+        "draft invoice for {} – {}: subtotal {}, storm discount −{}, total {} (GET /v1/invoices/{})",
+        invoice.period_start.format("%Y-%m-%d %H:%M"),
+        invoice.period_end.format("%Y-%m-%d %H:%M UTC"),
+        dollars(invoice.subtotal_cents),
+        dollars(invoice.discount_cents),
+        dollars(invoice.total_cents),
+        invoice.id
+    ));
+    Ok(())
+}
+
 fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
     let dir = std::env::temp_dir().join(format!("tranche-demo-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -183,13 +274,39 @@ fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
     Ok(dir)
 }
 
-/// Hostname, state, primary weight, last primary outcome, primary availability.
-type NarratedRow = (String, String, i16, Option<String>, Option<String>);
+/// One domain as the narrator reads it.
+#[derive(sqlx::FromRow)]
+struct NarratedRow {
+    hostname: String,
+    state: String,
+    weight: i16,
+    primary_outcome: Option<String>,
+    primary_status: Option<String>,
+    primary_avail: Option<String>,
+    backup_outcome: Option<String>,
+    backup_status: Option<String>,
+}
 
-/// Prints what changed since the last look: states, weights, probe outcomes.
+/// A probe outcome as a person says it: "503", "200 OK", "a timeout".
+fn said(outcome: &str, status: Option<&str>) -> String {
+    match (outcome, status) {
+        ("ok", Some(s)) => format!("{s} OK"),
+        ("http_status", Some(s)) => s.to_string(),
+        ("connect", _) => "connection refused".into(),
+        ("timeout", _) => "a timeout".into(),
+        ("tls", _) => "a TLS error".into(),
+        ("dns", _) => "a DNS failure".into(),
+        (other, _) => other.to_owned(),
+    }
+}
+
+/// Prints what changed since the last look: states, weights, probe outcomes through both CDNs,
+/// DNS changes, and why nothing happens while a storm cools down.
 #[derive(Default)]
 struct Narrator {
-    last: HashMap<String, (String, i16, Option<String>)>,
+    last: HashMap<String, (String, i16, Option<String>, Option<String>)>,
+    dns_seen: std::collections::HashSet<uuid::Uuid>,
+    cooldown_told: bool,
 }
 
 impl Narrator {
@@ -204,8 +321,13 @@ impl Narrator {
         let deadline = Instant::now() + duration;
         while Instant::now() < deadline {
             let rows: Vec<NarratedRow> = sqlx::query_as(
-                "select d.hostname, coalesce(st.state, 'healthy'), coalesce(st.desired_primary_weight, 100::smallint),
-                        o.primary_last->>'outcome', o.primary_avail::text
+                "select d.hostname, coalesce(st.state, 'healthy') as state,
+                        coalesce(st.desired_primary_weight, 100::smallint) as weight,
+                        o.primary_last->>'outcome' as primary_outcome,
+                        o.primary_last->>'status' as primary_status,
+                        o.primary_avail::text as primary_avail,
+                        o.backup_last->>'outcome' as backup_outcome,
+                        o.backup_last->>'status' as backup_status
                    from service_domains d
                    left join domain_states st on st.domain_id = d.id
                    left join domain_observations o on o.domain_id = d.id
@@ -215,36 +337,105 @@ impl Narrator {
             .fetch_all(pool)
             .await?;
             let mut states = HashMap::new();
-            for (host, state, weight, outcome, avail) in rows {
-                let entry = (state.clone(), weight, outcome.clone());
+            for r in rows {
+                let host = r.hostname.clone();
+                let entry = (
+                    r.state.clone(),
+                    r.weight,
+                    r.primary_outcome.clone(),
+                    r.backup_outcome.clone(),
+                );
                 if self.last.get(&host) != Some(&entry) {
-                    let previous = self.last.get(&host);
-                    if previous.map(|p| &p.2) != Some(&outcome)
-                        && let Some(o) = &outcome
+                    let previous = self.last.get(&host).cloned();
+                    if previous.as_ref().map(|p| &p.2) != Some(&r.primary_outcome)
+                        && let Some(o) = &r.primary_outcome
                     {
-                        let avail = avail.as_deref().and_then(|a| a.parse::<f64>().ok());
+                        let avail = r
+                            .primary_avail
+                            .as_deref()
+                            .and_then(|a| a.parse::<f64>().ok());
                         let avail = avail
                             .map(|a| format!("{:.0}%", a * 100.0))
                             .unwrap_or_else(|| "not enough samples yet".into());
                         say(&format!(
-                            "  {host}: primary probe {o}, primary availability {avail}"
+                            "  {host}: the primary answers {}, availability over the window {avail}",
+                            said(o, r.primary_status.as_deref())
                         ));
                     }
-                    if previous.map(|p| (&p.0, p.1)) != Some((&state, weight)) && previous.is_some()
+                    if previous.as_ref().map(|p| &p.3) != Some(&r.backup_outcome)
+                        && let Some(o) = &r.backup_outcome
                     {
                         say(&format!(
-                            "  {host}: state {state}, DNS weights primary/backup = {weight}/{}",
-                            100 - weight
+                            "  {host}: the backup answers {} (traffic only moves to a healthy backup)",
+                            said(o, r.backup_status.as_deref())
+                        ));
+                    }
+                    if previous.as_ref().map(|p| (&p.0, p.1)) != Some((&r.state, r.weight))
+                        && previous.is_some()
+                    {
+                        say(&format!(
+                            "  {host}: state {}, DNS weights primary/backup = {}/{}",
+                            r.state,
+                            r.weight,
+                            100 - r.weight
+                        ));
+                    }
+                    if r.state == "storm"
+                        && r.primary_outcome.as_deref() == Some("ok")
+                        && !self.cooldown_told
+                    {
+                        self.cooldown_told = true;
+                        say(&format!(
+                            "  the primary answers again, but traffic stays on the backup: Tranche waits out the {COOLDOWN_SECONDS}s cooldown of good probes before ramping back (no flapping)"
                         ));
                     }
                     self.last.insert(host.clone(), entry);
                 }
-                states.insert(host, state);
+                states.insert(host, r.state);
             }
+            self.narrate_dns(pool, say).await?;
             if !states.is_empty() && done(&states) {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        Ok(())
+    }
+
+    /// New rows of the DNS audit log.
+    async fn narrate_dns(
+        &mut self,
+        pool: &sqlx::PgPool,
+        say: &impl Fn(&str),
+    ) -> anyhow::Result<()> {
+        let changes: Vec<(uuid::Uuid, String, String, serde_json::Value)> = sqlx::query_as(
+            "select id, zone, status, changes from dns_changes
+              where status <> 'submitted' order by submitted_at",
+        )
+        .fetch_all(pool)
+        .await?;
+        for (id, zone, status, records) in changes {
+            if !self.dns_seen.insert(id) {
+                continue;
+            }
+            let records: Vec<String> = records
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| {
+                    format!(
+                        "{} → {}/{} ({})",
+                        r["name"].as_str().unwrap_or("?"),
+                        r["to"]["primary"],
+                        r["to"]["backup"],
+                        r["reason"].as_str().unwrap_or("")
+                    )
+                })
+                .collect();
+            say(&format!(
+                "  DNS change in zone {zone}, one batch, {status}: {}",
+                records.join(", ")
+            ));
         }
         Ok(())
     }
