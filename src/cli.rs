@@ -114,7 +114,14 @@ pub fn main() -> ExitCode {
             unsafe { std::env::set_var("RUST_LOG", "warn") };
         }
     }
-    telemetry::init(settings.log_format);
+    // Named once, before anything starts: logs, traces, the engine and the API agree on it.
+    if settings.node_id.is_none() {
+        settings.node_id = Some(node::default_node_id());
+    }
+    telemetry::init(
+        settings.log_format,
+        settings.node_id.as_deref().unwrap_or_default(),
+    );
     let settings_format = settings.log_format;
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -131,6 +138,8 @@ pub fn main() -> ExitCode {
             Command::Openapi | Command::Ctl(_) => unreachable!("handled above"),
         }
     });
+    drop(runtime);
+    telemetry::shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

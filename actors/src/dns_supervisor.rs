@@ -24,6 +24,9 @@ pub enum DnsMsg {
     Shards(OwnedShards),
     /// A domain of this zone decided new weights.
     Wake(String),
+    /// A domain of this zone decided new weights, in this span (`storm.decision`): the DNS
+    /// change that applies them links to it.
+    Decided(String, tracing::Span),
     /// Re-read which zones have steered domains.
     Reconcile,
     /// Configuration changed (e.g. a pin): re-read zones and wake every zone actor.
@@ -66,6 +69,12 @@ impl Actor for DnsSupervisor {
                     let _ = actor.cast(ZoneMsg::Wake);
                 }
                 // A zone that just got its first steered domain.
+                None => state.reconcile(&myself).await,
+            },
+            DnsMsg::Decided(zone, span) => match state.zones.get(&zone) {
+                Some(actor) => {
+                    let _ = actor.cast(ZoneMsg::Caused(span));
+                }
                 None => state.reconcile(&myself).await,
             },
             DnsMsg::Reconcile => state.reconcile(&myself).await,

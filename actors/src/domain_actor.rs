@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tracing::Instrument;
 
 use super::config::EngineConfig;
 use super::observation_writer::ObservationMsg;
@@ -551,6 +552,16 @@ impl DomainState {
         }
         let reason = (decision.state == tranche_core::storm::StormState::Unknown)
             .then(|| self.unknown_reason(&primary));
+        // A trace per decision; the DNS change that applies it links to it.
+        let span = tracing::info_span!(
+            "storm.decision",
+            domain.id = self.spec.id,
+            domain.name = %self.spec.hostname,
+            from = decision.previous.as_str(),
+            to = decision.state.as_str(),
+            weights = %decision.weights,
+            storm = ?decision.storm,
+        );
         match self
             .ctx
             .store
@@ -561,6 +572,7 @@ impl DomainState {
                 self.fence,
                 &self.ctx.config.node_id,
             )
+            .instrument(span.clone())
             .await
         {
             Ok(()) => {
@@ -578,7 +590,10 @@ impl DomainState {
                 );
                 self.machine = next;
                 if let Some(dns) = &self.ctx.dns {
-                    let _ = dns.cast(super::dns_supervisor::DnsMsg::Wake(self.spec.zone.clone()));
+                    let _ = dns.cast(super::dns_supervisor::DnsMsg::Decided(
+                        self.spec.zone.clone(),
+                        span,
+                    ));
                 }
             }
             Err(StoreError::Fenced { shard, epoch }) => {

@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, ActorStatus};
+use tracing::Instrument;
 
 use super::config::{EngineConfig, jittered_backoff};
 use super::ports::{DnsStore, Fence, StoreError};
@@ -80,11 +81,18 @@ pub struct ZoneState {
     failures: u32,
     /// While backing off, wake-ups wait for the scheduled retry.
     backoff_until: Option<tokio::time::Instant>,
+    /// Spans of the decisions waiting to be applied: the next change links to them.
+    causes: Vec<tracing::Span>,
 }
+
+/// Most decision spans a zone remembers for its next change.
+const MAX_CAUSES: usize = 64;
 
 pub enum ZoneMsg {
     /// Something in the zone may need applying.
     Wake,
+    /// A decision (its span) needs applying.
+    Caused(tracing::Span),
     /// The reserved token is due: plan and send one batch.
     Send,
     /// The provider answered the batch audited as change `id`.
@@ -115,6 +123,7 @@ impl Actor for ZoneActor {
             bisect: VecDeque::new(),
             failures: 0,
             backoff_until: None,
+            causes: Vec::new(),
         };
         state.settle_orphans(&myself).await;
         let _ = myself.cast(ZoneMsg::Wake);
@@ -129,6 +138,13 @@ impl Actor for ZoneActor {
     ) -> Result<(), ActorProcessingErr> {
         let result = match msg {
             ZoneMsg::Wake => state.wake(&myself).await,
+            ZoneMsg::Caused(span) => {
+                if state.causes.len() == MAX_CAUSES {
+                    state.causes.remove(0);
+                }
+                state.causes.push(span);
+                state.wake(&myself).await
+            }
             ZoneMsg::Send => state.send(&myself).await,
             ZoneMsg::Done(id, batch, result) => state.done(&myself, id, batch, result).await,
             ZoneMsg::Update(fence) => {
@@ -241,6 +257,17 @@ impl ZoneState {
         // Attempts are numbered from 1 (`tranche_core::events::DNS_FAILURE_ALERT_ATTEMPT` counts
         // on it: a change still failing at that attempt is announced).
         let attempt = self.failures as i32 + 1;
+        let span = tracing::info_span!(
+            "dns.change",
+            dns.zone = %self.zone,
+            dns.provider = provider,
+            dns.records = batch.changes.len(),
+            dns.attempt = attempt,
+            dns.change_id = tracing::field::Empty,
+        );
+        for cause in self.causes.drain(..) {
+            span.follows_from(&cause);
+        }
         let id = self
             .ctx
             .store
@@ -252,21 +279,26 @@ impl ZoneState {
                 self.fence,
                 &self.ctx.config.node_id,
             )
+            .instrument(span.clone())
             .await?;
+        span.record("dns.change_id", id.as_str());
         self.busy = Busy::InFlight;
         let (ctx, me, zone) = (self.ctx.clone(), myself.clone(), self.zone.clone());
-        tokio::spawn(async move {
-            // The lease is checked again at the last moment: a node frozen between the audit
-            // and here must not change DNS the new owner is now responsible for.
-            let result = if ctx.config.lease.is_valid() {
-                ctx.provider.apply(&zone, &batch).await
-            } else {
-                Err(ProviderError::Transient(
-                    "lease expired before the call".into(),
-                ))
-            };
-            let _ = me.cast(ZoneMsg::Done(id, batch, result));
-        });
+        tokio::spawn(
+            async move {
+                // The lease is checked again at the last moment: a node frozen between the audit
+                // and here must not change DNS the new owner is now responsible for.
+                let result = if ctx.config.lease.is_valid() {
+                    ctx.provider.apply(&zone, &batch).await
+                } else {
+                    Err(ProviderError::Transient(
+                        "lease expired before the call".into(),
+                    ))
+                };
+                let _ = me.cast(ZoneMsg::Done(id, batch, result));
+            }
+            .instrument(span),
+        );
         Ok(())
     }
 

@@ -60,7 +60,7 @@ fn main() -> std::process::ExitCode {
         // SAFETY: single-threaded here, before the runtime and any other thread start.
         unsafe { std::env::set_var("RUST_LOG", "warn") };
     }
-    tranche::telemetry::init(tranche::config::LogFormat::Text);
+    tranche::telemetry::init(tranche::config::LogFormat::Text, "bench");
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -27,6 +27,7 @@ mod route53;
 mod services;
 mod status_page;
 mod tenants;
+mod traces;
 mod usage;
 mod vantages;
 mod verification;
