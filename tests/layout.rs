@@ -60,7 +60,7 @@ fn the_core_has_no_io() {
         .collect();
     for name in &names {
         assert!(
-            ["chrono", "rust_decimal", "thiserror"].contains(&name.as_str()),
+            ["chrono", "chrono-tz", "rust_decimal", "thiserror"].contains(&name.as_str()),
             "tranche-core depends on {name}: the core does no I/O (see actors/core/src/lib.rs)"
         );
     }
