@@ -52,3 +52,4 @@ pub mod startup;
 pub mod status;
 pub mod telemetry;
 pub mod webhook;
+pub mod wording;

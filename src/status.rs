@@ -24,6 +24,7 @@ use crate::postgres::invoices::{self, InvoiceFilter, InvoiceRow};
 use crate::postgres::services::{self, ServiceRow};
 use crate::postgres::status::{self, LinkRow, NewLink};
 use crate::postgres::storms::{self, DomainStateRow, StormFilter, StormRow};
+use crate::wording::{self, dollars};
 
 /// How often an open page is re-rendered (and sent when it changed).
 const REFRESH: Duration = Duration::from_secs(2);
@@ -384,18 +385,14 @@ fn probe(last: Option<&Value>) -> String {
         return "not probed yet".to_owned();
     };
     let status = last["status"].as_u64();
-    let latency = last["latency_ms"].as_u64();
-    match (last["outcome"].as_str(), status) {
-        (Some("ok"), Some(s)) => match latency {
-            Some(ms) => format!("{s} · {ms} ms"),
-            None => s.to_string(),
-        },
-        (Some("http_status"), Some(s)) => s.to_string(),
-        (Some("connect"), _) => "connection refused".to_owned(),
-        (Some("dns"), _) => "DNS failure".to_owned(),
-        (Some("tls"), _) => "TLS error".to_owned(),
-        (Some(other), _) => other.to_owned(),
-        (None, _) => "—".to_owned(),
+    match (
+        last["outcome"].as_str(),
+        status,
+        last["latency_ms"].as_u64(),
+    ) {
+        (Some("ok"), Some(s), Some(ms)) => format!("{s} · {ms} ms"),
+        (Some(o), _, _) => wording::outcome(o, status),
+        (None, _, _) => "—".to_owned(),
     }
 }
 
@@ -422,10 +419,6 @@ fn since(t: DateTime<Utc>, now: DateTime<Utc>) -> String {
         3600..=86_399 => format!("{} h {} min", s / 3600, s % 3600 / 60),
         _ => format!("{} d", s / 86_400),
     }
-}
-
-fn dollars(cents: Decimal) -> String {
-    format!("${:.2}", (cents / Decimal::ONE_HUNDRED).round_dp(2))
 }
 
 /// The live part of a page (what the events replace).
@@ -564,26 +557,11 @@ fn render_service(out: &mut String, view: &ServiceView, now: DateTime<Utc>) {
              <th>Zone</th><th>Records</th><th>Status</th></tr></thead><tbody>",
         );
         for c in &view.changes {
-            let records: Vec<String> = c
-                .changes
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|r| {
-                    format!(
-                        "{} → {}/{} ({})",
-                        r["name"].as_str().unwrap_or("?"),
-                        r["to"]["primary"],
-                        r["to"]["backup"],
-                        r["reason"].as_str().unwrap_or("")
-                    )
-                })
-                .collect();
             out.push_str(&format!(
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 time(c.submitted_at),
                 esc(&c.zone),
-                esc(&records.join(", ")),
+                esc(&wording::change_records(&c.changes)),
                 esc(&c.status),
             ));
         }
@@ -617,7 +595,6 @@ mod tests {
             )),
             "200 · 12 ms"
         );
-        assert_eq!(dollars(Decimal::new(123456, 2)), "$12.35");
         assert_eq!(weights(Some(25)), "25/75");
     }
 }

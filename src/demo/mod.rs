@@ -238,7 +238,7 @@ async fn bill(pool: &sqlx::PgPool, service_id: i64, say: &impl Fn(&str)) -> anyh
     .into_iter()
     .next()
     .context("the billing run made no invoice")?;
-    let dollars = |cents: Decimal| format!("${:.2}", (cents / Decimal::ONE_HUNDRED).round_dp(2));
+    use crate::wording::dollars;
     for line in postgres::invoices::lines(pool, invoice.id).await? {
         say(&format!(
             "invoice line: primary {} + backup {} at {}¢/GB = {}; the storm covered {}% of the window, so {}% of the backup charge is refunded: −{}",
@@ -285,19 +285,6 @@ struct NarratedRow {
     primary_avail: Option<String>,
     backup_outcome: Option<String>,
     backup_status: Option<String>,
-}
-
-/// A probe outcome as a person says it: "503", "200 OK", "a timeout".
-fn said(outcome: &str, status: Option<&str>) -> String {
-    match (outcome, status) {
-        ("ok", Some(s)) => format!("{s} OK"),
-        ("http_status", Some(s)) => s.to_string(),
-        ("connect", _) => "connection refused".into(),
-        ("timeout", _) => "a timeout".into(),
-        ("tls", _) => "a TLS error".into(),
-        ("dns", _) => "a DNS failure".into(),
-        (other, _) => other.to_owned(),
-    }
 }
 
 /// Prints what changed since the last look: states, weights, probe outcomes through both CDNs,
@@ -359,7 +346,10 @@ impl Narrator {
                             .unwrap_or_else(|| "not enough samples yet".into());
                         say(&format!(
                             "  {host}: the primary answers {}, availability over the window {avail}",
-                            said(o, r.primary_status.as_deref())
+                            crate::wording::outcome(
+                                o,
+                                r.primary_status.as_deref().and_then(|s| s.parse().ok())
+                            )
                         ));
                     }
                     if previous.as_ref().map(|p| &p.3) != Some(&r.backup_outcome)
@@ -367,7 +357,10 @@ impl Narrator {
                     {
                         say(&format!(
                             "  {host}: the backup answers {} (traffic only moves to a healthy backup)",
-                            said(o, r.backup_status.as_deref())
+                            crate::wording::outcome(
+                                o,
+                                r.backup_status.as_deref().and_then(|s| s.parse().ok())
+                            )
                         ));
                     }
                     if previous.as_ref().map(|p| (&p.0, p.1)) != Some((&r.state, r.weight))
@@ -418,23 +411,9 @@ impl Narrator {
             if !self.dns_seen.insert(id) {
                 continue;
             }
-            let records: Vec<String> = records
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|r| {
-                    format!(
-                        "{} → {}/{} ({})",
-                        r["name"].as_str().unwrap_or("?"),
-                        r["to"]["primary"],
-                        r["to"]["backup"],
-                        r["reason"].as_str().unwrap_or("")
-                    )
-                })
-                .collect();
             say(&format!(
                 "  DNS change in zone {zone}, one batch, {status}: {}",
-                records.join(", ")
+                crate::wording::change_records(&records)
             ));
         }
         Ok(())

@@ -77,14 +77,10 @@ pub async fn resolve(pool: &PgPool, token: &str) -> sqlx::Result<Option<LinkRow>
         return Ok(None);
     }
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "select {} from status_links l join customers c on c.id = l.customer_id
-          where l.token_hash = $1 and l.revoked_at is null
-            and (l.expires_at is null or l.expires_at > now()) and c.status = 'active'",
-        COLUMNS
-            .split(", ")
-            .map(|c| format!("l.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        "select {COLUMNS} from status_links
+          where token_hash = $1 and revoked_at is null
+            and (expires_at is null or expires_at > now())
+            and customer_id in (select id from customers where status = 'active')"
     )))
     .bind(hash(token))
     .fetch_optional(pool)
