@@ -181,6 +181,9 @@ pub struct Metrics {
     pub billing_lines: Counter,
     pub billing_seconds: Histogram,
     pub usage_snapshots: Family<UsageLabels, Counter>,
+    pub usage_events: Family<ResultLabels, Counter>,
+    pub metering_commit_seconds: Histogram,
+    pub metering_batch_events: Histogram,
     pub info: Family<InfoLabels, Gauge>,
     // Read at scrape time.
     pub domains: Family<StateLabels, Gauge>,
@@ -220,6 +223,9 @@ impl Metrics {
             billing_lines: Counter::default(),
             billing_seconds: seconds_buckets(),
             usage_snapshots: Family::default(),
+            usage_events: Family::default(),
+            metering_commit_seconds: seconds_buckets(),
+            metering_batch_events: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             info: Family::default(),
             dns_pending: Family::default(),
             node_heartbeat_age: Family::default(),
@@ -354,6 +360,24 @@ impl Metrics {
             "Usage snapshots received by path and outcome",
             None,
             &m.usage_snapshots,
+        );
+        r.add(
+            "usage_events",
+            "Usage events received, by result (accepted, duplicate, refused)",
+            None,
+            &m.usage_events,
+        );
+        r.add(
+            "metering_commit_duration",
+            "Metering group commits: one transaction's duration",
+            Some(Unit::Seconds),
+            &m.metering_commit_seconds,
+        );
+        r.add(
+            "metering_batch_events",
+            "Metering group commits: events per transaction",
+            None,
+            &m.metering_batch_events,
         );
         r.add(
             "node_info",

@@ -32,7 +32,14 @@ pub struct Application {
     idle_timeout: Duration,
     /// `metrics_listen`: serves `GET /metrics` only, without a token.
     metrics_listener: Option<tokio::net::TcpListener>,
+    /// The metering batcher, stopped (committing what it holds) once requests have drained.
+    batcher: tokio::task::JoinHandle<()>,
 }
+
+/// Most usage events in one group commit.
+const METERING_MAX_EVENTS: usize = 5000;
+/// How long usage events are kept (deduplication promises at least 32 days).
+const METERING_RETENTION_DAYS: i64 = 35;
 
 impl Application {
     /// Binds `settings.listen` and prepares the API over `pool`.
@@ -49,6 +56,25 @@ impl Application {
             ),
             None => None,
         };
+        let node_id = settings
+            .node_id
+            .clone()
+            .unwrap_or_else(crate::node::default_node_id);
+        let (metering, batcher) = ractor::Actor::spawn(
+            None,
+            tranche_actors::metering_batcher::MeteringBatcher,
+            tranche_actors::metering_batcher::BatcherArgs {
+                store: Arc::new(crate::postgres::metering::PgMeteringStore::new(
+                    pool.clone(),
+                )),
+                clock: tranche_actors::config::system_clock(),
+                node_id: node_id.clone(),
+                max_events: METERING_MAX_EVENTS,
+                retention: chrono::Duration::days(METERING_RETENTION_DAYS),
+            },
+        )
+        .await
+        .context("could not start the metering batcher")?;
         let ctx = Arc::new(ApiContext {
             pool,
             dev: settings.dev,
@@ -76,11 +102,9 @@ impl Application {
             } else {
                 None
             },
-            node_id: settings
-                .node_id
-                .clone()
-                .unwrap_or_else(crate::node::default_node_id),
+            node_id,
             metrics_per_domain: settings.metrics_per_domain,
+            metering,
         });
         let open_files = raise_open_files_limit();
         let limits = ConnectionLimits {
@@ -96,6 +120,7 @@ impl Application {
             limits,
             idle_timeout: settings.http_idle_timeout.0,
             metrics_listener,
+            batcher,
         })
     }
 
@@ -140,10 +165,13 @@ impl Application {
             None => None,
         };
         let acceptor = GuardedAcceptor::new(TcpAcceptor::from_tokio(self.listener)?, self.limits);
+        let metering = self.ctx.metering.clone();
         let served = Server::new_with_acceptor(acceptor)
             .idle_timeout(self.idle_timeout)
             .run_with_graceful_shutdown(api::app(self.ctx), shutdown, Some(DRAIN_TIMEOUT))
             .await;
+        metering.stop(None);
+        let _ = self.batcher.await;
         if let Some((stop, server)) = metrics {
             let _ = stop.send(());
             let _ = server.await;

@@ -302,6 +302,11 @@ impl CustomerState {
     /// Bills until fewer than a batch of snapshots remain.
     async fn run(&mut self) -> Result<BillingRunSummary, StoreError> {
         let mut total = BillingRunSummary::default();
+        // Metered events become snapshots first, so this run bills them. A failed fold leaves
+        // its queue for the next tick; billing what is already snapshotted goes on.
+        if let Err(e) = self.ctx.store.fold_metered_usage(self.customer_id).await {
+            tracing::warn!(customer.id = self.customer_id, error = %e, "could not fold metered usage; retrying next tick");
+        }
         loop {
             let now = (self.ctx.config.clock)();
             let run = self

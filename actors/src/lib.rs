@@ -6,13 +6,16 @@
 //!  ├─ DnsSupervisor       one ZoneActor per DNS zone with steered domains on those shards
 //!  │    └─ ZoneActor      applies desired weights through the DNS provider, batched
 //!  ├─ BillingSupervisor  one CustomerBillingActor per customer on those shards
-//!  │    └─ CustomerBillingActor  every tick: bills unbilled snapshots, finalizes invoices
+//!  │    └─ CustomerBillingActor  every tick: folds metered events into snapshots, bills
+//!  │                             unbilled snapshots, finalizes invoices
 //!  ├─ UsageIngestor      pulls CDN usage analytics for those customers' services
 //!  ├─ DomainVerifier     checks the TXT ownership challenge of the domains on those shards
 //!  ├─ WebhookDispatcher  delivers those customers' webhook outbox, in order per endpoint
 //!  ├─ ProbeSupervisor     one DomainActor per domain on the shards this node owns
 //!  │    └─ DomainActor    probes primary + backup, runs the storm machine, commits decisions
 //!  └─ LeaseKeeper         heartbeats, takes its fair share of shards (advisory locks + epochs)
+//!
+//! MeteringBatcher         (beside the tree, one per API) group-commits usage events
 //! ```
 //!
 //! Children are linked to their parents: a failed DomainActor is restarted by the probe
@@ -36,6 +39,8 @@
 //! * [`dns_supervisor`], [`zone_actor`], [`rate`] — DNS steering through the provider;
 //! * [`billing`], [`usage_ingestor`], [`verifier`], [`webhooks`] — invoicing, usage pulls,
 //!   ownership checks, webhook delivery;
+//! * [`metering_batcher`] — the group commit behind `POST /v1/usage-events`, spawned by the
+//!   API (it serves requests whether or not this node runs the engine);
 //! * [`children`] — what the supervisors share (child bookkeeping, bounded fan-out);
 //! * [`ports`] — every port: the stores, the DNS provider, the prober, usage sources, TXT
 //!   lookups, the webhook sender.
@@ -50,6 +55,7 @@ pub mod config;
 pub mod dns_supervisor;
 pub mod domain_actor;
 pub mod lease_keeper;
+pub mod metering_batcher;
 pub mod observation_writer;
 pub mod ports;
 pub mod probe_supervisor;

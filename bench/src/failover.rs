@@ -254,6 +254,7 @@ pub async fn failover(
 pub(super) struct NodeProcess {
     pub(super) id: String,
     child: Child,
+    port: u16,
 }
 
 impl NodeProcess {
@@ -291,7 +292,13 @@ impl NodeProcess {
         Ok(Self {
             id: id.to_owned(),
             child,
+            port,
         })
+    }
+
+    /// The node's API.
+    pub(super) fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
     }
 
     /// Process id (for its CPU time in `/proc`).
@@ -299,7 +306,7 @@ impl NodeProcess {
         self.child.id()
     }
 
-    fn signal(&self, signal: Signal) -> anyhow::Result<()> {
+    pub(super) fn signal(&self, signal: Signal) -> anyhow::Result<()> {
         kill(Pid::from_raw(self.child.id() as i32), signal)?;
         Ok(())
     }

@@ -18,7 +18,9 @@
 //! * `billing`   — one invoice run over N snapshots of M customers ([`billing`]);
 //! * `ingest`    — ingestion of one Cloudflare analytics page from the local fake ([`billing`]);
 //! * `webhooks`  — webhook fan-out of a mass storm to a local receiver, with probing and DNS
-//!   latencies measured in the same run ([`webhooks`]).
+//!   latencies measured in the same run ([`webhooks`]);
+//! * `metering`  — usage-event ingestion by a `tranche serve` process under a ramp, spike or
+//!   soak, batched or single, with loss accounting and optionally a SIGKILL ([`metering`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,6 +44,7 @@ use tranche::prober::NetworkProber;
 
 mod billing;
 mod failover;
+mod metering;
 mod vantages;
 mod webhooks;
 
@@ -198,6 +201,30 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 60)]
         seconds: u64,
     },
+    /// Usage-event ingestion: a `tranche serve` process (release binary) on its own
+    /// PostgreSQL, this process generating the load; loss counted against the database.
+    Metering {
+        #[arg(long, value_enum, default_value = "soak")]
+        profile: metering::Profile,
+        /// Requests per second at 100 % of the profile.
+        #[arg(long, default_value_t = 200.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Events per request: 1 sends single events, more a batch.
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        /// Concurrent requests in flight at most.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// SIGKILL the node this many seconds in, and start another at once.
+        #[arg(long)]
+        kill_at: Option<u64>,
+        /// PostgreSQL with fsync and synchronous commit on (a crash-safe server); without it
+        /// the bench's throwaway settings (fsync off) apply.
+        #[arg(long)]
+        durable: bool,
+    },
     /// Time for a surviving node to take over a killed node's domains.
     Takeover {
         #[arg(long, default_value_t = 1_000)]
@@ -214,6 +241,14 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             pg_settings,
             ..
         } => (*statements, pg_settings.clone()),
+        BenchCommand::Metering { durable: true, .. } => (
+            false,
+            vec![
+                "fsync=on".into(),
+                "synchronous_commit=on".into(),
+                "full_page_writes=on".into(),
+            ],
+        ),
         _ => (false, Vec::new()),
     };
     let env = Env::start(statements, settings).await?;
@@ -267,6 +302,28 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             ..
         } => billing::billing(&env, customers, snapshots, storm_percent).await,
         BenchCommand::Ingest { rows } => billing::ingest(&env, rows).await,
+        BenchCommand::Metering {
+            profile,
+            rate,
+            seconds,
+            batch,
+            connections,
+            kill_at,
+            durable: _,
+        } => {
+            metering::metering(
+                &env,
+                metering::Options {
+                    profile,
+                    rate,
+                    seconds,
+                    batch,
+                    connections,
+                    kill_at,
+                },
+            )
+            .await
+        }
         BenchCommand::Webhooks {
             customers,
             domains,

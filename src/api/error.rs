@@ -24,6 +24,23 @@ pub struct ErrorBody {
     /// The request field (body property, path or query parameter, header) at fault, if one is.
     #[oai(skip_serializing_if_is_none)]
     pub field: Option<String>,
+    /// Only with `over_quota` (429 from `POST /v1/usage-events`): the quota that refused it.
+    #[oai(skip_serializing_if_is_none)]
+    #[serde(default)]
+    pub quota: Option<Box<QuotaExceeded>>,
+}
+
+/// The quota an event would have exceeded.
+#[derive(Debug, Clone, Object, serde::Deserialize, PartialEq, Eq)]
+pub struct QuotaExceeded {
+    pub metric: String,
+    /// The quota (exact decimal string).
+    pub quota: String,
+    /// Used this period before the refused event (exact decimal string).
+    pub used: String,
+    pub period_start: chrono::DateTime<chrono::Utc>,
+    /// When the period ends and the quota starts over.
+    pub period_end: chrono::DateTime<chrono::Utc>,
 }
 
 /// Every error status an operation can answer with.
@@ -71,6 +88,7 @@ fn body(code: &str, message: impl Into<String>, field: Option<&str>) -> Json<Err
         code: code.to_owned(),
         message: message.into(),
         field: field.map(str::to_owned),
+        quota: None,
     })
 }
 
@@ -345,6 +363,7 @@ fn error_response(err: poem::Error, path: &str) -> Response {
             code: code.into(),
             message,
             field,
+            quota: None,
         };
         let mut resp = poem::web::Json(body_json(&body))
             .with_status(status)

@@ -265,6 +265,28 @@ pub struct DrillEnded {
     pub weights: serde_json::Value,
 }
 
+/// `data` of `quota.threshold_crossed`: the customer's metered total of a metric reached 80 %
+/// or 100 % of its monthly quota. Sent once per threshold and period, whichever node counted
+/// the event that crossed it.
+#[derive(Debug, Clone, Object)]
+#[oai(deny_unknown_fields)]
+pub struct QuotaThresholdCrossed {
+    pub metric: String,
+    /// 80 or 100.
+    pub threshold: i32,
+    /// The quota (exact decimal string).
+    pub quota: String,
+    /// The period's total once the crossing event was counted (exact decimal string).
+    pub total: String,
+    /// `total` as a percentage of `quota`, two decimals.
+    #[oai(nullable)]
+    pub percent_used: Option<String>,
+    pub period_start: DateTime<Utc>,
+    pub period_end: DateTime<Utc>,
+    /// `notify` (events over the quota are still accepted) or `reject` (refused with 429).
+    pub over_quota: String,
+}
+
 /// `data` of `ping`, sent by `POST /v1/webhooks/{id}/test` to that endpoint only.
 #[derive(Debug, Clone, Object)]
 #[oai(deny_unknown_fields)]
@@ -314,6 +336,8 @@ envelopes! {
     DrillStartedEvent => DrillStarted;
     /// `drill.ended`
     DrillEndedEvent => DrillEnded;
+    /// `quota.threshold_crossed`
+    QuotaThresholdCrossedEvent => QuotaThresholdCrossed;
     /// `ping`
     PingEvent => Ping;
 }
@@ -349,6 +373,8 @@ pub enum Event {
     DrillStarted(DrillStartedEvent),
     #[oai(mapping = "drill.ended")]
     DrillEnded(DrillEndedEvent),
+    #[oai(mapping = "quota.threshold_crossed")]
+    QuotaThresholdCrossed(QuotaThresholdCrossedEvent),
     #[oai(mapping = "ping")]
     Ping(PingEvent),
 }

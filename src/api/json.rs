@@ -117,6 +117,7 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
                 code: "validation_failed".into(),
                 message: "request body must be a JSON object, not an array".into(),
                 field: None,
+                quota: None,
             },
         )));
     }
@@ -157,6 +158,7 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
                 code: "validation_failed".into(),
                 message: format!("request body: {message}"),
                 field: None,
+                quota: None,
             }))
         } else {
             let sep = if message.starts_with("is ") {
@@ -174,6 +176,7 @@ fn malformed(message: impl Into<String>) -> ApiError {
         code: "malformed_json".into(),
         message: message.into(),
         field: None,
+        quota: None,
     }))
 }
 

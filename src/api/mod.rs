@@ -22,6 +22,7 @@ pub mod invoices;
 pub mod jobs;
 pub mod json;
 pub mod keys;
+pub mod metering;
 pub mod policies;
 pub mod rate_limit;
 pub mod resource;
@@ -73,6 +74,8 @@ pub struct ApiContext {
     pub node_id: String,
     /// Export per-domain metric series.
     pub metrics_per_domain: bool,
+    /// This node's group commit of usage events.
+    pub metering: ractor::ActorRef<tranche_actors::metering_batcher::BatcherMsg>,
 }
 
 #[derive(Tags)]
@@ -89,6 +92,9 @@ pub enum ApiTags {
     Storms,
     /// Usage snapshots: bytes through each CDN per window, pushed or pulled from CDN analytics.
     Usage,
+    /// Metering: usage events (JSON or CloudEvents, exactly once), this period's usage and its
+    /// time series, monthly quotas and their 80 %/100 % alerts.
+    Metering,
     /// Invoices with storm-time discounts, and the billing runs that produce them.
     Billing,
     /// Your API keys (the `admin` scope).
@@ -103,7 +109,7 @@ pub enum ApiTags {
     /// by `type`: `storm.started`, `storm.ended`, `storm.backup_unhealthy`,
     /// `domain.health_unknown`, `dns.change_applied`, `dns.change_failed`, `invoice.created`, `domain.verified`,
     /// `domain.verification_failed`, `certificate.expiring`, `vantage.disagrees`, `drill.started`,
-    /// `drill.ended`, `ping`). Deliveries are signed:
+    /// `drill.ended`, `quota.threshold_crossed`, `ping`). Deliveries are signed:
     /// `Tranche-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
     Webhooks,
     /// Operator endpoints (admin token).
@@ -119,7 +125,7 @@ pub type Api = (
     storms::StormsApi,
     dns::DnsApi,
     drills::DrillsApi,
-    usage::UsageApi,
+    (usage::UsageApi, metering::MeteringApi),
     invoices::InvoicesApi,
     keys::KeysApi,
     settings::SettingsApi,
@@ -140,7 +146,7 @@ pub fn openapi() -> OpenApiService<Api, ()> {
             storms::StormsApi,
             dns::DnsApi,
             drills::DrillsApi,
-            usage::UsageApi,
+            (usage::UsageApi, metering::MeteringApi),
             invoices::InvoicesApi,
             keys::KeysApi,
             settings::SettingsApi,

@@ -24,7 +24,7 @@ use super::{ApiContext, ApiTags};
 use crate::postgres::webhooks::{self, DeliveryRow, EndpointFields, EndpointRow};
 
 /// Event types an endpoint can subscribe to.
-pub const EVENT_TYPES: [&str; 13] = [
+pub const EVENT_TYPES: [&str; 14] = [
     "storm.started",
     "storm.ended",
     "storm.backup_unhealthy",
@@ -38,6 +38,7 @@ pub const EVENT_TYPES: [&str; 13] = [
     "vantage.disagrees",
     "drill.started",
     "drill.ended",
+    "quota.threshold_crossed",
 ];
 
 /// A webhook endpoint (the secret is shown only when created or rotated).

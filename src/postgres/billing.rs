@@ -123,6 +123,12 @@ impl BillingStore for PgBillingStore {
             .map(|r| r.rows_affected())
             .map_err(port_error)
     }
+
+    async fn fold_metered_usage(&self, customer_id: i64) -> Result<usize, StoreError> {
+        super::metering::fold_all(&self.pool, customer_id)
+            .await
+            .map_err(port_error)
+    }
 }
 
 impl PgBillingStore {
@@ -140,6 +146,9 @@ impl PgBillingStore {
     ) -> Result<Uuid, StoreError> {
         let started = Utc::now();
         let run = async {
+            super::metering::fold_all(&self.pool, customer_id)
+                .await
+                .map_err(port_error)?;
             let mut tx = self.pool.begin().await.map_err(port_error)?;
             let shard = (customer_id % i64::from(SHARDS)) as u16;
             let epoch: Option<i64> =

@@ -21,6 +21,7 @@ pub mod engine_store;
 pub mod invoices;
 pub mod jobs;
 pub mod leases;
+pub mod metering;
 pub mod outbox;
 pub mod policies;
 pub mod pool;

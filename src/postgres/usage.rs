@@ -71,6 +71,19 @@ pub async fn record(
     reports: &[UsageReport],
 ) -> sqlx::Result<Vec<(Outcome, SnapshotRow)>> {
     let mut tx = pool.begin().await?;
+    let out = record_in(&mut tx, reports).await?;
+    tx.commit().await?;
+    Ok(out)
+}
+
+/// [`record`] inside the caller's transaction (the fold of metered events uses it).
+pub async fn record_in(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    reports: &[UsageReport],
+) -> sqlx::Result<Vec<(Outcome, SnapshotRow)>> {
+    if reports.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut services: Vec<i64> = reports.iter().map(|r| r.service_id).collect();
     services.sort_unstable();
     services.dedup();
@@ -80,7 +93,7 @@ pub async fn record(
     )
     .bind(USAGE_LOCK_SPACE)
     .bind(&services)
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await?;
 
     let existing: Vec<SnapshotRow> = sqlx::query_as(concat!(
@@ -96,7 +109,7 @@ pub async fn record(
     .bind(reports.iter().map(|r| r.window_start).collect::<Vec<_>>())
     .bind(reports.iter().map(|r| r.window_end).collect::<Vec<_>>())
     .bind(reports.iter().map(|r| r.source.clone()).collect::<Vec<_>>())
-    .fetch_all(&mut *tx)
+    .fetch_all(&mut **tx)
     .await?;
     let mut revisions: HashMap<Key, Vec<SnapshotRow>> = HashMap::new();
     for row in existing {
@@ -176,7 +189,7 @@ pub async fn record(
                 .collect::<Vec<_>>(),
         )
         .bind(inserts.iter().map(|x| x.2).collect::<Vec<_>>())
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut **tx)
         .await?;
         let mut by_key: HashMap<Key, SnapshotRow> =
             rows.into_iter().map(|row| (row_key(&row), row)).collect();
@@ -197,7 +210,7 @@ pub async fn record(
         .bind(updates.iter().map(|x| x.1).collect::<Vec<_>>())
         .bind(updates.iter().map(|x| x.2).collect::<Vec<_>>())
         .bind(updates.iter().map(|x| x.3).collect::<Vec<_>>())
-        .fetch_all(&mut *tx)
+        .fetch_all(&mut **tx)
         .await?;
         let mut by_id: HashMap<Uuid, SnapshotRow> = rows.into_iter().map(|r| (r.id, r)).collect();
         for (i, id, ..) in &updates {
@@ -207,7 +220,6 @@ pub async fn record(
             out.push((*i, Outcome::Updated, row));
         }
     }
-    tx.commit().await?;
     out.sort_by_key(|(i, ..)| *i);
     Ok(out.into_iter().map(|(_, o, r)| (o, r)).collect())
 }

@@ -180,6 +180,17 @@ pub fn slack_text(d: &Delivery) -> String {
             s("domain"),
             s("outcome")
         ),
+        "quota.threshold_crossed" => format!(
+            ":bar_chart: {} has reached {}% of its quota: {} of {} ({}%) this period, which ends {}.",
+            s("metric"),
+            data.get("threshold")
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| "?".into()),
+            s("total"),
+            s("quota"),
+            s("percent_used"),
+            s("period_end")
+        ),
         "ping" => ":wave: Tranche webhook test: this endpoint receives notifications.".to_owned(),
         other => format!("Tranche event {other}."),
     }

@@ -18,6 +18,7 @@ mod health;
 mod helpers;
 mod isolation;
 mod jobs;
+mod metering;
 mod openapi;
 mod policies;
 mod probe;

@@ -30,6 +30,8 @@ pub enum EventType {
     DrillStarted,
     /// A drill is over: traffic is back on the primary (or a real storm took over).
     DrillEnded,
+    /// A metered total reached 80 % or 100 % of its quota (once per threshold and period).
+    QuotaThresholdCrossed,
 }
 
 impl EventType {
@@ -49,6 +51,7 @@ impl EventType {
             Self::VantageDisagrees => "vantage.disagrees",
             Self::DrillStarted => "drill.started",
             Self::DrillEnded => "drill.ended",
+            Self::QuotaThresholdCrossed => "quota.threshold_crossed",
         }
     }
 }

@@ -318,6 +318,9 @@ pub trait BillingStore: Send + Sync + 'static {
     ) -> Result<BillingRunSummary, StoreError>;
     /// Deletes billing-run records that finished before `before`; returns how many went.
     async fn prune_runs(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+    /// Folds the customer's metered events (their minute rollups) into hourly usage snapshots
+    /// (source `events`) for the hours that changed; returns how many hours were folded.
+    async fn fold_metered_usage(&self, customer_id: i64) -> Result<usize, StoreError>;
 }
 
 /// The database side of usage ingestion.
@@ -422,4 +425,22 @@ pub trait WebhookStore: Send + Sync + 'static {
 pub trait WebhookSender: Send + Sync + 'static {
     /// The receiver's status for a 2xx answer; otherwise the status (if any) and why.
     async fn send(&self, delivery: &Delivery) -> Result<u16, (Option<u16>, String)>;
+}
+
+/// The database side of event metering: one group commit per call.
+#[async_trait::async_trait]
+pub trait MeteringStore: Send + Sync + 'static {
+    /// Applies `events` at `now` in one transaction — the stored identities, cycles, quotas and
+    /// totals loaded, [`tranche_core::metering::batch::plan`] asked, the accepted events, rollups,
+    /// totals, fold queue and threshold markers (with their events) written — and returns each
+    /// event's outcome in order, only once committed.
+    async fn ingest(
+        &self,
+        events: &[tranche_core::metering::batch::Incoming],
+        now: DateTime<Utc>,
+        node_id: &str,
+    ) -> Result<Vec<tranche_core::metering::batch::Outcome>, StoreError>;
+    /// Deletes events received before `before` (their identities are forgotten); returns how
+    /// many went.
+    async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
 }

@@ -65,7 +65,7 @@ impl Metric {
 }
 
 /// An exact, non-negative amount: an integer, or a decimal written as a string (never a binary
-/// float), at most 28 significant digits and 9 decimals.
+/// float), below 10^19 with at most 9 decimals (so a month of them still sums exactly).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Quantity(Decimal);
 
@@ -96,6 +96,11 @@ impl Quantity {
         let d: Decimal = trimmed
             .parse()
             .map_err(|_| Invalid("is too large (at most 28 significant digits)".into()))?;
+        if d >= Decimal::from(10_u64.pow(19)) {
+            return Err(Invalid(
+                "is too large (at most 19 digits before the point)".into(),
+            ));
+        }
         if d.scale() > Self::MAX_SCALE {
             return Err(Invalid(format!(
                 "has more than {} decimals",
@@ -173,10 +178,19 @@ pub enum Receipt {
     Conflict,
 }
 
-pub fn receipt(stored: Option<&EventContent>, incoming: &EventContent) -> Receipt {
+/// `timed`: whether the sender gave the time. An event sent without one took the time it was
+/// received, so its replay (received later) is compared without the time.
+pub fn receipt(stored: Option<&EventContent>, incoming: &EventContent, timed: bool) -> Receipt {
     match stored {
         None => Receipt::Accepted,
         Some(s) if s == incoming => Receipt::Duplicate,
+        Some(s)
+            if !timed
+                && (s.service_id, &s.metric, s.quantity)
+                    == (incoming.service_id, &incoming.metric, incoming.quantity) =>
+        {
+            Receipt::Duplicate
+        }
         Some(_) => Receipt::Conflict,
     }
 }
@@ -258,13 +272,21 @@ mod tests {
             quantity: Quantity::from_integer(3).unwrap(),
             time: t("2026-12-03T12:00:00Z"),
         };
-        assert_eq!(receipt(None, &content), Receipt::Accepted);
-        assert_eq!(receipt(Some(&content), &content), Receipt::Duplicate);
+        assert_eq!(receipt(None, &content, true), Receipt::Accepted);
+        assert_eq!(receipt(Some(&content), &content, true), Receipt::Duplicate);
         let more = EventContent {
             quantity: Quantity::from_integer(4).unwrap(),
             ..content.clone()
         };
-        assert_eq!(receipt(Some(&content), &more), Receipt::Conflict);
+        assert_eq!(receipt(Some(&content), &more, true), Receipt::Conflict);
+        assert_eq!(receipt(Some(&content), &more, false), Receipt::Conflict);
+        // Sent without a time: a replay received later is the same event.
+        let later = EventContent {
+            time: content.time + Duration::seconds(30),
+            ..content.clone()
+        };
+        assert_eq!(receipt(Some(&content), &later, false), Receipt::Duplicate);
+        assert_eq!(receipt(Some(&content), &later, true), Receipt::Conflict);
         // The same amount written differently is the same content.
         let a = Quantity::parse("3.0").unwrap();
         assert_eq!(a, Quantity::from_integer(3).unwrap());

@@ -8,8 +8,12 @@
 //! * [`quota`] — which thresholds (80 %, 100 %) an increment crosses, and whether an event over
 //!   the quota is admitted (`notify`) or refused (`reject`).
 //!
+//! * [`batch`] — one group commit planned: each event's outcome, and what the accepted ones
+//!   add to the minute rollups, the period totals and the hours folded into billing.
+//!
 //! The adapters (the batcher actor, the PostgreSQL store, the API) load, ask these, and apply.
 
+pub mod batch;
 pub mod event;
 pub mod period;
 pub mod quota;

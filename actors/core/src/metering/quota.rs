@@ -49,6 +49,13 @@ pub fn crossed(before: Decimal, after: Decimal, quota: Decimal) -> Vec<u32> {
         .collect()
 }
 
+/// The thresholds (percent) a period's `total` has reached. The adapter announces each the
+/// first time a batch leaves the total at or past it (its marker makes it once per period), so
+/// a quota lowered below the usage already counted is announced at the next event.
+pub fn reached(total: Decimal, quota: Decimal) -> Vec<u32> {
+    crossed(Decimal::MIN, total, quota)
+}
+
 /// Whether an event of `quantity` is admitted with the period at `used` of `quota`.
 pub fn admits(used: Decimal, quantity: Decimal, quota: Option<Decimal>, mode: OverQuota) -> bool {
     match (quota, mode) {
@@ -59,9 +66,11 @@ pub fn admits(used: Decimal, quantity: Decimal, quota: Option<Decimal>, mode: Ov
 
 /// Percentage used, rounded to two decimals (`None` without a positive quota).
 pub fn percent_used(used: Decimal, quota: Option<Decimal>) -> Option<Decimal> {
-    quota
-        .filter(|q| *q > Decimal::ZERO)
-        .map(|q| (used * Decimal::ONE_HUNDRED / q).round_dp(2))
+    quota.filter(|q| *q > Decimal::ZERO).map(|q| {
+        let mut p = (used * Decimal::ONE_HUNDRED / q).round_dp(2);
+        p.rescale(2);
+        p
+    })
 }
 
 #[cfg(test)]
@@ -88,6 +97,14 @@ mod tests {
     }
 
     #[test]
+    fn reached_lists_every_threshold_at_or_below_the_total() {
+        assert_eq!(reached(d(79), d(100)), Vec::<u32>::new());
+        assert_eq!(reached(d(80), d(100)), vec![80]);
+        assert_eq!(reached(d(250), d(100)), vec![80, 100]);
+        assert_eq!(reached(d(5), d(0)), Vec::<u32>::new());
+    }
+
+    #[test]
     fn reject_refuses_what_would_exceed_the_quota_and_notify_never_does() {
         assert!(admits(d(90), d(10), Some(d(100)), OverQuota::Reject));
         assert!(!admits(d(90), d(11), Some(d(100)), OverQuota::Reject));
@@ -95,6 +112,10 @@ mod tests {
         assert!(admits(d(90), d(11), None, OverQuota::Reject));
         assert_eq!(percent_used(d(1), Some(d(3))), Some(Decimal::new(3333, 2)));
         assert_eq!(percent_used(d(1), None), None);
+        assert_eq!(
+            percent_used(d(3), Some(d(2))).unwrap().to_string(),
+            "150.00"
+        );
         assert_eq!(OverQuota::parse("reject"), Some(OverQuota::Reject));
         assert_eq!(OverQuota::default().as_str(), "notify");
     }
