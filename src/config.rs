@@ -12,6 +12,7 @@
 //! | `metrics_listen`     | `TRANCHE_METRICS_LISTEN`                      | none: `/metrics` on `listen`, admin token |
 //! | `metrics_per_domain` | `TRANCHE_METRICS_PER_DOMAIN`                  | `false`            |
 //! | `db_max_connections` | `TRANCHE_DB_MAX_CONNECTIONS`                  | `16`               |
+//! | `metering_commits_in_flight` | `TRANCHE_METERING_COMMITS_IN_FLIGHT`  | `2`                |
 //! | `node_id`            | `TRANCHE_NODE_ID`, `--node-id`                | `<hostname>-<pid>` |
 //! | `region`             | `TRANCHE_REGION`, `--region`                  | `default`          |
 //! | `vantages_per_domain`| `TRANCHE_VANTAGES_PER_DOMAIN`                 | `3`                |
@@ -96,6 +97,9 @@ pub struct Settings {
     pub metrics_per_domain: bool,
     /// Size of the Postgres connection pool.
     pub db_max_connections: u32,
+    /// Group commits of usage events in flight at once on this node (1–16; each holds a
+    /// connection while it runs).
+    pub metering_commits_in_flight: usize,
     /// This node's name in the cluster (default `<hostname>-<pid>`); nodes sharing a database
     /// must have distinct ids.
     pub node_id: Option<String>,
@@ -197,6 +201,7 @@ impl Default for Settings {
             log_format: LogFormat::Text,
             metrics_listen: None,
             metrics_per_domain: false,
+            metering_commits_in_flight: 2,
             db_max_connections: 16,
             node_id: None,
             region: tranche_actors::config::DEFAULT_VANTAGE.to_owned(),

@@ -70,12 +70,14 @@ impl Application {
                 clock: tranche_actors::config::system_clock(),
                 node_id: node_id.clone(),
                 max_events: METERING_MAX_EVENTS,
+                max_inflight: settings.metering_commits_in_flight.clamp(1, 16),
                 retention: chrono::Duration::days(METERING_RETENTION_DAYS),
             },
         )
         .await
         .context("could not start the metering batcher")?;
         let ctx = Arc::new(ApiContext {
+            key_lookups: crate::postgres::api_keys::KeyLookups::new(pool.clone()),
             pool,
             dev: settings.dev,
             admin_token: settings.admin_token.clone(),

@@ -10,7 +10,10 @@
 //! The gathering needs no timer: a request that finds the batcher idle queues a `Flush` behind
 //! itself, and everything that reaches the mailbox before that `Flush` is handled joins the
 //! group. At low load a request is committed alone, at once; under load the groups grow with
-//! the time a commit takes, up to [`BatcherArgs::max_events`].
+//! the time a commit takes, up to [`BatcherArgs::max_events`]. Up to
+//! [`BatcherArgs::max_inflight`] commits run at once (in tasks that report back with
+//! `Committed`): the next group's events are written while the previous group commits, and
+//! only the rows both touch (a minute's rollup, a period total) wait for each other.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +35,8 @@ pub struct BatcherArgs {
     pub node_id: String,
     /// Most events in one transaction (a request's events are never split).
     pub max_events: usize,
+    /// Most transactions in flight at once.
+    pub max_inflight: usize,
     /// How long event identities are kept (at least the 32 days of deduplication).
     pub retention: chrono::Duration,
 }
@@ -44,6 +49,8 @@ pub enum BatcherMsg {
     Submit(Vec<Incoming>, RpcReplyPort<Answer>),
     /// Commit what was gathered.
     Flush,
+    /// A commit finished (its requests are answered).
+    Committed,
     /// Delete events past the retention.
     Prune,
 }
@@ -53,6 +60,7 @@ pub struct BatcherState {
     pending: Vec<(Vec<Incoming>, RpcReplyPort<Answer>)>,
     pending_events: usize,
     flush_queued: bool,
+    inflight: usize,
 }
 
 impl Actor for MeteringBatcher {
@@ -71,6 +79,7 @@ impl Actor for MeteringBatcher {
             pending: Vec::new(),
             pending_events: 0,
             flush_queued: false,
+            inflight: 0,
         })
     }
 
@@ -85,16 +94,20 @@ impl Actor for MeteringBatcher {
                 state.pending_events += events.len();
                 state.pending.push((events, reply));
                 if state.pending_events >= state.args.max_events {
-                    state.flush().await;
-                } else if !state.flush_queued {
-                    state.flush_queued = true;
-                    // Behind everything already in the mailbox: those requests join the group.
-                    myself.send_message(BatcherMsg::Flush)?;
+                    state.start_commit(&myself);
+                } else {
+                    state.queue_flush(&myself)?;
                 }
             }
             BatcherMsg::Flush => {
                 state.flush_queued = false;
-                state.flush().await;
+                state.start_commit(&myself);
+            }
+            BatcherMsg::Committed => {
+                state.inflight = state.inflight.saturating_sub(1);
+                if !state.pending.is_empty() {
+                    state.queue_flush(&myself)?;
+                }
             }
             BatcherMsg::Prune => {
                 let before = (state.args.clock)() - state.args.retention;
@@ -113,43 +126,97 @@ impl Actor for MeteringBatcher {
         _myself: ActorRef<BatcherMsg>,
         state: &mut BatcherState,
     ) -> Result<(), ActorProcessingErr> {
-        state.flush().await;
+        if !state.pending.is_empty() {
+            let group = state.take_group();
+            commit(CommitArgs::from(&state.args), group).await;
+        }
         Ok(())
     }
 }
 
+/// A group of requests committed together.
+type Group = Vec<(Vec<Incoming>, RpcReplyPort<Answer>)>;
+
 impl BatcherState {
-    /// Commits every pending request in one transaction and answers them.
-    async fn flush(&mut self) {
-        if self.pending.is_empty() {
+    /// Queues a `Flush` behind everything already in the mailbox (those requests join the
+    /// group), unless one is queued.
+    fn queue_flush(&mut self, myself: &ActorRef<BatcherMsg>) -> Result<(), ActorProcessingErr> {
+        if !self.flush_queued {
+            self.flush_queued = true;
+            myself.send_message(BatcherMsg::Flush)?;
+        }
+        Ok(())
+    }
+
+    /// Pending requests up to `max_events` (at least one request).
+    fn take_group(&mut self) -> Group {
+        let mut n = 0;
+        let mut take = 0;
+        for (events, _) in &self.pending {
+            if take > 0 && n + events.len() > self.args.max_events {
+                break;
+            }
+            n += events.len();
+            take += 1;
+        }
+        self.pending_events -= n;
+        self.pending.drain(..take).collect()
+    }
+
+    /// Starts committing the pending requests in a task, if a commit slot is free (else the
+    /// next `Committed` starts it).
+    fn start_commit(&mut self, myself: &ActorRef<BatcherMsg>) {
+        if self.pending.is_empty() || self.inflight >= self.args.max_inflight {
             return;
         }
-        let group = std::mem::take(&mut self.pending);
-        self.pending_events = 0;
-        let events: Vec<Incoming> = group
-            .iter()
-            .flat_map(|(events, _)| events.iter().cloned())
-            .collect();
-        let now = (self.args.clock)();
-        let result = self
-            .args
-            .store
-            .ingest(&events, now, &self.args.node_id)
-            .await;
-        match result {
-            Ok(outcomes) => {
-                let mut outcomes = outcomes.into_iter();
-                for (events, reply) in group {
-                    let mine: Vec<Outcome> = outcomes.by_ref().take(events.len()).collect();
-                    let _ = reply.send(Ok(mine));
-                }
+        self.inflight += 1;
+        let group = self.take_group();
+        let args = CommitArgs::from(&self.args);
+        let me = myself.clone();
+        tokio::spawn(async move {
+            commit(args, group).await;
+            let _ = me.send_message(BatcherMsg::Committed);
+        });
+    }
+}
+
+/// What a commit needs from the batcher.
+struct CommitArgs {
+    store: Arc<dyn MeteringStore>,
+    clock: Clock,
+    node_id: String,
+}
+
+impl From<&BatcherArgs> for CommitArgs {
+    fn from(a: &BatcherArgs) -> Self {
+        Self {
+            store: a.store.clone(),
+            clock: a.clock.clone(),
+            node_id: a.node_id.clone(),
+        }
+    }
+}
+
+/// Commits a group in one transaction and answers its requests.
+async fn commit(args: CommitArgs, group: Group) {
+    let events: Vec<Incoming> = group
+        .iter()
+        .flat_map(|(events, _)| events.iter().cloned())
+        .collect();
+    let now = (args.clock)();
+    match args.store.ingest(&events, now, &args.node_id).await {
+        Ok(outcomes) => {
+            let mut outcomes = outcomes.into_iter();
+            for (events, reply) in group {
+                let mine: Vec<Outcome> = outcomes.by_ref().take(events.len()).collect();
+                let _ = reply.send(Ok(mine));
             }
-            Err(e) => {
-                tracing::warn!(events = events.len(), error = %e, "usage events not committed");
-                let message = e.to_string();
-                for (_, reply) in group {
-                    let _ = reply.send(Err(message.clone()));
-                }
+        }
+        Err(e) => {
+            tracing::warn!(events = events.len(), error = %e, "usage events not committed");
+            let message = e.to_string();
+            for (_, reply) in group {
+                let _ = reply.send(Err(message.clone()));
             }
         }
     }

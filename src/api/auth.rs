@@ -398,9 +398,7 @@ pub(crate) async fn key_tenant(
     throttle_failures(req, ctx)?;
     let invalid = || failed(req, ctx, ApiError::unauthorized("invalid API key"));
     let prefix = api_keys::prefix_of(token).ok_or_else(invalid)?;
-    let key = api_keys::find_for_auth(&ctx.pool, prefix)
-        .await?
-        .ok_or_else(invalid)?;
+    let key = ctx.key_lookups.find(prefix).await?.ok_or_else(invalid)?;
     if !api_keys::matches(token, &key.secret_hash) {
         return Err(invalid());
     }

@@ -74,6 +74,8 @@ pub struct ApiContext {
     pub node_id: String,
     /// Export per-domain metric series.
     pub metrics_per_domain: bool,
+    /// API-key lookups shared between concurrent requests (never older than the request).
+    pub key_lookups: Arc<crate::postgres::api_keys::KeyLookups>,
     /// This node's group commit of usage events.
     pub metering: ractor::ActorRef<tranche_actors::metering_batcher::BatcherMsg>,
 }

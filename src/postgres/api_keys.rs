@@ -203,3 +203,124 @@ mod tests {
         assert_eq!(prefix_of(""), None);
     }
 }
+
+/// Authentication lookups shared between concurrent requests, without ever answering from
+/// before a request arrived.
+///
+/// A request that finds no lookup running starts one at once (one query, as alone). Requests
+/// that arrive while one runs wait for the next, which starts when it ends and looks all of
+/// their prefixes up in one query (`prefix = any(…)`). Every answer thus comes from a query that
+/// began after its request arrived, so a key revoked (or a customer suspended) before a request
+/// arrives is refused by it, exactly as with a query per request — with one query per round of
+/// concurrent requests instead of one each.
+pub struct KeyLookups {
+    pool: PgPool,
+    queue: std::sync::Mutex<LookupQueue>,
+}
+
+/// A failed round, as each of its requests gets it: whether the database was unreachable
+/// (503 upstream) and the error.
+type LookupError = (bool, String);
+type Waiter = tokio::sync::oneshot::Sender<Result<Option<KeyAuthRow>, LookupError>>;
+
+#[derive(Default)]
+struct LookupQueue {
+    running: bool,
+    waiting: Vec<(String, Waiter)>,
+}
+
+impl KeyLookups {
+    pub fn new(pool: PgPool) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self {
+            pool,
+            queue: std::sync::Mutex::default(),
+        })
+    }
+
+    /// [`find_for_auth`], shared with the requests arriving meanwhile.
+    pub async fn find(
+        self: &std::sync::Arc<Self>,
+        prefix: &str,
+    ) -> sqlx::Result<Option<KeyAuthRow>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            q.waiting.push((prefix.to_owned(), tx));
+            !std::mem::replace(&mut q.running, true)
+        };
+        if start {
+            // In a task of its own: a request cancelled mid-lookup must not strand the others.
+            let me = self.clone();
+            tokio::spawn(async move { me.run().await });
+        }
+        match rx.await {
+            Ok(Ok(row)) => Ok(row),
+            Ok(Err((true, e))) => Err(sqlx::Error::Io(std::io::Error::other(e))),
+            Ok(Err((false, e))) => Err(sqlx::Error::Protocol(e)),
+            Err(_) => Err(sqlx::Error::Protocol("key lookup abandoned".into())),
+        }
+    }
+
+    /// Looks up every waiting prefix, round after round, until none wait.
+    async fn run(&self) {
+        loop {
+            let round = {
+                let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+                if q.waiting.is_empty() {
+                    q.running = false;
+                    return;
+                }
+                std::mem::take(&mut q.waiting)
+            };
+            let mut prefixes: Vec<&str> = round.iter().map(|(p, _)| p.as_str()).collect();
+            prefixes.sort_unstable();
+            prefixes.dedup();
+            let rows: sqlx::Result<Vec<(String, KeyAuthRow)>> = if let [one] = prefixes[..] {
+                find_for_auth(&self.pool, one)
+                    .await
+                    .map(|r| r.into_iter().map(|r| (one.to_owned(), r)).collect())
+            } else {
+                find_many(&self.pool, &prefixes).await
+            };
+            match rows {
+                Ok(rows) => {
+                    let found: std::collections::HashMap<String, KeyAuthRow> =
+                        rows.into_iter().collect();
+                    for (prefix, waiter) in round {
+                        let _ = waiter.send(Ok(found.get(&prefix).cloned()));
+                    }
+                }
+                Err(e) => {
+                    let unavailable = matches!(
+                        e,
+                        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed
+                    );
+                    let message = e.to_string();
+                    for (_, waiter) in round {
+                        let _ = waiter.send(Err((unavailable, message.clone())));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`find_for_auth`] for several prefixes, each with its row.
+async fn find_many(pool: &PgPool, prefixes: &[&str]) -> sqlx::Result<Vec<(String, KeyAuthRow)>> {
+    #[derive(FromRow)]
+    struct Row {
+        prefix: String,
+        #[sqlx(flatten)]
+        key: KeyAuthRow,
+    }
+    let rows: Vec<Row> = sqlx::query_as(
+        "select k.prefix, k.id, k.customer_id, k.secret_hash, k.scopes, k.applications,
+                k.last_used_at, c.status as customer_status
+           from api_keys k join customers c on c.id = k.customer_id
+          where k.prefix = any($1) and k.revoked_at is null",
+    )
+    .bind(prefixes)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.prefix, r.key)).collect())
+}

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use serde_json::json;
+use serde_json::{Value, json};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use tranche_actors::ports::{MeteringStore, StoreError};
 use tranche_core::events::EventType;
@@ -103,48 +103,64 @@ fn retryable(e: &sqlx::Error) -> bool {
         .is_some_and(|c| c == "40P01" || c == "40001")
 }
 
-/// Each customer's cycle and metric rules.
-async fn accounts(
+/// What a group commit needs to know about its customers: cycles and metric rules, and which
+/// of the named services are theirs and live — one statement.
+async fn load(
     conn: &mut PgConnection,
     customers: &[i64],
-) -> sqlx::Result<HashMap<i64, Account>> {
-    let cycles: Vec<(i64, i32, String)> = sqlx::query_as(
-        "select customer_id, billing_day, time_zone from metering_accounts
-          where customer_id = any($1)",
+    services: &[i64],
+) -> sqlx::Result<(HashMap<i64, Account>, HashSet<(i64, i64)>)> {
+    type Row = (i64, Option<i32>, Option<String>, Value, Vec<i64>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "select c, a.billing_day, a.time_zone,
+                coalesce((select json_agg(json_build_array(q.metric, q.quota::text, q.over_quota))
+                            from metering_quotas q where q.customer_id = c), '[]'::json),
+                coalesce((select array_agg(s.id) from services s
+                           where s.customer_id = c and s.id = any($2) and s.deleted_at is null),
+                         '{}'::int8[])
+           from unnest($1::int8[]) c
+           left join metering_accounts a on a.customer_id = c",
     )
     .bind(customers)
-    .fetch_all(&mut *conn)
+    .bind(services)
+    .fetch_all(conn)
     .await?;
-    let mut out: HashMap<i64, Account> = cycles
-        .into_iter()
-        .map(|(c, day, tz)| {
-            let cycle = BillingCycle::new(day, &tz).unwrap_or_else(|_| BillingCycle::utc());
-            (
-                c,
-                Account {
-                    cycle,
-                    quotas: HashMap::new(),
+    let mut accounts = HashMap::with_capacity(rows.len());
+    let mut live = HashSet::new();
+    for (c, day, tz, quotas, ids) in rows {
+        let cycle = match (day, tz) {
+            (Some(day), Some(tz)) => {
+                BillingCycle::new(day, &tz).unwrap_or_else(|_| BillingCycle::utc())
+            }
+            _ => BillingCycle::utc(),
+        };
+        let mut rules = HashMap::new();
+        for q in quotas.as_array().into_iter().flatten() {
+            let (Some(metric), limit, Some(mode)) = (
+                q[0].as_str(),
+                q[1].as_str().and_then(|t| t.parse::<Decimal>().ok()),
+                q[2].as_str(),
+            ) else {
+                continue;
+            };
+            rules.insert(
+                metric.to_owned(),
+                QuotaRule {
+                    limit,
+                    over_quota: OverQuota::parse(mode).unwrap_or_default(),
                 },
-            )
-        })
-        .collect();
-    let rules: Vec<(i64, String, Option<Decimal>, String)> = sqlx::query_as(
-        "select customer_id, metric, quota, over_quota from metering_quotas
-          where customer_id = any($1)",
-    )
-    .bind(customers)
-    .fetch_all(&mut *conn)
-    .await?;
-    for (c, metric, limit, mode) in rules {
-        out.entry(c).or_default().quotas.insert(
-            metric,
-            QuotaRule {
-                limit,
-                over_quota: OverQuota::parse(&mode).unwrap_or_default(),
+            );
+        }
+        accounts.insert(
+            c,
+            Account {
+                cycle,
+                quotas: rules,
             },
         );
+        live.extend(ids.into_iter().map(|id| (c, id)));
     }
-    Ok(out)
+    Ok((accounts, live))
 }
 
 type StoredRow = (i64, String, String, i64, String, Decimal, DateTime<Utc>);
@@ -166,8 +182,41 @@ fn content_of(row: &StoredRow) -> Option<(EventKey, EventContent)> {
     ))
 }
 
-/// One group commit; `None` when an identity was committed by another node meanwhile (plan
-/// again).
+/// The stored events with the identities of `events`.
+async fn stored(
+    conn: &mut PgConnection,
+    events: &[&Incoming],
+) -> sqlx::Result<HashMap<EventKey, EventContent>> {
+    if events.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<StoredRow> = sqlx::query_as(
+        "select e.customer_id, e.source, e.event_id, e.service_id, e.metric, e.quantity,
+                e.occurred_at
+           from usage_events e
+           join unnest($1::int8[], $2::text[], $3::text[]) k(c, s, i)
+             on e.customer_id = k.c and e.source = k.s and e.event_id = k.i",
+    )
+    .bind(events.iter().map(|e| e.key.customer_id).collect::<Vec<_>>())
+    .bind(
+        events
+            .iter()
+            .map(|e| e.key.source.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(events.iter().map(|e| e.key.id.as_str()).collect::<Vec<_>>())
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.iter().filter_map(content_of).collect())
+}
+
+/// One group commit; `None` when an identity was committed by another node meanwhile in a
+/// way the plan cannot absorb (plan again from the start).
+///
+/// Most batches are new events: they are planned as if none of their identities were stored
+/// and inserted with `on conflict do nothing`; only when some were not inserted are those
+/// looked up and the batch planned again (the plan is pure and cheap). A batch under a quota
+/// that rejects looks its identities up first, since admission depends on which are new.
 async fn try_ingest(
     pool: &PgPool,
     events: &[Incoming],
@@ -177,6 +226,9 @@ async fn try_ingest(
     let mut customers: Vec<i64> = events.iter().map(|e| e.key.customer_id).collect();
     customers.sort_unstable();
     customers.dedup();
+    let mut services: Vec<i64> = events.iter().map(|e| e.content.service_id).collect();
+    services.sort_unstable();
+    services.dedup();
     let mut tx = pool.begin().await?;
     sqlx::query(
         "select pg_advisory_xact_lock_shared($1, (c % 2147483647)::int4)
@@ -186,83 +238,52 @@ async fn try_ingest(
     .bind(&customers)
     .execute(&mut *tx)
     .await?;
-    let accounts = accounts(&mut tx, &customers).await?;
+    let (accounts, live) = load(&mut tx, &customers, &services).await?;
 
     // Events naming a service the customer does not have (or deleted) are refused up front.
-    let live: HashSet<(i64, i64)> = sqlx::query_as::<_, (i64, i64)>(
-        "select customer_id, id from services
-          where customer_id = any($1) and id = any($2) and deleted_at is null",
-    )
-    .bind(&customers)
-    .bind(
-        events
-            .iter()
-            .map(|e| e.content.service_id)
-            .collect::<Vec<_>>(),
-    )
-    .fetch_all(&mut *tx)
-    .await?
-    .into_iter()
-    .collect();
     let known: Vec<usize> = (0..events.len())
         .filter(|&i| live.contains(&(events[i].key.customer_id, events[i].content.service_id)))
         .collect();
     let candidates: Vec<Incoming> = known.iter().map(|&i| events[i].clone()).collect();
+    let rejecting = candidates.iter().any(|e| {
+        accounts
+            .get(&e.key.customer_id)
+            .and_then(|a| a.quotas.get(e.content.metric.as_str()))
+            .is_some_and(|r| r.limit.is_some() && r.over_quota == OverQuota::Reject)
+    });
 
-    let stored: HashMap<EventKey, EventContent> = sqlx::query_as::<_, StoredRow>(
-        "select e.customer_id, e.source, e.event_id, e.service_id, e.metric, e.quantity,
-                e.occurred_at
-           from usage_events e
-           join unnest($1::int8[], $2::text[], $3::text[]) k(c, s, i)
-             on e.customer_id = k.c and e.source = k.s and e.event_id = k.i",
-    )
-    .bind(
-        candidates
-            .iter()
-            .map(|e| e.key.customer_id)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        candidates
-            .iter()
-            .map(|e| e.key.source.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        candidates
-            .iter()
-            .map(|e| e.key.id.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .fetch_all(&mut *tx)
-    .await?
-    .iter()
-    .filter_map(content_of)
-    .collect();
-
-    let used = lock_rejecting_totals(&mut tx, &candidates, &accounts).await?;
-    let plan = batch::plan(&candidates, &stored, &accounts, &used, now);
-
-    if !insert_events(&mut tx, &candidates, &plan.inserts, now).await? {
-        tx.rollback().await?;
-        return Ok(None);
-    }
-    write_rollups(&mut tx, &plan.rollups).await?;
-    let totals = write_totals(&mut tx, &plan.totals).await?;
-    announce_thresholds(&mut tx, &plan.totals, &totals, node_id, &accounts).await?;
-    if !plan.fold_hours.is_empty() {
-        let rows: Vec<_> = plan.fold_hours.iter().collect();
-        sqlx::query(
-            "insert into usage_fold_queue (customer_id, service_id, hour)
-             select * from unnest($1::int8[], $2::int8[], $3::timestamptz[])
-             on conflict (customer_id, service_id, hour) do update set touched_at = now()",
+    let (stored_now, used) = if rejecting {
+        let all: Vec<&Incoming> = candidates.iter().collect();
+        (
+            stored(&mut tx, &all).await?,
+            lock_rejecting_totals(&mut tx, &candidates, &accounts).await?,
         )
-        .bind(rows.iter().map(|r| r.0).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.1).collect::<Vec<_>>())
-        .bind(rows.iter().map(|r| r.2).collect::<Vec<_>>())
-        .execute(&mut *tx)
-        .await?;
+    } else {
+        (HashMap::new(), HashMap::new())
+    };
+    let mut plan = batch::plan(&candidates, &stored_now, &accounts, &used, now);
+    let inserted = insert_events(&mut tx, &candidates, &plan.inserts, now).await?;
+    if inserted.len() != plan.inserts.len() {
+        if rejecting {
+            tx.rollback().await?;
+            return Ok(None);
+        }
+        let seen: Vec<&Incoming> = plan
+            .inserts
+            .iter()
+            .filter(|i| !inserted.contains(i))
+            .map(|&i| &candidates[i])
+            .collect();
+        let stored_now = stored(&mut tx, &seen).await?;
+        plan = batch::plan(&candidates, &stored_now, &accounts, &used, now);
+        let replanned: HashSet<usize> = plan.inserts.iter().copied().collect();
+        if replanned != inserted {
+            tx.rollback().await?;
+            return Ok(None);
+        }
     }
+    let totals = write_aggregates(&mut tx, &plan).await?;
+    announce_thresholds(&mut tx, &plan.totals, &totals, node_id, &accounts).await?;
     tx.commit().await?;
 
     let mut outcomes = vec![Outcome::Refused(batch::Refusal::UnknownService); events.len()];
@@ -304,47 +325,62 @@ async fn lock_rejecting_totals(
         return Ok(HashMap::new());
     }
     let (k, ends): (Vec<&TotalKey>, Vec<DateTime<Utc>>) = keys.iter().unzip();
+    let binds = || {
+        (
+            k.iter().map(|k| k.0).collect::<Vec<_>>(),
+            k.iter().map(|k| k.1.as_str()).collect::<Vec<_>>(),
+            k.iter().map(|k| k.2).collect::<Vec<_>>(),
+        )
+    };
+    let (c, m, st) = binds();
+    sqlx::query(
+        "insert into usage_period_totals
+                (customer_id, metric, period_start, period_end, quantity, events)
+         select c, m, s, e, 0, 0
+           from unnest($1::int8[], $2::text[], $3::timestamptz[], $4::timestamptz[])
+                with ordinality as k(c, m, s, e, ord)
+          order by ord
+         on conflict do nothing",
+    )
+    .bind(c)
+    .bind(m)
+    .bind(st)
+    .bind(&ends)
+    .execute(&mut **tx)
+    .await?;
+    let (c, m, st) = binds();
     let rows: Vec<(i64, String, DateTime<Utc>, Decimal)> = sqlx::query_as(
-        "with k as (select * from unnest($1::int8[], $2::text[], $3::timestamptz[], $4::timestamptz[])
-                        with ordinality as k(c, m, s, e, ord)),
-              ins as (insert into usage_period_totals
-                             (customer_id, metric, period_start, period_end, quantity, events)
-                      select c, m, s, e, 0, 0 from k order by ord
-                      on conflict do nothing)
-         select t.customer_id, t.metric, t.period_start, t.quantity
-           from usage_period_totals t join k
+        "select t.customer_id, t.metric, t.period_start, t.quantity
+           from usage_period_totals t
+           join unnest($1::int8[], $2::text[], $3::timestamptz[]) with ordinality as k(c, m, s, ord)
              on t.customer_id = k.c and t.metric = k.m and t.period_start = k.s
           order by k.ord
             for update of t",
     )
-    .bind(k.iter().map(|k| k.0).collect::<Vec<_>>())
-    .bind(k.iter().map(|k| k.1.as_str()).collect::<Vec<_>>())
-    .bind(k.iter().map(|k| k.2).collect::<Vec<_>>())
-    .bind(&ends)
+    .bind(c)
+    .bind(m)
+    .bind(st)
     .fetch_all(&mut **tx)
     .await?;
-    // A total created by this statement is invisible to its own select: it is zero.
     Ok(rows
         .into_iter()
         .map(|(c, m, s, q)| ((c, m, s), q))
         .collect())
 }
 
-/// Inserts the planned events; `false` when one of them was committed by another node since
-/// it was looked up.
+/// Inserts the planned events (`inserts`: indexes into `events`); returns the indexes of those
+/// inserted — an identity committed meanwhile (by an earlier batch or another node) is not.
 async fn insert_events(
     tx: &mut Transaction<'_, Postgres>,
     events: &[Incoming],
     inserts: &[usize],
     now: DateTime<Utc>,
-) -> sqlx::Result<bool> {
+) -> sqlx::Result<HashSet<usize>> {
     if inserts.is_empty() {
-        return Ok(true);
+        return Ok(HashSet::new());
     }
-    let col = |f: &dyn Fn(&Incoming) -> String| -> Vec<String> {
-        inserts.iter().map(|&i| f(&events[i])).collect()
-    };
-    let inserted = sqlx::query(
+    let pick = |i: &usize| &events[*i];
+    let rows: Vec<(i64, String, String)> = sqlx::query_as(
         "insert into usage_events
                 (customer_id, source, event_id, service_id, metric, quantity, occurred_at,
                  received_at)
@@ -353,86 +389,105 @@ async fn insert_events(
                        $6::numeric[], $7::timestamptz[]) with ordinality
                 as u(c, s, i, sv, m, q, t, ord)
           order by ord
-         on conflict do nothing",
+         on conflict do nothing
+         returning customer_id, source, event_id",
     )
     .bind(
         inserts
             .iter()
-            .map(|&i| events[i].key.customer_id)
-            .collect::<Vec<_>>(),
-    )
-    .bind(col(&|e| e.key.source.clone()))
-    .bind(col(&|e| e.key.id.clone()))
-    .bind(
-        inserts
-            .iter()
-            .map(|&i| events[i].content.service_id)
-            .collect::<Vec<_>>(),
-    )
-    .bind(col(&|e| e.content.metric.as_str().to_owned()))
-    .bind(
-        inserts
-            .iter()
-            .map(|&i| events[i].content.quantity.value())
+            .map(|i| pick(i).key.customer_id)
             .collect::<Vec<_>>(),
     )
     .bind(
         inserts
             .iter()
-            .map(|&i| events[i].content.time)
+            .map(|i| pick(i).key.source.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        inserts
+            .iter()
+            .map(|i| pick(i).key.id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        inserts
+            .iter()
+            .map(|i| pick(i).content.service_id)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        inserts
+            .iter()
+            .map(|i| pick(i).content.metric.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        inserts
+            .iter()
+            .map(|i| pick(i).content.quantity.value())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        inserts
+            .iter()
+            .map(|i| pick(i).content.time)
             .collect::<Vec<_>>(),
     )
     .bind(now)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    Ok(inserted == inserts.len() as u64)
-}
-
-async fn write_rollups(
-    tx: &mut Transaction<'_, Postgres>,
-    rollups: &BTreeMap<batch::RollupKey, (Decimal, i64)>,
-) -> sqlx::Result<()> {
-    if rollups.is_empty() {
-        return Ok(());
-    }
-    let keys: Vec<_> = rollups.iter().collect();
-    sqlx::query(
-        "insert into usage_rollups (customer_id, metric, service_id, minute, quantity, events)
-         select c, m, s, t, q, n
-           from unnest($1::int8[], $2::text[], $3::int8[], $4::timestamptz[], $5::numeric[],
-                       $6::int8[]) with ordinality as u(c, m, s, t, q, n, ord)
-          order by ord
-         on conflict (customer_id, metric, service_id, minute) do update
-            set quantity = usage_rollups.quantity + excluded.quantity,
-                events = usage_rollups.events + excluded.events",
-    )
-    .bind(keys.iter().map(|(k, _)| k.0).collect::<Vec<_>>())
-    .bind(keys.iter().map(|(k, _)| k.1.as_str()).collect::<Vec<_>>())
-    .bind(keys.iter().map(|(k, _)| k.2).collect::<Vec<_>>())
-    .bind(keys.iter().map(|(k, _)| k.3).collect::<Vec<_>>())
-    .bind(keys.iter().map(|(_, v)| v.0).collect::<Vec<_>>())
-    .bind(keys.iter().map(|(_, v)| v.1).collect::<Vec<_>>())
-    .execute(&mut **tx)
+    .fetch_all(&mut **tx)
     .await?;
-    Ok(())
+    if rows.len() == inserts.len() {
+        return Ok(inserts.iter().copied().collect());
+    }
+    let by_key: HashMap<(i64, &str, &str), usize> = inserts
+        .iter()
+        .map(|&i| {
+            let k = &events[i].key;
+            ((k.customer_id, k.source.as_str(), k.id.as_str()), i)
+        })
+        .collect();
+    Ok(rows
+        .iter()
+        .filter_map(|(c, s, i)| by_key.get(&(*c, s.as_str(), i.as_str())).copied())
+        .collect())
 }
 
-/// Adds the planned deltas to the period totals; returns each total after.
-async fn write_totals(
+/// Adds the plan's rollups and period totals and queues its hours for the fold, in one
+/// statement (totals first, then rollups, then the queue: one order for every batch);
+/// returns each total after.
+async fn write_aggregates(
     tx: &mut Transaction<'_, Postgres>,
-    totals: &BTreeMap<TotalKey, batch::TotalDelta>,
+    plan: &batch::Plan,
 ) -> sqlx::Result<HashMap<TotalKey, Decimal>> {
-    if totals.is_empty() {
+    if plan.totals.is_empty() {
         return Ok(HashMap::new());
     }
-    let keys: Vec<_> = totals.iter().collect();
+    let r: Vec<_> = plan.rollups.iter().collect();
+    let t: Vec<_> = plan.totals.iter().collect();
+    let f: Vec<_> = plan.fold_hours.iter().collect();
     let rows: Vec<(i64, String, DateTime<Utc>, Decimal)> = sqlx::query_as(
-        "insert into usage_period_totals
+        "with rollups as (
+             insert into usage_rollups (customer_id, metric, service_id, minute, quantity, events)
+             select c, m, s, t, q, n
+               from unnest($1::int8[], $2::text[], $3::int8[], $4::timestamptz[], $5::numeric[],
+                           $6::int8[]) with ordinality as u(c, m, s, t, q, n, ord)
+              order by ord
+             on conflict (customer_id, metric, service_id, minute) do update
+                set quantity = usage_rollups.quantity + excluded.quantity,
+                    events = usage_rollups.events + excluded.events
+         ), fold as (
+             insert into usage_fold_queue (customer_id, service_id, hour)
+             select c, s, h from unnest($13::int8[], $14::int8[], $15::timestamptz[])
+                    with ordinality as u(c, s, h, ord)
+              order by ord
+             on conflict (customer_id, service_id, hour) do update set touched_at = now()
+         )
+         insert into usage_period_totals
                 (customer_id, metric, period_start, period_end, quantity, events)
          select c, m, s, e, q, n
-           from unnest($1::int8[], $2::text[], $3::timestamptz[], $4::timestamptz[],
-                       $5::numeric[], $6::int8[]) with ordinality as u(c, m, s, e, q, n, ord)
+           from unnest($7::int8[], $8::text[], $9::timestamptz[], $10::timestamptz[],
+                       $11::numeric[], $12::int8[]) with ordinality as u(c, m, s, e, q, n, ord)
           order by ord
          on conflict (customer_id, metric, period_start) do update
             set quantity = usage_period_totals.quantity + excluded.quantity,
@@ -440,12 +495,21 @@ async fn write_totals(
                 updated_at = now()
          returning customer_id, metric, period_start, quantity",
     )
-    .bind(keys.iter().map(|(k, _)| k.0).collect::<Vec<_>>())
-    .bind(keys.iter().map(|(k, _)| k.1.as_str()).collect::<Vec<_>>())
-    .bind(keys.iter().map(|(k, _)| k.2).collect::<Vec<_>>())
-    .bind(keys.iter().map(|(_, v)| v.period_end).collect::<Vec<_>>())
-    .bind(keys.iter().map(|(_, v)| v.quantity).collect::<Vec<_>>())
-    .bind(keys.iter().map(|(_, v)| v.events).collect::<Vec<_>>())
+    .bind(r.iter().map(|(k, _)| k.0).collect::<Vec<_>>())
+    .bind(r.iter().map(|(k, _)| k.1.as_str()).collect::<Vec<_>>())
+    .bind(r.iter().map(|(k, _)| k.2).collect::<Vec<_>>())
+    .bind(r.iter().map(|(k, _)| k.3).collect::<Vec<_>>())
+    .bind(r.iter().map(|(_, v)| v.0).collect::<Vec<_>>())
+    .bind(r.iter().map(|(_, v)| v.1).collect::<Vec<_>>())
+    .bind(t.iter().map(|(k, _)| k.0).collect::<Vec<_>>())
+    .bind(t.iter().map(|(k, _)| k.1.as_str()).collect::<Vec<_>>())
+    .bind(t.iter().map(|(k, _)| k.2).collect::<Vec<_>>())
+    .bind(t.iter().map(|(_, v)| v.period_end).collect::<Vec<_>>())
+    .bind(t.iter().map(|(_, v)| v.quantity).collect::<Vec<_>>())
+    .bind(t.iter().map(|(_, v)| v.events).collect::<Vec<_>>())
+    .bind(f.iter().map(|h| h.0).collect::<Vec<_>>())
+    .bind(f.iter().map(|h| h.1).collect::<Vec<_>>())
+    .bind(f.iter().map(|h| h.2).collect::<Vec<_>>())
     .fetch_all(&mut **tx)
     .await?;
     Ok(rows
