@@ -34,6 +34,7 @@ pub mod events;
 pub mod metering;
 pub mod observations;
 pub mod probe;
+pub mod slo;
 pub mod storm;
 pub mod usage;
 pub mod verify;
