@@ -138,6 +138,8 @@ pub struct Offset(u32);
 
 impl Offset {
     pub const MAX_MINUTES: u32 = 7 * 24 * 60;
+    /// The business date's local midnight.
+    pub const MIDNIGHT: Self = Self(0);
 
     pub fn from_minutes(minutes: i64) -> Result<Self, Invalid> {
         u32::try_from(minutes)

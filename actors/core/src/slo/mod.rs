@@ -1,6 +1,15 @@
 //! SLO tracking of batch jobs (issue 16, DESIGN.md §9): the rules, with no I/O.
 //!
 //! * [`calendar`] — business calendars in a time zone, and expected times as wall-clock
-//!   offsets from a business date that may pass midnight, DST-safe.
+//!   offsets from a business date that may pass midnight, DST-safe;
+//! * [`performance`] — one SLO on one business date from its job reports: expected and actual
+//!   times, status, the alerts due, and when to look again (the tracker's next timer);
+//! * [`trend`] — reports over many dates: Theil–Sen trends of durations and the projected
+//!   date of a miss, shares of dates late or early, percentiles.
+//!
+//! Still to come (issue 16): the schema, the API, the tracker actor per SLO, the events and
+//! the reports' adapters.
 
 pub mod calendar;
+pub mod performance;
+pub mod trend;
