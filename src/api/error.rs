@@ -199,6 +199,18 @@ impl ApiError {
 /// is internal. Keep in step with `migrations/`.
 const CONSTRAINTS: &[(&str, StatusCode, &str, &str)] = &[
     (
+        "calendars_customer_id_name_key",
+        StatusCode::CONFLICT,
+        "name",
+        "a calendar with this name already exists",
+    ),
+    (
+        "applications_customer_id_name_key",
+        StatusCode::CONFLICT,
+        "name",
+        "an application with this name already exists",
+    ),
+    (
         "services_customer_id_name_key",
         StatusCode::CONFLICT,
         "name",

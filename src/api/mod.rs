@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod calendars;
 pub mod dns;
 pub mod domains;
 pub mod drills;
@@ -103,6 +104,9 @@ pub enum ApiTags {
     ApiKeys,
     /// Your account's settings: the defaults of new storm policies.
     Settings,
+    /// SLO tracking: business calendars with holidays, and the applications that own jobs and
+    /// SLOs.
+    Slo,
     /// Job status: schedulers report runs of their jobs (`job-status` keys, limited to named
     /// applications), the input of SLO tracking.
     Jobs,
@@ -132,7 +136,7 @@ pub type Api = (
     keys::KeysApi,
     settings::SettingsApi,
     status_links::StatusLinksApi,
-    jobs::JobsApi,
+    (jobs::JobsApi, calendars::CalendarsApi),
     webhooks::WebhooksApi,
     admin::AdminApi,
     health::HealthApi,
@@ -153,7 +157,7 @@ pub fn openapi() -> OpenApiService<Api, ()> {
             keys::KeysApi,
             settings::SettingsApi,
             status_links::StatusLinksApi,
-            jobs::JobsApi,
+            (jobs::JobsApi, calendars::CalendarsApi),
             webhooks::WebhooksApi,
             admin::AdminApi,
             health::HealthApi,

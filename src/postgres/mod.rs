@@ -27,6 +27,7 @@ pub mod policies;
 pub mod pool;
 pub mod services;
 pub mod settings;
+pub mod slo;
 pub mod status;
 pub mod storms;
 pub mod usage;

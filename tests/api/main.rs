@@ -4,6 +4,7 @@ mod admin;
 mod auth;
 mod billing;
 mod browser;
+mod calendars;
 mod chaos;
 mod cluster;
 mod ctl;
