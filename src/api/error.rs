@@ -205,6 +205,18 @@ const CONSTRAINTS: &[(&str, StatusCode, &str, &str)] = &[
         "a calendar with this name already exists",
     ),
     (
+        "slos_customer_id_name_key",
+        StatusCode::CONFLICT,
+        "name",
+        "an SLO with this name already exists",
+    ),
+    (
+        "slos_calendar_id_fkey",
+        StatusCode::CONFLICT,
+        "id",
+        "the calendar is used by an SLO; delete the SLO first",
+    ),
+    (
         "applications_customer_id_name_key",
         StatusCode::CONFLICT,
         "name",

@@ -29,6 +29,7 @@ pub mod rate_limit;
 pub mod resource;
 pub mod services;
 pub mod settings;
+pub mod slos;
 pub mod status_links;
 pub mod storms;
 pub mod usage;
@@ -104,8 +105,8 @@ pub enum ApiTags {
     ApiKeys,
     /// Your account's settings: the defaults of new storm policies.
     Settings,
-    /// SLO tracking: business calendars with holidays, and the applications that own jobs and
-    /// SLOs.
+    /// SLO tracking: business calendars with holidays, the applications that own jobs, and
+    /// SLOs with their performance per business date.
     Slo,
     /// Job status: schedulers report runs of their jobs (`job-status` keys, limited to named
     /// applications), the input of SLO tracking.
@@ -136,7 +137,7 @@ pub type Api = (
     keys::KeysApi,
     settings::SettingsApi,
     status_links::StatusLinksApi,
-    (jobs::JobsApi, calendars::CalendarsApi),
+    (jobs::JobsApi, calendars::CalendarsApi, slos::SlosApi),
     webhooks::WebhooksApi,
     admin::AdminApi,
     health::HealthApi,
@@ -157,7 +158,7 @@ pub fn openapi() -> OpenApiService<Api, ()> {
             keys::KeysApi,
             settings::SettingsApi,
             status_links::StatusLinksApi,
-            (jobs::JobsApi, calendars::CalendarsApi),
+            (jobs::JobsApi, calendars::CalendarsApi, slos::SlosApi),
             webhooks::WebhooksApi,
             admin::AdminApi,
             health::HealthApi,

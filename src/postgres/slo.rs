@@ -212,3 +212,177 @@ pub async fn delete_application(pool: &PgPool, customer_id: i64, id: i64) -> sql
             > 0,
     )
 }
+
+/// An SLO with its jobs, its application's name and its calendar.
+#[derive(Debug, Clone, FromRow)]
+pub struct SloRow {
+    pub id: i64,
+    pub name: String,
+    pub application_id: i64,
+    pub application: String,
+    pub calendar_id: i64,
+    pub calendar_kind: String,
+    pub time_zone: String,
+    #[sqlx(json)]
+    pub holidays: Vec<NaiveDate>,
+    pub start_grace_minutes: i32,
+    pub tolerance_minutes: i32,
+    /// (job, expected start, expected end, minimum duration in seconds), by job.
+    #[sqlx(json)]
+    pub jobs: Vec<(String, i32, i32, Option<i32>)>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+macro_rules! slo {
+    () => {
+        "select s.id, s.name, s.application_id, a.name as application, s.calendar_id,
+                c.kind as calendar_kind, c.time_zone,
+                coalesce((select json_agg(h.holiday order by h.holiday)
+                            from calendar_holidays h where h.calendar_id = c.id), '[]'::json)
+                  as holidays,
+                s.start_grace_minutes, s.tolerance_minutes,
+                coalesce((select json_agg(json_build_array(j.job, j.expected_start_minutes,
+                                                           j.expected_end_minutes,
+                                                           j.min_duration_seconds) order by j.job)
+                            from slo_jobs j where j.slo_id = s.id), '[]'::json) as jobs,
+                s.created_at, s.updated_at
+           from slos s
+           join applications a on a.id = s.application_id
+           join calendars c on c.id = s.calendar_id"
+    };
+}
+
+/// A new SLO.
+pub struct SloFields<'a> {
+    pub name: &'a str,
+    pub application_id: i64,
+    pub calendar_id: i64,
+    pub start_grace_minutes: i32,
+    pub tolerance_minutes: i32,
+    /// (job, expected start, expected end, minimum duration in seconds).
+    pub jobs: &'a [(String, i32, i32, Option<i32>)],
+}
+
+/// What creating an SLO did: created it, or found no such application or calendar of the
+/// customer.
+pub enum CreateSlo {
+    Created(Box<SloRow>),
+    NoApplication,
+    NoCalendar,
+}
+
+pub async fn create_slo(
+    pool: &PgPool,
+    customer_id: i64,
+    f: &SloFields<'_>,
+) -> sqlx::Result<CreateSlo> {
+    let mut tx = pool.begin().await?;
+    let (app, cal): (bool, bool) = sqlx::query_as(
+        "select exists(select 1 from applications where id = $2 and customer_id = $1),
+                exists(select 1 from calendars where id = $3 and customer_id = $1)",
+    )
+    .bind(customer_id)
+    .bind(f.application_id)
+    .bind(f.calendar_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    if !app {
+        return Ok(CreateSlo::NoApplication);
+    }
+    if !cal {
+        return Ok(CreateSlo::NoCalendar);
+    }
+    let id: i64 = sqlx::query_scalar(
+        "insert into slos (customer_id, application_id, calendar_id, name, start_grace_minutes,
+                           tolerance_minutes)
+         values ($1, $2, $3, $4, $5, $6) returning id",
+    )
+    .bind(customer_id)
+    .bind(f.application_id)
+    .bind(f.calendar_id)
+    .bind(f.name)
+    .bind(f.start_grace_minutes)
+    .bind(f.tolerance_minutes)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query(
+        "insert into slo_jobs (slo_id, job, expected_start_minutes, expected_end_minutes,
+                               min_duration_seconds)
+         select $1, * from unnest($2::text[], $3::int4[], $4::int4[], $5::int4[])",
+    )
+    .bind(id)
+    .bind(f.jobs.iter().map(|j| j.0.as_str()).collect::<Vec<_>>())
+    .bind(f.jobs.iter().map(|j| j.1).collect::<Vec<_>>())
+    .bind(f.jobs.iter().map(|j| j.2).collect::<Vec<_>>())
+    .bind(f.jobs.iter().map(|j| j.3).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
+    let row: SloRow = sqlx::query_as(concat!(slo!(), " where s.id = $1"))
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(CreateSlo::Created(Box::new(row)))
+}
+
+pub async fn slos(pool: &PgPool, customer_id: i64) -> sqlx::Result<Vec<SloRow>> {
+    sqlx::query_as(concat!(slo!(), " where s.customer_id = $1 order by s.name"))
+        .bind(customer_id)
+        .fetch_all(pool)
+        .await
+}
+
+pub async fn slo(pool: &PgPool, customer_id: i64, id: i64) -> sqlx::Result<Option<SloRow>> {
+    sqlx::query_as(concat!(slo!(), " where s.id = $1 and s.customer_id = $2"))
+        .bind(id)
+        .bind(customer_id)
+        .fetch_optional(pool)
+        .await
+}
+
+pub async fn delete_slo(pool: &PgPool, customer_id: i64, id: i64) -> sqlx::Result<bool> {
+    Ok(
+        sqlx::query("delete from slos where id = $1 and customer_id = $2")
+            .bind(id)
+            .bind(customer_id)
+            .execute(pool)
+            .await?
+            .rows_affected()
+            > 0,
+    )
+}
+
+/// One job-status report, as the SLO evaluation reads it.
+#[derive(Debug, Clone, FromRow)]
+pub struct ReportRow {
+    pub business_date: NaiveDate,
+    pub job: String,
+    pub run_id: String,
+    pub status: String,
+    pub status_time: DateTime<Utc>,
+}
+
+/// The reports of `application`'s `jobs` for business dates in `[from, to]`.
+pub async fn reports(
+    pool: &PgPool,
+    customer_id: i64,
+    application: &str,
+    jobs: &[&str],
+    from: NaiveDate,
+    to: NaiveDate,
+) -> sqlx::Result<Vec<ReportRow>> {
+    sqlx::query_as(
+        "select business_date, job, run_id, status, status_time from job_status
+          where customer_id = $1 and application = $2 and job = any($3)
+            and business_date between $4 and $5
+          order by business_date, status_time",
+    )
+    .bind(customer_id)
+    .bind(application)
+    .bind(jobs)
+    .bind(from)
+    .bind(to)
+    .fetch_all(pool)
+    .await
+}

@@ -157,3 +157,193 @@ async fn applications_are_named_once_per_customer() {
         .await
         .expect_error(404, "not_found", None);
 }
+
+/// The Foxfire chain as a worked example: the overdraft calculation by 03:00 the next day and
+/// the DSS load by 05:00, on Paris business days; one date on time, one failed, one missed.
+#[tokio::test]
+async fn an_slo_reports_its_performance_per_business_date_from_the_job_reports() {
+    let app = spawn_app().await;
+    let calendar = app
+        .post(
+            "/v1/calendars",
+            &DEV,
+            json!({ "name": "paris", "kind": "standard", "time_zone": "Europe/Paris" }),
+        )
+        .await
+        .expect(201)
+        .body["id"]
+        .as_i64()
+        .unwrap();
+    let application = app
+        .post("/v1/applications", &DEV, json!({ "name": "foxfire" }))
+        .await
+        .expect(201)
+        .body["id"]
+        .as_i64()
+        .unwrap();
+    let slo = app
+        .post(
+            "/v1/slos",
+            &DEV,
+            json!({ "name": "overnight", "application_id": application, "calendar_id": calendar,
+                    "tolerance_minutes": 60,
+                    "jobs": [
+                        { "job": "overdraft", "expected_start": "23:00", "expected_end": "27:00",
+                          "min_duration_seconds": 600 },
+                        { "job": "dss-load", "expected_start": "27:00", "expected_end": "29:00" },
+                    ] }),
+        )
+        .await
+        .expect(201)
+        .body;
+    // Jobs are listed by name.
+    assert_eq!(slo["jobs"][0]["job"], "dss-load", "{slo}");
+    assert_eq!(slo["jobs"][0]["expected_end"], "29:00", "{slo}");
+    let id = slo["id"].as_i64().unwrap();
+
+    let report = |job: &str, date: &str, run: &str, status: &str, at: &str| {
+        json!({ "application": "foxfire", "job": job, "status": status, "status_time": at,
+                "business_date": date, "run_id": run, "host": "batch-1" })
+    };
+    for body in [
+        // Thursday 5 Nov: on time (Paris is UTC+1: the end is due 04:00 UTC on the 6th).
+        report(
+            "overdraft",
+            "2026-11-05",
+            "r1",
+            "start",
+            "2026-11-05T22:10:00Z",
+        ),
+        report(
+            "overdraft",
+            "2026-11-05",
+            "r1",
+            "succeed",
+            "2026-11-06T01:00:00Z",
+        ),
+        report(
+            "dss-load",
+            "2026-11-05",
+            "r1",
+            "start",
+            "2026-11-06T02:00:00Z",
+        ),
+        report(
+            "dss-load",
+            "2026-11-05",
+            "r1",
+            "succeed",
+            "2026-11-06T03:30:00Z",
+        ),
+        // Friday 6 Nov: the overdraft run fails after 55 minutes.
+        report(
+            "overdraft",
+            "2026-11-06",
+            "r1",
+            "start",
+            "2026-11-06T22:05:00Z",
+        ),
+        report(
+            "overdraft",
+            "2026-11-06",
+            "r1",
+            "fail",
+            "2026-11-06T23:00:00Z",
+        ),
+        // A job the SLO does not name is stored and ignored.
+        report(
+            "unrelated",
+            "2026-11-05",
+            "x",
+            "start",
+            "2026-11-05T10:00:00Z",
+        ),
+    ] {
+        app.post("/v1/job-status", &DEV, body).await.expect(201);
+    }
+    let perf = app
+        .get(
+            &format!("/v1/slos/{id}/performance?from=2026-11-04&to=2026-11-08"),
+            &DEV,
+        )
+        .await
+        .expect(200)
+        .body;
+    let dates = perf["dates"].as_array().unwrap();
+    // Wednesday to Friday: the weekend is not a business date.
+    let summary: Vec<(&str, &str)> = dates
+        .iter()
+        .map(|d| {
+            (
+                d["business_date"].as_str().unwrap(),
+                d["status"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("2026-11-04", "missed"),
+            ("2026-11-05", "on_time"),
+            ("2026-11-06", "failed")
+        ],
+        "{perf}"
+    );
+    assert_eq!(
+        dates[0]["alerts"],
+        json!(["not_started", "late", "breached"])
+    );
+    let at = |v: &serde_json::Value| {
+        v.as_str()
+            .unwrap()
+            .parse::<chrono::DateTime<chrono::Utc>>()
+            .unwrap()
+    };
+    assert_eq!(
+        at(&dates[1]["expected_end"]),
+        at(&json!("2026-11-06T04:00:00Z"))
+    );
+    assert_eq!(
+        at(&dates[1]["actual_end"]),
+        at(&json!("2026-11-06T03:30:00Z"))
+    );
+    assert_eq!(dates[1]["alerts"], json!([]));
+    assert_eq!(dates[2]["alerts"], json!(["breached"]));
+
+    // A calendar in use cannot be deleted; the SLO can, then the calendar.
+    app.delete(&format!("/v1/calendars/{calendar}"), &DEV)
+        .await
+        .expect_error(409, "conflict", Some("id"));
+    for (body, field) in [
+        (
+            json!({ "name": "x", "application_id": application, "calendar_id": calendar,
+                    "jobs": [{ "job": "a", "expected_start": "05:00", "expected_end": "04:00" }] }),
+            "jobs[0].expected_end",
+        ),
+        (
+            json!({ "name": "x", "application_id": application, "calendar_id": calendar,
+                    "jobs": [{ "job": "a", "expected_start": "5h", "expected_end": "06:00" }] }),
+            "jobs[0].expected_start",
+        ),
+        (
+            json!({ "name": "x", "application_id": 999_999, "calendar_id": calendar,
+                    "jobs": [{ "job": "a", "expected_start": "05:00", "expected_end": "06:00" }] }),
+            "application_id",
+        ),
+        (
+            json!({ "name": "x", "application_id": application, "calendar_id": calendar,
+                    "jobs": [] }),
+            "jobs",
+        ),
+    ] {
+        app.post("/v1/slos", &DEV, body)
+            .await
+            .expect_error(422, "validation_failed", Some(field));
+    }
+    app.delete(&format!("/v1/slos/{id}"), &DEV)
+        .await
+        .expect(204);
+    app.delete(&format!("/v1/calendars/{calendar}"), &DEV)
+        .await
+        .expect(204);
+}

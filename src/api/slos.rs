@@ -1,0 +1,447 @@
+//! SLOs (`/v1/slos`, issue 16): an application's jobs done by a time on each business date of
+//! a calendar, and their performance per business date — evaluated from the job reports by
+//! the core's rules ([`tranche_core::slo::performance`]) when asked.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+use poem::web::Data;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi};
+use serde::Deserialize;
+use tranche_core::slo::calendar::{Calendar, CalendarKind, Offset};
+use tranche_core::slo::performance::{self, Alert, JobExpectation, Report, ReportKind, SloSpec};
+
+use super::auth::{Scope, Scoped, needs};
+use super::error::{ApiError, ApiResult};
+use super::json::JsonBody;
+use super::resource::Deleted;
+use super::{ApiContext, ApiTags};
+use crate::postgres::slo::{self, CreateSlo, SloFields, SloRow};
+
+/// Most jobs one SLO depends on.
+const MAX_JOBS: usize = 50;
+/// Most business dates one performance request covers.
+const MAX_DATES: usize = 366;
+
+/// A job an SLO depends on.
+#[derive(Debug, Clone, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct SloJob {
+    /// The job's name, as schedulers report it.
+    pub job: String,
+    /// `HH:MM` after the business date's local midnight; may pass 24:00 (`27:00` is 03:00 the
+    /// next day), up to 168:00.
+    pub expected_start: String,
+    /// `HH:MM`, not before `expected_start`.
+    pub expected_end: String,
+    /// A successful run shorter than this (seconds) is flagged as suspicious.
+    #[oai(nullable)]
+    #[serde(default)]
+    pub min_duration_seconds: Option<i32>,
+}
+
+/// An SLO.
+#[derive(Debug, Clone, Object)]
+pub struct Slo {
+    pub id: i64,
+    pub name: String,
+    pub application_id: i64,
+    pub application: String,
+    pub calendar_id: i64,
+    /// Minutes after the expected start by which something must have started.
+    pub start_grace_minutes: i32,
+    /// Minutes after the expected end the SLO may finish before it is breached.
+    pub tolerance_minutes: i32,
+    pub jobs: Vec<SloJob>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+fn hhmm(minutes: i32) -> String {
+    format!("{:02}:{:02}", minutes / 60, minutes % 60)
+}
+
+impl From<SloRow> for Slo {
+    fn from(r: SloRow) -> Self {
+        Self {
+            id: r.id,
+            name: r.name,
+            application_id: r.application_id,
+            application: r.application,
+            calendar_id: r.calendar_id,
+            start_grace_minutes: r.start_grace_minutes,
+            tolerance_minutes: r.tolerance_minutes,
+            jobs: r
+                .jobs
+                .into_iter()
+                .map(|(job, start, end, min)| SloJob {
+                    job,
+                    expected_start: hhmm(start),
+                    expected_end: hhmm(end),
+                    min_duration_seconds: min,
+                })
+                .collect(),
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+/// Body of `POST /v1/slos`.
+#[derive(Debug, Clone, Object, Deserialize)]
+#[oai(deny_unknown_fields)]
+#[serde(deny_unknown_fields)]
+pub struct SloInput {
+    /// 1–100 of `A-Z a-z 0-9 . _ -`, unique per customer.
+    pub name: String,
+    pub application_id: i64,
+    pub calendar_id: i64,
+    /// 0–10080 (default 30).
+    #[oai(nullable)]
+    #[serde(default)]
+    pub start_grace_minutes: Option<i32>,
+    /// 0–10080 (default 0).
+    #[oai(nullable)]
+    #[serde(default)]
+    pub tolerance_minutes: Option<i32>,
+    /// 1 to 50 jobs, each once.
+    pub jobs: Vec<SloJob>,
+}
+
+/// A successful run suspiciously shorter than its job's minimum.
+#[derive(Debug, Clone, Object)]
+pub struct TooFastRun {
+    pub job: String,
+    pub run_id: String,
+    pub duration_seconds: i64,
+    pub min_duration_seconds: i64,
+}
+
+/// An SLO on one business date.
+#[derive(Debug, Clone, Object)]
+pub struct SloPerformance {
+    pub business_date: NaiveDate,
+    /// The earliest of the jobs' expected starts.
+    pub expected_start: DateTime<Utc>,
+    /// The latest of the jobs' expected ends.
+    pub expected_end: DateTime<Utc>,
+    #[oai(nullable)]
+    pub actual_start: Option<DateTime<Utc>>,
+    /// The latest job end; null while any job is unfinished.
+    #[oai(nullable)]
+    pub actual_end: Option<DateTime<Utc>>,
+    /// `pending`, `in_progress`, `on_time`, `late`, `failed` or `missed`.
+    pub status: String,
+    /// Seconds past the expected end (finished late, or still running after it).
+    #[oai(nullable)]
+    pub late_by_seconds: Option<i64>,
+    /// Alerts due: `not_started`, `late`, `breached`.
+    pub alerts: Vec<String>,
+    pub too_fast: Vec<TooFastRun>,
+}
+
+/// `GET /v1/slos/{id}/performance`.
+#[derive(Debug, Clone, Object)]
+pub struct SloPerformances {
+    pub slo_id: i64,
+    /// One row per business date in the range, oldest first.
+    pub dates: Vec<SloPerformance>,
+}
+
+#[derive(ApiResponse)]
+pub enum CreatedSlo {
+    #[oai(status = 201)]
+    Created(Json<Slo>),
+}
+
+fn slo_not_found(id: i64) -> ApiError {
+    ApiError::not_found(format!("SLO {id} not found"))
+}
+
+/// The core's view of a stored SLO.
+fn spec_of(row: &SloRow) -> ApiResult<(SloSpec, Calendar)> {
+    let kind = CalendarKind::parse(&row.calendar_kind).map_err(|_| ApiError::internal())?;
+    let calendar = Calendar::new(kind, &row.time_zone, row.holidays.iter().copied())
+        .map_err(|_| ApiError::internal())?;
+    let offset = |m: i32| Offset::from_minutes(i64::from(m)).map_err(|_| ApiError::internal());
+    let jobs = row
+        .jobs
+        .iter()
+        .map(|(job, start, end, min)| {
+            Ok(JobExpectation {
+                job: job.clone(),
+                expected_start: offset(*start)?,
+                expected_end: offset(*end)?,
+                min_duration: min.map(|s| Duration::seconds(i64::from(s))),
+            })
+        })
+        .collect::<ApiResult<Vec<_>>>()?;
+    Ok((
+        SloSpec {
+            jobs,
+            start_grace: Duration::minutes(i64::from(row.start_grace_minutes)),
+            tolerance: Duration::minutes(i64::from(row.tolerance_minutes)),
+        },
+        calendar,
+    ))
+}
+
+pub struct SlosApi;
+
+#[OpenApi(tag = "ApiTags::Slo")]
+impl SlosApi {
+    /// Creates an SLO: the application's jobs, each expected between two times after the
+    /// business date's midnight (in the calendar's time zone), on every business date.
+    #[oai(path = "/v1/slos", method = "post", operation_id = "create_slo")]
+    async fn create(
+        &self,
+        #[oai(scope = "Scope::Write")] tenant: Scoped<needs::Write>,
+        ctx: Data<&Arc<ApiContext>>,
+        body: JsonBody<SloInput>,
+    ) -> ApiResult<CreatedSlo> {
+        let b = body.0;
+        let ok_name = (1..=100).contains(&b.name.len())
+            && b.name
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c));
+        if !ok_name {
+            return Err(ApiError::invalid(
+                "name",
+                "name must be 1-100 characters of A-Z, a-z, 0-9, '.', '_' or '-'",
+            ));
+        }
+        let minutes = |field: &str, v: Option<i32>, default: i32| -> ApiResult<i32> {
+            let v = v.unwrap_or(default);
+            if (0..=10_080).contains(&v) {
+                Ok(v)
+            } else {
+                Err(ApiError::invalid(
+                    field,
+                    format!("{field} must be between 0 and 10080"),
+                ))
+            }
+        };
+        let start_grace_minutes = minutes("start_grace_minutes", b.start_grace_minutes, 30)?;
+        let tolerance_minutes = minutes("tolerance_minutes", b.tolerance_minutes, 0)?;
+        if b.jobs.is_empty() || b.jobs.len() > MAX_JOBS {
+            return Err(ApiError::invalid(
+                "jobs",
+                format!("jobs must list 1 to {MAX_JOBS} jobs"),
+            ));
+        }
+        let mut jobs: Vec<(String, i32, i32, Option<i32>)> = Vec::with_capacity(b.jobs.len());
+        for (i, j) in b.jobs.iter().enumerate() {
+            let f = |name: &str| format!("jobs[{i}].{name}");
+            if j.job.is_empty() || j.job.chars().count() > 200 {
+                return Err(ApiError::invalid(
+                    &f("job"),
+                    format!("{} must be 1 to 200 characters", f("job")),
+                ));
+            }
+            if jobs.iter().any(|x| x.0 == j.job) {
+                return Err(ApiError::invalid(
+                    &f("job"),
+                    format!("{} is listed twice", f("job")),
+                ));
+            }
+            let parse = |name: &str, text: &str| {
+                Offset::parse(text)
+                    .map(|o| o.minutes() as i32)
+                    .map_err(|e| ApiError::invalid(&f(name), format!("{} {}", f(name), e.0)))
+            };
+            let start = parse("expected_start", &j.expected_start)?;
+            let end = parse("expected_end", &j.expected_end)?;
+            if end < start {
+                return Err(ApiError::invalid(
+                    &f("expected_end"),
+                    format!("{} must not be before expected_start", f("expected_end")),
+                ));
+            }
+            if j.min_duration_seconds.is_some_and(|s| s <= 0) {
+                return Err(ApiError::invalid(
+                    &f("min_duration_seconds"),
+                    format!("{} must be positive", f("min_duration_seconds")),
+                ));
+            }
+            jobs.push((j.job.clone(), start, end, j.min_duration_seconds));
+        }
+        let created = slo::create_slo(
+            &ctx.pool,
+            tenant.customer_id,
+            &SloFields {
+                name: &b.name,
+                application_id: b.application_id,
+                calendar_id: b.calendar_id,
+                start_grace_minutes,
+                tolerance_minutes,
+                jobs: &jobs,
+            },
+        )
+        .await?;
+        match created {
+            CreateSlo::Created(row) => Ok(CreatedSlo::Created(Json((*row).into()))),
+            CreateSlo::NoApplication => Err(ApiError::invalid(
+                "application_id",
+                format!(
+                    "application_id {} names no application of yours",
+                    b.application_id
+                ),
+            )),
+            CreateSlo::NoCalendar => Err(ApiError::invalid(
+                "calendar_id",
+                format!("calendar_id {} names no calendar of yours", b.calendar_id),
+            )),
+        }
+    }
+
+    /// Your SLOs, by name.
+    #[oai(path = "/v1/slos", method = "get", operation_id = "list_slos")]
+    async fn list(
+        &self,
+        #[oai(scope = "Scope::Read")] tenant: Scoped<needs::Read>,
+        ctx: Data<&Arc<ApiContext>>,
+    ) -> ApiResult<Json<Vec<Slo>>> {
+        let rows = slo::slos(&ctx.pool, tenant.customer_id).await?;
+        Ok(Json(rows.into_iter().map(Slo::from).collect()))
+    }
+
+    /// One SLO.
+    #[oai(path = "/v1/slos/:id", method = "get", operation_id = "get_slo")]
+    async fn get(
+        &self,
+        #[oai(scope = "Scope::Read")] tenant: Scoped<needs::Read>,
+        ctx: Data<&Arc<ApiContext>>,
+        id: Path<i64>,
+    ) -> ApiResult<Json<Slo>> {
+        let row = slo::slo(&ctx.pool, tenant.customer_id, id.0)
+            .await?
+            .ok_or_else(|| slo_not_found(id.0))?;
+        Ok(Json(row.into()))
+    }
+
+    /// Deletes an SLO.
+    #[oai(path = "/v1/slos/:id", method = "delete", operation_id = "delete_slo")]
+    async fn delete(
+        &self,
+        #[oai(scope = "Scope::Write")] tenant: Scoped<needs::Write>,
+        ctx: Data<&Arc<ApiContext>>,
+        id: Path<i64>,
+    ) -> ApiResult<Deleted> {
+        if slo::delete_slo(&ctx.pool, tenant.customer_id, id.0).await? {
+            Ok(Deleted::NoContent)
+        } else {
+            Err(slo_not_found(id.0))
+        }
+    }
+
+    /// The SLO's performance per business date in `[from, to]` (default: the last 7 days up
+    /// to today in the calendar's time zone), from the job reports as they are now.
+    #[oai(
+        path = "/v1/slos/:id/performance",
+        method = "get",
+        operation_id = "get_slo_performance"
+    )]
+    async fn performance(
+        &self,
+        #[oai(scope = "Scope::Read")] tenant: Scoped<needs::Read>,
+        ctx: Data<&Arc<ApiContext>>,
+        id: Path<i64>,
+        /// First business date (`YYYY-MM-DD`).
+        from: Query<Option<NaiveDate>>,
+        /// Last business date, included.
+        to: Query<Option<NaiveDate>>,
+    ) -> ApiResult<Json<SloPerformances>> {
+        let row = slo::slo(&ctx.pool, tenant.customer_id, id.0)
+            .await?
+            .ok_or_else(|| slo_not_found(id.0))?;
+        let (spec, calendar) = spec_of(&row)?;
+        let now = Utc::now();
+        let today = calendar.local_date(now);
+        let to = to.0.unwrap_or(today);
+        let from = from.0.unwrap_or(to - Duration::days(6));
+        if to < from {
+            return Err(ApiError::invalid("to", "to must not be before from"));
+        }
+        if (to - from).num_days() >= MAX_DATES as i64 {
+            return Err(ApiError::invalid(
+                "to",
+                format!("the range holds at most {MAX_DATES} days"),
+            ));
+        }
+        let dates: Vec<NaiveDate> = from
+            .iter_days()
+            .take_while(|d| *d <= to)
+            .filter(|d| calendar.is_business_day(*d))
+            .collect();
+        let jobs: Vec<&str> = spec.jobs.iter().map(|j| j.job.as_str()).collect();
+        let rows = slo::reports(
+            &ctx.pool,
+            tenant.customer_id,
+            &row.application,
+            &jobs,
+            from,
+            to,
+        )
+        .await?;
+        let mut by_date: BTreeMap<NaiveDate, Vec<Report>> = BTreeMap::new();
+        for r in rows {
+            let kind = match r.status.as_str() {
+                "start" => ReportKind::Start,
+                "succeed" => ReportKind::Succeed,
+                _ => ReportKind::Fail,
+            };
+            by_date.entry(r.business_date).or_default().push(Report {
+                job: r.job,
+                run_id: r.run_id,
+                kind,
+                at: r.status_time,
+            });
+        }
+        let dates = dates
+            .into_iter()
+            .map(|date| {
+                let reports = by_date.get(&date).map(Vec::as_slice).unwrap_or(&[]);
+                let p = performance::evaluate(&spec, &calendar, date, reports, now);
+                SloPerformance {
+                    business_date: date,
+                    expected_start: p.expected_start,
+                    expected_end: p.expected_end,
+                    actual_start: p.actual_start,
+                    actual_end: p.actual_end,
+                    status: p.status.as_str().to_owned(),
+                    late_by_seconds: p.late_by.map(|d| d.num_seconds()),
+                    alerts: p
+                        .alerts
+                        .iter()
+                        .map(|a| {
+                            match a {
+                                Alert::NotStarted => "not_started",
+                                Alert::Late => "late",
+                                Alert::Breached => "breached",
+                            }
+                            .to_owned()
+                        })
+                        .collect(),
+                    too_fast: p
+                        .too_fast
+                        .into_iter()
+                        .map(|t| TooFastRun {
+                            job: t.job,
+                            run_id: t.run_id,
+                            duration_seconds: t.duration.num_seconds(),
+                            min_duration_seconds: t.min_duration.num_seconds(),
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        Ok(Json(SloPerformances {
+            slo_id: row.id,
+            dates,
+        }))
+    }
+}
