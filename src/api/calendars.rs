@@ -201,6 +201,11 @@ fn checked(body: &CalendarInput) -> ApiResult<Vec<(NaiveDate, Option<String>)>> 
     Ok(out)
 }
 
+/// A business date in a query: from 2000 (as job reports) to 9999.
+pub(crate) fn check_date(field: &str, date: NaiveDate) -> ApiResult<()> {
+    super::input::check_date(field, date, super::input::earliest_fact_time())
+}
+
 fn calendar_not_found(id: i64) -> ApiError {
     ApiError::not_found(format!("calendar {id} not found"))
 }
@@ -338,6 +343,8 @@ impl CalendarsApi {
         /// Last date, included.
         to: Query<NaiveDate>,
     ) -> ApiResult<Json<BusinessDates>> {
+        check_date("from", from.0)?;
+        check_date("to", to.0)?;
         if to.0 < from.0 {
             return Err(ApiError::invalid("to", "to must not be before from"));
         }

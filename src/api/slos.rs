@@ -362,7 +362,9 @@ impl SlosApi {
         let now = Utc::now();
         let today = calendar.local_date(now);
         let to = to.0.unwrap_or(today);
+        super::calendars::check_date("to", to)?;
         let from = from.0.unwrap_or(to - Duration::days(6));
+        super::calendars::check_date("from", from)?;
         if to < from {
             return Err(ApiError::invalid("to", "to must not be before from"));
         }

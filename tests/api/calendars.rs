@@ -98,6 +98,12 @@ async fn a_calendar_gives_its_business_dates_and_is_validated_field_by_field() {
     )
     .await
     .expect_error(422, "validation_failed", Some("to"));
+    app.get(
+        &format!("/v1/calendars/{id}/business-dates?from=1850-01-01&to=1850-01-02"),
+        &DEV,
+    )
+    .await
+    .expect_error(400, "bad_request", Some("from"));
 
     // Another customer sees nothing.
     let (_, key) = app.create_customer("other").await;
