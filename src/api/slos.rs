@@ -190,6 +190,81 @@ fn spec_of(row: &SloRow) -> ApiResult<(SloSpec, Calendar)> {
     ))
 }
 
+/// The job reports of the SLO's jobs for business dates in `[from, to]`, by date.
+async fn reports_by_date(
+    ctx: &ApiContext,
+    customer_id: i64,
+    row: &SloRow,
+    spec: &SloSpec,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> ApiResult<BTreeMap<NaiveDate, Vec<Report>>> {
+    let jobs: Vec<&str> = spec.jobs.iter().map(|j| j.job.as_str()).collect();
+    let rows = slo::reports(&ctx.pool, customer_id, &row.application, &jobs, from, to).await?;
+    let mut by_date: BTreeMap<NaiveDate, Vec<Report>> = BTreeMap::new();
+    for r in rows {
+        let kind = match r.status.as_str() {
+            "start" => ReportKind::Start,
+            "succeed" => ReportKind::Succeed,
+            _ => ReportKind::Fail,
+        };
+        by_date.entry(r.business_date).or_default().push(Report {
+            job: r.job,
+            run_id: r.run_id,
+            kind,
+            at: r.status_time,
+        });
+    }
+    Ok(by_date)
+}
+
+/// One job over the report's dates.
+#[derive(Debug, Clone, Object)]
+pub struct JobTrendReport {
+    pub job: String,
+    /// Business dates with a successful run.
+    pub samples: i64,
+    /// Duration percentiles in seconds (earliest start to latest success of a date).
+    #[oai(nullable)]
+    pub p50_seconds: Option<i64>,
+    #[oai(nullable)]
+    pub p90_seconds: Option<i64>,
+    #[oai(nullable)]
+    pub p99_seconds: Option<i64>,
+    /// Seconds of duration gained per business date (Theil–Sen, robust to outliers; exact
+    /// decimal string; positive: slowing down).
+    #[oai(nullable)]
+    pub slope_seconds_per_date: Option<String>,
+    /// The business date on which, at this trend, the job's duration reaches its window
+    /// (expected end − expected start); null if not within a year.
+    #[oai(nullable)]
+    pub projected_miss: Option<NaiveDate>,
+}
+
+/// `GET /v1/slos/{id}/report`.
+#[derive(Debug, Clone, Object)]
+pub struct SloTrendReport {
+    pub slo_id: i64,
+    pub from: NaiveDate,
+    pub to: NaiveDate,
+    /// Business dates in the range.
+    pub dates: i64,
+    /// Of them, dates on which every job finished.
+    pub finished: i64,
+    pub margin_minutes: i64,
+    /// Percentage of finished dates that ended more than the margin after the expected end.
+    #[oai(nullable)]
+    pub late_share_percent: Option<String>,
+    /// … and more than the margin before it.
+    #[oai(nullable)]
+    pub early_share_percent: Option<String>,
+    /// The 90th percentile of the actual ends (rounded up to 5 minutes), as `HH:MM` after the
+    /// business date: an expected end the SLO routinely meets.
+    #[oai(nullable)]
+    pub suggested_expected_end: Option<String>,
+    pub jobs: Vec<JobTrendReport>,
+}
+
 pub struct SlosApi;
 
 #[OpenApi(tag = "ApiTags::Slo")]
@@ -338,6 +413,86 @@ impl SlosApi {
         }
     }
 
+    /// Trends over the last `days` (default 30, at most 366) up to today: per job, duration
+    /// percentiles and a robust trend with the date it outgrows its window; for the SLO, the
+    /// shares of dates late or early by more than `margin_minutes` (default 15) and a
+    /// suggested expected end.
+    #[oai(
+        path = "/v1/slos/:id/report",
+        method = "get",
+        operation_id = "get_slo_report"
+    )]
+    async fn report(
+        &self,
+        #[oai(scope = "Scope::Read")] tenant: Scoped<needs::Read>,
+        ctx: Data<&Arc<ApiContext>>,
+        id: Path<i64>,
+        /// Calendar days back from today (1–366, default 30).
+        #[oai(validator(minimum(value = "1"), maximum(value = "366")))]
+        days: Query<Option<i64>>,
+        /// Minutes early or late that count (0–1440, default 15).
+        #[oai(validator(minimum(value = "0"), maximum(value = "1440")))]
+        margin_minutes: Query<Option<i64>>,
+    ) -> ApiResult<Json<SloTrendReport>> {
+        let days = days.0.unwrap_or(30);
+        if !(1..=366).contains(&days) {
+            return Err(ApiError::invalid("days", "days must be between 1 and 366"));
+        }
+        let margin = margin_minutes.0.unwrap_or(15);
+        if !(0..=1440).contains(&margin) {
+            return Err(ApiError::invalid(
+                "margin_minutes",
+                "margin_minutes must be between 0 and 1440",
+            ));
+        }
+        let row = slo::slo(&ctx.pool, tenant.customer_id, id.0)
+            .await?
+            .ok_or_else(|| slo_not_found(id.0))?;
+        let (spec, calendar) = spec_of(&row)?;
+        let now = Utc::now();
+        let to = calendar.local_date(now);
+        let from = to - Duration::days(days - 1);
+        let dates: Vec<NaiveDate> = from
+            .iter_days()
+            .take_while(|d| *d <= to)
+            .filter(|d| calendar.is_business_day(*d))
+            .collect();
+        let by_date = reports_by_date(&ctx, tenant.customer_id, &row, &spec, from, to).await?;
+        let r = tranche_core::slo::report::report(
+            &spec,
+            &calendar,
+            &dates,
+            &by_date,
+            now,
+            Duration::minutes(margin),
+            366,
+        );
+        Ok(Json(SloTrendReport {
+            slo_id: row.id,
+            from,
+            to,
+            dates: r.dates as i64,
+            finished: r.finished as i64,
+            margin_minutes: margin,
+            late_share_percent: r.late_share.map(|d| d.to_string()),
+            early_share_percent: r.early_share.map(|d| d.to_string()),
+            suggested_expected_end: r.suggested_expected_end.map(|o| o.to_string()),
+            jobs: r
+                .jobs
+                .into_iter()
+                .map(|j| JobTrendReport {
+                    job: j.job,
+                    samples: j.samples as i64,
+                    p50_seconds: j.p50,
+                    p90_seconds: j.p90,
+                    p99_seconds: j.p99,
+                    slope_seconds_per_date: j.slope.map(|d| d.normalize().to_string()),
+                    projected_miss: j.projected_miss,
+                })
+                .collect(),
+        }))
+    }
+
     /// The SLO's performance per business date in `[from, to]` (default: the last 7 days up
     /// to today in the calendar's time zone), from the job reports as they are now.
     #[oai(
@@ -379,30 +534,7 @@ impl SlosApi {
             .take_while(|d| *d <= to)
             .filter(|d| calendar.is_business_day(*d))
             .collect();
-        let jobs: Vec<&str> = spec.jobs.iter().map(|j| j.job.as_str()).collect();
-        let rows = slo::reports(
-            &ctx.pool,
-            tenant.customer_id,
-            &row.application,
-            &jobs,
-            from,
-            to,
-        )
-        .await?;
-        let mut by_date: BTreeMap<NaiveDate, Vec<Report>> = BTreeMap::new();
-        for r in rows {
-            let kind = match r.status.as_str() {
-                "start" => ReportKind::Start,
-                "succeed" => ReportKind::Succeed,
-                _ => ReportKind::Fail,
-            };
-            by_date.entry(r.business_date).or_default().push(Report {
-                job: r.job,
-                run_id: r.run_id,
-                kind,
-                at: r.status_time,
-            });
-        }
+        let by_date = reports_by_date(&ctx, tenant.customer_id, &row, &spec, from, to).await?;
         let dates = dates
             .into_iter()
             .map(|date| {

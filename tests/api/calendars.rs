@@ -316,6 +316,30 @@ async fn an_slo_reports_its_performance_per_business_date_from_the_job_reports()
     assert_eq!(dates[1]["alerts"], json!([]));
     assert_eq!(dates[2]["alerts"], json!(["breached"]));
 
+    // The report over those weeks: one finished date, 30 minutes early (more than the
+    // 15-minute margin), ending at 04:30 Paris time the next day.
+    let report = app
+        .get(&format!("/v1/slos/{id}/report?days=60"), &DEV)
+        .await
+        .expect(200)
+        .body;
+    assert_eq!(report["finished"], 1, "{report}");
+    assert_eq!(report["late_share_percent"], "0.00");
+    assert_eq!(report["early_share_percent"], "100.00");
+    assert_eq!(report["suggested_expected_end"], "28:30");
+    let overdraft = &report["jobs"][1];
+    assert_eq!(overdraft["job"], "overdraft", "{report}");
+    assert_eq!(overdraft["samples"], 1, "the failed date has no duration");
+    assert_eq!(overdraft["p50_seconds"], 10_200);
+    assert_eq!(
+        overdraft["slope_seconds_per_date"],
+        json!(null),
+        "one sample: no trend"
+    );
+    app.get(&format!("/v1/slos/{id}/report?days=0"), &DEV)
+        .await
+        .expect_error(400, "bad_request", Some("days"));
+
     // A calendar in use cannot be deleted; the SLO can, then the calendar.
     app.delete(&format!("/v1/calendars/{calendar}"), &DEV)
         .await

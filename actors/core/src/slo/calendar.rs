@@ -108,6 +108,13 @@ impl Calendar {
         t.with_timezone(&self.tz).date_naive()
     }
 
+    /// The wall-clock minutes from `date`'s local midnight to instant `t` (the inverse of
+    /// [`Calendar::at`]; negative before that midnight).
+    pub fn minutes_after(&self, date: NaiveDate, t: DateTime<Utc>) -> i64 {
+        let wall = t.with_timezone(&self.tz).naive_local();
+        (wall - date.and_hms_opt(0, 0, 0).unwrap_or_default()).num_minutes()
+    }
+
     /// The instant of wall-clock `offset` after `date`'s local midnight (see the module's
     /// rules for times that do not exist or exist twice).
     pub fn at(&self, date: NaiveDate, offset: Offset) -> DateTime<Utc> {

@@ -4,7 +4,9 @@
 //!   offsets from a business date that may pass midnight, DST-safe;
 //! * [`performance`] — one SLO on one business date from its job reports: expected and actual
 //!   times, status, the alerts due, and when to look again (the tracker's next timer);
-//! * [`trend`] — reports over many dates: Theil–Sen trends of durations and the projected
+//! * [`report`] — an SLO over many dates: per job, duration percentiles, trend and projected
+//!   miss; late and early shares; a suggested expected end;
+//! * [`trend`] — the statistics behind it: Theil–Sen trends of durations and the projected
 //!   date of a miss, shares of dates late or early, percentiles.
 //!
 //! Still to come (issue 16): the schema, the API, the tracker actor per SLO, the events and
@@ -12,4 +14,5 @@
 
 pub mod calendar;
 pub mod performance;
+pub mod report;
 pub mod trend;

@@ -76,7 +76,11 @@ pub fn shares(lateness: &[i64], margin: i64) -> Option<(Decimal, Decimal)> {
         return None;
     }
     let n = Decimal::from(lateness.len());
-    let pct = |count: usize| (Decimal::from(count) * Decimal::ONE_HUNDRED / n).round_dp(2);
+    let pct = |count: usize| {
+        let mut p = (Decimal::from(count) * Decimal::ONE_HUNDRED / n).round_dp(2);
+        p.rescale(2);
+        p
+    };
     Some((
         pct(lateness.iter().filter(|&&l| l > margin).count()),
         pct(lateness.iter().filter(|&&l| l < -margin).count()),
