@@ -103,6 +103,8 @@ enum CtlCommand {
     },
     /// Run your invoicing now and show the run.
     Bill,
+    /// This metering period's usage per metric, against the quotas.
+    Usage,
     /// The cluster: nodes, their vantages and shards (admin token).
     Cluster,
 }
@@ -449,6 +451,26 @@ async fn execute(ctl: Ctl) -> CtlResult<String> {
             client.call(Method::POST, "/v1/billing-runs", None).await?,
             details,
         ),
+        CtlCommand::Usage => (client.call(Method::GET, "/v1/usage", None).await?, |v| {
+            let mut out = format!(
+                "period {} → {} ({})\n",
+                v["period_start"].as_str().unwrap_or("?"),
+                v["period_end"].as_str().unwrap_or("?"),
+                v["time_zone"].as_str().unwrap_or("?")
+            );
+            out.push_str(&table(
+                &v["metrics"],
+                &[
+                    ("METRIC", "/metric"),
+                    ("TOTAL", "/total"),
+                    ("EVENTS", "/events"),
+                    ("QUOTA", "/quota"),
+                    ("USED %", "/percent_used"),
+                    ("OVER QUOTA", "/over_quota"),
+                ],
+            ));
+            out
+        }),
         CtlCommand::Cluster => (
             client.send(Method::GET, "/v1/cluster", None, true).await?,
             |v| {

@@ -202,6 +202,28 @@ async fn ctl_lists_shows_pins_bills_and_reports_errors() {
     let run: Value = serde_json::from_str(&out.stdout).unwrap();
     assert_eq!(run["on_demand"], true);
 
+    app.post(
+        "/v1/usage-events",
+        &auth,
+        json!({ "id": "e1", "service_id": service, "metric": "requests", "quantity": 42 }),
+    )
+    .await
+    .expect(200);
+    let out = ctl(&app, &env, &["usage"]).await;
+    assert!(
+        out.ok && out.stdout.starts_with("period ") && out.stdout.contains("(UTC)"),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+    let row = out.stdout.lines().find(|l| l.starts_with("requests"));
+    assert_eq!(
+        row.map(|l| l.split_whitespace().take(3).collect::<Vec<_>>()),
+        Some(vec!["requests", "42", "1"]),
+        "{}",
+        out.stdout
+    );
+
     let out = ctl(&app, &env, &["storms", "--active"]).await;
     assert_eq!(out.stdout, "(none)\n", "{}", out.stderr);
     let out = ctl(&app, &env, &["dns-changes"]).await;
