@@ -3,7 +3,7 @@
 //! `tests/migrations.sha256` records every landed migration's SHA-256; this test fails when one
 //! changes or is missing. A new migration is added to the list in the commit that adds it:
 //! `sha256sum migrations/*.sql | sed 's|migrations/||' > tests/migrations.sha256`.
-//! `migrations/checksums.sha256` is the first list, frozen as it landed (it sits with the
+//! `migrations/checksums.sha256` is the first list, frozen exactly as it landed (it sits with the
 //! migrations, which never change); every entry of it must still hold too.
 
 use std::collections::BTreeMap;
