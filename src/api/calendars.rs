@@ -144,12 +144,9 @@ pub enum CreatedApplication {
     Created(Json<Application>),
 }
 
-fn valid_name(name: &str) -> ApiResult<()> {
-    let ok = (1..=100).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if ok {
+/// A calendar, application or SLO name: the rule of application names in job reports.
+pub(crate) fn valid_name(name: &str) -> ApiResult<()> {
+    if super::keys::valid_application(name) {
         Ok(())
     } else {
         Err(ApiError::invalid(
@@ -360,12 +357,7 @@ impl CalendarsApi {
         let kind = CalendarKind::parse(&row.kind).map_err(|_| ApiError::internal())?;
         let cal = BusinessCalendar::new(kind, &row.time_zone, row.holidays.iter().map(|h| h.0))
             .map_err(|_| ApiError::internal())?;
-        let dates = from
-            .0
-            .iter_days()
-            .take_while(|d| *d <= to.0)
-            .filter(|d| cal.is_business_day(*d))
-            .collect();
+        let dates = cal.business_dates(from.0, to.0);
         Ok(Json(BusinessDates {
             from: from.0,
             to: to.0,

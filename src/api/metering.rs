@@ -320,6 +320,27 @@ fn metric_and_quantity(metric: &str, q: Quantity, format: Format) -> Result<Metr
     Ok(m)
 }
 
+/// The event once its fields are read: its time (given, or now) completes it.
+fn event(
+    obj: &serde_json::Map<String, Value>,
+    key: EventKey,
+    service_id: i64,
+    metric: Metric,
+    quantity: Quantity,
+    now: DateTime<Utc>,
+) -> Result<Incoming, Bad> {
+    Ok(Incoming {
+        timed: !matches!(obj.get("time"), None | Some(Value::Null)),
+        content: EventContent {
+            service_id,
+            metric,
+            quantity,
+            time: time(obj.get("time"), now)?,
+        },
+        key,
+    })
+}
+
 const NATIVE_FIELDS: [&str; 6] = ["id", "source", "service_id", "metric", "quantity", "time"];
 
 fn native(v: &Value, customer_id: i64, now: DateTime<Utc>) -> Result<Incoming, Bad> {
@@ -344,22 +365,18 @@ fn native(v: &Value, customer_id: i64, now: DateTime<Utc>) -> Result<Incoming, B
     };
     let q = quantity(obj.get("quantity"), "quantity")?;
     let metric = metric_and_quantity(string(obj, "metric")?, q, Format::Native)?;
-    let timed = !matches!(obj.get("time"), None | Some(Value::Null));
-    let time = time(obj.get("time"), now)?;
-    Ok(Incoming {
-        timed,
-        key: EventKey {
+    event(
+        obj,
+        EventKey {
             customer_id,
             source,
             id,
         },
-        content: EventContent {
-            service_id,
-            metric,
-            quantity: q,
-            time,
-        },
-    })
+        service_id,
+        metric,
+        q,
+        now,
+    )
 }
 
 fn cloud_event(v: &Value, customer_id: i64, now: DateTime<Utc>) -> Result<Incoming, Bad> {
@@ -388,22 +405,18 @@ fn cloud_event(v: &Value, customer_id: i64, now: DateTime<Utc>) -> Result<Incomi
     };
     let q = quantity(data.get("quantity"), "data.quantity")?;
     let metric = metric_and_quantity(string(obj, "type")?, q, Format::CloudEvents)?;
-    let timed = !matches!(obj.get("time"), None | Some(Value::Null));
-    let time = time(obj.get("time"), now)?;
-    Ok(Incoming {
-        timed,
-        key: EventKey {
+    event(
+        obj,
+        EventKey {
             customer_id,
             source,
             id,
         },
-        content: EventContent {
-            service_id,
-            metric,
-            quantity: q,
-            time,
-        },
-    })
+        service_id,
+        metric,
+        q,
+        now,
+    )
 }
 
 /// A request's events as read: each with its id (when readable), parsed or refused.

@@ -279,16 +279,7 @@ impl SlosApi {
         body: JsonBody<SloInput>,
     ) -> ApiResult<CreatedSlo> {
         let b = body.0;
-        let ok_name = (1..=100).contains(&b.name.len())
-            && b.name
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c));
-        if !ok_name {
-            return Err(ApiError::invalid(
-                "name",
-                "name must be 1-100 characters of A-Z, a-z, 0-9, '.', '_' or '-'",
-            ));
-        }
+        super::calendars::valid_name(&b.name)?;
         let minutes = |field: &str, v: Option<i32>, default: i32| -> ApiResult<i32> {
             let v = v.unwrap_or(default);
             if (0..=10_080).contains(&v) {
@@ -452,11 +443,7 @@ impl SlosApi {
         let now = Utc::now();
         let to = calendar.local_date(now);
         let from = to - Duration::days(days - 1);
-        let dates: Vec<NaiveDate> = from
-            .iter_days()
-            .take_while(|d| *d <= to)
-            .filter(|d| calendar.is_business_day(*d))
-            .collect();
+        let dates = calendar.business_dates(from, to);
         let by_date = reports_by_date(&ctx, tenant.customer_id, &row, &spec, from, to).await?;
         let r = tranche_core::slo::report::report(
             &spec,
@@ -529,11 +516,7 @@ impl SlosApi {
                 format!("the range holds at most {MAX_DATES} days"),
             ));
         }
-        let dates: Vec<NaiveDate> = from
-            .iter_days()
-            .take_while(|d| *d <= to)
-            .filter(|d| calendar.is_business_day(*d))
-            .collect();
+        let dates = calendar.business_dates(from, to);
         let by_date = reports_by_date(&ctx, tenant.customer_id, &row, &spec, from, to).await?;
         let dates = dates
             .into_iter()

@@ -379,7 +379,7 @@ async fn insert_events(
     if inserts.is_empty() {
         return Ok(HashSet::new());
     }
-    let pick = |i: &usize| &events[*i];
+    let picked: Vec<&Incoming> = inserts.iter().map(|&i| &events[i]).collect();
     let rows: Vec<(i64, String, String)> = sqlx::query_as(
         "insert into usage_events
                 (customer_id, source, event_id, service_id, metric, quantity, occurred_at,
@@ -392,48 +392,33 @@ async fn insert_events(
          on conflict do nothing
          returning customer_id, source, event_id",
     )
+    .bind(picked.iter().map(|e| e.key.customer_id).collect::<Vec<_>>())
     .bind(
-        inserts
+        picked
             .iter()
-            .map(|i| pick(i).key.customer_id)
+            .map(|e| e.key.source.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(picked.iter().map(|e| e.key.id.as_str()).collect::<Vec<_>>())
+    .bind(
+        picked
+            .iter()
+            .map(|e| e.content.service_id)
             .collect::<Vec<_>>(),
     )
     .bind(
-        inserts
+        picked
             .iter()
-            .map(|i| pick(i).key.source.as_str())
+            .map(|e| e.content.metric.as_str())
             .collect::<Vec<_>>(),
     )
     .bind(
-        inserts
+        picked
             .iter()
-            .map(|i| pick(i).key.id.as_str())
+            .map(|e| e.content.quantity.value())
             .collect::<Vec<_>>(),
     )
-    .bind(
-        inserts
-            .iter()
-            .map(|i| pick(i).content.service_id)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        inserts
-            .iter()
-            .map(|i| pick(i).content.metric.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        inserts
-            .iter()
-            .map(|i| pick(i).content.quantity.value())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        inserts
-            .iter()
-            .map(|i| pick(i).content.time)
-            .collect::<Vec<_>>(),
-    )
+    .bind(picked.iter().map(|e| e.content.time).collect::<Vec<_>>())
     .bind(now)
     .fetch_all(&mut **tx)
     .await?;

@@ -103,6 +103,14 @@ impl Calendar {
             .find(|d| self.is_business_day(*d))
     }
 
+    /// The business dates in `[from, to]`, in order.
+    pub fn business_dates(&self, from: NaiveDate, to: NaiveDate) -> Vec<NaiveDate> {
+        from.iter_days()
+            .take_while(|d| *d <= to)
+            .filter(|d| self.is_business_day(*d))
+            .collect()
+    }
+
     /// The local date at instant `t`.
     pub fn local_date(&self, t: DateTime<Utc>) -> NaiveDate {
         t.with_timezone(&self.tz).date_naive()
