@@ -298,6 +298,7 @@ async fn start_engine(
                 idle: std::time::Duration::from_millis(500),
                 retention: settings.event_retention.0,
             }),
+            slos: true,
         },
     )
     .await

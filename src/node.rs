@@ -12,9 +12,10 @@ use tranche_actors::ports::Prober;
 use tranche_actors::ports::TxtLookup;
 use tranche_actors::ports::UsageSource;
 use tranche_actors::rate::TokenBucket;
+use tranche_actors::slo_tracker::SloChange;
 use tranche_actors::{
-    BillingSetup, DnsSetup, Engine, EngineConfig, RootArgs, UsageSetup, VantageSetup, VerifySetup,
-    WebhookSetup,
+    BillingSetup, DnsSetup, Engine, EngineConfig, RootArgs, SloSetup, UsageSetup, VantageSetup,
+    VerifySetup, WebhookSetup,
 };
 use tranche_core::billing::BillingSettings;
 use tranche_core::dns::planner::BatchLimits;
@@ -77,6 +78,8 @@ pub struct EngineOptions {
     pub verify: Option<VerifyOptions>,
     /// Webhook delivery (`allow_private`: let deliveries reach private addresses).
     pub webhooks: Option<WebhookOptions>,
+    /// Live SLO tracking of batch jobs (one tracker per SLO on the owned shards).
+    pub slos: bool,
 }
 
 /// Webhook delivery settings for [`start_with`].
@@ -134,7 +137,11 @@ pub async fn start_with(
         usage,
         verify,
         webhooks,
+        slos,
     } = options;
+    let slos = slos.then(|| SloSetup {
+        store: Arc::new(crate::postgres::slo::PgSloStore::new(pool.clone())),
+    });
     let webhooks = match webhooks {
         Some(w) => Some(WebhookSetup {
             store: Arc::new(crate::postgres::outbox::PgWebhookStore::new(
@@ -202,6 +209,7 @@ pub async fn start_with(
             verify,
             webhooks,
             vantages,
+            slos,
         })
         .await
         .map_err(|e| anyhow::anyhow!("could not start the engine: {e}"))?,
@@ -212,6 +220,19 @@ pub async fn start_with(
         billing: billing_store,
         listener,
     })
+}
+
+/// Job reports wake the SLO trackers (payload `customer_id:business_date:application`).
+pub const JOB_STATUS_CHANNEL: &str = "tranche_job_status";
+/// SLO and calendar changes reload their trackers (payload `slo:<id>` or `calendar:<id>`).
+pub const SLOS_CHANNEL: &str = "tranche_slos";
+
+/// A `tranche_job_status` payload.
+fn job_report(payload: &str) -> Option<(i64, chrono::NaiveDate, String)> {
+    let mut parts = payload.splitn(3, ':');
+    let customer = parts.next()?.parse().ok()?;
+    let date = parts.next()?.parse().ok()?;
+    Some((customer, date, parts.next()?.to_owned()))
 }
 
 /// Forwards configuration notifications, and other nodes' vantage summaries, to the engine.
@@ -231,7 +252,12 @@ async fn listen_for_config(pool: PgPool, engine: Arc<Engine>, node_id: String) {
         match PgListener::connect_with(&pool).await {
             Ok(mut listener) => {
                 if let Err(e) = listener
-                    .listen_all([CONFIG_CHANNEL, vantages::CHANNEL])
+                    .listen_all([
+                        CONFIG_CHANNEL,
+                        vantages::CHANNEL,
+                        JOB_STATUS_CHANNEL,
+                        SLOS_CHANNEL,
+                    ])
                     .await
                 {
                     tracing::warn!(error = %e, "could not LISTEN for configuration changes");
@@ -243,6 +269,16 @@ async fn listen_for_config(pool: PgPool, engine: Arc<Engine>, node_id: String) {
                                 reports.retain(|r| r.node_id != node_id);
                                 if !reports.is_empty() {
                                     engine.vantage_reports(reports).await;
+                                }
+                            }
+                            Ok(n) if n.channel() == JOB_STATUS_CHANNEL => {
+                                if let Some((customer, date, app)) = job_report(n.payload()) {
+                                    engine.job_reported(customer, app, date).await;
+                                }
+                            }
+                            Ok(n) if n.channel() == SLOS_CHANNEL => {
+                                if let Some(change) = SloChange::parse(n.payload()) {
+                                    engine.slos_changed(change).await;
                                 }
                             }
                             Ok(_) => engine.config_changed().await,

@@ -11,6 +11,8 @@
 //!  ├─ UsageIngestor      pulls CDN usage analytics for those customers' services
 //!  ├─ DomainVerifier     checks the TXT ownership challenge of the domains on those shards
 //!  ├─ WebhookDispatcher  delivers those customers' webhook outbox, in order per endpoint
+//!  ├─ SloSupervisor      one SloTracker per SLO of those customers
+//!  │    └─ SloTracker    keeps the SLO's performance rows current, raises late alerts once
 //!  ├─ ProbeSupervisor     one DomainActor per domain on the shards this node owns
 //!  │    └─ DomainActor    probes primary + backup, runs the storm machine, commits decisions
 //!  └─ LeaseKeeper         heartbeats, takes its fair share of shards (advisory locks + epochs)
@@ -39,6 +41,7 @@
 //! * [`dns_supervisor`], [`zone_actor`], [`rate`] — DNS steering through the provider;
 //! * [`billing`], [`usage_ingestor`], [`verifier`], [`webhooks`] — invoicing, usage pulls,
 //!   ownership checks, webhook delivery;
+//! * [`slo_tracker`] — live SLO tracking of batch jobs (reports and timers);
 //! * [`metering_batcher`] — the group commit behind `POST /v1/usage-events`, spawned by the
 //!   API (it serves requests whether or not this node runs the engine);
 //! * [`children`] — what the supervisors share (child bookkeeping, bounded fan-out);
@@ -61,6 +64,7 @@ pub mod ports;
 pub mod probe_supervisor;
 pub mod rate;
 pub mod root;
+pub mod slo_tracker;
 pub mod usage_ingestor;
 pub mod vantage_publisher;
 pub mod verifier;
@@ -77,7 +81,7 @@ use observation_writer::ObservationMsg;
 use ports::OwnedShards;
 use probe_supervisor::SupervisorMsg;
 pub use root::{
-    BillingSetup, DnsSetup, RootArgs, UsageSetup, VantageSetup, VerifySetup, WebhookSetup,
+    BillingSetup, DnsSetup, RootArgs, SloSetup, UsageSetup, VantageSetup, VerifySetup, WebhookSetup,
 };
 use root::{RootMsg, RootSupervisor};
 
@@ -133,6 +137,41 @@ impl Engine {
     pub async fn wake_zone(&self, zone: &str) {
         if let Some(dns) = self.dns().await {
             let _ = dns.cast(dns_supervisor::DnsMsg::Wake(zone.to_owned()));
+        }
+    }
+
+    async fn slos(&self) -> Option<ActorRef<slo_tracker::SloMsg>> {
+        ractor::call!(self.root, RootMsg::Slos).ok().flatten()
+    }
+
+    /// A job of `application` reported for `date`: wakes the trackers of its SLOs here.
+    pub async fn job_reported(
+        &self,
+        customer_id: i64,
+        application: String,
+        date: chrono::NaiveDate,
+    ) {
+        if let Some(slos) = self.slos().await {
+            let _ = slos.cast(slo_tracker::SloMsg::Reported {
+                customer_id,
+                application,
+                date,
+            });
+        }
+    }
+
+    /// An SLO or calendar changed: reloads the trackers concerned.
+    pub async fn slos_changed(&self, change: slo_tracker::SloChange) {
+        if let Some(slos) = self.slos().await {
+            let _ = slos.cast(slo_tracker::SloMsg::Changed(change));
+        }
+    }
+
+    /// SLOs with a tracker on this node.
+    pub async fn tracked_slos(&self) -> Vec<i64> {
+        match self.slos().await {
+            Some(s) => ractor::call!(s, slo_tracker::SloMsg::Tracked).unwrap_or_default(),
+            None => Vec::new(),
         }
     }
 

@@ -21,10 +21,11 @@ use super::domain_actor::EngineCtx;
 use super::lease_keeper::{LeaseArgs, LeaseKeeper, LeaseMsg};
 use super::observation_writer::{ObservationMsg, ObservationWriter, WriterArgs};
 use super::ports::{
-    BillingStore, DnsStore, EngineStore, LeaseBackend, OwnedShards, TxtLookup, UsageStore,
-    VantageBus, VerificationStore, WebhookSender, WebhookStore,
+    BillingStore, DnsStore, EngineStore, LeaseBackend, OwnedShards, SloStore, TxtLookup,
+    UsageStore, VantageBus, VerificationStore, WebhookSender, WebhookStore,
 };
 use super::probe_supervisor::{ProbeSupervisor, SupervisorMsg};
+use super::slo_tracker::{SloArgs, SloCtx, SloMsg, SloSupervisor};
 use super::usage_ingestor::{UsageArgs, UsageIngestor, UsageMsg};
 use super::vantage_publisher::{PublisherArgs, PublisherMsg, VantagePublisher};
 use super::verifier::{DomainVerifier, VerifierArgs, VerifierMsg};
@@ -59,6 +60,13 @@ pub struct RootArgs {
     /// Probing from several vantages; `None`: this node neither observes for others nor hears
     /// from them (every domain is judged from its owner's vantage alone).
     pub vantages: Option<VantageSetup>,
+    /// SLO tracking of batch jobs; `None` tracks nothing on this node.
+    pub slos: Option<SloSetup>,
+}
+
+/// What SLO tracking needs.
+pub struct SloSetup {
+    pub store: Arc<dyn SloStore>,
 }
 
 /// What multi-vantage probing needs.
@@ -118,6 +126,7 @@ pub struct RootState {
     pub(crate) usage: Option<ActorRef<UsageMsg>>,
     pub(crate) verifier: Option<ActorRef<VerifierMsg>>,
     pub(crate) webhooks: Option<ActorRef<DispatcherMsg>>,
+    pub(crate) slos: Option<ActorRef<SloMsg>>,
     /// The owned shards, as the lease keeper last published them.
     shards: Arc<watch::Sender<OwnedShards>>,
 }
@@ -141,6 +150,8 @@ pub enum RootMsg {
     Verifier(ractor::RpcReplyPort<Option<ActorRef<VerifierMsg>>>),
     /// The webhook dispatcher, if this node sends webhooks.
     Webhooks(ractor::RpcReplyPort<Option<ActorRef<DispatcherMsg>>>),
+    /// The SLO supervisor, if this node tracks SLOs.
+    Slos(ractor::RpcReplyPort<Option<ActorRef<SloMsg>>>),
 }
 
 impl RootState {
@@ -353,6 +364,28 @@ async fn spawn_webhooks(
     ))
 }
 
+async fn spawn_slos(
+    args: &RootArgs,
+    shards: &watch::Sender<OwnedShards>,
+    root: &ActorRef<RootMsg>,
+) -> Result<Option<ActorRef<SloMsg>>, ActorProcessingErr> {
+    let Some(setup) = &args.slos else {
+        return Ok(None);
+    };
+    let slo_args = SloArgs {
+        ctx: Arc::new(SloCtx {
+            config: args.config.clone(),
+            store: setup.store.clone(),
+        }),
+        shards: shards.subscribe(),
+    };
+    Ok(Some(
+        Actor::spawn_linked(None, SloSupervisor, slo_args, root.get_cell())
+            .await?
+            .0,
+    ))
+}
+
 async fn spawn_leases(
     args: &RootArgs,
     supervisor: ActorRef<SupervisorMsg>,
@@ -392,6 +425,7 @@ impl Actor for RootSupervisor {
         let usage = spawn_usage(&args, &shards, &myself).await?;
         let verifier = spawn_verifier(&args, &shards, &myself).await?;
         let webhooks = spawn_webhooks(&args, &shards, &myself).await?;
+        let slos = spawn_slos(&args, &shards, &myself).await?;
         let supervisor = spawn_supervisor(
             ctx(&args, writer.clone(), dns.clone(), publisher.clone()),
             &myself,
@@ -416,6 +450,7 @@ impl Actor for RootSupervisor {
             usage,
             verifier,
             webhooks,
+            slos,
             shards,
         })
     }
@@ -446,6 +481,9 @@ impl Actor for RootSupervisor {
             }
             RootMsg::Webhooks(reply) => {
                 let _ = reply.send(state.webhooks.clone());
+            }
+            RootMsg::Slos(reply) => {
+                let _ = reply.send(state.slos.clone());
             }
         }
         Ok(())
@@ -503,6 +541,9 @@ impl Actor for RootSupervisor {
         } else if state.webhooks.as_ref().is_some_and(|w| w.get_id() == id) {
             tracing::error!(error = %err, "webhook dispatcher failed; restarting");
             state.webhooks = spawn_webhooks(&state.args, &state.shards, &myself).await?;
+        } else if state.slos.as_ref().is_some_and(|s| s.get_id() == id) {
+            tracing::error!(error = %err, "SLO supervisor failed; restarting");
+            state.slos = spawn_slos(&state.args, &state.shards, &myself).await?;
         }
         Ok(())
     }
@@ -520,6 +561,7 @@ impl Actor for RootSupervisor {
             state.usage.as_ref().map(|u| u.get_cell()),
             state.verifier.as_ref().map(|v| v.get_cell()),
             state.webhooks.as_ref().map(|w| w.get_cell()),
+            state.slos.as_ref().map(|s| s.get_cell()),
         ]
         .into_iter()
         .flatten()

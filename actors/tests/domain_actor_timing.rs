@@ -196,6 +196,7 @@ async fn harness(patch: PolicyPatch, primary_up: bool, panic_once: bool) -> Harn
         verify: None,
         webhooks: None,
         vantages: None,
+        slos: None,
     })
     .await
     .unwrap();

@@ -287,6 +287,36 @@ pub struct QuotaThresholdCrossed {
     pub over_quota: String,
 }
 
+/// `data` of `slo.not_started`, `slo.late` and `slo.breached`: an SLO's alert for a business
+/// date, raised once per SLO, date and alert by its tracker (whichever node runs it).
+/// `not_started`: no job started by the expected start plus the start grace; `late`: the
+/// expected end passed with a job unfinished; `breached`: the tolerance passed unfinished, or a
+/// job failed (`status` `failed`).
+#[derive(Debug, Clone, Object)]
+#[oai(deny_unknown_fields)]
+pub struct SloAlert {
+    pub slo_id: i64,
+    pub slo: String,
+    pub application: String,
+    pub business_date: chrono::NaiveDate,
+    /// `not_started`, `late` or `breached`.
+    pub alert: String,
+    /// The SLO's status for the date when the alert was raised (`pending`, `in_progress`,
+    /// `late`, `missed`, `failed`, …).
+    pub status: String,
+    /// The calendar's IANA time zone.
+    pub time_zone: String,
+    pub expected_start: DateTime<Utc>,
+    pub expected_end: DateTime<Utc>,
+    #[oai(nullable)]
+    pub actual_start: Option<DateTime<Utc>>,
+    #[oai(nullable)]
+    pub actual_end: Option<DateTime<Utc>>,
+    /// Seconds past the expected end when raised (unfinished), or of the actual end.
+    #[oai(nullable)]
+    pub late_by_seconds: Option<i64>,
+}
+
 /// `data` of `ping`, sent by `POST /v1/webhooks/{id}/test` to that endpoint only.
 #[derive(Debug, Clone, Object)]
 #[oai(deny_unknown_fields)]
@@ -338,6 +368,12 @@ envelopes! {
     DrillEndedEvent => DrillEnded;
     /// `quota.threshold_crossed`
     QuotaThresholdCrossedEvent => QuotaThresholdCrossed;
+    /// `slo.not_started`
+    SloNotStartedEvent => SloAlert;
+    /// `slo.late`
+    SloLateEvent => SloAlert;
+    /// `slo.breached`
+    SloBreachedEvent => SloAlert;
     /// `ping`
     PingEvent => Ping;
 }
@@ -375,6 +411,12 @@ pub enum Event {
     DrillEnded(DrillEndedEvent),
     #[oai(mapping = "quota.threshold_crossed")]
     QuotaThresholdCrossed(QuotaThresholdCrossedEvent),
+    #[oai(mapping = "slo.not_started")]
+    SloNotStarted(SloNotStartedEvent),
+    #[oai(mapping = "slo.late")]
+    SloLate(SloLateEvent),
+    #[oai(mapping = "slo.breached")]
+    SloBreached(SloBreachedEvent),
     #[oai(mapping = "ping")]
     Ping(PingEvent),
 }

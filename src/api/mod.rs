@@ -116,7 +116,8 @@ pub enum ApiTags {
     /// by `type`: `storm.started`, `storm.ended`, `storm.backup_unhealthy`,
     /// `domain.health_unknown`, `dns.change_applied`, `dns.change_failed`, `invoice.created`, `domain.verified`,
     /// `domain.verification_failed`, `certificate.expiring`, `vantage.disagrees`, `drill.started`,
-    /// `drill.ended`, `quota.threshold_crossed`, `ping`). Deliveries are signed:
+    /// `drill.ended`, `quota.threshold_crossed`, `slo.not_started`, `slo.late`, `slo.breached`,
+    /// `ping`). Deliveries are signed:
     /// `Tranche-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
     Webhooks,
     /// Operator endpoints (admin token).

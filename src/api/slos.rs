@@ -11,8 +11,8 @@ use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
 use poem_openapi::{ApiResponse, Object, OpenApi};
 use serde::Deserialize;
-use tranche_core::slo::calendar::{Calendar, CalendarKind, Offset};
-use tranche_core::slo::performance::{self, Alert, JobExpectation, Report, ReportKind, SloSpec};
+use tranche_core::slo::calendar::{Calendar, Offset};
+use tranche_core::slo::performance::{self, Report, SloSpec};
 
 use super::auth::{Scope, Scoped, needs};
 use super::error::{ApiError, ApiResult};
@@ -164,30 +164,10 @@ fn slo_not_found(id: i64) -> ApiError {
 
 /// The core's view of a stored SLO.
 fn spec_of(row: &SloRow) -> ApiResult<(SloSpec, Calendar)> {
-    let kind = CalendarKind::parse(&row.calendar_kind).map_err(|_| ApiError::internal())?;
-    let calendar = Calendar::new(kind, &row.time_zone, row.holidays.iter().copied())
-        .map_err(|_| ApiError::internal())?;
-    let offset = |m: i32| Offset::from_minutes(i64::from(m)).map_err(|_| ApiError::internal());
-    let jobs = row
-        .jobs
-        .iter()
-        .map(|(job, start, end, min)| {
-            Ok(JobExpectation {
-                job: job.clone(),
-                expected_start: offset(*start)?,
-                expected_end: offset(*end)?,
-                min_duration: min.map(|s| Duration::seconds(i64::from(s))),
-            })
-        })
-        .collect::<ApiResult<Vec<_>>>()?;
-    Ok((
-        SloSpec {
-            jobs,
-            start_grace: Duration::minutes(i64::from(row.start_grace_minutes)),
-            tolerance: Duration::minutes(i64::from(row.tolerance_minutes)),
-        },
-        calendar,
-    ))
+    row.spec().map_err(|e| {
+        tracing::error!(slo.id = row.id, error = %e, "a stored SLO does not load");
+        ApiError::internal()
+    })
 }
 
 /// The job reports of the SLO's jobs for business dates in `[from, to]`, by date.
@@ -202,18 +182,8 @@ async fn reports_by_date(
     let jobs: Vec<&str> = spec.jobs.iter().map(|j| j.job.as_str()).collect();
     let rows = slo::reports(&ctx.pool, customer_id, &row.application, &jobs, from, to).await?;
     let mut by_date: BTreeMap<NaiveDate, Vec<Report>> = BTreeMap::new();
-    for r in rows {
-        let kind = match r.status.as_str() {
-            "start" => ReportKind::Start,
-            "succeed" => ReportKind::Succeed,
-            _ => ReportKind::Fail,
-        };
-        by_date.entry(r.business_date).or_default().push(Report {
-            job: r.job,
-            run_id: r.run_id,
-            kind,
-            at: r.status_time,
-        });
+    for (date, report) in rows.into_iter().filter_map(|r| r.into_core()) {
+        by_date.entry(date).or_default().push(report);
     }
     Ok(by_date)
 }
@@ -531,18 +501,7 @@ impl SlosApi {
                     actual_end: p.actual_end,
                     status: p.status.as_str().to_owned(),
                     late_by_seconds: p.late_by.map(|d| d.num_seconds()),
-                    alerts: p
-                        .alerts
-                        .iter()
-                        .map(|a| {
-                            match a {
-                                Alert::NotStarted => "not_started",
-                                Alert::Late => "late",
-                                Alert::Breached => "breached",
-                            }
-                            .to_owned()
-                        })
-                        .collect(),
+                    alerts: p.alerts.iter().map(|a| a.as_str().to_owned()).collect(),
                     too_fast: p
                         .too_fast
                         .into_iter()

@@ -24,7 +24,7 @@ use super::{ApiContext, ApiTags};
 use crate::postgres::webhooks::{self, DeliveryRow, EndpointFields, EndpointRow};
 
 /// Event types an endpoint can subscribe to.
-pub const EVENT_TYPES: [&str; 14] = [
+pub const EVENT_TYPES: [&str; 17] = [
     "storm.started",
     "storm.ended",
     "storm.backup_unhealthy",
@@ -39,6 +39,9 @@ pub const EVENT_TYPES: [&str; 14] = [
     "drill.started",
     "drill.ended",
     "quota.threshold_crossed",
+    "slo.not_started",
+    "slo.late",
+    "slo.breached",
 ];
 
 /// A webhook endpoint (the secret is shown only when created or rotated).

@@ -1,8 +1,20 @@
-//! SLO tracking's repositories (issue 16): business calendars with their holidays, and
-//! applications.
+//! SLO tracking's repositories (issue 16): business calendars with their holidays,
+//! applications, SLOs and job reports as they read them; and [`PgSloStore`], the engine's
+//! `SloStore` port: the trackers' performance rows and their once-only alerts.
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Duration, NaiveDate, Utc};
+use serde_json::json;
 use sqlx::{FromRow, PgPool};
+use tranche_actors::ports::{Fence, RaisedAlert, SloKey, SloStore, StoreError, TrackedSlo};
+use tranche_core::domain::SHARDS;
+use tranche_core::events::slo_event;
+use tranche_core::slo::calendar::{Calendar, CalendarKind, Offset};
+use tranche_core::slo::performance::{
+    Alert, JobExpectation, Performance, Report, ReportKind, SloSpec,
+};
+
+use super::outbox::{NewEvent, emit};
+use super::{port_error, timestamp};
 
 #[derive(Debug, Clone, FromRow)]
 pub struct CalendarRow {
@@ -217,6 +229,7 @@ pub async fn delete_application(pool: &PgPool, customer_id: i64, id: i64) -> sql
 #[derive(Debug, Clone, FromRow)]
 pub struct SloRow {
     pub id: i64,
+    pub customer_id: i64,
     pub name: String,
     pub application_id: i64,
     pub application: String,
@@ -236,7 +249,7 @@ pub struct SloRow {
 
 macro_rules! slo {
     () => {
-        "select s.id, s.name, s.application_id, a.name as application, s.calendar_id,
+        "select s.id, s.customer_id, s.name, s.application_id, a.name as application, s.calendar_id,
                 c.kind as calendar_kind, c.time_zone,
                 coalesce((select json_agg(h.holiday order by h.holiday)
                             from calendar_holidays h where h.calendar_id = c.id), '[]'::json)
@@ -251,6 +264,36 @@ macro_rules! slo {
            join applications a on a.id = s.application_id
            join calendars c on c.id = s.calendar_id"
     };
+}
+
+impl SloRow {
+    /// The core's view of the SLO: its expectations and its calendar.
+    pub fn spec(&self) -> Result<(SloSpec, Calendar), String> {
+        let kind = CalendarKind::parse(&self.calendar_kind).map_err(|e| e.0)?;
+        let calendar =
+            Calendar::new(kind, &self.time_zone, self.holidays.iter().copied()).map_err(|e| e.0)?;
+        let offset = |m: i32| Offset::from_minutes(i64::from(m)).map_err(|e| e.0);
+        let jobs = self
+            .jobs
+            .iter()
+            .map(|(job, start, end, min)| {
+                Ok(JobExpectation {
+                    job: job.clone(),
+                    expected_start: offset(*start)?,
+                    expected_end: offset(*end)?,
+                    min_duration: min.map(|s| Duration::seconds(i64::from(s))),
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok((
+            SloSpec {
+                jobs,
+                start_grace: Duration::minutes(i64::from(self.start_grace_minutes)),
+                tolerance: Duration::minutes(i64::from(self.tolerance_minutes)),
+            },
+            calendar,
+        ))
+    }
 }
 
 /// A new SLO.
@@ -363,6 +406,22 @@ pub struct ReportRow {
     pub status_time: DateTime<Utc>,
 }
 
+impl ReportRow {
+    /// The core's report, with its business date (`None` for an unknown status).
+    pub fn into_core(self) -> Option<(NaiveDate, Report)> {
+        let kind = ReportKind::parse(&self.status)?;
+        Some((
+            self.business_date,
+            Report {
+                job: self.job,
+                run_id: self.run_id,
+                kind,
+                at: self.status_time,
+            },
+        ))
+    }
+}
+
 /// The reports of `application`'s `jobs` for business dates in `[from, to]`.
 pub async fn reports(
     pool: &PgPool,
@@ -385,4 +444,229 @@ pub async fn reports(
     .bind(to)
     .fetch_all(pool)
     .await
+}
+
+/// The engine's `SloStore` over PostgreSQL.
+pub struct PgSloStore {
+    pool: PgPool,
+}
+
+impl PgSloStore {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+fn alert_of(kind: &str) -> Option<Alert> {
+    match kind {
+        "not_started" => Some(Alert::NotStarted),
+        "late" => Some(Alert::Late),
+        "breached" => Some(Alert::Breached),
+        _ => None,
+    }
+}
+
+/// The `data` of an SLO alert's event.
+fn alert_payload(slo: &TrackedSlo, alert: Alert, p: &Performance) -> serde_json::Value {
+    json!({
+        "slo_id": slo.id,
+        "slo": slo.name,
+        "application": slo.application,
+        "business_date": p.business_date.to_string(),
+        "alert": alert.as_str(),
+        "status": p.status.as_str(),
+        "time_zone": slo.calendar.time_zone(),
+        "expected_start": timestamp(p.expected_start),
+        "expected_end": timestamp(p.expected_end),
+        "actual_start": p.actual_start.map(timestamp),
+        "actual_end": p.actual_end.map(timestamp),
+        "late_by_seconds": p.late_by.map(|d| d.num_seconds()),
+    })
+}
+
+#[async_trait::async_trait]
+impl SloStore for PgSloStore {
+    async fn slos_on_shards(&self, shards: &[u16]) -> Result<Vec<SloKey>, StoreError> {
+        let shards: Vec<i64> = shards.iter().map(|&s| i64::from(s)).collect();
+        let rows: Vec<(i64, i64, String, i64, i64)> = sqlx::query_as(
+            "select s.id, s.customer_id, a.name, s.calendar_id, s.customer_id % $2
+               from slos s join applications a on a.id = s.application_id
+              where s.customer_id % $2 = any($1::int8[])",
+        )
+        .bind(&shards)
+        .bind(i64::from(SHARDS))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(port_error)?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(id, customer_id, application, calendar_id, shard)| SloKey {
+                    id,
+                    customer_id,
+                    application,
+                    calendar_id,
+                    shard: shard as u16,
+                },
+            )
+            .collect())
+    }
+
+    async fn load_slo(&self, id: i64) -> Result<Option<TrackedSlo>, StoreError> {
+        let row: Option<SloRow> = sqlx::query_as(concat!(slo!(), " where s.id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(port_error)?;
+        let Some(row) = row else { return Ok(None) };
+        let (spec, calendar) = row.spec().map_err(StoreError::Other)?;
+        Ok(Some(TrackedSlo {
+            id: row.id,
+            customer_id: row.customer_id,
+            name: row.name,
+            application: row.application,
+            spec,
+            calendar,
+            created_at: row.created_at,
+        }))
+    }
+
+    async fn reports(
+        &self,
+        slo: &TrackedSlo,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<(NaiveDate, Report)>, StoreError> {
+        let jobs: Vec<&str> = slo.spec.jobs.iter().map(|j| j.job.as_str()).collect();
+        let rows = reports(
+            &self.pool,
+            slo.customer_id,
+            &slo.application,
+            &jobs,
+            from,
+            to,
+        )
+        .await
+        .map_err(port_error)?;
+        Ok(rows.into_iter().filter_map(ReportRow::into_core).collect())
+    }
+
+    async fn record(
+        &self,
+        slo: &TrackedSlo,
+        rows: &[Performance],
+        fence: Fence,
+        now: DateTime<Utc>,
+        node_id: &str,
+    ) -> Result<Vec<RaisedAlert>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(port_error)?;
+        super::engine_store::check_fence(&mut tx, fence).await?;
+        let too_fast: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                r.too_fast
+                    .iter()
+                    .map(|t| {
+                        json!({
+                            "job": t.job,
+                            "run_id": t.run_id,
+                            "duration_seconds": t.duration.num_seconds(),
+                            "min_duration_seconds": t.min_duration.num_seconds(),
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
+        sqlx::query(
+            "insert into slo_performance (slo_id, business_date, expected_start, expected_end,
+                                          actual_start, actual_end, status, late_by_seconds,
+                                          too_fast, wake_at, evaluated_at)
+             select $1, u.*, $11
+               from unnest($2::date[], $3::timestamptz[], $4::timestamptz[], $5::timestamptz[],
+                           $6::timestamptz[], $7::text[], $8::int8[], $9::jsonb[],
+                           $10::timestamptz[]) as u
+             on conflict (slo_id, business_date) do update
+                set expected_start = excluded.expected_start,
+                    expected_end = excluded.expected_end,
+                    actual_start = excluded.actual_start,
+                    actual_end = excluded.actual_end,
+                    status = excluded.status,
+                    late_by_seconds = excluded.late_by_seconds,
+                    too_fast = excluded.too_fast,
+                    wake_at = excluded.wake_at,
+                    evaluated_at = excluded.evaluated_at",
+        )
+        .bind(slo.id)
+        .bind(rows.iter().map(|r| r.business_date).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.expected_start).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.expected_end).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.actual_start).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.actual_end).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.late_by.map(|d| d.num_seconds()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(&too_fast)
+        .bind(rows.iter().map(|r| r.wake_at).collect::<Vec<_>>())
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(port_error)?;
+        let due: Vec<(NaiveDate, &str)> = rows
+            .iter()
+            .flat_map(|r| r.alerts.iter().map(|a| (r.business_date, a.as_str())))
+            .collect();
+        let mut raised = Vec::new();
+        if !due.is_empty() {
+            let marked: Vec<(NaiveDate, String)> = sqlx::query_as(
+                "insert into slo_alerts (slo_id, business_date, kind, raised_at, raised_by_node)
+                 select $1, u.d, u.k, $4, $5 from unnest($2::date[], $3::text[]) as u(d, k)
+                 on conflict do nothing
+                 returning business_date, kind",
+            )
+            .bind(slo.id)
+            .bind(due.iter().map(|d| d.0).collect::<Vec<_>>())
+            .bind(due.iter().map(|d| d.1).collect::<Vec<_>>())
+            .bind(now)
+            .bind(node_id)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(port_error)?;
+            let mut events = Vec::new();
+            for (date, kind) in marked {
+                let (Some(alert), Some(row)) = (
+                    alert_of(&kind),
+                    rows.iter().find(|r| r.business_date == date),
+                ) else {
+                    continue;
+                };
+                events.push(NewEvent::new(
+                    slo.customer_id,
+                    slo_event(alert),
+                    alert_payload(slo, alert, row),
+                ));
+                raised.push(RaisedAlert {
+                    business_date: date,
+                    alert,
+                });
+            }
+            let ids = emit(&mut tx, &events).await.map_err(port_error)?;
+            sqlx::query(
+                "update slo_alerts a set event_id = u.id
+                   from unnest($2::date[], $3::text[], $4::uuid[]) as u(d, k, id)
+                  where a.slo_id = $1 and a.business_date = u.d and a.kind = u.k",
+            )
+            .bind(slo.id)
+            .bind(raised.iter().map(|r| r.business_date).collect::<Vec<_>>())
+            .bind(raised.iter().map(|r| r.alert.as_str()).collect::<Vec<_>>())
+            .bind(&ids)
+            .execute(&mut *tx)
+            .await
+            .map_err(port_error)?;
+        }
+        tx.commit().await.map_err(port_error)?;
+        Ok(raised)
+    }
 }

@@ -191,6 +191,29 @@ pub fn slack_text(d: &Delivery) -> String {
             s("percent_used"),
             s("period_end")
         ),
+        "slo.not_started" => format!(
+            ":hourglass: SLO {} ({}) for {}: nothing has started; expected from {}.",
+            s("slo"),
+            s("application"),
+            s("business_date"),
+            s("expected_start")
+        ),
+        "slo.late" => format!(
+            ":alarm_clock: SLO {} ({}) for {} is late: not finished by {} ({}).",
+            s("slo"),
+            s("application"),
+            s("business_date"),
+            s("expected_end"),
+            s("status")
+        ),
+        "slo.breached" => format!(
+            ":rotating_light: SLO {} ({}) for {} is breached: {}, expected by {}.",
+            s("slo"),
+            s("application"),
+            s("business_date"),
+            s("status"),
+            s("expected_end")
+        ),
         "ping" => ":wave: Tranche webhook test: this endpoint receives notifications.".to_owned(),
         other => format!("Tranche event {other}."),
     }

@@ -27,6 +27,7 @@ mod restart;
 mod robustness;
 mod route53;
 mod services;
+mod slo_tracking;
 mod status_page;
 mod tenants;
 mod traces;

@@ -32,6 +32,12 @@ pub enum EventType {
     DrillEnded,
     /// A metered total reached 80 % or 100 % of its quota (once per threshold and period).
     QuotaThresholdCrossed,
+    /// Nothing of an SLO's jobs started by the expected start plus the start grace.
+    SloNotStarted,
+    /// An SLO passed its expected end unfinished.
+    SloLate,
+    /// An SLO passed its tolerance unfinished, or one of its jobs failed.
+    SloBreached,
 }
 
 impl EventType {
@@ -52,7 +58,20 @@ impl EventType {
             Self::DrillStarted => "drill.started",
             Self::DrillEnded => "drill.ended",
             Self::QuotaThresholdCrossed => "quota.threshold_crossed",
+            Self::SloNotStarted => "slo.not_started",
+            Self::SloLate => "slo.late",
+            Self::SloBreached => "slo.breached",
         }
+    }
+}
+
+/// The event that announces an SLO alert.
+pub fn slo_event(alert: crate::slo::performance::Alert) -> EventType {
+    use crate::slo::performance::Alert;
+    match alert {
+        Alert::NotStarted => EventType::SloNotStarted,
+        Alert::Late => EventType::SloLate,
+        Alert::Breached => EventType::SloBreached,
     }
 }
 

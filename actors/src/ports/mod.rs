@@ -444,3 +444,62 @@ pub trait MeteringStore: Send + Sync + 'static {
     /// many went.
     async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
 }
+
+/// Where an SLO's tracker runs and what wakes it: reports of `application`'s jobs for
+/// `customer_id`, and changes to its calendar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SloKey {
+    pub id: i64,
+    pub customer_id: i64,
+    pub application: String,
+    pub calendar_id: i64,
+    /// The customer's shard: the SLO is tracked by the node that owns it.
+    pub shard: u16,
+}
+
+/// An SLO as its tracker evaluates it.
+#[derive(Debug, Clone)]
+pub struct TrackedSlo {
+    pub id: i64,
+    pub customer_id: i64,
+    pub name: String,
+    pub application: String,
+    pub spec: tranche_core::slo::performance::SloSpec,
+    pub calendar: tranche_core::slo::calendar::Calendar,
+    /// Dates whose deadline passed before this are not tracked.
+    pub created_at: DateTime<Utc>,
+}
+
+/// An alert raised (first recorded) by [`SloStore::record`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RaisedAlert {
+    pub business_date: chrono::NaiveDate,
+    pub alert: tranche_core::slo::performance::Alert,
+}
+
+/// The database side of SLO tracking.
+#[async_trait::async_trait]
+pub trait SloStore: Send + Sync + 'static {
+    /// SLOs of customers whose shard is one of `shards`.
+    async fn slos_on_shards(&self, shards: &[u16]) -> Result<Vec<SloKey>, StoreError>;
+    /// The SLO with its jobs and calendar (`None`: deleted).
+    async fn load_slo(&self, id: i64) -> Result<Option<TrackedSlo>, StoreError>;
+    /// The reports of the SLO's jobs for business dates in `[from, to]`, with their dates.
+    async fn reports(
+        &self,
+        slo: &TrackedSlo,
+        from: chrono::NaiveDate,
+        to: chrono::NaiveDate,
+    ) -> Result<Vec<(chrono::NaiveDate, tranche_core::slo::performance::Report)>, StoreError>;
+    /// In one transaction fenced by `fence`: stores `rows` (one per business date) and raises
+    /// each of their due alerts not raised before for that SLO and date — its marker and its
+    /// event (`slo.not_started`, `slo.late`, `slo.breached`). Returns the alerts raised now.
+    async fn record(
+        &self,
+        slo: &TrackedSlo,
+        rows: &[tranche_core::slo::performance::Performance],
+        fence: Fence,
+        now: DateTime<Utc>,
+        node_id: &str,
+    ) -> Result<Vec<RaisedAlert>, StoreError>;
+}

@@ -7,12 +7,11 @@
 //! * [`report`] — an SLO over many dates: per job, duration percentiles, trend and projected
 //!   miss; late and early shares; a suggested expected end;
 //! * [`trend`] — the statistics behind it: Theil–Sen trends of durations and the projected
-//!   date of a miss, shares of dates late or early, percentiles.
-//!
-//! Still to come (issue 16): the schema, the API, the tracker actor per SLO, the events and
-//! the reports' adapters.
+//!   date of a miss, shares of dates late or early, percentiles;
+//! * [`tracking`] — what the live tracker (one actor per SLO) re-evaluates, and when it wakes.
 
 pub mod calendar;
 pub mod performance;
 pub mod report;
+pub mod tracking;
 pub mod trend;

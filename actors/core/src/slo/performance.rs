@@ -86,7 +86,7 @@ impl Status {
 }
 
 /// An alert an SLO owes for a business date.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Alert {
     NotStarted,
     Late,

@@ -1,0 +1,500 @@
+//! SloSupervisor: one SloTracker per SLO of the customers on the shards this node owns.
+//!
+//! A tracker keeps its SLO's `slo_performance` rows current and raises its alerts
+//! (`not_started`, `late`, `breached`) once per business date:
+//!
+//! * **reports** wake it: a job report's NOTIFY (`customer:date:application`) reaches the
+//!   supervisor, which hands the date to the trackers of that application's SLOs;
+//! * **timers** wake it at the earliest instant a row can change without a report (an expected
+//!   start plus its grace, an expected end, a deadline) or at the next local midnight — one
+//!   `send_after`, re-armed after every evaluation, never a poll;
+//! * whenever it wakes it re-evaluates every *live* date
+//!   ([`tranche_core::slo::tracking::live_dates`]) plus the dates just reported, so a
+//!   notification or timer missed while the node was down is made up at the next one (and at
+//!   start).
+//!
+//! Reports arriving in a burst are coalesced: a `Reported` message marks dates dirty and queues
+//! one `Flush` behind the messages already waiting, so a burst of reports costs one evaluation.
+//! The rules are the core's; rows and alert markers are written through [`SloStore::record`],
+//! fenced by the shard's epoch, so a node that lost the shard writes nothing and an alert is
+//! raised at most once per SLO and date on any node, across restarts.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use tokio::sync::watch;
+
+use super::billing::forward_shards;
+use super::children::{Children, fenced};
+use super::config::{EngineConfig, jittered_backoff};
+use super::ports::{Fence, OwnedShards, SloKey, SloStore, StoreError, TrackedSlo};
+use tranche_core::slo::performance::{self, Alert, Performance, Report, Status};
+use tranche_core::slo::tracking;
+
+/// What the trackers of a node share.
+pub struct SloCtx {
+    pub config: EngineConfig,
+    pub store: Arc<dyn SloStore>,
+}
+
+/// A change to SLO definitions, from the database's notifications.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SloChange {
+    /// An SLO was created, changed or deleted.
+    Slo(i64),
+    /// A calendar (or its holidays) changed: its SLOs reload.
+    Calendar(i64),
+}
+
+impl SloChange {
+    /// Parses a `tranche_slos` notification payload (`slo:<id>`, `calendar:<id>`).
+    pub fn parse(payload: &str) -> Option<Self> {
+        let (kind, id) = payload.split_once(':')?;
+        let id = id.parse().ok()?;
+        match kind {
+            "slo" => Some(Self::Slo(id)),
+            "calendar" => Some(Self::Calendar(id)),
+            _ => None,
+        }
+    }
+}
+
+pub struct SloSupervisor;
+
+pub struct SloArgs {
+    pub ctx: Arc<SloCtx>,
+    pub shards: watch::Receiver<OwnedShards>,
+}
+
+pub enum SloMsg {
+    Shards(OwnedShards),
+    Reconcile,
+    /// A job of `application` reported for `date`.
+    Reported {
+        customer_id: i64,
+        application: String,
+        date: NaiveDate,
+    },
+    Changed(SloChange),
+    /// SLOs with a tracker here.
+    Tracked(RpcReplyPort<Vec<i64>>),
+}
+
+pub struct SloSupervisorState {
+    ctx: Arc<SloCtx>,
+    owned: OwnedShards,
+    trackers: Children<i64, TrackerMsg>,
+    keys: HashMap<i64, SloKey>,
+    /// The SLOs of each (customer, application): whom a report wakes.
+    by_application: HashMap<(i64, String), Vec<i64>>,
+    forwarder: tokio::task::JoinHandle<()>,
+}
+
+impl Actor for SloSupervisor {
+    type Msg = SloMsg;
+    type State = SloSupervisorState;
+    type Arguments = SloArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SloMsg>,
+        args: SloArgs,
+    ) -> Result<SloSupervisorState, ActorProcessingErr> {
+        myself.send_interval(args.ctx.config.reconcile_interval, || SloMsg::Reconcile);
+        let forwarder = forward_shards(args.shards, myself.clone(), SloMsg::Shards);
+        Ok(SloSupervisorState {
+            ctx: args.ctx,
+            owned: OwnedShards::new(),
+            trackers: Children::default(),
+            keys: HashMap::new(),
+            by_application: HashMap::new(),
+            forwarder,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SloMsg>,
+        msg: SloMsg,
+        state: &mut SloSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SloMsg::Shards(owned) => {
+                if owned != state.owned {
+                    state.owned = owned;
+                    state.reconcile(&myself).await;
+                }
+            }
+            SloMsg::Reconcile => state.reconcile(&myself).await,
+            SloMsg::Reported {
+                customer_id,
+                application,
+                date,
+            } => {
+                let slos = state.by_application.get(&(customer_id, application));
+                for id in slos.into_iter().flatten() {
+                    if let Some(tracker) = state.trackers.get(id) {
+                        let _ = tracker.cast(TrackerMsg::Reported(date));
+                    }
+                }
+            }
+            SloMsg::Changed(change) => {
+                if let SloChange::Slo(_) = change {
+                    // New, moved or deleted SLOs: who runs here may have changed.
+                    state.reconcile(&myself).await;
+                }
+                for key in state.keys.values() {
+                    let hit = match change {
+                        SloChange::Slo(id) => key.id == id,
+                        SloChange::Calendar(id) => key.calendar_id == id,
+                    };
+                    if hit && let Some(tracker) = state.trackers.get(&key.id) {
+                        let _ = tracker.cast(TrackerMsg::Reload);
+                    }
+                }
+            }
+            SloMsg::Tracked(reply) => {
+                let _ = reply.send(state.trackers.keys().copied().collect());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<SloMsg>,
+        event: SupervisionEvent,
+        state: &mut SloSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        let cell = match &event {
+            SupervisionEvent::ActorFailed(cell, _)
+            | SupervisionEvent::ActorTerminated(cell, ..) => cell.clone(),
+            _ => return Ok(()),
+        };
+        if let Some(slo) = state.trackers.forget(cell.get_id()) {
+            if let SupervisionEvent::ActorFailed(_, err) = event {
+                tracing::error!(slo.id = slo, error = %err, "SLO tracker failed; restarting");
+            }
+            state.reconcile(&myself).await;
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<SloMsg>,
+        state: &mut SloSupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        state.forwarder.abort();
+        state.trackers.stop_all();
+        Ok(())
+    }
+}
+
+impl SloSupervisorState {
+    async fn reconcile(&mut self, myself: &ActorRef<SloMsg>) {
+        let keys = if self.owned.is_empty() {
+            Vec::new()
+        } else {
+            let shards: Vec<u16> = self.owned.keys().copied().collect();
+            match self.ctx.store.slos_on_shards(&shards).await {
+                Ok(keys) => keys,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not list SLOs; keeping the current trackers");
+                    return;
+                }
+            }
+        };
+        let wanted = fenced(&self.owned, keys.iter().map(|k| (k.id, k.shard)).collect());
+        self.by_application.clear();
+        for k in &keys {
+            self.by_application
+                .entry((k.customer_id, k.application.clone()))
+                .or_default()
+                .push(k.id);
+        }
+        self.keys = keys.into_iter().map(|k| (k.id, k)).collect();
+        let ctx = self.ctx.clone();
+        let cell = myself.get_cell();
+        self.trackers
+            .reconcile(wanted, TrackerMsg::Refence, |id, fence| {
+                let ctx = ctx.clone();
+                let cell = cell.clone();
+                async move {
+                    let args = TrackerArgs { ctx, id, fence };
+                    match Actor::spawn_linked(None, SloTracker, args, cell).await {
+                        Ok((actor, _)) => Some(actor),
+                        Err(e) => {
+                            tracing::error!(slo.id = id, error = %e, "could not start an SLO tracker");
+                            None
+                        }
+                    }
+                }
+            })
+            .await;
+    }
+}
+
+pub struct SloTracker;
+
+pub struct TrackerArgs {
+    pub ctx: Arc<SloCtx>,
+    pub id: i64,
+    pub fence: Fence,
+}
+
+pub enum TrackerMsg {
+    /// A report arrived for this business date.
+    Reported(NaiveDate),
+    /// Evaluates the dirty and live dates (queued once behind a burst of reports).
+    Flush,
+    /// A timer: re-evaluate the live dates.
+    Wake,
+    /// The SLO's definition or calendar changed (or it was deleted).
+    Reload,
+    Refence(Fence),
+}
+
+/// What was last written for a date: a row is written again only when this changes (or an
+/// alert is still owed), not on every report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Written {
+    status: Status,
+    actual_start: Option<DateTime<Utc>>,
+    actual_end: Option<DateTime<Utc>>,
+    too_fast: usize,
+    wake_at: Option<DateTime<Utc>>,
+    alerts: Vec<Alert>,
+}
+
+impl From<&Performance> for Written {
+    fn from(p: &Performance) -> Self {
+        Self {
+            status: p.status,
+            actual_start: p.actual_start,
+            actual_end: p.actual_end,
+            too_fast: p.too_fast.len(),
+            wake_at: p.wake_at,
+            alerts: p.alerts.clone(),
+        }
+    }
+}
+
+/// A `send_after` timer.
+type Timer = tokio::task::JoinHandle<Result<(), ractor::MessagingErr<TrackerMsg>>>;
+
+pub struct TrackerState {
+    ctx: Arc<SloCtx>,
+    id: i64,
+    fence: Fence,
+    slo: Option<TrackedSlo>,
+    dirty: BTreeSet<NaiveDate>,
+    flush_queued: bool,
+    written: HashMap<NaiveDate, Written>,
+    timer: Option<(DateTime<Utc>, Timer)>,
+    failures: u32,
+}
+
+impl Actor for SloTracker {
+    type Msg = TrackerMsg;
+    type State = TrackerState;
+    type Arguments = TrackerArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<TrackerMsg>,
+        args: TrackerArgs,
+    ) -> Result<TrackerState, ActorProcessingErr> {
+        myself.cast(TrackerMsg::Reload)?;
+        Ok(TrackerState {
+            ctx: args.ctx,
+            id: args.id,
+            fence: args.fence,
+            slo: None,
+            dirty: BTreeSet::new(),
+            flush_queued: false,
+            written: HashMap::new(),
+            timer: None,
+            failures: 0,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<TrackerMsg>,
+        msg: TrackerMsg,
+        state: &mut TrackerState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            TrackerMsg::Reported(date) => {
+                state.dirty.insert(date);
+                if !state.flush_queued {
+                    state.flush_queued = true;
+                    myself.cast(TrackerMsg::Flush)?;
+                }
+            }
+            TrackerMsg::Flush => {
+                state.flush_queued = false;
+                state.evaluate(&myself).await;
+            }
+            TrackerMsg::Wake => {
+                state.timer = None;
+                state.evaluate(&myself).await;
+            }
+            TrackerMsg::Refence(fence) => {
+                state.fence = fence;
+                state.evaluate(&myself).await;
+            }
+            TrackerMsg::Reload => match state.ctx.store.load_slo(state.id).await {
+                Ok(Some(slo)) => {
+                    state.slo = Some(slo);
+                    state.written.clear();
+                    state.evaluate(&myself).await;
+                }
+                Ok(None) => myself.stop(Some("SLO deleted".into())),
+                Err(e) => {
+                    tracing::warn!(slo.id = state.id, error = %e, "could not load the SLO; retrying");
+                    state.failures += 1;
+                    state.retry(&myself, TrackerMsg::Reload);
+                }
+            },
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<TrackerMsg>,
+        state: &mut TrackerState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some((_, timer)) = state.timer.take() {
+            timer.abort();
+        }
+        Ok(())
+    }
+}
+
+impl TrackerState {
+    fn retry(&mut self, myself: &ActorRef<TrackerMsg>, msg: TrackerMsg) {
+        let wait = jittered_backoff(
+            Duration::from_millis(500),
+            self.failures,
+            Duration::from_secs(30),
+        );
+        myself.send_after(wait, move || msg);
+    }
+
+    /// Evaluates the dirty and live dates at the clock's now, writes the rows that changed
+    /// (raising their alerts), and re-arms the timer.
+    async fn evaluate(&mut self, myself: &ActorRef<TrackerMsg>) {
+        let Some(slo) = &self.slo else { return };
+        let now = (self.ctx.config.clock)();
+        let mut dates: BTreeSet<NaiveDate> =
+            tracking::live_dates(&slo.spec, &slo.calendar, now, slo.created_at)
+                .into_iter()
+                .collect();
+        dates.extend(
+            self.dirty
+                .iter()
+                .filter(|d| tracking::tracks(&slo.spec, &slo.calendar, **d, slo.created_at)),
+        );
+        let (Some(&from), Some(&to)) = (dates.first(), dates.last()) else {
+            self.dirty.clear();
+            self.arm(myself, &[], now);
+            return;
+        };
+        let reports = match self.ctx.store.reports(slo, from, to).await {
+            Ok(r) => r,
+            Err(e) => return self.failed(myself, e),
+        };
+        let mut by_date: HashMap<NaiveDate, Vec<Report>> = HashMap::new();
+        for (date, report) in reports {
+            by_date.entry(date).or_default().push(report);
+        }
+        let rows: Vec<Performance> = dates
+            .iter()
+            .map(|d| {
+                let reports = by_date.get(d).map(Vec::as_slice).unwrap_or(&[]);
+                performance::evaluate(&slo.spec, &slo.calendar, *d, reports, now)
+            })
+            .collect();
+        let changed: Vec<Performance> = rows
+            .iter()
+            .filter(|r| self.written.get(&r.business_date) != Some(&Written::from(*r)))
+            .cloned()
+            .collect();
+        if !changed.is_empty() {
+            let node = &self.ctx.config.node_id;
+            match self
+                .ctx
+                .store
+                .record(slo, &changed, self.fence, now, node)
+                .await
+            {
+                Ok(raised) => {
+                    for a in &raised {
+                        tracing::info!(
+                            slo.id = slo.id,
+                            slo.name = %slo.name,
+                            business_date = %a.business_date,
+                            alert = a.alert.as_str(),
+                            "SLO alert raised"
+                        );
+                    }
+                    for r in &changed {
+                        self.written.insert(r.business_date, Written::from(r));
+                    }
+                }
+                Err(e) => return self.failed(myself, e),
+            }
+        }
+        self.failures = 0;
+        self.dirty.clear();
+        self.written.retain(|d, _| dates.contains(d));
+        self.arm(myself, &rows, now);
+    }
+
+    fn failed(&mut self, myself: &ActorRef<TrackerMsg>, e: StoreError) {
+        match e {
+            // The supervisor stops or re-fences this tracker at its next reconciliation.
+            StoreError::Fenced { .. } => {
+                tracing::info!(slo.id = self.id, error = %e, "SLO tracker fenced off; waiting")
+            }
+            e => {
+                tracing::warn!(slo.id = self.id, error = %e, "SLO evaluation failed; retrying");
+                self.failures += 1;
+                self.retry(myself, TrackerMsg::Wake);
+            }
+        }
+    }
+
+    /// One timer at the next instant a row may change (or the next local midnight).
+    fn arm(&mut self, myself: &ActorRef<TrackerMsg>, rows: &[Performance], now: DateTime<Utc>) {
+        let Some(slo) = &self.slo else { return };
+        let at = tracking::next_wake(&slo.calendar, rows, now);
+        if self.timer.as_ref().is_some_and(|(t, _)| *t == at) {
+            return;
+        }
+        if let Some((_, old)) = self.timer.take() {
+            old.abort();
+        }
+        let wait = (at - now).to_std().unwrap_or_default() + Duration::from_millis(1);
+        self.timer = Some((at, myself.send_after(wait, || TrackerMsg::Wake)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn change_payloads_parse() {
+        assert_eq!(SloChange::parse("slo:7"), Some(SloChange::Slo(7)));
+        assert_eq!(SloChange::parse("calendar:3"), Some(SloChange::Calendar(3)));
+        assert_eq!(SloChange::parse("slo:x"), None);
+        assert_eq!(SloChange::parse("service:1"), None);
+    }
+}

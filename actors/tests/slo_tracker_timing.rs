@@ -1,0 +1,213 @@
+//! The SLO tracker's timers on paused tokio time: alerts fire at the exact instants the core
+//! names (expected start plus grace, expected end, deadline), a new business date opens at
+//! local midnight, and nothing polls in between.
+//!
+//! The database port is an in-memory double here *only* so that time can be paused; the
+//! PostgreSQL adapter (`PgSloStore`) and the NOTIFY path are exercised end to end in the
+//! `tranche` crate's `slo_tracking` test.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use ractor::Actor;
+use tokio::sync::watch;
+use tranche_actors::EngineConfig;
+use tranche_actors::config::tokio_clock;
+use tranche_actors::ports::{
+    Fence, OwnedShards, RaisedAlert, SloKey, SloStore, StoreError, TrackedSlo,
+};
+use tranche_actors::slo_tracker::{SloArgs, SloCtx, SloMsg, SloSupervisor};
+use tranche_core::slo::calendar::{Calendar, CalendarKind, Offset};
+use tranche_core::slo::performance::{
+    Alert, JobExpectation, Performance, Report, ReportKind, SloSpec, Status,
+};
+
+#[derive(Default)]
+struct Memory {
+    reports: Vec<(NaiveDate, Report)>,
+    rows: BTreeMap<NaiveDate, Performance>,
+    markers: HashSet<(NaiveDate, Alert)>,
+    /// (evaluation instant, alert raised then)
+    raised: Vec<(DateTime<Utc>, NaiveDate, Alert)>,
+    records: usize,
+}
+
+struct MemoryStore {
+    slo: TrackedSlo,
+    memory: Arc<Mutex<Memory>>,
+}
+
+#[async_trait::async_trait]
+impl SloStore for MemoryStore {
+    async fn slos_on_shards(&self, shards: &[u16]) -> Result<Vec<SloKey>, StoreError> {
+        Ok(shards
+            .contains(&1)
+            .then(|| SloKey {
+                id: self.slo.id,
+                customer_id: self.slo.customer_id,
+                application: self.slo.application.clone(),
+                calendar_id: 1,
+                shard: 1,
+            })
+            .into_iter()
+            .collect())
+    }
+    async fn load_slo(&self, _: i64) -> Result<Option<TrackedSlo>, StoreError> {
+        Ok(Some(self.slo.clone()))
+    }
+    async fn reports(
+        &self,
+        _: &TrackedSlo,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<(NaiveDate, Report)>, StoreError> {
+        let m = self.memory.lock().unwrap();
+        Ok(m.reports
+            .iter()
+            .filter(|(d, _)| *d >= from && *d <= to)
+            .cloned()
+            .collect())
+    }
+    async fn record(
+        &self,
+        _: &TrackedSlo,
+        rows: &[Performance],
+        _: Fence,
+        now: DateTime<Utc>,
+        _: &str,
+    ) -> Result<Vec<RaisedAlert>, StoreError> {
+        let mut m = self.memory.lock().unwrap();
+        m.records += 1;
+        let mut raised = Vec::new();
+        for r in rows {
+            m.rows.insert(r.business_date, r.clone());
+            for a in &r.alerts {
+                if m.markers.insert((r.business_date, *a)) {
+                    m.raised.push((now, r.business_date, *a));
+                    raised.push(RaisedAlert {
+                        business_date: r.business_date,
+                        alert: *a,
+                    });
+                }
+            }
+        }
+        Ok(raised)
+    }
+}
+
+fn t(s: &str) -> DateTime<Utc> {
+    s.parse().unwrap()
+}
+
+fn d(s: &str) -> NaiveDate {
+    s.parse().unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn alerts_fire_at_their_instants_and_a_new_date_opens_at_midnight() {
+    // The overdraft run: 23:00 → 03:00 the next day, 30 min start grace, an hour's tolerance.
+    let slo = TrackedSlo {
+        id: 7,
+        customer_id: 1,
+        name: "overdraft".into(),
+        application: "foxfire".into(),
+        spec: SloSpec {
+            jobs: vec![JobExpectation {
+                job: "overdraft".into(),
+                expected_start: Offset::parse("23:00").unwrap(),
+                expected_end: Offset::parse("27:00").unwrap(),
+                min_duration: None,
+            }],
+            start_grace: chrono::Duration::minutes(30),
+            tolerance: chrono::Duration::hours(1),
+        },
+        calendar: Calendar::new(CalendarKind::EveryDay, "UTC", []).unwrap(),
+        // Created after the 2nd's deadline (04:00 on the 3rd): that date is not tracked.
+        created_at: t("2026-12-03T12:00:00Z"),
+    };
+    let memory = Arc::new(Mutex::new(Memory::default()));
+    let mut config = EngineConfig::new("paused");
+    config.clock = tokio_clock(t("2026-12-03T22:00:00Z"));
+    config.reconcile_interval = Duration::from_secs(3600);
+    let (shards_tx, shards) = watch::channel(OwnedShards::new());
+    let (supervisor, _) = Actor::spawn(
+        None,
+        SloSupervisor,
+        SloArgs {
+            ctx: Arc::new(SloCtx {
+                config,
+                store: Arc::new(MemoryStore {
+                    slo,
+                    memory: memory.clone(),
+                }),
+            }),
+            shards,
+        },
+    )
+    .await
+    .unwrap();
+    shards_tx.send_replace([(1, 1)].into());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let tracked = ractor::call!(supervisor, SloMsg::Tracked).unwrap();
+    assert_eq!(tracked, vec![7]);
+
+    // 23:10: the run starts (a report).
+    tokio::time::sleep(Duration::from_secs(70 * 60 - 1)).await;
+    memory.lock().unwrap().reports.push((
+        d("2026-12-03"),
+        Report {
+            job: "overdraft".into(),
+            run_id: "r1".into(),
+            kind: ReportKind::Start,
+            at: t("2026-12-03T23:10:00Z"),
+        },
+    ));
+    supervisor
+        .cast(SloMsg::Reported {
+            customer_id: 1,
+            application: "foxfire".into(),
+            date: d("2026-12-03"),
+        })
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        memory.lock().unwrap().rows[&d("2026-12-03")].status,
+        Status::InProgress
+    );
+
+    // Run the night through to 05:00.
+    tokio::time::sleep(Duration::from_secs(5 * 3600 + 49 * 60)).await;
+    let m = memory.lock().unwrap();
+    let raised: Vec<(DateTime<Utc>, NaiveDate, Alert)> = m
+        .raised
+        .iter()
+        .map(|(at, date, a)| {
+            // Timers are armed a millisecond past their instant.
+            (
+                at.with_timezone(&Utc)
+                    - chrono::Duration::milliseconds(at.timestamp_subsec_millis() as i64),
+                *date,
+                *a,
+            )
+        })
+        .collect();
+    assert_eq!(
+        raised,
+        vec![
+            (t("2026-12-04T03:00:00Z"), d("2026-12-03"), Alert::Late),
+            (t("2026-12-04T04:00:00Z"), d("2026-12-03"), Alert::Breached),
+        ],
+        "started in time, so no not_started; late at the expected end; breached at the deadline"
+    );
+    assert_eq!(m.rows[&d("2026-12-03")].status, Status::Missed);
+    // The 4th opened at midnight: pending, waiting for 23:30.
+    let next = &m.rows[&d("2026-12-04")];
+    assert_eq!(next.status, Status::Pending);
+    assert_eq!(next.wake_at, Some(t("2026-12-04T23:30:00Z")));
+    // Timer-driven, not polled: the first evaluation, the report, midnight, 03:00 and 04:00.
+    assert!(m.records <= 6, "{} writes over seven hours", m.records);
+    drop(m);
+    supervisor.stop(None);
+}
