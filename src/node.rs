@@ -222,17 +222,37 @@ pub async fn start_with(
     })
 }
 
-/// Job reports wake the SLO trackers (payload `customer_id:business_date:application`).
+/// Job reports wake the SLO trackers (payload: the report as JSON).
 pub const JOB_STATUS_CHANNEL: &str = "tranche_job_status";
 /// SLO and calendar changes reload their trackers (payload `slo:<id>` or `calendar:<id>`).
 pub const SLOS_CHANNEL: &str = "tranche_slos";
 
-/// A `tranche_job_status` payload.
-fn job_report(payload: &str) -> Option<(i64, chrono::NaiveDate, String)> {
-    let mut parts = payload.splitn(3, ':');
-    let customer = parts.next()?.parse().ok()?;
-    let date = parts.next()?.parse().ok()?;
-    Some((customer, date, parts.next()?.to_owned()))
+/// A `tranche_job_status` payload (`None`: not one; logged).
+fn job_report(payload: &str) -> Option<tranche_actors::slo_tracker::JobReported> {
+    #[derive(serde::Deserialize)]
+    struct Payload {
+        customer_id: i64,
+        business_date: chrono::NaiveDate,
+        application: String,
+        job: String,
+        run_id: String,
+        status: String,
+        status_time: chrono::DateTime<chrono::Utc>,
+    }
+    let p: Payload = serde_json::from_str(payload)
+        .inspect_err(|e| tracing::warn!(error = %e, "unreadable job-status notification"))
+        .ok()?;
+    Some(tranche_actors::slo_tracker::JobReported {
+        customer_id: p.customer_id,
+        date: p.business_date,
+        application: p.application,
+        report: tranche_core::slo::performance::Report {
+            job: p.job,
+            run_id: p.run_id,
+            kind: tranche_core::slo::performance::ReportKind::parse(&p.status)?,
+            at: p.status_time,
+        },
+    })
 }
 
 /// Forwards configuration notifications, and other nodes' vantage summaries, to the engine.
@@ -272,8 +292,8 @@ async fn listen_for_config(pool: PgPool, engine: Arc<Engine>, node_id: String) {
                                 }
                             }
                             Ok(n) if n.channel() == JOB_STATUS_CHANNEL => {
-                                if let Some((customer, date, app)) = job_report(n.payload()) {
-                                    engine.job_reported(customer, app, date).await;
+                                if let Some(report) = job_report(n.payload()) {
+                                    engine.job_reported(report).await;
                                 }
                             }
                             Ok(n) if n.channel() == SLOS_CHANNEL => {

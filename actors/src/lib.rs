@@ -144,19 +144,10 @@ impl Engine {
         ractor::call!(self.root, RootMsg::Slos).ok().flatten()
     }
 
-    /// A job of `application` reported for `date`: wakes the trackers of its SLOs here.
-    pub async fn job_reported(
-        &self,
-        customer_id: i64,
-        application: String,
-        date: chrono::NaiveDate,
-    ) {
+    /// A job reported: wakes the trackers of the SLOs here that depend on it.
+    pub async fn job_reported(&self, report: slo_tracker::JobReported) {
         if let Some(slos) = self.slos().await {
-            let _ = slos.cast(slo_tracker::SloMsg::Reported {
-                customer_id,
-                application,
-                date,
-            });
+            let _ = slos.cast(slo_tracker::SloMsg::Reported(report));
         }
     }
 

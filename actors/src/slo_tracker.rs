@@ -3,8 +3,8 @@
 //! A tracker keeps its SLO's `slo_performance` rows current and raises its alerts
 //! (`not_started`, `late`, `breached`) once per business date:
 //!
-//! * **reports** wake it: a job report's NOTIFY (`customer:date:application`) reaches the
-//!   supervisor, which hands the date to the trackers of that application's SLOs;
+//! * **reports** wake it: a job report's NOTIFY (`customer:date:application:job`) reaches the
+//!   supervisor, which hands the date to the trackers of the SLOs that depend on that job;
 //! * **timers** wake it at the earliest instant a row can change without a report (an expected
 //!   start plus its grace, an expected end, a deadline) or at the next local midnight — one
 //!   `send_after`, re-armed after every evaluation, never a poll;
@@ -13,8 +13,11 @@
 //!   notification or timer missed while the node was down is made up at the next one (and at
 //!   start).
 //!
-//! Reports arriving in a burst are coalesced: a `Reported` message marks dates dirty and queues
-//! one `Flush` behind the messages already waiting, so a burst of reports costs one evaluation.
+//! A notification carries the whole report, and a tracker keeps its live dates' reports in
+//! memory (read once; read again at each timer, which repairs a missed notification), so a
+//! report costs no read. Reports arriving in a burst are coalesced: a `Reported` message queues
+//! one `Flush` behind the messages already waiting, so a burst of reports costs one evaluation
+//! — and a write only if a row changed.
 //! The rules are the core's; rows and alert markers are written through [`SloStore::record`],
 //! fenced by the shard's epoch, so a node that lost the shard writes nothing and an alert is
 //! raised at most once per SLO and date on any node, across restarts.
@@ -69,16 +72,24 @@ pub struct SloArgs {
     pub shards: watch::Receiver<OwnedShards>,
 }
 
+/// A job report, as its notification carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobReported {
+    pub customer_id: i64,
+    pub date: NaiveDate,
+    pub application: String,
+    /// The report itself (its job names whom it wakes).
+    pub report: Report,
+}
+
 pub enum SloMsg {
     Shards(OwnedShards),
     Reconcile,
-    /// A job of `application` reported for `date`.
-    Reported {
-        customer_id: i64,
-        application: String,
-        date: NaiveDate,
-    },
+    /// A job reported for a business date.
+    Reported(JobReported),
     Changed(SloChange),
+    /// Applies the changes gathered since the last time.
+    ApplyChanges,
     /// SLOs with a tracker here.
     Tracked(RpcReplyPort<Vec<i64>>),
 }
@@ -88,8 +99,10 @@ pub struct SloSupervisorState {
     owned: OwnedShards,
     trackers: Children<i64, TrackerMsg>,
     keys: HashMap<i64, SloKey>,
-    /// The SLOs of each (customer, application): whom a report wakes.
-    by_application: HashMap<(i64, String), Vec<i64>>,
+    /// The SLOs depending on each (customer, application, job): whom a report wakes.
+    by_job: HashMap<(i64, String, String), Vec<i64>>,
+    /// Changes not applied yet (an `ApplyChanges` is queued while this is not empty).
+    changes: Vec<SloChange>,
     forwarder: tokio::task::JoinHandle<()>,
 }
 
@@ -110,7 +123,8 @@ impl Actor for SloSupervisor {
             owned: OwnedShards::new(),
             trackers: Children::default(),
             keys: HashMap::new(),
-            by_application: HashMap::new(),
+            by_job: HashMap::new(),
+            changes: Vec::new(),
             forwarder,
         })
     }
@@ -129,28 +143,34 @@ impl Actor for SloSupervisor {
                 }
             }
             SloMsg::Reconcile => state.reconcile(&myself).await,
-            SloMsg::Reported {
-                customer_id,
-                application,
-                date,
-            } => {
-                let slos = state.by_application.get(&(customer_id, application));
+            SloMsg::Reported(r) => {
+                let key = (r.customer_id, r.application, r.report.job.clone());
+                let slos = state.by_job.get(&key);
                 for id in slos.into_iter().flatten() {
                     if let Some(tracker) = state.trackers.get(id) {
-                        let _ = tracker.cast(TrackerMsg::Reported(date));
+                        let _ = tracker.cast(TrackerMsg::Reported(r.date, r.report.clone()));
                     }
                 }
             }
             SloMsg::Changed(change) => {
-                if let SloChange::Slo(_) = change {
+                // A burst of changes (SLOs created in bulk) is applied once, behind the
+                // messages already queued.
+                state.changes.push(change);
+                if state.changes.len() == 1 {
+                    myself.cast(SloMsg::ApplyChanges)?;
+                }
+            }
+            SloMsg::ApplyChanges => {
+                let changes = std::mem::take(&mut state.changes);
+                if changes.iter().any(|c| matches!(c, SloChange::Slo(_))) {
                     // New, moved or deleted SLOs: who runs here may have changed.
                     state.reconcile(&myself).await;
                 }
                 for key in state.keys.values() {
-                    let hit = match change {
-                        SloChange::Slo(id) => key.id == id,
-                        SloChange::Calendar(id) => key.calendar_id == id,
-                    };
+                    let hit = changes.iter().any(|c| match c {
+                        SloChange::Slo(id) => key.id == *id,
+                        SloChange::Calendar(id) => key.calendar_id == *id,
+                    });
                     if hit && let Some(tracker) = state.trackers.get(&key.id) {
                         let _ = tracker.cast(TrackerMsg::Reload);
                     }
@@ -209,12 +229,14 @@ impl SloSupervisorState {
             }
         };
         let wanted = fenced(&self.owned, keys.iter().map(|k| (k.id, k.shard)).collect());
-        self.by_application.clear();
+        self.by_job.clear();
         for k in &keys {
-            self.by_application
-                .entry((k.customer_id, k.application.clone()))
-                .or_default()
-                .push(k.id);
+            for job in &k.jobs {
+                self.by_job
+                    .entry((k.customer_id, k.application.clone(), job.clone()))
+                    .or_default()
+                    .push(k.id);
+            }
         }
         self.keys = keys.into_iter().map(|k| (k.id, k)).collect();
         let ctx = self.ctx.clone();
@@ -248,7 +270,7 @@ pub struct TrackerArgs {
 
 pub enum TrackerMsg {
     /// A report arrived for this business date.
-    Reported(NaiveDate),
+    Reported(NaiveDate, Report),
     /// Evaluates the dirty and live dates (queued once behind a burst of reports).
     Flush,
     /// A timer: re-evaluate the live dates.
@@ -291,7 +313,10 @@ pub struct TrackerState {
     id: i64,
     fence: Fence,
     slo: Option<TrackedSlo>,
-    dirty: BTreeSet<NaiveDate>,
+    /// Reports notified since the last evaluation.
+    pending: Vec<(NaiveDate, Report)>,
+    /// The reports of the dates being tracked (read once, then kept up to date).
+    reports: HashMap<NaiveDate, Vec<Report>>,
     flush_queued: bool,
     written: HashMap<NaiveDate, Written>,
     timer: Option<(DateTime<Utc>, Timer)>,
@@ -314,7 +339,8 @@ impl Actor for SloTracker {
             id: args.id,
             fence: args.fence,
             slo: None,
-            dirty: BTreeSet::new(),
+            pending: Vec::new(),
+            reports: HashMap::new(),
             flush_queued: false,
             written: HashMap::new(),
             timer: None,
@@ -329,8 +355,8 @@ impl Actor for SloTracker {
         state: &mut TrackerState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            TrackerMsg::Reported(date) => {
-                state.dirty.insert(date);
+            TrackerMsg::Reported(date, report) => {
+                state.pending.push((date, report));
                 if !state.flush_queued {
                     state.flush_queued = true;
                     myself.cast(TrackerMsg::Flush)?;
@@ -338,21 +364,21 @@ impl Actor for SloTracker {
             }
             TrackerMsg::Flush => {
                 state.flush_queued = false;
-                state.evaluate(&myself).await;
+                state.evaluate(&myself, false).await;
             }
             TrackerMsg::Wake => {
                 state.timer = None;
-                state.evaluate(&myself).await;
+                state.evaluate(&myself, true).await;
             }
             TrackerMsg::Refence(fence) => {
                 state.fence = fence;
-                state.evaluate(&myself).await;
+                state.evaluate(&myself, true).await;
             }
             TrackerMsg::Reload => match state.ctx.store.load_slo(state.id).await {
                 Ok(Some(slo)) => {
                     state.slo = Some(slo);
                     state.written.clear();
-                    state.evaluate(&myself).await;
+                    state.evaluate(&myself, true).await;
                 }
                 Ok(None) => myself.stop(Some("SLO deleted".into())),
                 Err(e) => {
@@ -387,9 +413,14 @@ impl TrackerState {
         myself.send_after(wait, move || msg);
     }
 
-    /// Evaluates the dirty and live dates at the clock's now, writes the rows that changed
-    /// (raising their alerts), and re-arms the timer.
-    async fn evaluate(&mut self, myself: &ActorRef<TrackerMsg>) {
+    /// Evaluates the live dates and those just reported, at the clock's now; writes the rows
+    /// that changed (raising their alerts) and re-arms the timer.
+    ///
+    /// Reports are kept in memory per date: a date's reports are read from the store once
+    /// (and again whenever `fresh`: at a timer, a reload or a re-fence, which repairs a missed
+    /// notification), and each notified report is added to them — so a report costs the
+    /// database nothing here unless its row changes.
+    async fn evaluate(&mut self, myself: &ActorRef<TrackerMsg>, fresh: bool) {
         let Some(slo) = &self.slo else { return };
         let now = (self.ctx.config.clock)();
         let mut dates: BTreeSet<NaiveDate> =
@@ -397,27 +428,45 @@ impl TrackerState {
                 .into_iter()
                 .collect();
         dates.extend(
-            self.dirty
+            self.pending
                 .iter()
-                .filter(|d| tracking::tracks(&slo.spec, &slo.calendar, **d, slo.created_at)),
+                .map(|(d, _)| *d)
+                .filter(|d| tracking::tracks(&slo.spec, &slo.calendar, *d, slo.created_at)),
         );
-        let (Some(&from), Some(&to)) = (dates.first(), dates.last()) else {
-            self.dirty.clear();
-            self.arm(myself, &[], now);
-            return;
-        };
-        let reports = match self.ctx.store.reports(slo, from, to).await {
-            Ok(r) => r,
-            Err(e) => return self.failed(myself, e),
-        };
-        let mut by_date: HashMap<NaiveDate, Vec<Report>> = HashMap::new();
-        for (date, report) in reports {
-            by_date.entry(date).or_default().push(report);
+        self.reports.retain(|d, _| dates.contains(d));
+        let unread: Vec<NaiveDate> = dates
+            .iter()
+            .copied()
+            .filter(|d| fresh || !self.reports.contains_key(d))
+            .collect();
+        if let (Some(&from), Some(&to)) = (unread.first(), unread.last()) {
+            match self.ctx.store.reports(slo, from, to).await {
+                Ok(read) => {
+                    for d in &unread {
+                        self.reports.insert(*d, Vec::new());
+                    }
+                    for (date, report) in read {
+                        if let Some(list) = self.reports.get_mut(&date) {
+                            list.push(report);
+                        }
+                    }
+                }
+                Err(e) => return self.failed(myself, e),
+            }
+        }
+        for (date, report) in self.pending.drain(..) {
+            if let Some(list) = self.reports.get_mut(&date)
+                && !list.iter().any(|r| {
+                    r.job == report.job && r.run_id == report.run_id && r.kind == report.kind
+                })
+            {
+                list.push(report);
+            }
         }
         let rows: Vec<Performance> = dates
             .iter()
             .map(|d| {
-                let reports = by_date.get(d).map(Vec::as_slice).unwrap_or(&[]);
+                let reports = self.reports.get(d).map(Vec::as_slice).unwrap_or(&[]);
                 performance::evaluate(&slo.spec, &slo.calendar, *d, reports, now)
             })
             .collect();
@@ -452,7 +501,6 @@ impl TrackerState {
             }
         }
         self.failures = 0;
-        self.dirty.clear();
         self.written.retain(|d, _| dates.contains(d));
         self.arm(myself, &rows, now);
     }
@@ -481,7 +529,11 @@ impl TrackerState {
         if let Some((_, old)) = self.timer.take() {
             old.abort();
         }
-        let wait = (at - now).to_std().unwrap_or_default() + Duration::from_millis(1);
+        // From the clock now, not from the evaluation's start: the writes took time.
+        let wait = (at - (self.ctx.config.clock)())
+            .to_std()
+            .unwrap_or_default()
+            + Duration::from_millis(1);
         self.timer = Some((at, myself.send_after(wait, || TrackerMsg::Wake)));
     }
 }

@@ -18,7 +18,7 @@ use tranche_actors::config::tokio_clock;
 use tranche_actors::ports::{
     Fence, OwnedShards, RaisedAlert, SloKey, SloStore, StoreError, TrackedSlo,
 };
-use tranche_actors::slo_tracker::{SloArgs, SloCtx, SloMsg, SloSupervisor};
+use tranche_actors::slo_tracker::{JobReported, SloArgs, SloCtx, SloMsg, SloSupervisor};
 use tranche_core::slo::calendar::{Calendar, CalendarKind, Offset};
 use tranche_core::slo::performance::{
     Alert, JobExpectation, Performance, Report, ReportKind, SloSpec, Status,
@@ -48,6 +48,7 @@ impl SloStore for MemoryStore {
                 id: self.slo.id,
                 customer_id: self.slo.customer_id,
                 application: self.slo.application.clone(),
+                jobs: vec!["overdraft".into()],
                 calendar_id: 1,
                 shard: 1,
             })
@@ -155,21 +156,24 @@ async fn alerts_fire_at_their_instants_and_a_new_date_opens_at_midnight() {
 
     // 23:10: the run starts (a report).
     tokio::time::sleep(Duration::from_secs(70 * 60 - 1)).await;
-    memory.lock().unwrap().reports.push((
-        d("2026-12-03"),
-        Report {
-            job: "overdraft".into(),
-            run_id: "r1".into(),
-            kind: ReportKind::Start,
-            at: t("2026-12-03T23:10:00Z"),
-        },
-    ));
+    let report = Report {
+        job: "overdraft".into(),
+        run_id: "r1".into(),
+        kind: ReportKind::Start,
+        at: t("2026-12-03T23:10:00Z"),
+    };
+    memory
+        .lock()
+        .unwrap()
+        .reports
+        .push((d("2026-12-03"), report.clone()));
     supervisor
-        .cast(SloMsg::Reported {
+        .cast(SloMsg::Reported(JobReported {
             customer_id: 1,
-            application: "foxfire".into(),
             date: d("2026-12-03"),
-        })
+            application: "foxfire".into(),
+            report,
+        }))
         .unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(

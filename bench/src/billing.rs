@@ -108,14 +108,7 @@ pub async fn billing(
     sqlx::query("analyze").execute(pool).await?;
     let total = scalar(pool, "select count(*) from usage_snapshots").await?;
     println!("seeded in {:.1?}", seeded.elapsed());
-    if env.statements {
-        sqlx::query("create extension if not exists pg_stat_statements")
-            .execute(pool)
-            .await?;
-        sqlx::query("select pg_stat_statements_reset()")
-            .execute(pool)
-            .await?;
-    }
+    env.reset_statements().await?;
 
     let settings = BillingSettings {
         tick: Duration::from_secs(24 * 3600),
@@ -196,18 +189,7 @@ pub async fn billing(
     for (table, scans, rows) in scans {
         println!("  seq scans: {table} {scans} scans, {rows} rows read");
     }
-    if env.statements {
-        // Where PostgreSQL spent the run, nested statements (triggers, FK checks) included.
-        let top: Vec<(String, i64, f64)> = sqlx::query_as(
-            "select left(regexp_replace(query, '\\s+', ' ', 'g'), 110), calls, total_exec_time
-               from pg_stat_statements order by total_exec_time desc limit 15",
-        )
-        .fetch_all(pool)
-        .await?;
-        for (q, calls, ms) in top {
-            println!("  {ms:>9.0} ms {calls:>8} {q}");
-        }
-    }
+    env.print_statements().await?;
     node.shutdown().await;
     if unbilled != 0 || lines != total {
         anyhow::bail!(

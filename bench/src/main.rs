@@ -20,7 +20,9 @@
 //! * `webhooks`  — webhook fan-out of a mass storm to a local receiver, with probing and DNS
 //!   latencies measured in the same run ([`webhooks`]);
 //! * `metering`  — usage-event ingestion by a `tranche serve` process under a ramp, spike or
-//!   soak, batched or single, with loss accounting and optionally a SIGKILL ([`metering`]).
+//!   soak, batched or single, with loss accounting and optionally a SIGKILL ([`metering`]);
+//! * `slos`      — live SLO tracking: N SLOs × M jobs over a compressed day of job reports —
+//!   trackers ready, reports/s accepted, expected end → `slo.late` ([`slos`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,6 +47,7 @@ use tranche::prober::NetworkProber;
 mod billing;
 mod failover;
 mod metering;
+mod slos;
 mod vantages;
 mod webhooks;
 
@@ -225,6 +228,29 @@ pub enum BenchCommand {
         #[arg(long)]
         durable: bool,
     },
+    /// Live SLO tracking: a `tranche serve` process tracking N SLOs of M jobs while this
+    /// process reports a compressed day of runs; reports/s and expected end → `slo.late`.
+    Slos {
+        #[arg(long, default_value_t = 10_000)]
+        slos: usize,
+        #[arg(long, default_value_t = 5)]
+        jobs: usize,
+        /// Percentage of SLOs whose last job never finishes (they go late).
+        #[arg(long, default_value_t = 10)]
+        late_percent: usize,
+        /// Concurrent schedulers reporting.
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        /// Seconds from now to the first expected end, at least (the reports must fit).
+        #[arg(long, default_value_t = 120)]
+        lead: u64,
+        /// Minutes the expected ends are spread over.
+        #[arg(long, default_value_t = 3)]
+        spread: i64,
+        /// Also print where PostgreSQL spent the run (pg_stat_statements).
+        #[arg(long)]
+        statements: bool,
+    },
     /// Time for a surviving node to take over a killed node's domains.
     Takeover {
         #[arg(long, default_value_t = 1_000)]
@@ -241,6 +267,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             pg_settings,
             ..
         } => (*statements, pg_settings.clone()),
+        BenchCommand::Slos { statements, .. } => (*statements, Vec::new()),
         BenchCommand::Metering { durable: true, .. } => (
             false,
             vec![
@@ -283,6 +310,28 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             rate,
             burst,
         } => failover::failover(&env, domains, zones, rate, burst).await,
+        BenchCommand::Slos {
+            slos: n,
+            jobs,
+            late_percent,
+            connections,
+            lead,
+            spread,
+            ..
+        } => {
+            slos::slos(
+                &env,
+                slos::Options {
+                    slos: n,
+                    jobs,
+                    late_percent,
+                    connections,
+                    lead,
+                    spread,
+                },
+            )
+            .await
+        }
         BenchCommand::Nodes {
             domains,
             interval,
@@ -350,6 +399,36 @@ struct Env {
 }
 
 impl Env {
+    /// With `--statements`: loads pg_stat_statements and forgets what was counted so far.
+    async fn reset_statements(&self) -> anyhow::Result<()> {
+        if self.statements {
+            sqlx::query("create extension if not exists pg_stat_statements")
+                .execute(&self.pool)
+                .await?;
+            sqlx::query("select pg_stat_statements_reset()")
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// With `--statements`: where PostgreSQL spent the run, nested statements (triggers, FK
+    /// checks) included.
+    async fn print_statements(&self) -> anyhow::Result<()> {
+        if self.statements {
+            let top: Vec<(String, i64, f64)> = sqlx::query_as(
+                "select left(regexp_replace(query, '\\s+', ' ', 'g'), 110), calls, total_exec_time
+                   from pg_stat_statements order by total_exec_time desc limit 15",
+            )
+            .fetch_all(&self.pool)
+            .await?;
+            for (q, calls, ms) in top {
+                println!("  {ms:>9.0} ms {calls:>8} {q}");
+            }
+        }
+        Ok(())
+    }
+
     async fn start(statements: bool, settings: Vec<String>) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("tranche-bench-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);

@@ -28,7 +28,7 @@ use serde_json::json;
 use super::Env;
 use super::failover::NodeProcess;
 
-const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdef";
+pub(super) const ADMIN_TOKEN: &str = "bench-admin-token-0123456789abcdef";
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum Profile {
@@ -79,11 +79,11 @@ pub struct Options {
     pub kill_at: Option<u64>,
 }
 
-fn cpu_seconds(pid: u32) -> f64 {
+pub(super) fn cpu_seconds(pid: u32) -> f64 {
     super::proc_stat(&format!("/proc/{pid}/stat")).map_or(0.0, |(_, c)| c)
 }
 
-async fn start_node(env: &Env, id: &str) -> anyhow::Result<NodeProcess> {
+pub(super) async fn start_node(env: &Env, id: &str) -> anyhow::Result<NodeProcess> {
     let node = NodeProcess::start_with(
         env,
         id,
@@ -113,7 +113,7 @@ async fn start_node(env: &Env, id: &str) -> anyhow::Result<NodeProcess> {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(super) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }

@@ -405,19 +405,87 @@ pub async fn apply_run(
         summary.snapshots_billed = ids.len() as u32;
     }
 
-    let finalized = sqlx::query(
-        "update invoices set status = 'finalized', finalized_at = now()
-          where customer_id = $1 and status = 'draft' and period_end <= $2",
+    // Finalizing reports itself into SLO tracking, as the customer's application `tranche`
+    // (dogfooding): a run per invoice, started when its period closed, succeeded now.
+    let finalized: i64 = sqlx::query_scalar(
+        "with fin as (
+             update invoices set status = 'finalized', finalized_at = now()
+              where customer_id = $1 and status = 'draft' and period_end <= $2
+             returning id, period_start, period_end, finalized_at
+         ), reported as (
+             insert into job_status (customer_id, application, job, business_date, run_id,
+                                     status, status_time, host)
+             select $1, 'tranche', 'invoice-finalisation',
+                    (f.period_start at time zone 'UTC')::date, f.id::text, s.status,
+                    case s.status when 'start' then f.period_end else f.finalized_at end, $3
+               from fin f cross join (values ('start'), ('succeed')) as s(status)
+             on conflict do nothing
+         )
+         select count(*) from fin",
     )
     .bind(customer_id)
     .bind(settings.finalize_until(now))
-    .execute(&mut **tx)
+    .bind(node_id)
+    .fetch_one(&mut **tx)
     .await
-    .map_err(port_error)?
-    .rows_affected();
+    .map_err(port_error)?;
     summary.invoices_finalized = finalized as u32;
+    if finalized > 0 {
+        dogfood_slo(tx, customer_id, settings).await?;
+    }
 
     Ok(summary)
+}
+
+/// The first time a customer's invoice is finalized, its application `tranche` is created with
+/// an every-day UTC calendar and the SLO `tranche-invoice-finalisation` (see
+/// [`BillingSettings::finalisation_slo`]), so the customer is told (`slo.late`) if Tranche's
+/// billing falls behind (the start grace runs to the expected end: the start is reported with
+/// the success). Deleting the application makes the next finalization create it again.
+async fn dogfood_slo(
+    tx: &mut Transaction<'_, Postgres>,
+    customer_id: i64,
+    settings: &BillingSettings,
+) -> Result<(), StoreError> {
+    let Some((start, end)) = settings.finalisation_slo() else {
+        return Ok(());
+    };
+    let application: Option<i64> = sqlx::query_scalar(
+        "insert into applications (customer_id, name, description)
+         values ($1, 'tranche', 'Tranche''s own jobs for this account: invoice finalisation')
+         on conflict (customer_id, name) do nothing returning id",
+    )
+    .bind(customer_id)
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(port_error)?;
+    let Some(application) = application else {
+        return Ok(());
+    };
+    sqlx::query(
+        "with cal as (
+             insert into calendars (customer_id, name, kind, time_zone)
+             values ($1, 'tranche-utc-daily', 'every_day', 'UTC')
+             on conflict (customer_id, name) do update set name = excluded.name
+             returning id
+         ), slo as (
+             insert into slos (customer_id, application_id, calendar_id, name,
+                               start_grace_minutes, tolerance_minutes)
+             select $1, $2, cal.id, 'tranche-invoice-finalisation', $4 - $3, 60 from cal
+             on conflict (customer_id, name) do nothing
+             returning id
+         )
+         insert into slo_jobs (slo_id, job, expected_start_minutes, expected_end_minutes)
+         select slo.id, 'invoice-finalisation', $3, $4 from slo",
+    )
+    .bind(customer_id)
+    .bind(application)
+    .bind(start as i32)
+    .bind(end as i32)
+    .execute(&mut **tx)
+    .await
+    .map_err(port_error)?;
+    Ok(())
 }
 
 /// Records a successful run (`on_demand`: asked for through the API, with the key that asked)

@@ -432,10 +432,19 @@ pub async fn reports(
     to: NaiveDate,
 ) -> sqlx::Result<Vec<ReportRow>> {
     sqlx::query_as(
-        "select business_date, job, run_id, status, status_time from job_status
-          where customer_id = $1 and application = $2 and job = any($3)
-            and business_date between $4 and $5
-          order by business_date, status_time",
+        // One index range of `job_status_run_status_key` (customer, application, job, business
+        // date, …) per job — `offset 0` keeps the planner from flattening the lateral join and
+        // filtering a whole application's day instead, which it did on a young table's
+        // statistics: with thousands of SLOs on one application that is every other tracker's
+        // rows too.
+        "select s.business_date, s.job, s.run_id, s.status, s.status_time
+           from unnest($3::text[]) as j(job)
+           cross join lateral (
+               select business_date, job, run_id, status, status_time from job_status
+                where customer_id = $1 and application = $2 and job = j.job
+                  and business_date between $4 and $5
+               offset 0) as s
+          order by s.business_date, s.status_time",
     )
     .bind(customer_id)
     .bind(application)
@@ -488,8 +497,10 @@ fn alert_payload(slo: &TrackedSlo, alert: Alert, p: &Performance) -> serde_json:
 impl SloStore for PgSloStore {
     async fn slos_on_shards(&self, shards: &[u16]) -> Result<Vec<SloKey>, StoreError> {
         let shards: Vec<i64> = shards.iter().map(|&s| i64::from(s)).collect();
-        let rows: Vec<(i64, i64, String, i64, i64)> = sqlx::query_as(
-            "select s.id, s.customer_id, a.name, s.calendar_id, s.customer_id % $2
+        let rows: Vec<(i64, i64, String, Vec<String>, i64, i64)> = sqlx::query_as(
+            "select s.id, s.customer_id, a.name,
+                    array(select j.job from slo_jobs j where j.slo_id = s.id),
+                    s.calendar_id, s.customer_id % $2
                from slos s join applications a on a.id = s.application_id
               where s.customer_id % $2 = any($1::int8[])",
         )
@@ -501,10 +512,11 @@ impl SloStore for PgSloStore {
         Ok(rows
             .into_iter()
             .map(
-                |(id, customer_id, application, calendar_id, shard)| SloKey {
+                |(id, customer_id, application, jobs, calendar_id, shard)| SloKey {
                     id,
                     customer_id,
                     application,
+                    jobs,
                     calendar_id,
                     shard: shard as u16,
                 },

@@ -1101,3 +1101,87 @@ async fn a_billing_run_on_demand_bills_now_is_recorded_and_needs_admin() {
     assert_eq!(billed, 2, "each snapshot billed once");
     crate::helpers::assert_events_conform(&app.pool, &["invoice.created"]).await;
 }
+
+/// Dogfooding (issue 16): finalizing an invoice reports a run of the customer's application
+/// `tranche` (job `invoice-finalisation`, business date = the invoiced UTC day), and the first
+/// finalization creates the SLO that watches it.
+#[tokio::test]
+async fn finalizing_an_invoice_reports_into_slo_tracking_as_application_tranche() {
+    let mut app = spawn_app().await;
+    let service = app.create_service(&DEV, "web").await;
+    post_usage(
+        &app,
+        &DEV,
+        service,
+        vec![window("2026-11-20T10:00:00Z", 1, 1 << 30, 0)],
+    )
+    .await;
+    let settings = BillingSettings {
+        grace: std::time::Duration::ZERO,
+        ..test_billing()
+    };
+    start_billing(&mut app, settings, 1).await;
+    let run = bill(&app).await;
+    assert_eq!(run.invoices_finalized, 1, "{run:?}");
+    let invoice: Uuid = sqlx::query_scalar("select id from invoices where customer_id = 1")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+
+    let reports = app
+        .get("/v1/job-status?application=tranche", &DEV)
+        .await
+        .expect(200)
+        .body;
+    let reports = reports.as_array().unwrap();
+    assert_eq!(reports.len(), 2, "{reports:?}");
+    for r in reports {
+        assert_eq!(r["job"], "invoice-finalisation");
+        assert_eq!(r["business_date"], "2026-11-20");
+        assert_eq!(r["run_id"], invoice.to_string());
+    }
+    let start = reports.iter().find(|r| r["status"] == "start").unwrap();
+    assert_eq!(ts(&start["status_time"]), t("2026-11-21T00:00:00Z"));
+
+    // The SLO it created: closed at 24:00, final by the grace (none here), a tick (1 h) and
+    // 15 minutes later.
+    let slos = app.get("/v1/slos", &DEV).await.expect(200).body;
+    let slo = &slos.as_array().unwrap()[0];
+    assert_eq!(slo["name"], "tranche-invoice-finalisation");
+    assert_eq!(slo["jobs"][0]["expected_start"], "24:00");
+    assert_eq!(slo["jobs"][0]["expected_end"], "25:15");
+    let performance = app
+        .get(
+            &format!(
+                "/v1/slos/{}/performance?from=2026-11-20&to=2026-11-20",
+                slo["id"]
+            ),
+            &DEV,
+        )
+        .await
+        .expect(200)
+        .body;
+    let day = &performance["dates"][0];
+    // Finalized today, long after 01:15 on 21 November: late, and finished.
+    assert_eq!(day["status"], "late", "{day}");
+    assert!(day["actual_end"].is_string(), "{day}");
+
+    // A second run finalizes nothing and reports nothing more; the SLO is not created twice.
+    bill(&app).await;
+    let again = app
+        .get("/v1/job-status?application=tranche", &DEV)
+        .await
+        .expect(200)
+        .body;
+    assert_eq!(again.as_array().unwrap().len(), 2);
+    assert_eq!(
+        app.get("/v1/slos", &DEV)
+            .await
+            .expect(200)
+            .body
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+}

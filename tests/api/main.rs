@@ -23,6 +23,7 @@ mod metering;
 mod openapi;
 mod policies;
 mod probe;
+mod readme;
 mod restart;
 mod robustness;
 mod route53;

@@ -445,13 +445,14 @@ pub trait MeteringStore: Send + Sync + 'static {
     async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
 }
 
-/// Where an SLO's tracker runs and what wakes it: reports of `application`'s jobs for
+/// Where an SLO's tracker runs and what wakes it: reports of its `jobs` of `application` for
 /// `customer_id`, and changes to its calendar.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SloKey {
     pub id: i64,
     pub customer_id: i64,
     pub application: String,
+    pub jobs: Vec<String>,
     pub calendar_id: i64,
     /// The customer's shard: the SLO is tracked by the node that owns it.
     pub shard: u16,

@@ -88,6 +88,20 @@ impl BillingSettings {
     pub fn finalize_until(&self, now: DateTime<Utc>) -> DateTime<Utc> {
         now - delta(self.grace)
     }
+
+    /// Tranche's own SLO on the daily invoice finalisation (dogfooding, issue 16), as minutes
+    /// after the business date's UTC midnight: the period closes at 24:00 and its invoice is
+    /// final by the grace, a billing tick and a quarter of an hour later. `None` unless the
+    /// period is a UTC day (the only period a daily calendar describes) and the expected end
+    /// fits an SLO's 7 days.
+    pub fn finalisation_slo(&self) -> Option<(u32, u32)> {
+        if self.period != std::time::Duration::from_secs(86_400) {
+            return None;
+        }
+        let minutes = |d: std::time::Duration| d.as_secs().div_ceil(60);
+        let end = 1440 + minutes(self.grace) + minutes(self.tick) + 15;
+        (end <= 10_080).then_some((1440, end as u32))
+    }
 }
 
 fn delta(d: std::time::Duration) -> TimeDelta {
@@ -304,6 +318,13 @@ mod tests {
         let now = t("2026-11-22T12:00:00Z");
         assert_eq!(s.billable_before(now), t("2026-11-22T11:45:00Z"));
         assert_eq!(s.finalize_until(now), t("2026-11-22T06:00:00Z"));
+        // The dogfood SLO: closed at 24:00, final by 06:00 + a tick + 15 min the next day.
+        assert_eq!(s.finalisation_slo(), Some((1440, 1440 + 360 + 1 + 15)));
+        let hourly = BillingSettings {
+            period: std::time::Duration::from_secs(3600),
+            ..s.clone()
+        };
+        assert_eq!(hourly.finalisation_slo(), None);
     }
 
     proptest! {
