@@ -152,6 +152,55 @@ pub struct SloPerformances {
     pub dates: Vec<SloPerformance>,
 }
 
+/// An alert a tracker raised (its event was sent once).
+#[derive(Debug, Clone, Object)]
+pub struct RaisedAlert {
+    /// `not_started`, `late` or `breached`.
+    pub alert: String,
+    pub raised_at: DateTime<Utc>,
+}
+
+/// One SLO's tracked row on the live board.
+#[derive(Debug, Clone, Object)]
+pub struct BoardEntry {
+    pub slo_id: i64,
+    pub slo: String,
+    pub application: String,
+    pub business_date: NaiveDate,
+    pub expected_start: DateTime<Utc>,
+    pub expected_end: DateTime<Utc>,
+    #[oai(nullable)]
+    pub actual_start: Option<DateTime<Utc>>,
+    #[oai(nullable)]
+    pub actual_end: Option<DateTime<Utc>>,
+    /// `pending`, `in_progress`, `on_time`, `late`, `failed` or `missed`.
+    pub status: String,
+    /// Seconds past the expected end (finished late, or still running at `evaluated_at`).
+    #[oai(nullable)]
+    pub late_by_seconds: Option<i64>,
+    pub alerts: Vec<RaisedAlert>,
+    /// When the tracker last changed the row.
+    pub evaluated_at: DateTime<Utc>,
+}
+
+/// `GET /v1/slo-board`.
+#[derive(Debug, Clone, Object)]
+pub struct SloBoard {
+    pub business_date: NaiveDate,
+    /// By expected end, then name.
+    pub slos: Vec<BoardEntry>,
+}
+
+/// Status values of a performance row.
+const STATUSES: [&str; 6] = [
+    "pending",
+    "in_progress",
+    "on_time",
+    "late",
+    "failed",
+    "missed",
+];
+
 #[derive(ApiResponse)]
 pub enum CreatedSlo {
     #[oai(status = 201)]
@@ -186,6 +235,109 @@ async fn reports_by_date(
         by_date.entry(date).or_default().push(report);
     }
     Ok(by_date)
+}
+
+/// Checks a report's `days` and `margin_minutes` (defaults 30 and 15).
+fn report_window(days: Option<i64>, margin: Option<i64>) -> ApiResult<(i64, i64)> {
+    let days = days.unwrap_or(30);
+    if !(1..=366).contains(&days) {
+        return Err(ApiError::invalid("days", "days must be between 1 and 366"));
+    }
+    let margin = margin.unwrap_or(15);
+    if !(0..=1440).contains(&margin) {
+        return Err(ApiError::invalid(
+            "margin_minutes",
+            "margin_minutes must be between 0 and 1440",
+        ));
+    }
+    Ok((days, margin))
+}
+
+/// One SLO's trends over the last `days` up to today in its calendar's time zone.
+async fn trend_report(
+    ctx: &ApiContext,
+    customer_id: i64,
+    row: &SloRow,
+    days: i64,
+    margin: i64,
+) -> ApiResult<SloTrendReport> {
+    let (spec, calendar) = spec_of(row)?;
+    let now = Utc::now();
+    let to = calendar.local_date(now);
+    let from = to - Duration::days(days - 1);
+    let dates = calendar.business_dates(from, to);
+    let by_date = reports_by_date(ctx, customer_id, row, &spec, from, to).await?;
+    let r = tranche_core::slo::report::report(
+        &spec,
+        &calendar,
+        &dates,
+        &by_date,
+        now,
+        Duration::minutes(margin),
+        366,
+    );
+    Ok(SloTrendReport {
+        slo_id: row.id,
+        from,
+        to,
+        dates: r.dates as i64,
+        finished: r.finished as i64,
+        margin_minutes: margin,
+        late_share_percent: r.late_share.map(|d| d.to_string()),
+        early_share_percent: r.early_share.map(|d| d.to_string()),
+        suggested_expected_end: r.suggested_expected_end.map(|o| o.to_string()),
+        jobs: r
+            .jobs
+            .into_iter()
+            .map(|j| JobTrendReport {
+                job: j.job,
+                samples: j.samples as i64,
+                p50_seconds: j.p50,
+                p90_seconds: j.p90,
+                p99_seconds: j.p99,
+                slope_seconds_per_date: j.slope.map(|d| d.normalize().to_string()),
+                projected_miss: j.projected_miss,
+            })
+            .collect(),
+    })
+}
+
+/// A job slowing towards a miss.
+#[derive(Debug, Clone, Object)]
+pub struct SlowingJob {
+    pub slo_id: i64,
+    pub slo: String,
+    pub job: String,
+    /// Seconds of duration gained per business date (exact decimal string).
+    #[oai(nullable)]
+    pub slope_seconds_per_date: Option<String>,
+    /// The business date on which, at this trend, it outgrows its window.
+    pub projected_miss: NaiveDate,
+}
+
+/// An SLO routinely late or early.
+#[derive(Debug, Clone, Object)]
+pub struct RoutineSlo {
+    pub slo_id: i64,
+    pub slo: String,
+    #[oai(nullable)]
+    pub late_share_percent: Option<String>,
+    #[oai(nullable)]
+    pub early_share_percent: Option<String>,
+    /// An expected end it routinely meets (`HH:MM` after the business date).
+    #[oai(nullable)]
+    pub suggested_expected_end: Option<String>,
+}
+
+/// `GET /v1/slo-reports`.
+#[derive(Debug, Clone, Object)]
+pub struct AccountSloReport {
+    /// Jobs whose projected miss falls within the horizon, soonest first.
+    pub slowing: Vec<SlowingJob>,
+    pub routinely_late: Vec<RoutineSlo>,
+    pub routinely_early: Vec<RoutineSlo>,
+    /// Every SLO's report, by name.
+    pub slos: Vec<SloTrendReport>,
 }
 
 /// One job over the report's dates.
@@ -395,56 +547,134 @@ impl SlosApi {
         #[oai(validator(minimum(value = "0"), maximum(value = "1440")))]
         margin_minutes: Query<Option<i64>>,
     ) -> ApiResult<Json<SloTrendReport>> {
-        let days = days.0.unwrap_or(30);
-        if !(1..=366).contains(&days) {
-            return Err(ApiError::invalid("days", "days must be between 1 and 366"));
-        }
-        let margin = margin_minutes.0.unwrap_or(15);
-        if !(0..=1440).contains(&margin) {
-            return Err(ApiError::invalid(
-                "margin_minutes",
-                "margin_minutes must be between 0 and 1440",
-            ));
-        }
+        let (days, margin) = report_window(days.0, margin_minutes.0)?;
         let row = slo::slo(&ctx.pool, tenant.customer_id, id.0)
             .await?
             .ok_or_else(|| slo_not_found(id.0))?;
-        let (spec, calendar) = spec_of(&row)?;
-        let now = Utc::now();
-        let to = calendar.local_date(now);
-        let from = to - Duration::days(days - 1);
-        let dates = calendar.business_dates(from, to);
-        let by_date = reports_by_date(&ctx, tenant.customer_id, &row, &spec, from, to).await?;
-        let r = tranche_core::slo::report::report(
-            &spec,
-            &calendar,
-            &dates,
-            &by_date,
-            now,
-            Duration::minutes(margin),
-            366,
-        );
-        Ok(Json(SloTrendReport {
-            slo_id: row.id,
-            from,
-            to,
-            dates: r.dates as i64,
-            finished: r.finished as i64,
-            margin_minutes: margin,
-            late_share_percent: r.late_share.map(|d| d.to_string()),
-            early_share_percent: r.early_share.map(|d| d.to_string()),
-            suggested_expected_end: r.suggested_expected_end.map(|o| o.to_string()),
-            jobs: r
-                .jobs
+        Ok(Json(
+            trend_report(&ctx, tenant.customer_id, &row, days, margin).await?,
+        ))
+    }
+
+    /// Trends across every SLO of the account over the last `days`: the jobs slowing towards a
+    /// miss (projected within `horizon_days`, soonest first), the SLOs routinely late or early
+    /// (more than `share_percent` of their finished dates beyond `margin_minutes`), and each
+    /// SLO's report.
+    #[oai(
+        path = "/v1/slo-reports",
+        method = "get",
+        operation_id = "get_slo_reports"
+    )]
+    async fn reports(
+        &self,
+        #[oai(scope = "Scope::Read")] tenant: Scoped<needs::Read>,
+        ctx: Data<&Arc<ApiContext>>,
+        /// Calendar days back from today (1–366, default 30).
+        #[oai(validator(minimum(value = "1"), maximum(value = "366")))]
+        days: Query<Option<i64>>,
+        /// Minutes early or late that count (0–1440, default 15).
+        #[oai(validator(minimum(value = "0"), maximum(value = "1440")))]
+        margin_minutes: Query<Option<i64>>,
+        /// The share of finished dates that makes an SLO routinely late or early (1–100,
+        /// default 20).
+        #[oai(validator(minimum(value = "1"), maximum(value = "100")))]
+        share_percent: Query<Option<i64>>,
+        /// How far ahead a projected miss counts as slowing (1–366 days, default 90).
+        #[oai(validator(minimum(value = "1"), maximum(value = "366")))]
+        horizon_days: Query<Option<i64>>,
+    ) -> ApiResult<Json<AccountSloReport>> {
+        let (days, margin) = report_window(days.0, margin_minutes.0)?;
+        let share = rust_decimal::Decimal::from(share_percent.0.unwrap_or(20).clamp(1, 100));
+        let horizon =
+            Utc::now().date_naive() + Duration::days(horizon_days.0.unwrap_or(90).clamp(1, 366));
+        let mut out = AccountSloReport {
+            slowing: Vec::new(),
+            routinely_late: Vec::new(),
+            routinely_early: Vec::new(),
+            slos: Vec::new(),
+        };
+        for row in slo::slos(&ctx.pool, tenant.customer_id).await? {
+            let report = trend_report(&ctx, tenant.customer_id, &row, days, margin).await?;
+            for j in &report.jobs {
+                if let Some(miss) = j.projected_miss.filter(|d| *d <= horizon) {
+                    out.slowing.push(SlowingJob {
+                        slo_id: row.id,
+                        slo: row.name.clone(),
+                        job: j.job.clone(),
+                        slope_seconds_per_date: j.slope_seconds_per_date.clone(),
+                        projected_miss: miss,
+                    });
+                }
+            }
+            let beyond = |p: &Option<String>| {
+                p.as_deref()
+                    .and_then(|v| v.parse::<rust_decimal::Decimal>().ok())
+                    .is_some_and(|v| v >= share)
+            };
+            let routine = || RoutineSlo {
+                slo_id: row.id,
+                slo: row.name.clone(),
+                late_share_percent: report.late_share_percent.clone(),
+                early_share_percent: report.early_share_percent.clone(),
+                suggested_expected_end: report.suggested_expected_end.clone(),
+            };
+            if beyond(&report.late_share_percent) {
+                out.routinely_late.push(routine());
+            }
+            if beyond(&report.early_share_percent) {
+                out.routinely_early.push(routine());
+            }
+            out.slos.push(report);
+        }
+        out.slowing.sort_by_key(|a| a.projected_miss);
+        Ok(Json(out))
+    }
+
+    /// The live board: every SLO's row for a business date as its tracker keeps it (woken by
+    /// job reports and by timers at the expected times), with the alerts raised. Only dates a
+    /// tracker has opened appear (`GET /v1/slos/{id}/performance` evaluates any date).
+    #[oai(path = "/v1/slo-board", method = "get", operation_id = "get_slo_board")]
+    async fn board(
+        &self,
+        #[oai(scope = "Scope::Read")] tenant: Scoped<needs::Read>,
+        ctx: Data<&Arc<ApiContext>>,
+        /// The business date (`YYYY-MM-DD`; default today in UTC).
+        business_date: Query<Option<NaiveDate>>,
+        /// Only rows of this status.
+        status: Query<Option<String>>,
+    ) -> ApiResult<Json<SloBoard>> {
+        let date = business_date.0.unwrap_or_else(|| Utc::now().date_naive());
+        super::calendars::check_date("business_date", date)?;
+        if let Some(s) = &status.0
+            && !STATUSES.contains(&s.as_str())
+        {
+            return Err(ApiError::invalid(
+                "status",
+                format!("status must be one of {}", STATUSES.join(", ")),
+            ));
+        }
+        let rows = slo::board(&ctx.pool, tenant.customer_id, date, status.0.as_deref()).await?;
+        Ok(Json(SloBoard {
+            business_date: date,
+            slos: rows
                 .into_iter()
-                .map(|j| JobTrendReport {
-                    job: j.job,
-                    samples: j.samples as i64,
-                    p50_seconds: j.p50,
-                    p90_seconds: j.p90,
-                    p99_seconds: j.p99,
-                    slope_seconds_per_date: j.slope.map(|d| d.normalize().to_string()),
-                    projected_miss: j.projected_miss,
+                .map(|r| BoardEntry {
+                    slo_id: r.slo_id,
+                    slo: r.slo,
+                    application: r.application,
+                    business_date: r.business_date,
+                    expected_start: r.expected_start,
+                    expected_end: r.expected_end,
+                    actual_start: r.actual_start,
+                    actual_end: r.actual_end,
+                    status: r.status,
+                    late_by_seconds: r.late_by_seconds,
+                    alerts: r
+                        .alerts
+                        .into_iter()
+                        .map(|(alert, raised_at)| RaisedAlert { alert, raised_at })
+                        .collect(),
+                    evaluated_at: r.evaluated_at,
                 })
                 .collect(),
         }))

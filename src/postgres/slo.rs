@@ -682,3 +682,51 @@ impl SloStore for PgSloStore {
         Ok(raised)
     }
 }
+
+/// A tracker's stored row, with its SLO and the alerts raised for it.
+#[derive(Debug, Clone, FromRow)]
+pub struct BoardRow {
+    pub slo_id: i64,
+    pub slo: String,
+    pub application: String,
+    pub business_date: NaiveDate,
+    pub expected_start: DateTime<Utc>,
+    pub expected_end: DateTime<Utc>,
+    pub actual_start: Option<DateTime<Utc>>,
+    pub actual_end: Option<DateTime<Utc>>,
+    pub status: String,
+    pub late_by_seconds: Option<i64>,
+    /// (alert, raised at), in the order raised.
+    #[sqlx(json)]
+    pub alerts: Vec<(String, DateTime<Utc>)>,
+    pub evaluated_at: DateTime<Utc>,
+}
+
+/// The customer's tracked rows for `date`, optionally of one status: the live board.
+pub async fn board(
+    pool: &PgPool,
+    customer_id: i64,
+    date: NaiveDate,
+    status: Option<&str>,
+) -> sqlx::Result<Vec<BoardRow>> {
+    sqlx::query_as(
+        "select p.slo_id, s.name as slo, a.name as application, p.business_date,
+                p.expected_start, p.expected_end, p.actual_start, p.actual_end, p.status,
+                p.late_by_seconds,
+                coalesce((select json_agg(json_build_array(x.kind, x.raised_at) order by x.raised_at)
+                            from slo_alerts x
+                           where x.slo_id = p.slo_id and x.business_date = p.business_date),
+                         '[]'::json) as alerts,
+                p.evaluated_at
+           from slo_performance p
+           join slos s on s.id = p.slo_id
+           join applications a on a.id = s.application_id
+          where s.customer_id = $1 and p.business_date = $2 and ($3::text is null or p.status = $3)
+          order by p.expected_end, s.name",
+    )
+    .bind(customer_id)
+    .bind(date)
+    .bind(status)
+    .fetch_all(pool)
+    .await
+}

@@ -339,6 +339,26 @@ async fn an_slo_reports_its_performance_per_business_date_from_the_job_reports()
     app.get(&format!("/v1/slos/{id}/report?days=0"), &DEV)
         .await
         .expect_error(400, "bad_request", Some("days"));
+    // Across the account: routinely early (every finished date), nothing slowing yet.
+    let account = app
+        .get("/v1/slo-reports?days=60", &DEV)
+        .await
+        .expect(200)
+        .body;
+    assert_eq!(
+        account["routinely_early"][0]["slo"], "overnight",
+        "{account}"
+    );
+    assert_eq!(
+        account["routinely_early"][0]["suggested_expected_end"],
+        "28:30"
+    );
+    assert_eq!(account["routinely_late"], json!([]));
+    assert_eq!(account["slowing"], json!([]));
+    assert_eq!(account["slos"][0]["slo_id"], id);
+    app.get("/v1/slo-reports?share_percent=0", &DEV)
+        .await
+        .expect_error(400, "bad_request", Some("share_percent"));
 
     // A calendar in use cannot be deleted; the SLO can, then the calendar.
     app.delete(&format!("/v1/calendars/{calendar}"), &DEV)

@@ -167,6 +167,30 @@ async fn trackers_raise_each_alert_once_from_reports_and_timers_across_a_restart
     assert_eq!(status(&app.pool, "stuck").await.as_deref(), Some("missed"));
     assert_eq!(status(&app.pool, "silent").await.as_deref(), Some("missed"));
     assert_eq!(status(&app.pool, "ok").await.as_deref(), Some("on_time"));
+    // The live board shows the tracked rows with the alerts raised.
+    let board = app
+        .get(&format!("/v1/slo-board?business_date={date}"), &DEV)
+        .await
+        .expect(200)
+        .body;
+    let rows = board["slos"].as_array().unwrap();
+    assert_eq!(rows.len(), 4, "{board}");
+    let row = |name: &str| rows.iter().find(|r| r["slo"] == name).unwrap().clone();
+    assert_eq!(row("ok")["alerts"], json!([]));
+    assert_eq!(row("silent")["alerts"].as_array().unwrap().len(), 3);
+    assert_eq!(row("failing")["status"], "failed");
+    let missed = app
+        .get(
+            &format!("/v1/slo-board?business_date={date}&status=missed"),
+            &DEV,
+        )
+        .await
+        .expect(200)
+        .body;
+    assert_eq!(missed["slos"].as_array().unwrap().len(), 2, "{missed}");
+    app.get("/v1/slo-board?status=sideways", &DEV)
+        .await
+        .expect_error(422, "validation_failed", Some("status"));
 
     // Restart the node: the new trackers re-evaluate every live date and owe nothing new.
     engine.shutdown().await;
