@@ -19,7 +19,7 @@ use super::error::{ApiError, ApiResult};
 use super::json::JsonBody;
 use super::resource::Deleted;
 use super::{ApiContext, ApiTags};
-use crate::postgres::slo::{self, CreateSlo, SloFields, SloRow};
+use crate::postgres::slo::{self, CreateSlo, SloFields, SloJobRow, SloRow};
 
 /// Most jobs one SLO depends on.
 const MAX_JOBS: usize = 50;
@@ -340,6 +340,85 @@ pub struct AccountSloReport {
     pub slos: Vec<SloTrendReport>,
 }
 
+/// Checks an SLO's body: its graces (defaults 30 and 0 minutes) and its jobs.
+fn validated(b: &SloInput) -> ApiResult<(i32, i32, Vec<SloJobRow>)> {
+    super::calendars::valid_name(&b.name)?;
+    let minutes = |field: &str, v: Option<i32>, default: i32| -> ApiResult<i32> {
+        let v = v.unwrap_or(default);
+        if (0..=10_080).contains(&v) {
+            Ok(v)
+        } else {
+            Err(ApiError::invalid(
+                field,
+                format!("{field} must be between 0 and 10080"),
+            ))
+        }
+    };
+    let start_grace_minutes = minutes("start_grace_minutes", b.start_grace_minutes, 30)?;
+    let tolerance_minutes = minutes("tolerance_minutes", b.tolerance_minutes, 0)?;
+    if b.jobs.is_empty() || b.jobs.len() > MAX_JOBS {
+        return Err(ApiError::invalid(
+            "jobs",
+            format!("jobs must list 1 to {MAX_JOBS} jobs"),
+        ));
+    }
+    let mut jobs: Vec<SloJobRow> = Vec::with_capacity(b.jobs.len());
+    for (i, j) in b.jobs.iter().enumerate() {
+        let f = |name: &str| format!("jobs[{i}].{name}");
+        if j.job.is_empty() || j.job.chars().count() > 200 {
+            return Err(ApiError::invalid(
+                &f("job"),
+                format!("{} must be 1 to 200 characters", f("job")),
+            ));
+        }
+        if jobs.iter().any(|x| x.0 == j.job) {
+            return Err(ApiError::invalid(
+                &f("job"),
+                format!("{} is listed twice", f("job")),
+            ));
+        }
+        let parse = |name: &str, text: &str| {
+            Offset::parse(text)
+                .map(|o| o.minutes() as i32)
+                .map_err(|e| ApiError::invalid(&f(name), format!("{} {}", f(name), e.0)))
+        };
+        let start = parse("expected_start", &j.expected_start)?;
+        let end = parse("expected_end", &j.expected_end)?;
+        if end < start {
+            return Err(ApiError::invalid(
+                &f("expected_end"),
+                format!("{} must not be before expected_start", f("expected_end")),
+            ));
+        }
+        if j.min_duration_seconds.is_some_and(|s| s <= 0) {
+            return Err(ApiError::invalid(
+                &f("min_duration_seconds"),
+                format!("{} must be positive", f("min_duration_seconds")),
+            ));
+        }
+        jobs.push((j.job.clone(), start, end, j.min_duration_seconds));
+    }
+    Ok((start_grace_minutes, tolerance_minutes, jobs))
+}
+
+/// What creating or replacing an SLO found wrong with its references.
+fn refused(outcome: &CreateSlo, b: &SloInput) -> Option<ApiError> {
+    match outcome {
+        CreateSlo::Created(_) => None,
+        CreateSlo::NoApplication => Some(ApiError::invalid(
+            "application_id",
+            format!(
+                "application_id {} names no application of yours",
+                b.application_id
+            ),
+        )),
+        CreateSlo::NoCalendar => Some(ApiError::invalid(
+            "calendar_id",
+            format!("calendar_id {} names no calendar of yours", b.calendar_id),
+        )),
+    }
+}
+
 /// One job over the report's dates.
 #[derive(Debug, Clone, Object)]
 pub struct JobTrendReport {
@@ -401,62 +480,7 @@ impl SlosApi {
         body: JsonBody<SloInput>,
     ) -> ApiResult<CreatedSlo> {
         let b = body.0;
-        super::calendars::valid_name(&b.name)?;
-        let minutes = |field: &str, v: Option<i32>, default: i32| -> ApiResult<i32> {
-            let v = v.unwrap_or(default);
-            if (0..=10_080).contains(&v) {
-                Ok(v)
-            } else {
-                Err(ApiError::invalid(
-                    field,
-                    format!("{field} must be between 0 and 10080"),
-                ))
-            }
-        };
-        let start_grace_minutes = minutes("start_grace_minutes", b.start_grace_minutes, 30)?;
-        let tolerance_minutes = minutes("tolerance_minutes", b.tolerance_minutes, 0)?;
-        if b.jobs.is_empty() || b.jobs.len() > MAX_JOBS {
-            return Err(ApiError::invalid(
-                "jobs",
-                format!("jobs must list 1 to {MAX_JOBS} jobs"),
-            ));
-        }
-        let mut jobs: Vec<(String, i32, i32, Option<i32>)> = Vec::with_capacity(b.jobs.len());
-        for (i, j) in b.jobs.iter().enumerate() {
-            let f = |name: &str| format!("jobs[{i}].{name}");
-            if j.job.is_empty() || j.job.chars().count() > 200 {
-                return Err(ApiError::invalid(
-                    &f("job"),
-                    format!("{} must be 1 to 200 characters", f("job")),
-                ));
-            }
-            if jobs.iter().any(|x| x.0 == j.job) {
-                return Err(ApiError::invalid(
-                    &f("job"),
-                    format!("{} is listed twice", f("job")),
-                ));
-            }
-            let parse = |name: &str, text: &str| {
-                Offset::parse(text)
-                    .map(|o| o.minutes() as i32)
-                    .map_err(|e| ApiError::invalid(&f(name), format!("{} {}", f(name), e.0)))
-            };
-            let start = parse("expected_start", &j.expected_start)?;
-            let end = parse("expected_end", &j.expected_end)?;
-            if end < start {
-                return Err(ApiError::invalid(
-                    &f("expected_end"),
-                    format!("{} must not be before expected_start", f("expected_end")),
-                ));
-            }
-            if j.min_duration_seconds.is_some_and(|s| s <= 0) {
-                return Err(ApiError::invalid(
-                    &f("min_duration_seconds"),
-                    format!("{} must be positive", f("min_duration_seconds")),
-                ));
-            }
-            jobs.push((j.job.clone(), start, end, j.min_duration_seconds));
-        }
+        let (start_grace_minutes, tolerance_minutes, jobs) = validated(&b)?;
         let created = slo::create_slo(
             &ctx.pool,
             tenant.customer_id,
@@ -470,19 +494,48 @@ impl SlosApi {
             },
         )
         .await?;
+        if let Some(e) = refused(&created, &b) {
+            return Err(e);
+        }
         match created {
             CreateSlo::Created(row) => Ok(CreatedSlo::Created(Json((*row).into()))),
-            CreateSlo::NoApplication => Err(ApiError::invalid(
-                "application_id",
-                format!(
-                    "application_id {} names no application of yours",
-                    b.application_id
-                ),
-            )),
-            CreateSlo::NoCalendar => Err(ApiError::invalid(
-                "calendar_id",
-                format!("calendar_id {} names no calendar of yours", b.calendar_id),
-            )),
+            _ => Err(ApiError::internal()),
+        }
+    }
+
+    /// Replaces an SLO's name, application, calendar, graces and jobs. Its tracker reloads at
+    /// once; rows and alerts already recorded stay as they were.
+    #[oai(path = "/v1/slos/:id", method = "put", operation_id = "replace_slo")]
+    async fn replace(
+        &self,
+        #[oai(scope = "Scope::Write")] tenant: Scoped<needs::Write>,
+        ctx: Data<&Arc<ApiContext>>,
+        id: Path<i64>,
+        body: JsonBody<SloInput>,
+    ) -> ApiResult<Json<Slo>> {
+        let b = body.0;
+        let (start_grace_minutes, tolerance_minutes, jobs) = validated(&b)?;
+        let replaced = slo::replace_slo(
+            &ctx.pool,
+            tenant.customer_id,
+            id.0,
+            &SloFields {
+                name: &b.name,
+                application_id: b.application_id,
+                calendar_id: b.calendar_id,
+                start_grace_minutes,
+                tolerance_minutes,
+                jobs: &jobs,
+            },
+        )
+        .await?
+        .ok_or_else(|| slo_not_found(id.0))?;
+        if let Some(e) = refused(&replaced, &b) {
+            return Err(e);
+        }
+        match replaced {
+            CreateSlo::Created(row) => Ok(Json((*row).into())),
+            _ => Err(ApiError::internal()),
         }
     }
 

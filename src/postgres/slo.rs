@@ -242,7 +242,7 @@ pub struct SloRow {
     pub tolerance_minutes: i32,
     /// (job, expected start, expected end, minimum duration in seconds), by job.
     #[sqlx(json)]
-    pub jobs: Vec<(String, i32, i32, Option<i32>)>,
+    pub jobs: Vec<SloJobRow>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -296,6 +296,9 @@ impl SloRow {
     }
 }
 
+/// A job of an SLO as stored: (job, expected start, expected end, minimum duration in seconds).
+pub type SloJobRow = (String, i32, i32, Option<i32>);
+
 /// A new SLO.
 pub struct SloFields<'a> {
     pub name: &'a str,
@@ -303,12 +306,11 @@ pub struct SloFields<'a> {
     pub calendar_id: i64,
     pub start_grace_minutes: i32,
     pub tolerance_minutes: i32,
-    /// (job, expected start, expected end, minimum duration in seconds).
-    pub jobs: &'a [(String, i32, i32, Option<i32>)],
+    pub jobs: &'a [SloJobRow],
 }
 
-/// What creating an SLO did: created it, or found no such application or calendar of the
-/// customer.
+/// What creating (or replacing) an SLO did: made it, or found no such application or calendar
+/// of the customer.
 pub enum CreateSlo {
     Created(Box<SloRow>),
     NoApplication,
@@ -321,20 +323,8 @@ pub async fn create_slo(
     f: &SloFields<'_>,
 ) -> sqlx::Result<CreateSlo> {
     let mut tx = pool.begin().await?;
-    let (app, cal): (bool, bool) = sqlx::query_as(
-        "select exists(select 1 from applications where id = $2 and customer_id = $1),
-                exists(select 1 from calendars where id = $3 and customer_id = $1)",
-    )
-    .bind(customer_id)
-    .bind(f.application_id)
-    .bind(f.calendar_id)
-    .fetch_one(&mut *tx)
-    .await?;
-    if !app {
-        return Ok(CreateSlo::NoApplication);
-    }
-    if !cal {
-        return Ok(CreateSlo::NoCalendar);
+    if let Some(refused) = check_references(&mut tx, customer_id, f).await? {
+        return Ok(refused);
     }
     let id: i64 = sqlx::query_scalar(
         "insert into slos (customer_id, application_id, calendar_id, name, start_grace_minutes,
@@ -349,24 +339,103 @@ pub async fn create_slo(
     .bind(f.tolerance_minutes)
     .fetch_one(&mut *tx)
     .await?;
-    sqlx::query(
-        "insert into slo_jobs (slo_id, job, expected_start_minutes, expected_end_minutes,
-                               min_duration_seconds)
-         select $1, * from unnest($2::text[], $3::int4[], $4::int4[], $5::int4[])",
-    )
-    .bind(id)
-    .bind(f.jobs.iter().map(|j| j.0.as_str()).collect::<Vec<_>>())
-    .bind(f.jobs.iter().map(|j| j.1).collect::<Vec<_>>())
-    .bind(f.jobs.iter().map(|j| j.2).collect::<Vec<_>>())
-    .bind(f.jobs.iter().map(|j| j.3).collect::<Vec<_>>())
-    .execute(&mut *tx)
-    .await?;
+    insert_jobs(&mut tx, id, f.jobs).await?;
     let row: SloRow = sqlx::query_as(concat!(slo!(), " where s.id = $1"))
         .bind(id)
         .fetch_one(&mut *tx)
         .await?;
     tx.commit().await?;
     Ok(CreateSlo::Created(Box::new(row)))
+}
+
+/// Replaces an SLO's fields and jobs (`None`: no such SLO of the customer).
+pub async fn replace_slo(
+    pool: &PgPool,
+    customer_id: i64,
+    id: i64,
+    f: &SloFields<'_>,
+) -> sqlx::Result<Option<CreateSlo>> {
+    let mut tx = pool.begin().await?;
+    let found: Option<i64> =
+        sqlx::query_scalar("select id from slos where id = $1 and customer_id = $2 for update")
+            .bind(id)
+            .bind(customer_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if found.is_none() {
+        return Ok(None);
+    }
+    if let Some(refused) = check_references(&mut tx, customer_id, f).await? {
+        return Ok(Some(refused));
+    }
+    sqlx::query(
+        "update slos set name = $2, application_id = $3, calendar_id = $4,
+                         start_grace_minutes = $5, tolerance_minutes = $6
+          where id = $1",
+    )
+    .bind(id)
+    .bind(f.name)
+    .bind(f.application_id)
+    .bind(f.calendar_id)
+    .bind(f.start_grace_minutes)
+    .bind(f.tolerance_minutes)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("delete from slo_jobs where slo_id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    insert_jobs(&mut tx, id, f.jobs).await?;
+    let row: SloRow = sqlx::query_as(concat!(slo!(), " where s.id = $1"))
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Some(CreateSlo::Created(Box::new(row))))
+}
+
+/// Whether the application and calendar are the customer's (`Some`: which is not).
+async fn check_references(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    customer_id: i64,
+    f: &SloFields<'_>,
+) -> sqlx::Result<Option<CreateSlo>> {
+    let (app, cal): (bool, bool) = sqlx::query_as(
+        "select exists(select 1 from applications where id = $2 and customer_id = $1),
+                exists(select 1 from calendars where id = $3 and customer_id = $1)",
+    )
+    .bind(customer_id)
+    .bind(f.application_id)
+    .bind(f.calendar_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(if !app {
+        Some(CreateSlo::NoApplication)
+    } else if !cal {
+        Some(CreateSlo::NoCalendar)
+    } else {
+        None
+    })
+}
+
+async fn insert_jobs(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    id: i64,
+    jobs: &[SloJobRow],
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "insert into slo_jobs (slo_id, job, expected_start_minutes, expected_end_minutes,
+                               min_duration_seconds)
+         select $1, * from unnest($2::text[], $3::int4[], $4::int4[], $5::int4[])",
+    )
+    .bind(id)
+    .bind(jobs.iter().map(|j| j.0.as_str()).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| j.1).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| j.2).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| j.3).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 pub async fn slos(pool: &PgPool, customer_id: i64) -> sqlx::Result<Vec<SloRow>> {

@@ -360,6 +360,50 @@ async fn an_slo_reports_its_performance_per_business_date_from_the_job_reports()
         .await
         .expect_error(400, "bad_request", Some("share_percent"));
 
+    // Replaced whole: a new tolerance and one job; a name taken or a foreign calendar refused.
+    let replaced = app
+        .request(
+            reqwest::Method::PUT,
+            &format!("/v1/slos/{id}"),
+            &DEV,
+            Some(
+                &json!({ "name": "overnight", "application_id": application, "calendar_id": calendar,
+                         "tolerance_minutes": 30,
+                         "jobs": [{ "job": "overdraft", "expected_start": "23:00", "expected_end": "27:30" }] })
+                .to_string(),
+            ),
+        )
+        .await
+        .expect(200)
+        .body;
+    assert_eq!(replaced["tolerance_minutes"], 30, "{replaced}");
+    assert_eq!(replaced["jobs"].as_array().unwrap().len(), 1);
+    assert_eq!(replaced["jobs"][0]["expected_end"], "27:30");
+    app.request(
+        reqwest::Method::PUT,
+        &format!("/v1/slos/{id}"),
+        &DEV,
+        Some(
+            &json!({ "name": "overnight", "application_id": application, "calendar_id": 999_999,
+                     "jobs": [{ "job": "a", "expected_start": "01:00", "expected_end": "02:00" }] })
+            .to_string(),
+        ),
+    )
+    .await
+    .expect_error(422, "validation_failed", Some("calendar_id"));
+    app.request(
+        reqwest::Method::PUT,
+        "/v1/slos/999999",
+        &DEV,
+        Some(
+            &json!({ "name": "x", "application_id": application, "calendar_id": calendar,
+                     "jobs": [{ "job": "a", "expected_start": "01:00", "expected_end": "02:00" }] })
+            .to_string(),
+        ),
+    )
+    .await
+    .expect_error(404, "not_found", None);
+
     // A calendar in use cannot be deleted; the SLO can, then the calendar.
     app.delete(&format!("/v1/calendars/{calendar}"), &DEV)
         .await
