@@ -742,4 +742,34 @@ impl UsageStore for PgUsageStore {
         crate::metrics::METRICS.usage_ingested(outcomes.iter().map(|(o, _)| *o), "ingest");
         Ok(outcomes.iter().filter(|(o, _)| o.wrote()).count())
     }
+
+    async fn report_ingestion(
+        &self,
+        customers: &[i64],
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        node_id: &str,
+    ) -> Result<(), StoreError> {
+        let runs = tranche_core::usage::ingestion_reports(from, to);
+        if customers.is_empty() || runs.is_empty() {
+            return Ok(());
+        }
+        // Each (customer, date, status) once: the first pass that reached it, its time now.
+        sqlx::query(
+            "insert into job_status (customer_id, application, job, business_date, run_id,
+                                     status, status_time, host)
+             select c, 'tranche', 'usage-ingestion', r.d, r.d::text, r.s, now(), $4
+               from unnest($1::int8[]) as c
+               cross join unnest($2::date[], $3::text[]) as r(d, s)
+             on conflict do nothing",
+        )
+        .bind(customers)
+        .bind(runs.iter().map(|r| r.0).collect::<Vec<_>>())
+        .bind(runs.iter().map(|r| r.1).collect::<Vec<_>>())
+        .bind(node_id)
+        .execute(&self.pool)
+        .await
+        .map_err(port_error)?;
+        Ok(())
+    }
 }

@@ -175,6 +175,32 @@ async fn ingestion_pages_attributes_and_replays_idempotently() {
     let again = app.engine().ingest_usage_now().await.unwrap();
     assert_eq!(again.snapshots_written, 0, "{again:?}");
     assert_eq!(snapshots(&app, web).await, web_snaps);
+    // Each pass reports itself into SLO tracking (dogfooding): a `usage-ingestion` run per UTC
+    // date it reached, started once, replays adding nothing.
+    let runs: Vec<(chrono::NaiveDate, String, String)> = sqlx::query_as(
+        "select business_date, run_id, status from job_status
+          where customer_id = 1 and application = 'tranche' and job = 'usage-ingestion'
+          order by business_date, status",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    // The span ends at the last whole window: today's date, or yesterday's just after midnight.
+    let today = chrono::Utc::now().date_naive();
+    let latest = runs.iter().filter(|r| r.2 == "start").map(|r| r.0).max();
+    assert!(
+        latest.is_some_and(|d| d == today || d == today - chrono::Duration::days(1)),
+        "{runs:?}"
+    );
+    assert!(
+        runs.iter().all(|(d, run, _)| *run == d.to_string()),
+        "{runs:?}"
+    );
+    let starts = runs.iter().filter(|r| r.2 == "start").count();
+    assert!(
+        (1..=2).contains(&starts),
+        "the dates of a 6-hour lookback: {runs:?}"
+    );
 
     // Bill, then Cloudflare reports more for an hour: the billed snapshot stays, the
     // difference becomes an adjustment.

@@ -332,6 +332,15 @@ pub trait UsageStore: Send + Sync + 'static {
     /// invoiced snapshot is never changed (late usage becomes an adjustment snapshot). Returns
     /// how many snapshots were created, updated or added as adjustments.
     async fn record_usage(&self, reports: &[UsageReport]) -> Result<usize, StoreError>;
+    /// Reports a successful pass over `[from, to)` into SLO tracking for `customers`, as
+    /// their application `tranche` (see `tranche_core::usage::ingestion_reports`).
+    async fn report_ingestion(
+        &self,
+        customers: &[i64],
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        node_id: &str,
+    ) -> Result<(), StoreError>;
 }
 
 /// The database side of domain verification.

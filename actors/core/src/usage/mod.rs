@@ -104,6 +104,32 @@ impl Default for UsageSettings {
 
 /// The span a poll at `now` covers: whole windows from `now − lookback` (rounded down to a
 /// window boundary) to the end of the window containing `now`.
+/// Dogfooding (issue 16): what a successful ingestion pass over `[from, to)` reports into SLO
+/// tracking for each customer it covered, as job `usage-ingestion` of the application
+/// `tranche`, one run per UTC date (its run id is the date): `start` for every date the pass
+/// reached, `succeed` for every date whose end it reached (the day's last window was pulled).
+/// Replays are harmless: the adapter stores each (date, status) once.
+pub fn ingestion_reports(
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Vec<(chrono::NaiveDate, &'static str)> {
+    let mut out = Vec::new();
+    if to <= from {
+        return out;
+    }
+    let last = (to - TimeDelta::nanoseconds(1)).date_naive();
+    for date in from.date_naive().iter_days().take_while(|d| *d <= last) {
+        out.push((date, "start"));
+        let end = (date + TimeDelta::days(1))
+            .and_hms_opt(0, 0, 0)
+            .map(|t| t.and_utc());
+        if end.is_some_and(|end| to >= end) {
+            out.push((date, "succeed"));
+        }
+    }
+    out
+}
+
 pub fn poll_span(
     now: DateTime<Utc>,
     window: Duration,
@@ -169,6 +195,28 @@ pub fn attribute(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_ingestion_pass_starts_the_dates_it_reaches_and_ends_those_it_covers() {
+        use super::ingestion_reports;
+        let t = |s: &str| s.parse::<chrono::DateTime<chrono::Utc>>().unwrap();
+        let d = |s: &str| s.parse::<chrono::NaiveDate>().unwrap();
+        // 18:00 → 00:05: the 3rd is complete, the 4th begun.
+        assert_eq!(
+            ingestion_reports(t("2026-12-03T18:00:00Z"), t("2026-12-04T00:05:00Z")),
+            vec![
+                (d("2026-12-03"), "start"),
+                (d("2026-12-03"), "succeed"),
+                (d("2026-12-04"), "start")
+            ]
+        );
+        // Up to midnight exactly: the day is complete, the next not begun.
+        assert_eq!(
+            ingestion_reports(t("2026-12-03T18:00:00Z"), t("2026-12-04T00:00:00Z")),
+            vec![(d("2026-12-03"), "start"), (d("2026-12-03"), "succeed")]
+        );
+        assert!(ingestion_reports(t("2026-12-03T18:00:00Z"), t("2026-12-03T18:00:00Z")).is_empty());
+    }
+
     use super::*;
 
     fn t(s: &str) -> DateTime<Utc> {
