@@ -312,7 +312,7 @@ pub struct TrackerState {
     ctx: Arc<SloCtx>,
     id: i64,
     fence: Fence,
-    slo: Option<TrackedSlo>,
+    slo: Option<Arc<TrackedSlo>>,
     /// Reports notified since the last evaluation.
     pending: Vec<(NaiveDate, Report)>,
     /// The reports of the dates being tracked (read once, then kept up to date).
@@ -376,7 +376,7 @@ impl Actor for SloTracker {
             }
             TrackerMsg::Reload => match state.ctx.store.load_slo(state.id).await {
                 Ok(Some(slo)) => {
-                    state.slo = Some(slo);
+                    state.slo = Some(Arc::new(slo));
                     state.written.clear();
                     state.evaluate(&myself, true).await;
                 }
@@ -421,7 +421,7 @@ impl TrackerState {
     /// notification), and each notified report is added to them — so a report costs the
     /// database nothing here unless its row changes.
     async fn evaluate(&mut self, myself: &ActorRef<TrackerMsg>, fresh: bool) {
-        let Some(slo) = &self.slo else { return };
+        let Some(slo) = self.slo.clone() else { return };
         let now = (self.ctx.config.clock)();
         let mut dates: BTreeSet<NaiveDate> =
             tracking::live_dates(&slo.spec, &slo.calendar, now, slo.created_at)
@@ -433,43 +433,18 @@ impl TrackerState {
                 .map(|(d, _)| *d)
                 .filter(|d| tracking::tracks(&slo.spec, &slo.calendar, *d, slo.created_at)),
         );
-        self.reports.retain(|d, _| dates.contains(d));
-        let unread: Vec<NaiveDate> = dates
-            .iter()
-            .copied()
-            .filter(|d| fresh || !self.reports.contains_key(d))
-            .collect();
-        if let (Some(&from), Some(&to)) = (unread.first(), unread.last()) {
-            match self.ctx.store.reports(slo, from, to).await {
-                Ok(read) => {
-                    for d in &unread {
-                        self.reports.insert(*d, Vec::new());
-                    }
-                    for (date, report) in read {
-                        if let Some(list) = self.reports.get_mut(&date) {
-                            list.push(report);
-                        }
-                    }
-                }
-                Err(e) => return self.failed(myself, e),
-            }
+        if let Err(e) = self.read(&slo, &dates, fresh).await {
+            return self.failed(myself, e);
         }
-        for (date, report) in self.pending.drain(..) {
-            if let Some(list) = self.reports.get_mut(&date)
-                && !list.iter().any(|r| {
-                    r.job == report.job && r.run_id == report.run_id && r.kind == report.kind
-                })
-            {
-                list.push(report);
+        let mut rows = self.rows(&slo, &dates, now);
+        // A new alert is raised only on reports read back from the store, never on notified
+        // ones alone: a notification lost in between must not make a finished SLO look late.
+        if !fresh && rows.iter().any(|r| self.owes_new_alert(r)) {
+            if let Err(e) = self.read(&slo, &dates, true).await {
+                return self.failed(myself, e);
             }
+            rows = self.rows(&slo, &dates, now);
         }
-        let rows: Vec<Performance> = dates
-            .iter()
-            .map(|d| {
-                let reports = self.reports.get(d).map(Vec::as_slice).unwrap_or(&[]);
-                performance::evaluate(&slo.spec, &slo.calendar, *d, reports, now)
-            })
-            .collect();
         let changed: Vec<Performance> = rows
             .iter()
             .filter(|r| self.written.get(&r.business_date) != Some(&Written::from(*r)))
@@ -480,7 +455,7 @@ impl TrackerState {
             match self
                 .ctx
                 .store
-                .record(slo, &changed, self.fence, now, node)
+                .record(&slo, &changed, self.fence, now, node)
                 .await
             {
                 Ok(raised) => {
@@ -503,6 +478,66 @@ impl TrackerState {
         self.failures = 0;
         self.written.retain(|d, _| dates.contains(d));
         self.arm(myself, &rows, now);
+    }
+
+    /// Brings the reports of `dates` up to date: reads the dates not held (all of them when
+    /// `fresh`) from the store, then adds the notified reports.
+    async fn read(
+        &mut self,
+        slo: &TrackedSlo,
+        dates: &BTreeSet<NaiveDate>,
+        fresh: bool,
+    ) -> Result<(), StoreError> {
+        self.reports.retain(|d, _| dates.contains(d));
+        let unread: Vec<NaiveDate> = dates
+            .iter()
+            .copied()
+            .filter(|d| fresh || !self.reports.contains_key(d))
+            .collect();
+        if let (Some(&from), Some(&to)) = (unread.first(), unread.last()) {
+            let read = self.ctx.store.reports(slo, from, to).await?;
+            for d in &unread {
+                self.reports.insert(*d, Vec::new());
+            }
+            for (date, report) in read {
+                if let Some(list) = self.reports.get_mut(&date) {
+                    list.push(report);
+                }
+            }
+        }
+        for (date, report) in self.pending.drain(..) {
+            if let Some(list) = self.reports.get_mut(&date)
+                && !list.iter().any(|r| {
+                    r.job == report.job && r.run_id == report.run_id && r.kind == report.kind
+                })
+            {
+                list.push(report);
+            }
+        }
+        Ok(())
+    }
+
+    fn rows(
+        &self,
+        slo: &TrackedSlo,
+        dates: &BTreeSet<NaiveDate>,
+        now: DateTime<Utc>,
+    ) -> Vec<Performance> {
+        dates
+            .iter()
+            .map(|d| {
+                let reports = self.reports.get(d).map(Vec::as_slice).unwrap_or(&[]);
+                performance::evaluate(&slo.spec, &slo.calendar, *d, reports, now)
+            })
+            .collect()
+    }
+
+    /// Whether `row` has an alert not yet written for its date.
+    fn owes_new_alert(&self, row: &Performance) -> bool {
+        let written = self.written.get(&row.business_date);
+        row.alerts
+            .iter()
+            .any(|a| !written.is_some_and(|w| w.alerts.contains(a)))
     }
 
     fn failed(&mut self, myself: &ActorRef<TrackerMsg>, e: StoreError) {

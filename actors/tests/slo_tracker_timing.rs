@@ -106,10 +106,35 @@ fn d(s: &str) -> NaiveDate {
     s.parse().unwrap()
 }
 
-#[tokio::test(start_paused = true)]
-async fn alerts_fire_at_their_instants_and_a_new_date_opens_at_midnight() {
-    // The overdraft run: 23:00 → 03:00 the next day, 30 min start grace, an hour's tolerance.
-    let slo = TrackedSlo {
+/// A supervisor owning shard 1 at 22:00 on the 3rd (paused time), tracking `slo`.
+async fn start(slo: TrackedSlo, memory: Arc<Mutex<Memory>>) -> ractor::ActorRef<SloMsg> {
+    let mut config = EngineConfig::new("paused");
+    config.clock = tokio_clock(t("2026-12-03T22:00:00Z"));
+    config.reconcile_interval = Duration::from_secs(3600);
+    let (shards_tx, shards) = watch::channel(OwnedShards::new());
+    let (supervisor, _) = Actor::spawn(
+        None,
+        SloSupervisor,
+        SloArgs {
+            ctx: Arc::new(SloCtx {
+                config,
+                store: Arc::new(MemoryStore { slo, memory }),
+            }),
+            shards,
+        },
+    )
+    .await
+    .unwrap();
+    shards_tx.send_replace([(1, 1)].into());
+    // The sender must outlive the test: the supervisor's forwarder ends with it.
+    std::mem::forget(shards_tx);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    supervisor
+}
+
+/// The overdraft run: 23:00 → 03:00 the next day, 30 min start grace, `tolerance`.
+fn overdraft(tolerance: chrono::Duration) -> TrackedSlo {
+    TrackedSlo {
         id: 7,
         customer_id: 1,
         name: "overdraft".into(),
@@ -122,35 +147,54 @@ async fn alerts_fire_at_their_instants_and_a_new_date_opens_at_midnight() {
                 min_duration: None,
             }],
             start_grace: chrono::Duration::minutes(30),
-            tolerance: chrono::Duration::hours(1),
+            tolerance,
         },
         calendar: Calendar::new(CalendarKind::EveryDay, "UTC", []).unwrap(),
-        // Created after the 2nd's deadline (04:00 on the 3rd): that date is not tracked.
+        // Created after the 2nd's deadline: that date is not tracked.
         created_at: t("2026-12-03T12:00:00Z"),
-    };
+    }
+}
+
+fn run(kind: ReportKind, at: &str) -> Report {
+    Report {
+        job: "overdraft".into(),
+        run_id: "r1".into(),
+        kind,
+        at: t(at),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_notification_never_makes_a_finished_slo_late() {
     let memory = Arc::new(Mutex::new(Memory::default()));
-    let mut config = EngineConfig::new("paused");
-    config.clock = tokio_clock(t("2026-12-03T22:00:00Z"));
-    config.reconcile_interval = Duration::from_secs(3600);
-    let (shards_tx, shards) = watch::channel(OwnedShards::new());
-    let (supervisor, _) = Actor::spawn(
-        None,
-        SloSupervisor,
-        SloArgs {
-            ctx: Arc::new(SloCtx {
-                config,
-                store: Arc::new(MemoryStore {
-                    slo,
-                    memory: memory.clone(),
-                }),
-            }),
-            shards,
-        },
-    )
-    .await
-    .unwrap();
-    shards_tx.send_replace([(1, 1)].into());
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let supervisor = start(overdraft(chrono::Duration::zero()), memory.clone()).await;
+    // Both reports are stored, neither notified (the listener was reconnecting).
+    memory.lock().unwrap().reports.extend([
+        (
+            d("2026-12-03"),
+            run(ReportKind::Start, "2026-12-03T23:05:00Z"),
+        ),
+        (
+            d("2026-12-03"),
+            run(ReportKind::Succeed, "2026-12-04T01:00:00Z"),
+        ),
+    ]);
+    // Through 03:00, the expected end (and deadline): the timer reads the reports back.
+    tokio::time::sleep(Duration::from_secs(5 * 3600 + 30 * 60)).await;
+    let m = memory.lock().unwrap();
+    assert_eq!(m.rows[&d("2026-12-03")].status, Status::OnTime);
+    // Not `not_started` at 23:30 either: that timer read the start back.
+    let raised: Vec<Alert> = m.raised.iter().map(|r| r.2).collect();
+    assert_eq!(raised, vec![], "no alert on a finished SLO");
+    drop(m);
+    supervisor.stop(None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn alerts_fire_at_their_instants_and_a_new_date_opens_at_midnight() {
+    let slo = overdraft(chrono::Duration::hours(1));
+    let memory = Arc::new(Mutex::new(Memory::default()));
+    let supervisor = start(slo, memory.clone()).await;
     let tracked = ractor::call!(supervisor, SloMsg::Tracked).unwrap();
     assert_eq!(tracked, vec![7]);
 
