@@ -70,6 +70,12 @@ pub struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlertLabels {
+    /// `not_started`, `late` or `breached`.
+    pub alert: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
     pub state: String,
 }
@@ -184,6 +190,7 @@ pub struct Metrics {
     pub usage_events: Family<ResultLabels, Counter>,
     pub metering_commit_seconds: Histogram,
     pub metering_batch_events: Histogram,
+    pub slo_alerts: Family<AlertLabels, Counter>,
     pub info: Family<InfoLabels, Gauge>,
     // Read at scrape time.
     pub domains: Family<StateLabels, Gauge>,
@@ -226,6 +233,7 @@ impl Metrics {
             usage_events: Family::default(),
             metering_commit_seconds: seconds_buckets(),
             metering_batch_events: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            slo_alerts: Family::default(),
             info: Family::default(),
             dns_pending: Family::default(),
             node_heartbeat_age: Family::default(),
@@ -366,6 +374,12 @@ impl Metrics {
             "Usage events received, by result (accepted, duplicate, refused)",
             None,
             &m.usage_events,
+        );
+        r.add(
+            "slo_alerts",
+            "SLO alerts raised (each once per SLO and business date), by alert",
+            None,
+            &m.slo_alerts,
         );
         r.add(
             "metering_commit_duration",

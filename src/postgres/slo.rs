@@ -748,6 +748,14 @@ impl SloStore for PgSloStore {
             .map_err(port_error)?;
         }
         tx.commit().await.map_err(port_error)?;
+        for r in &raised {
+            crate::metrics::METRICS
+                .slo_alerts
+                .get_or_create(&crate::metrics::AlertLabels {
+                    alert: r.alert.as_str(),
+                })
+                .inc();
+        }
         Ok(raised)
     }
 }

@@ -164,6 +164,22 @@ async fn trackers_raise_each_alert_once_from_reports_and_timers_across_a_restart
         (alerts(&app.pool).await == expected).then_some(())
     })
     .await;
+    // Counted for the operator (the registry is the process's: at least these two).
+    let exposition = app
+        .client
+        .get(format!("http://{}/metrics", app.addr))
+        .bearer_auth(crate::helpers::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let late = exposition
+        .lines()
+        .find_map(|l| l.strip_prefix("tranche_slo_alerts_total{alert=\"late\"} "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert!(late.is_some_and(|n| n >= 2.0), "{exposition}");
     assert_eq!(status(&app.pool, "stuck").await.as_deref(), Some("missed"));
     assert_eq!(status(&app.pool, "silent").await.as_deref(), Some("missed"));
     assert_eq!(status(&app.pool, "ok").await.as_deref(), Some("on_time"));
