@@ -105,6 +105,16 @@ enum CtlCommand {
     Bill,
     /// This metering period's usage per metric, against the quotas.
     Usage,
+    /// The live SLO board: every SLO's row for a business date, as its tracker keeps it.
+    Slos {
+        /// The business date (`YYYY-MM-DD`; default today in UTC).
+        #[arg(long)]
+        date: Option<chrono::NaiveDate>,
+        /// Only rows of this status (`pending`, `in_progress`, `on_time`, `late`, `failed`,
+        /// `missed`).
+        #[arg(long)]
+        status: Option<String>,
+    },
     /// The cluster: nodes, their vantages and shards (admin token).
     Cluster,
 }
@@ -471,6 +481,39 @@ async fn execute(ctl: Ctl) -> CtlResult<String> {
             ));
             out
         }),
+        CtlCommand::Slos { date, status } => {
+            let mut query = Vec::new();
+            if let Some(d) = date {
+                query.push(format!("business_date={d}"));
+            }
+            if let Some(s) = status {
+                // Statuses are plain words; anything else is the API's to refuse.
+                let s: String = s
+                    .chars()
+                    .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                query.push(format!("status={s}"));
+            }
+            let path = format!("/v1/slo-board?{}", query.join("&"));
+            (client.call(Method::GET, &path, None).await?, |v| {
+                let mut out = format!(
+                    "business date {}\n",
+                    v["business_date"].as_str().unwrap_or("?")
+                );
+                out.push_str(&table(
+                    &v["slos"],
+                    &[
+                        ("SLO", "/slo"),
+                        ("APPLICATION", "/application"),
+                        ("STATUS", "/status"),
+                        ("EXPECTED END", "/expected_end"),
+                        ("ACTUAL END", "/actual_end"),
+                        ("LATE BY (S)", "/late_by_seconds"),
+                    ],
+                ));
+                out
+            })
+        }
         CtlCommand::Cluster => (
             client.send(Method::GET, "/v1/cluster", None, true).await?,
             |v| {

@@ -224,6 +224,15 @@ async fn ctl_lists_shows_pins_bills_and_reports_errors() {
         out.stdout
     );
 
+    let out = ctl(&app, &env, &["slos", "--date", "2026-11-05"]).await;
+    assert_eq!(
+        out.stdout, "business date 2026-11-05\n(none)\n",
+        "{}",
+        out.stderr
+    );
+    let out = ctl(&app, &env, &["slos", "--status", "sideways"]).await;
+    assert!(!out.ok && out.stderr.contains("status"), "{}", out.stderr);
+
     let out = ctl(&app, &env, &["storms", "--active"]).await;
     assert_eq!(out.stdout, "(none)\n", "{}", out.stderr);
     let out = ctl(&app, &env, &["dns-changes"]).await;
