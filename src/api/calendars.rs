@@ -317,7 +317,7 @@ impl CalendarsApi {
         ctx: Data<&Arc<ApiContext>>,
         id: Path<i64>,
     ) -> ApiResult<Deleted> {
-        if slo::delete_calendar(&ctx.pool, tenant.customer_id, id.0).await? {
+        if slo::delete(&ctx.pool, slo::Owned::Calendar, tenant.customer_id, id.0).await? {
             Ok(Deleted::NoContent)
         } else {
             Err(calendar_not_found(id.0))
@@ -441,7 +441,7 @@ impl CalendarsApi {
         ctx: Data<&Arc<ApiContext>>,
         id: Path<i64>,
     ) -> ApiResult<Deleted> {
-        if slo::delete_application(&ctx.pool, tenant.customer_id, id.0).await? {
+        if slo::delete(&ctx.pool, slo::Owned::Application, tenant.customer_id, id.0).await? {
             Ok(Deleted::NoContent)
         } else {
             Err(application_not_found(id.0))

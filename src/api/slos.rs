@@ -572,7 +572,7 @@ impl SlosApi {
         ctx: Data<&Arc<ApiContext>>,
         id: Path<i64>,
     ) -> ApiResult<Deleted> {
-        if slo::delete_slo(&ctx.pool, tenant.customer_id, id.0).await? {
+        if slo::delete(&ctx.pool, slo::Owned::Slo, tenant.customer_id, id.0).await? {
             Ok(Deleted::NoContent)
         } else {
             Err(slo_not_found(id.0))

@@ -150,16 +150,28 @@ pub async fn calendar(
     .await
 }
 
-pub async fn delete_calendar(pool: &PgPool, customer_id: i64, id: i64) -> sqlx::Result<bool> {
-    Ok(
-        sqlx::query("delete from calendars where id = $1 and customer_id = $2")
-            .bind(id)
-            .bind(customer_id)
-            .execute(pool)
-            .await?
-            .rows_affected()
-            > 0,
-    )
+/// What [`delete`] removes: one of the customer's calendars, applications or SLOs.
+#[derive(Debug, Clone, Copy)]
+pub enum Owned {
+    Calendar,
+    Application,
+    Slo,
+}
+
+/// Deletes one of the customer's calendars, applications or SLOs; whether it was theirs.
+pub async fn delete(pool: &PgPool, what: Owned, customer_id: i64, id: i64) -> sqlx::Result<bool> {
+    let sql = match what {
+        Owned::Calendar => "delete from calendars where id = $1 and customer_id = $2",
+        Owned::Application => "delete from applications where id = $1 and customer_id = $2",
+        Owned::Slo => "delete from slos where id = $1 and customer_id = $2",
+    };
+    Ok(sqlx::query(sql)
+        .bind(id)
+        .bind(customer_id)
+        .execute(pool)
+        .await?
+        .rows_affected()
+        > 0)
 }
 
 #[derive(Debug, Clone, FromRow)]
@@ -211,18 +223,6 @@ pub async fn application(
     .bind(customer_id)
     .fetch_optional(pool)
     .await
-}
-
-pub async fn delete_application(pool: &PgPool, customer_id: i64, id: i64) -> sqlx::Result<bool> {
-    Ok(
-        sqlx::query("delete from applications where id = $1 and customer_id = $2")
-            .bind(id)
-            .bind(customer_id)
-            .execute(pool)
-            .await?
-            .rows_affected()
-            > 0,
-    )
 }
 
 /// An SLO with its jobs, its application's name and its calendar.
@@ -451,18 +451,6 @@ pub async fn slo(pool: &PgPool, customer_id: i64, id: i64) -> sqlx::Result<Optio
         .bind(customer_id)
         .fetch_optional(pool)
         .await
-}
-
-pub async fn delete_slo(pool: &PgPool, customer_id: i64, id: i64) -> sqlx::Result<bool> {
-    Ok(
-        sqlx::query("delete from slos where id = $1 and customer_id = $2")
-            .bind(id)
-            .bind(customer_id)
-            .execute(pool)
-            .await?
-            .rows_affected()
-            > 0,
-    )
 }
 
 /// One job-status report, as the SLO evaluation reads it.

@@ -170,23 +170,15 @@ async fn applications_are_named_once_per_customer() {
 async fn an_slo_reports_its_performance_per_business_date_from_the_job_reports() {
     let app = spawn_app().await;
     let calendar = app
-        .post(
+        .create(
             "/v1/calendars",
             &DEV,
             json!({ "name": "paris", "kind": "standard", "time_zone": "Europe/Paris" }),
         )
-        .await
-        .expect(201)
-        .body["id"]
-        .as_i64()
-        .unwrap();
+        .await;
     let application = app
-        .post("/v1/applications", &DEV, json!({ "name": "foxfire" }))
-        .await
-        .expect(201)
-        .body["id"]
-        .as_i64()
-        .unwrap();
+        .create("/v1/applications", &DEV, json!({ "name": "foxfire" }))
+        .await;
     let slo = app
         .post(
             "/v1/slos",

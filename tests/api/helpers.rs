@@ -454,16 +454,19 @@ impl TestApp {
 
     /// Creates a service for `auth`; returns its id.
     pub async fn create_service(&self, auth: &Auth, name: &str) -> i64 {
-        self.post(
+        self.create(
             "/v1/services",
             auth,
             serde_json::json!({ "name": name, "primary_cdn": "cloudflare", "backup_cdn": "fastly" }),
         )
         .await
-        .expect(201)
-        .body["id"]
-        .as_i64()
-        .unwrap()
+    }
+
+    /// POSTs `body` to `path`, expects 201 and returns the created resource's id.
+    pub async fn create(&self, path: &str, auth: &Auth, body: Value) -> i64 {
+        self.post(path, auth, body).await.expect(201).body["id"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("no id from POST {path}"))
     }
 }
 

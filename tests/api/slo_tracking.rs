@@ -87,23 +87,15 @@ async fn trackers_raise_each_alert_once_from_reports_and_timers_across_a_restart
     let shift = (m - chrono::Duration::seconds(12)) - now;
 
     let calendar = app
-        .post(
+        .create(
             "/v1/calendars",
             &DEV,
             json!({ "name": "utc-daily", "kind": "every_day", "time_zone": "UTC" }),
         )
-        .await
-        .expect(201)
-        .body["id"]
-        .as_i64()
-        .unwrap();
+        .await;
     let application = app
-        .post("/v1/applications", &DEV, json!({ "name": "nightly" }))
-        .await
-        .expect(201)
-        .body["id"]
-        .as_i64()
-        .unwrap();
+        .create("/v1/applications", &DEV, json!({ "name": "nightly" }))
+        .await;
     for (name, job, start) in [
         ("ok", "extract", end - 5),
         ("stuck", "load", end - 5),
