@@ -509,6 +509,7 @@ async fn execute(ctl: Ctl) -> CtlResult<String> {
                         ("EXPECTED END", "/expected_end"),
                         ("ACTUAL END", "/actual_end"),
                         ("LATE BY (S)", "/late_by_seconds"),
+                        ("ALERTS", "/alerts"),
                     ],
                 ));
                 out

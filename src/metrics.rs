@@ -377,7 +377,7 @@ impl Metrics {
         );
         r.add(
             "slo_alerts",
-            "SLO alerts raised (each once per SLO and business date), by alert",
+            "SLO alerts raised (each once per SLO, business date and occurrence), by alert",
             None,
             &m.slo_alerts,
         );

@@ -20,7 +20,8 @@
 //! — and a write only if a row changed.
 //! The rules are the core's; rows and alert markers are written through [`SloStore::record`],
 //! fenced by the shard's epoch, so a node that lost the shard writes nothing and an alert is
-//! raised at most once per SLO and date on any node, across restarts.
+//! raised at most once per SLO and date (and occurrence of a repeating job) on any node,
+//! across restarts.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -289,7 +290,8 @@ struct Written {
     actual_end: Option<DateTime<Utc>>,
     too_fast: usize,
     wake_at: Option<DateTime<Utc>>,
-    alerts: Vec<Alert>,
+    /// The alerts due, with their occurrence (`None`: the SLO's own).
+    alerts: Vec<(Option<String>, Alert)>,
 }
 
 impl From<&Performance> for Written {
@@ -300,7 +302,7 @@ impl From<&Performance> for Written {
             actual_end: p.actual_end,
             too_fast: p.too_fast.len(),
             wake_at: p.wake_at,
-            alerts: p.alerts.clone(),
+            alerts: p.due().map(|(o, a)| (o.map(str::to_owned), a)).collect(),
         }
     }
 }
@@ -465,6 +467,7 @@ impl TrackerState {
                             slo.name = %slo.name,
                             business_date = %a.business_date,
                             alert = a.alert.as_str(),
+                            occurrence = a.occurrence.as_deref(),
                             "SLO alert raised"
                         );
                     }
@@ -535,9 +538,13 @@ impl TrackerState {
     /// Whether `row` has an alert not yet written for its date.
     fn owes_new_alert(&self, row: &Performance) -> bool {
         let written = self.written.get(&row.business_date);
-        row.alerts
-            .iter()
-            .any(|a| !written.is_some_and(|w| w.alerts.contains(a)))
+        row.due().any(|(o, a)| {
+            !written.is_some_and(|w| {
+                w.alerts
+                    .iter()
+                    .any(|(wo, wa)| *wa == a && wo.as_deref() == o)
+            })
+        })
     }
 
     fn failed(&mut self, myself: &ActorRef<TrackerMsg>, e: StoreError) {

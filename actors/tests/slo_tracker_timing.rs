@@ -21,16 +21,16 @@ use tranche_actors::ports::{
 use tranche_actors::slo_tracker::{JobReported, SloArgs, SloCtx, SloMsg, SloSupervisor};
 use tranche_core::slo::calendar::{Calendar, CalendarKind, Offset};
 use tranche_core::slo::performance::{
-    Alert, JobExpectation, Performance, Report, ReportKind, SloSpec, Status,
+    Alert, JobExpectation, Performance, Repeat, Report, ReportKind, SloSpec, Status,
 };
 
 #[derive(Default)]
 struct Memory {
     reports: Vec<(NaiveDate, Report)>,
     rows: BTreeMap<NaiveDate, Performance>,
-    markers: HashSet<(NaiveDate, Alert)>,
-    /// (evaluation instant, alert raised then)
-    raised: Vec<(DateTime<Utc>, NaiveDate, Alert)>,
+    markers: HashSet<(NaiveDate, Option<String>, Alert)>,
+    /// (evaluation instant, date, occurrence, alert raised then)
+    raised: Vec<(DateTime<Utc>, NaiveDate, Option<String>, Alert)>,
     records: usize,
 }
 
@@ -48,7 +48,7 @@ impl SloStore for MemoryStore {
                 id: self.slo.id,
                 customer_id: self.slo.customer_id,
                 application: self.slo.application.clone(),
-                jobs: vec!["overdraft".into()],
+                jobs: self.slo.spec.jobs.iter().map(|j| j.job.clone()).collect(),
                 calendar_id: 1,
                 shard: 1,
             })
@@ -84,12 +84,14 @@ impl SloStore for MemoryStore {
         let mut raised = Vec::new();
         for r in rows {
             m.rows.insert(r.business_date, r.clone());
-            for a in &r.alerts {
-                if m.markers.insert((r.business_date, *a)) {
-                    m.raised.push((now, r.business_date, *a));
+            for (o, a) in r.due() {
+                let occurrence = o.map(str::to_owned);
+                if m.markers.insert((r.business_date, occurrence.clone(), a)) {
+                    m.raised.push((now, r.business_date, occurrence.clone(), a));
                     raised.push(RaisedAlert {
                         business_date: r.business_date,
-                        alert: *a,
+                        alert: a,
+                        occurrence,
                     });
                 }
             }
@@ -145,6 +147,7 @@ fn overdraft(tolerance: chrono::Duration) -> TrackedSlo {
                 expected_start: Offset::parse("23:00").unwrap(),
                 expected_end: Offset::parse("27:00").unwrap(),
                 min_duration: None,
+                repeat: None,
             }],
             start_grace: chrono::Duration::minutes(30),
             tolerance,
@@ -153,6 +156,22 @@ fn overdraft(tolerance: chrono::Duration) -> TrackedSlo {
         // Created after the 2nd's deadline: that date is not tracked.
         created_at: t("2026-12-03T12:00:00Z"),
     }
+}
+
+/// The alerts raised, at the whole second (timers are armed a millisecond past their
+/// instant).
+fn raised_at(m: &Memory) -> Vec<(DateTime<Utc>, NaiveDate, Option<String>, Alert)> {
+    m.raised
+        .iter()
+        .map(|(at, date, o, a)| {
+            (
+                *at - chrono::Duration::milliseconds(at.timestamp_subsec_millis() as i64),
+                *date,
+                o.clone(),
+                *a,
+            )
+        })
+        .collect()
 }
 
 fn run(kind: ReportKind, at: &str) -> Report {
@@ -184,7 +203,7 @@ async fn a_lost_notification_never_makes_a_finished_slo_late() {
     let m = memory.lock().unwrap();
     assert_eq!(m.rows[&d("2026-12-03")].status, Status::OnTime);
     // Not `not_started` at 23:30 either: that timer read the start back.
-    let raised: Vec<Alert> = m.raised.iter().map(|r| r.2).collect();
+    let raised: Vec<Alert> = m.raised.iter().map(|r| r.3).collect();
     assert_eq!(raised, vec![], "no alert on a finished SLO");
     drop(m);
     supervisor.stop(None);
@@ -228,18 +247,9 @@ async fn alerts_fire_at_their_instants_and_a_new_date_opens_at_midnight() {
     // Run the night through to 05:00.
     tokio::time::sleep(Duration::from_secs(5 * 3600 + 49 * 60)).await;
     let m = memory.lock().unwrap();
-    let raised: Vec<(DateTime<Utc>, NaiveDate, Alert)> = m
-        .raised
-        .iter()
-        .map(|(at, date, a)| {
-            // Timers are armed a millisecond past their instant.
-            (
-                at.with_timezone(&Utc)
-                    - chrono::Duration::milliseconds(at.timestamp_subsec_millis() as i64),
-                *date,
-                *a,
-            )
-        })
+    let raised: Vec<(DateTime<Utc>, NaiveDate, Alert)> = raised_at(&m)
+        .into_iter()
+        .map(|(at, date, _, a)| (at, date, a))
         .collect();
     assert_eq!(
         raised,
@@ -256,6 +266,89 @@ async fn alerts_fire_at_their_instants_and_a_new_date_opens_at_midnight() {
     assert_eq!(next.wake_at, Some(t("2026-12-04T23:30:00Z")));
     // Timer-driven, not polled: the first evaluation, the report, midnight, 03:00 and 04:00.
     assert!(m.records <= 6, "{} writes over seven hours", m.records);
+    drop(m);
+    supervisor.stop(None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_occurrence_of_a_half_hourly_job_is_late_at_its_own_end() {
+    // tx-summary every 30 minutes from 22:10 to 23:40, each due 10 minutes after its start,
+    // 5 minutes of tolerance.
+    let mut slo = overdraft(chrono::Duration::minutes(5));
+    slo.spec.jobs = vec![JobExpectation {
+        job: "tx-summary".into(),
+        expected_start: Offset::parse("22:10").unwrap(),
+        expected_end: Offset::parse("22:20").unwrap(),
+        min_duration: None,
+        repeat: Some(Repeat {
+            every: chrono::Duration::minutes(30),
+            until: Offset::parse("23:40").unwrap(),
+        }),
+    }];
+    let memory = Arc::new(Mutex::new(Memory::default()));
+    let supervisor = start(slo, memory.clone()).await;
+    let date = d("2026-12-03");
+    let mut clock = t("2026-12-03T22:00:01Z");
+    // Reports at their instants: 22:10 on time, 22:40 never runs, 23:10 finishes at 23:22
+    // (late, within the tolerance), 23:40 on time.
+    for (run_id, kind, at) in [
+        ("a", ReportKind::Start, "2026-12-03T22:10:00Z"),
+        ("a", ReportKind::Succeed, "2026-12-03T22:16:00Z"),
+        ("c", ReportKind::Start, "2026-12-03T23:10:00Z"),
+        ("c", ReportKind::Succeed, "2026-12-03T23:22:00Z"),
+        ("d", ReportKind::Start, "2026-12-03T23:40:00Z"),
+        ("d", ReportKind::Succeed, "2026-12-03T23:45:00Z"),
+    ] {
+        let at = t(at);
+        tokio::time::sleep((at - clock).to_std().unwrap()).await;
+        clock = at;
+        let report = Report {
+            job: "tx-summary".into(),
+            run_id: run_id.into(),
+            kind,
+            at,
+        };
+        memory.lock().unwrap().reports.push((date, report.clone()));
+        supervisor
+            .cast(SloMsg::Reported(JobReported {
+                customer_id: 1,
+                date,
+                application: "foxfire".into(),
+                report,
+            }))
+            .unwrap();
+    }
+    // Through midnight.
+    tokio::time::sleep((t("2026-12-04T00:05:00Z") - clock).to_std().unwrap()).await;
+    let m = memory.lock().unwrap();
+    let occurrence = |o: &str| Some(o.to_owned());
+    assert_eq!(
+        raised_at(&m),
+        vec![
+            (
+                t("2026-12-03T22:50:00Z"),
+                date,
+                occurrence("tx-summary@22:40"),
+                Alert::Late
+            ),
+            (
+                t("2026-12-03T22:55:00Z"),
+                date,
+                occurrence("tx-summary@22:40"),
+                Alert::Breached
+            ),
+            (
+                t("2026-12-03T23:20:00Z"),
+                date,
+                occurrence("tx-summary@23:10"),
+                Alert::Late
+            ),
+            // The day itself never finished: 22:40 did not run.
+            (t("2026-12-03T23:50:00Z"), date, None, Alert::Late),
+            (t("2026-12-03T23:55:00Z"), date, None, Alert::Breached),
+        ]
+    );
+    assert_eq!(m.rows[&date].status, Status::Missed);
     drop(m);
     supervisor.stop(None);
 }

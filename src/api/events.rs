@@ -288,7 +288,7 @@ pub struct QuotaThresholdCrossed {
 }
 
 /// `data` of `slo.not_started`, `slo.late` and `slo.breached`: an SLO's alert for a business
-/// date, raised once per SLO, date and alert by its tracker (whichever node runs it).
+/// date, raised once per SLO, date, alert and occurrence by its tracker (whichever node runs it).
 /// `not_started`: no job started by the expected start plus the start grace; `late`: the
 /// expected end passed with a job unfinished; `breached`: the tolerance passed unfinished, or a
 /// job failed (`status` `failed`).
@@ -315,6 +315,22 @@ pub struct SloAlert {
     /// Seconds past the expected end when raised (unfinished), or of the actual end.
     #[oai(nullable)]
     pub late_by_seconds: Option<i64>,
+    /// The occurrence of a repeating job the alert is about (`late` or `breached`); null when
+    /// it is about the whole SLO. The other fields describe the SLO's business date.
+    #[oai(nullable)]
+    pub occurrence: Option<SloOccurrence>,
+}
+
+/// One occurrence of a repeating job, in an SLO alert.
+#[derive(Debug, Clone, Object)]
+#[oai(deny_unknown_fields)]
+pub struct SloOccurrence {
+    /// `job@HH:MM`: the job and the occurrence's expected start.
+    pub job: String,
+    pub expected_end: DateTime<Utc>,
+    /// When it finished (late, or failed); null while unfinished.
+    #[oai(nullable)]
+    pub actual_end: Option<DateTime<Utc>>,
 }
 
 /// `data` of `ping`, sent by `POST /v1/webhooks/{id}/test` to that endpoint only.

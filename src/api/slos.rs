@@ -42,6 +42,18 @@ pub struct SloJob {
     #[oai(nullable)]
     #[serde(default)]
     pub min_duration_seconds: Option<i32>,
+    /// A job that runs several times a business date: minutes between occurrences (1–1440).
+    /// Each occurrence is expected in the window `expected_start`–`expected_end` shifted by a
+    /// multiple of this, is named `job@HH:MM` after its expected start, and is late or
+    /// breached on its own. Requires `until`.
+    #[oai(nullable)]
+    #[serde(default)]
+    pub every_minutes: Option<i32>,
+    /// `HH:MM`: the last occurrence starts at or before this (with `every_minutes`; at most
+    /// 288 occurrences a date).
+    #[oai(nullable)]
+    #[serde(default)]
+    pub until: Option<String>,
 }
 
 /// An SLO.
@@ -78,11 +90,13 @@ impl From<SloRow> for Slo {
             jobs: r
                 .jobs
                 .into_iter()
-                .map(|(job, start, end, min)| SloJob {
-                    job,
-                    expected_start: hhmm(start),
-                    expected_end: hhmm(end),
-                    min_duration_seconds: min,
+                .map(|j| SloJob {
+                    job: j.job,
+                    expected_start: hhmm(j.expected_start_minutes),
+                    expected_end: hhmm(j.expected_end_minutes),
+                    min_duration_seconds: j.min_duration_seconds,
+                    every_minutes: j.every_minutes,
+                    until: j.until_minutes.map(hhmm),
                 })
                 .collect(),
             created_at: r.created_at,
@@ -141,7 +155,21 @@ pub struct SloPerformance {
     pub late_by_seconds: Option<i64>,
     /// Alerts due: `not_started`, `late`, `breached`.
     pub alerts: Vec<String>,
+    /// Alerts due for occurrences of repeating jobs: `late`, `breached`.
+    pub occurrence_alerts: Vec<OccurrenceAlert>,
     pub too_fast: Vec<TooFastRun>,
+}
+
+/// An alert due for one occurrence of a repeating job.
+#[derive(Debug, Clone, Object)]
+pub struct OccurrenceAlert {
+    /// `job@HH:MM`: the job and the occurrence's expected start.
+    pub occurrence: String,
+    /// `late` or `breached`.
+    pub alert: String,
+    pub expected_end: DateTime<Utc>,
+    #[oai(nullable)]
+    pub actual_end: Option<DateTime<Utc>>,
 }
 
 /// `GET /v1/slos/{id}/performance`.
@@ -158,6 +186,9 @@ pub struct RaisedAlert {
     /// `not_started`, `late` or `breached`.
     pub alert: String,
     pub raised_at: DateTime<Utc>,
+    /// The occurrence of a repeating job it is about (`job@HH:MM`); null: the whole SLO.
+    #[oai(nullable)]
+    pub occurrence: Option<String>,
 }
 
 /// One SLO's tracked row on the live board.
@@ -371,7 +402,7 @@ fn validated(b: &SloInput) -> ApiResult<(i32, i32, Vec<SloJobRow>)> {
                 format!("{} must be 1 to 200 characters", f("job")),
             ));
         }
-        if jobs.iter().any(|x| x.0 == j.job) {
+        if jobs.iter().any(|x| x.job == j.job) {
             return Err(ApiError::invalid(
                 &f("job"),
                 format!("{} is listed twice", f("job")),
@@ -396,9 +427,75 @@ fn validated(b: &SloInput) -> ApiResult<(i32, i32, Vec<SloJobRow>)> {
                 format!("{} must be positive", f("min_duration_seconds")),
             ));
         }
-        jobs.push((j.job.clone(), start, end, j.min_duration_seconds));
+        let (every_minutes, until_minutes) = repeat(j, start, end, &f, parse)?;
+        jobs.push(SloJobRow {
+            job: j.job.clone(),
+            expected_start_minutes: start,
+            expected_end_minutes: end,
+            min_duration_seconds: j.min_duration_seconds,
+            every_minutes,
+            until_minutes,
+        });
     }
     Ok((start_grace_minutes, tolerance_minutes, jobs))
+}
+
+/// Most occurrences of a repeating job per business date (every 5 minutes, all day).
+const MAX_OCCURRENCES: i32 = 288;
+
+/// Checks a job's `every_minutes` and `until` (both or neither): (every, until in minutes).
+fn repeat(
+    j: &SloJob,
+    start: i32,
+    end: i32,
+    f: &dyn Fn(&str) -> String,
+    parse: impl Fn(&str, &str) -> ApiResult<i32>,
+) -> ApiResult<(Option<i32>, Option<i32>)> {
+    let (every, until) = match (j.every_minutes, j.until.as_deref()) {
+        (None, None) => return Ok((None, None)),
+        (Some(every), Some(until)) => (every, parse("until", until)?),
+        (Some(_), None) => {
+            return Err(ApiError::invalid(
+                &f("until"),
+                format!("{} is required with every_minutes", f("until")),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(ApiError::invalid(
+                &f("every_minutes"),
+                format!("{} is required with until", f("every_minutes")),
+            ));
+        }
+    };
+    if !(1..=1440).contains(&every) {
+        return Err(ApiError::invalid(
+            &f("every_minutes"),
+            format!("{} must be between 1 and 1440", f("every_minutes")),
+        ));
+    }
+    if until < start {
+        return Err(ApiError::invalid(
+            &f("until"),
+            format!("{} must not be before expected_start", f("until")),
+        ));
+    }
+    let occurrences = (until - start) / every + 1;
+    if occurrences > MAX_OCCURRENCES {
+        return Err(ApiError::invalid(
+            &f("until"),
+            format!(
+                "{} gives {occurrences} occurrences a date; at most {MAX_OCCURRENCES}",
+                f("until")
+            ),
+        ));
+    }
+    if i64::from(end) + i64::from((occurrences - 1) * every) > i64::from(Offset::MAX_MINUTES) {
+        return Err(ApiError::invalid(
+            &f("until"),
+            format!("{}: the last occurrence must end by 168:00", f("until")),
+        ));
+    }
+    Ok((Some(every), Some(until)))
 }
 
 /// What creating or replacing an SLO found wrong with its references.
@@ -725,7 +822,11 @@ impl SlosApi {
                     alerts: r
                         .alerts
                         .into_iter()
-                        .map(|(alert, raised_at)| RaisedAlert { alert, raised_at })
+                        .map(|(alert, raised_at, occurrence)| RaisedAlert {
+                            alert,
+                            raised_at,
+                            occurrence: (!occurrence.is_empty()).then_some(occurrence),
+                        })
                         .collect(),
                     evaluated_at: r.evaluated_at,
                 })
@@ -785,6 +886,16 @@ impl SlosApi {
                     status: p.status.as_str().to_owned(),
                     late_by_seconds: p.late_by.map(|d| d.num_seconds()),
                     alerts: p.alerts.iter().map(|a| a.as_str().to_owned()).collect(),
+                    occurrence_alerts: p
+                        .occurrence_alerts
+                        .iter()
+                        .map(|a| OccurrenceAlert {
+                            occurrence: a.occurrence.clone(),
+                            alert: a.alert.as_str().to_owned(),
+                            expected_end: a.expected_end,
+                            actual_end: a.actual_end,
+                        })
+                        .collect(),
                     too_fast: p
                         .too_fast
                         .into_iter()

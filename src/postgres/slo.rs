@@ -10,7 +10,7 @@ use tranche_core::domain::SHARDS;
 use tranche_core::events::slo_event;
 use tranche_core::slo::calendar::{Calendar, CalendarKind, Offset};
 use tranche_core::slo::performance::{
-    Alert, JobExpectation, Performance, Report, ReportKind, SloSpec,
+    Alert, JobExpectation, Performance, Repeat, Report, ReportKind, SloSpec,
 };
 
 use super::outbox::{NewEvent, emit};
@@ -240,7 +240,7 @@ pub struct SloRow {
     pub holidays: Vec<NaiveDate>,
     pub start_grace_minutes: i32,
     pub tolerance_minutes: i32,
-    /// (job, expected start, expected end, minimum duration in seconds), by job.
+    /// By job.
     #[sqlx(json)]
     pub jobs: Vec<SloJobRow>,
     pub created_at: DateTime<Utc>,
@@ -255,9 +255,7 @@ macro_rules! slo {
                             from calendar_holidays h where h.calendar_id = c.id), '[]'::json)
                   as holidays,
                 s.start_grace_minutes, s.tolerance_minutes,
-                coalesce((select json_agg(json_build_array(j.job, j.expected_start_minutes,
-                                                           j.expected_end_minutes,
-                                                           j.min_duration_seconds) order by j.job)
+                coalesce((select json_agg(j order by j.job)
                             from slo_jobs j where j.slo_id = s.id), '[]'::json) as jobs,
                 s.created_at, s.updated_at
            from slos s
@@ -276,12 +274,22 @@ impl SloRow {
         let jobs = self
             .jobs
             .iter()
-            .map(|(job, start, end, min)| {
+            .map(|j| {
+                let repeat = match (j.every_minutes, j.until_minutes) {
+                    (Some(every), Some(until)) => Some(Repeat {
+                        every: Duration::minutes(i64::from(every)),
+                        until: offset(until)?,
+                    }),
+                    _ => None,
+                };
                 Ok(JobExpectation {
-                    job: job.clone(),
-                    expected_start: offset(*start)?,
-                    expected_end: offset(*end)?,
-                    min_duration: min.map(|s| Duration::seconds(i64::from(s))),
+                    job: j.job.clone(),
+                    expected_start: offset(j.expected_start_minutes)?,
+                    expected_end: offset(j.expected_end_minutes)?,
+                    min_duration: j
+                        .min_duration_seconds
+                        .map(|s| Duration::seconds(i64::from(s))),
+                    repeat,
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
@@ -296,8 +304,17 @@ impl SloRow {
     }
 }
 
-/// A job of an SLO as stored: (job, expected start, expected end, minimum duration in seconds).
-pub type SloJobRow = (String, i32, i32, Option<i32>);
+/// A job of an SLO as stored (times in minutes after the business date's midnight).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct SloJobRow {
+    pub job: String,
+    pub expected_start_minutes: i32,
+    pub expected_end_minutes: i32,
+    pub min_duration_seconds: Option<i32>,
+    /// A repeating job's period, and the latest start of its last occurrence.
+    pub every_minutes: Option<i32>,
+    pub until_minutes: Option<i32>,
+}
 
 /// A new SLO.
 pub struct SloFields<'a> {
@@ -425,14 +442,29 @@ async fn insert_jobs(
 ) -> sqlx::Result<()> {
     sqlx::query(
         "insert into slo_jobs (slo_id, job, expected_start_minutes, expected_end_minutes,
-                               min_duration_seconds)
-         select $1, * from unnest($2::text[], $3::int4[], $4::int4[], $5::int4[])",
+                               min_duration_seconds, every_minutes, until_minutes)
+         select $1, * from unnest($2::text[], $3::int4[], $4::int4[], $5::int4[], $6::int4[],
+                                  $7::int4[])",
     )
     .bind(id)
-    .bind(jobs.iter().map(|j| j.0.as_str()).collect::<Vec<_>>())
-    .bind(jobs.iter().map(|j| j.1).collect::<Vec<_>>())
-    .bind(jobs.iter().map(|j| j.2).collect::<Vec<_>>())
-    .bind(jobs.iter().map(|j| j.3).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| j.job.as_str()).collect::<Vec<_>>())
+    .bind(
+        jobs.iter()
+            .map(|j| j.expected_start_minutes)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        jobs.iter()
+            .map(|j| j.expected_end_minutes)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        jobs.iter()
+            .map(|j| j.min_duration_seconds)
+            .collect::<Vec<_>>(),
+    )
+    .bind(jobs.iter().map(|j| j.every_minutes).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| j.until_minutes).collect::<Vec<_>>())
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -532,8 +564,21 @@ fn alert_of(kind: &str) -> Option<Alert> {
     }
 }
 
-/// The `data` of an SLO alert's event.
-fn alert_payload(slo: &TrackedSlo, alert: Alert, p: &Performance) -> serde_json::Value {
+/// The `data` of an SLO alert's event (of one occurrence of a repeating job, or the SLO's).
+fn alert_payload(
+    slo: &TrackedSlo,
+    alert: Alert,
+    occurrence: Option<&str>,
+    p: &Performance,
+) -> serde_json::Value {
+    let occurrence = occurrence.and_then(|o| {
+        let a = p.occurrence_alerts.iter().find(|a| a.occurrence == o)?;
+        Some(json!({
+            "job": a.occurrence,
+            "expected_end": timestamp(a.expected_end),
+            "actual_end": a.actual_end.map(timestamp),
+        }))
+    });
     json!({
         "slo_id": slo.id,
         "slo": slo.name,
@@ -547,6 +592,7 @@ fn alert_payload(slo: &TrackedSlo, alert: Alert, p: &Performance) -> serde_json:
         "actual_start": p.actual_start.map(timestamp),
         "actual_end": p.actual_end.map(timestamp),
         "late_by_seconds": p.late_by.map(|d| d.num_seconds()),
+        "occurrence": occurrence,
     })
 }
 
@@ -683,53 +729,69 @@ impl SloStore for PgSloStore {
         .execute(&mut *tx)
         .await
         .map_err(port_error)?;
-        let due: Vec<(NaiveDate, &str)> = rows
+        // (date, kind, occurrence: '' for the SLO's own)
+        let due: Vec<(NaiveDate, &str, &str)> = rows
             .iter()
-            .flat_map(|r| r.alerts.iter().map(|a| (r.business_date, a.as_str())))
+            .flat_map(|r| {
+                r.due()
+                    .map(|(o, a)| (r.business_date, a.as_str(), o.unwrap_or_default()))
+            })
             .collect();
         let mut raised = Vec::new();
         if !due.is_empty() {
-            let marked: Vec<(NaiveDate, String)> = sqlx::query_as(
-                "insert into slo_alerts (slo_id, business_date, kind, raised_at, raised_by_node)
-                 select $1, u.d, u.k, $4, $5 from unnest($2::date[], $3::text[]) as u(d, k)
+            let marked: Vec<(NaiveDate, String, String)> = sqlx::query_as(
+                "insert into slo_alerts (slo_id, business_date, kind, occurrence, raised_at,
+                                         raised_by_node)
+                 select $1, u.d, u.k, u.o, $5, $6
+                   from unnest($2::date[], $3::text[], $4::text[]) as u(d, k, o)
                  on conflict do nothing
-                 returning business_date, kind",
+                 returning business_date, kind, occurrence",
             )
             .bind(slo.id)
             .bind(due.iter().map(|d| d.0).collect::<Vec<_>>())
             .bind(due.iter().map(|d| d.1).collect::<Vec<_>>())
+            .bind(due.iter().map(|d| d.2).collect::<Vec<_>>())
             .bind(now)
             .bind(node_id)
             .fetch_all(&mut *tx)
             .await
             .map_err(port_error)?;
             let mut events = Vec::new();
-            for (date, kind) in marked {
+            for (date, kind, occurrence) in marked {
                 let (Some(alert), Some(row)) = (
                     alert_of(&kind),
                     rows.iter().find(|r| r.business_date == date),
                 ) else {
                     continue;
                 };
+                let occurrence = (!occurrence.is_empty()).then_some(occurrence);
                 events.push(NewEvent::new(
                     slo.customer_id,
                     slo_event(alert),
-                    alert_payload(slo, alert, row),
+                    alert_payload(slo, alert, occurrence.as_deref(), row),
                 ));
                 raised.push(RaisedAlert {
                     business_date: date,
                     alert,
+                    occurrence,
                 });
             }
             let ids = emit(&mut tx, &events).await.map_err(port_error)?;
             sqlx::query(
                 "update slo_alerts a set event_id = u.id
-                   from unnest($2::date[], $3::text[], $4::uuid[]) as u(d, k, id)
-                  where a.slo_id = $1 and a.business_date = u.d and a.kind = u.k",
+                   from unnest($2::date[], $3::text[], $4::text[], $5::uuid[]) as u(d, k, o, id)
+                  where a.slo_id = $1 and a.business_date = u.d and a.kind = u.k
+                    and a.occurrence = u.o",
             )
             .bind(slo.id)
             .bind(raised.iter().map(|r| r.business_date).collect::<Vec<_>>())
             .bind(raised.iter().map(|r| r.alert.as_str()).collect::<Vec<_>>())
+            .bind(
+                raised
+                    .iter()
+                    .map(|r| r.occurrence.as_deref().unwrap_or_default())
+                    .collect::<Vec<_>>(),
+            )
             .bind(&ids)
             .execute(&mut *tx)
             .await
@@ -761,9 +823,9 @@ pub struct BoardRow {
     pub actual_end: Option<DateTime<Utc>>,
     pub status: String,
     pub late_by_seconds: Option<i64>,
-    /// (alert, raised at), in the order raised.
+    /// (alert, raised at, occurrence or ''), in the order raised.
     #[sqlx(json)]
-    pub alerts: Vec<(String, DateTime<Utc>)>,
+    pub alerts: Vec<(String, DateTime<Utc>, String)>,
     pub evaluated_at: DateTime<Utc>,
 }
 
@@ -778,7 +840,8 @@ pub async fn board(
         "select p.slo_id, s.name as slo, a.name as application, p.business_date,
                 p.expected_start, p.expected_end, p.actual_start, p.actual_end, p.status,
                 p.late_by_seconds,
-                coalesce((select json_agg(json_build_array(x.kind, x.raised_at) order by x.raised_at)
+                coalesce((select json_agg(json_build_array(x.kind, x.raised_at, x.occurrence)
+                                          order by x.raised_at, x.occurrence)
                             from slo_alerts x
                            where x.slo_id = p.slo_id and x.business_date = p.business_date),
                          '[]'::json) as alerts,

@@ -115,7 +115,24 @@ pub fn slack_text(d: &Delivery) -> String {
             .unwrap_or("?")
             .to_owned()
     };
+    // An SLO alert about one occurrence of a repeating job: (occurrence, its expected end).
+    let occurrence = data.get("occurrence").and_then(|o| {
+        let field = |k: &str| o.get(k).and_then(Value::as_str).map(str::to_owned);
+        Some((field("job")?, field("expected_end")?))
+    });
     match d.event_type.as_str() {
+        "slo.late" if let Some((job, end)) = &occurrence => format!(
+            ":alarm_clock: SLO {} ({}) for {}: run {job} is late: not finished by {end}.",
+            s("slo"),
+            s("application"),
+            s("business_date"),
+        ),
+        "slo.breached" if let Some((job, end)) = &occurrence => format!(
+            ":rotating_light: SLO {} ({}) for {}: run {job} is breached: it failed, or ran past its tolerance (expected by {end}).",
+            s("slo"),
+            s("application"),
+            s("business_date"),
+        ),
         "storm.started" => format!(
             ":rotating_light: Storm on {}: the primary CDN is below its policy, traffic is moving to the backup (since {}).",
             s("domain"),
@@ -426,6 +443,31 @@ mod tests {
             created_at: Utc::now(),
             next_attempt_at: Utc::now(),
         }
+    }
+
+    #[test]
+    fn slo_alerts_about_an_occurrence_name_the_run() {
+        let mut d = delivery("http://example.invalid".into());
+        d.event_type = "slo.late".into();
+        let data = |occurrence: Value| {
+            json!({"slo": "tx-summary", "application": "foxfire", "business_date": "2026-12-07",
+                   "expected_end": "2026-12-07T17:10:00Z", "status": "late",
+                   "occurrence": occurrence})
+            .to_string()
+        };
+        d.payload = data(json!({"job": "tx-summary@10:00",
+                                "expected_end": "2026-12-07T09:10:00Z", "actual_end": null}));
+        assert_eq!(
+            slack_text(&d),
+            ":alarm_clock: SLO tx-summary (foxfire) for 2026-12-07: run tx-summary@10:00 is \
+             late: not finished by 2026-12-07T09:10:00Z."
+        );
+        d.payload = data(Value::Null);
+        assert_eq!(
+            slack_text(&d),
+            ":alarm_clock: SLO tx-summary (foxfire) for 2026-12-07 is late: not finished by \
+             2026-12-07T17:10:00Z (late)."
+        );
     }
 
     /// The address the sender connects to is the one it checked: a name resolving to a private

@@ -421,6 +421,44 @@ async fn an_slo_reports_its_performance_per_business_date_from_the_job_reports()
                     "jobs": [] }),
             "jobs",
         ),
+        // A repeating job: both fields or neither, a sane period, at most 288 occurrences,
+        // the last one ending by 168:00.
+        (
+            json!({ "name": "x", "application_id": application, "calendar_id": calendar,
+                    "jobs": [{ "job": "a", "expected_start": "06:00", "expected_end": "06:10",
+                               "every_minutes": 30 }] }),
+            "jobs[0].until",
+        ),
+        (
+            json!({ "name": "x", "application_id": application, "calendar_id": calendar,
+                    "jobs": [{ "job": "a", "expected_start": "06:00", "expected_end": "06:10",
+                               "until": "18:00" }] }),
+            "jobs[0].every_minutes",
+        ),
+        (
+            json!({ "name": "x", "application_id": application, "calendar_id": calendar,
+                    "jobs": [{ "job": "a", "expected_start": "06:00", "expected_end": "06:10",
+                               "every_minutes": 0, "until": "18:00" }] }),
+            "jobs[0].every_minutes",
+        ),
+        (
+            json!({ "name": "x", "application_id": application, "calendar_id": calendar,
+                    "jobs": [{ "job": "a", "expected_start": "06:00", "expected_end": "06:10",
+                               "every_minutes": 30, "until": "05:00" }] }),
+            "jobs[0].until",
+        ),
+        (
+            json!({ "name": "x", "application_id": application, "calendar_id": calendar,
+                    "jobs": [{ "job": "a", "expected_start": "00:00", "expected_end": "00:01",
+                               "every_minutes": 1, "until": "24:00" }] }),
+            "jobs[0].until",
+        ),
+        (
+            json!({ "name": "x", "application_id": application, "calendar_id": calendar,
+                    "jobs": [{ "job": "a", "expected_start": "06:00", "expected_end": "160:00",
+                               "every_minutes": 1440, "until": "150:00" }] }),
+            "jobs[0].until",
+        ),
     ] {
         app.post("/v1/slos", &DEV, body)
             .await

@@ -1,5 +1,5 @@
-//! The README's worked examples, run as written: every `curl` of the SLO example block against
-//! a fresh application, each `# ->` line checked against the answer before it. A change to the
+//! The README's worked examples, run as written: every `curl` of the SLO example blocks (the
+//! Foxfire chain, then the half-hourly job) against a fresh application, each `# ->` line checked against the answer before it. A change to the
 //! API that breaks the README breaks this test.
 
 use reqwest::Method;
@@ -118,9 +118,12 @@ fn calls(readme: &str, heading: &str) -> Vec<Call> {
 async fn the_foxfire_example_runs_as_written() {
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let calls = calls(&readme, "The Foxfire chain");
-    assert!(calls.len() >= 8, "{calls:?}");
-    assert!(calls.iter().any(|c| !c.expect.is_empty()));
+    let chain = calls(&readme, "The Foxfire chain");
+    assert!(chain.len() >= 8, "{chain:?}");
+    assert!(chain.iter().any(|c| !c.expect.is_empty()));
+    let half_hourly = calls(&readme, "The half-hourly transaction summary");
+    assert!(half_hourly.len() >= 6, "{half_hourly:?}");
+    let calls = chain.into_iter().chain(half_hourly);
     let app = spawn_app().await;
     for call in calls {
         let response = app

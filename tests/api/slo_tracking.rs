@@ -1,7 +1,7 @@
 //! Live SLO tracking on a real engine and PostgreSQL: each SLO's tracker wakes on job reports
 //! (the `job_status` NOTIFY) and at its timers, keeps `slo_performance` current and raises
-//! `slo.not_started` / `slo.late` / `slo.breached` once per SLO and business date — across a
-//! restart of the node.
+//! `slo.not_started` / `slo.late` / `slo.breached` once per SLO and business date (and per
+//! occurrence of a repeating job) — across a restart of the node.
 //!
 //! Expected times are whole minutes, so the test aims its SLOs at the next whole minute `M` and
 //! runs the engine's injected clock 12 seconds short of `M` (the API and the reports keep the
@@ -46,11 +46,11 @@ async fn start(
     .unwrap()
 }
 
-/// (SLO name, alert kind) of every alert raised, in order.
-async fn alerts(pool: &sqlx::PgPool) -> Vec<(String, String)> {
+/// (SLO name, alert kind, occurrence or '') of every alert raised, in order.
+async fn alerts(pool: &sqlx::PgPool) -> Vec<(String, String, String)> {
     sqlx::query_as(
-        "select s.name, a.kind from slo_alerts a join slos s on s.id = a.slo_id
-          where a.event_id is not null order by s.name, a.kind",
+        "select s.name, a.kind, a.occurrence from slo_alerts a join slos s on s.id = a.slo_id
+          where a.event_id is not null order by s.name, a.kind, a.occurrence",
     )
     .fetch_all(pool)
     .await
@@ -114,9 +114,22 @@ async fn trackers_raise_each_alert_once_from_reports_and_timers_across_a_restart
         .await
         .expect(201);
     }
+    // A job repeating every minute: `sync@<M-2>` (due M-1, already past: it never runs) and
+    // `sync@<M-1>` (due M: the run reported below is assigned to it, the nearest start).
+    app.post(
+        "/v1/slos",
+        &DEV,
+        json!({ "name": "repeating", "application_id": application, "calendar_id": calendar,
+                "start_grace_minutes": 10, "tolerance_minutes": 0,
+                "jobs": [{ "job": "sync", "expected_start": hhmm(end - 2),
+                           "expected_end": hhmm(end - 1), "every_minutes": 1,
+                           "until": hhmm(end - 1) }] }),
+    )
+    .await
+    .expect(201);
     let engine = start(&app, shift).await;
-    eventually("four trackers", Duration::from_secs(20), || async {
-        (engine.engine.tracked_slos().await.len() == 4).then_some(())
+    eventually("five trackers", Duration::from_secs(20), || async {
+        (engine.engine.tracked_slos().await.len() == 5).then_some(())
     })
     .await;
 
@@ -131,6 +144,8 @@ async fn trackers_raise_each_alert_once_from_reports_and_timers_across_a_restart
         report("load", "r1", "start"),
         report("transform", "r1", "start"),
         report("transform", "r1", "fail"),
+        report("sync", "s1", "start"),
+        report("sync", "s1", "succeed"),
     ] {
         app.post("/v1/job-status", &DEV, body).await.expect(201);
     }
@@ -142,19 +157,25 @@ async fn trackers_raise_each_alert_once_from_reports_and_timers_across_a_restart
     })
     .await;
     // Then the timers at M: the stuck and the silent SLOs are late and breached (tolerance 0),
-    // the silent one never started.
-    let expected: Vec<(String, String)> = [
-        ("failing", "breached"),
-        ("silent", "breached"),
-        ("silent", "late"),
-        ("silent", "not_started"),
-        ("stuck", "breached"),
-        ("stuck", "late"),
+    // the silent one never started. The repeating one: its first occurrence at once, and the
+    // SLO itself at M (that occurrence never finished); its second occurrence ran in time.
+    let missed_run = format!("sync@{}", hhmm(end - 2));
+    let expected: Vec<(String, String, String)> = [
+        ("failing", "breached", ""),
+        ("repeating", "breached", ""),
+        ("repeating", "breached", missed_run.as_str()),
+        ("repeating", "late", ""),
+        ("repeating", "late", missed_run.as_str()),
+        ("silent", "breached", ""),
+        ("silent", "late", ""),
+        ("silent", "not_started", ""),
+        ("stuck", "breached", ""),
+        ("stuck", "late", ""),
     ]
     .iter()
-    .map(|(s, k)| (s.to_string(), k.to_string()))
+    .map(|(s, k, o)| (s.to_string(), k.to_string(), o.to_string()))
     .collect();
-    eventually("six alerts", Duration::from_secs(45), || async {
+    eventually("ten alerts", Duration::from_secs(45), || async {
         (alerts(&app.pool).await == expected).then_some(())
     })
     .await;
@@ -184,11 +205,19 @@ async fn trackers_raise_each_alert_once_from_reports_and_timers_across_a_restart
         .expect(200)
         .body;
     let rows = board["slos"].as_array().unwrap();
-    assert_eq!(rows.len(), 4, "{board}");
+    assert_eq!(rows.len(), 5, "{board}");
     let row = |name: &str| rows.iter().find(|r| r["slo"] == name).unwrap().clone();
     assert_eq!(row("ok")["alerts"], json!([]));
     assert_eq!(row("silent")["alerts"].as_array().unwrap().len(), 3);
     assert_eq!(row("failing")["status"], "failed");
+    let occurrences: Vec<serde_json::Value> = row("repeating")["alerts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["occurrence"].clone())
+        .filter(|o| !o.is_null())
+        .collect();
+    assert_eq!(occurrences, [json!(missed_run), json!(missed_run)]);
     let missed = app
         .get(
             &format!("/v1/slo-board?business_date={date}&status=missed"),
@@ -197,7 +226,7 @@ async fn trackers_raise_each_alert_once_from_reports_and_timers_across_a_restart
         .await
         .expect(200)
         .body;
-    assert_eq!(missed["slos"].as_array().unwrap().len(), 2, "{missed}");
+    assert_eq!(missed["slos"].as_array().unwrap().len(), 3, "{missed}");
     app.get("/v1/slo-board?status=sideways", &DEV)
         .await
         .expect_error(422, "validation_failed", Some("status"));
@@ -217,7 +246,7 @@ async fn trackers_raise_each_alert_once_from_reports_and_timers_across_a_restart
                     .await
                     .unwrap();
             // Each SLO's two dates (D and the day after, opened).
-            (n == 8).then_some(())
+            (n == 10).then_some(())
         },
     )
     .await;
@@ -238,18 +267,36 @@ async fn trackers_raise_each_alert_once_from_reports_and_timers_across_a_restart
         (status(&app.pool, "stuck").await.as_deref() == Some("late")).then_some(())
     })
     .await;
-    let events: Vec<(String, serde_json::Value)> =
-        sqlx::query_as("select type, payload from events where type like 'slo.%' order by type")
-            .fetch_all(&app.pool)
-            .await
-            .unwrap();
-    assert_eq!(events.len(), 6, "{events:?}");
+    let events: Vec<(String, serde_json::Value)> = sqlx::query_as(
+        "select type, payload from events where type like 'slo.%'
+          order by type, payload->>'slo', payload->'occurrence' nulls first",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(events.len(), 10, "{events:?}");
     let late: Vec<&serde_json::Value> = events
         .iter()
-        .filter(|(t, _)| t == "slo.late")
+        .filter(|(t, p)| t == "slo.late" && p["slo"] != "repeating")
         .map(|(_, p)| p)
         .collect();
     assert_eq!(late.len(), 2);
+    // The occurrence's own event names it, with its own expected end.
+    let run_late = events
+        .iter()
+        .find(|(t, p)| t == "slo.late" && !p["occurrence"].is_null())
+        .map(|(_, p)| &p["occurrence"])
+        .unwrap();
+    assert_eq!(run_late["job"], json!(missed_run));
+    assert_eq!(
+        run_late["expected_end"]
+            .as_str()
+            .unwrap()
+            .parse::<DateTime<Utc>>()
+            .unwrap(),
+        m - chrono::Duration::minutes(1)
+    );
+    assert!(run_late["actual_end"].is_null());
     assert_eq!(late[0]["application"], "nightly");
     assert_eq!(late[0]["business_date"], date.to_string());
     assert_eq!(

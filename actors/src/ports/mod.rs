@@ -481,10 +481,12 @@ pub struct TrackedSlo {
 }
 
 /// An alert raised (first recorded) by [`SloStore::record`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RaisedAlert {
     pub business_date: chrono::NaiveDate,
     pub alert: tranche_core::slo::performance::Alert,
+    /// The occurrence of a repeating job it is about (`job@HH:MM`); `None`: the whole SLO.
+    pub occurrence: Option<String>,
 }
 
 /// The database side of SLO tracking.
@@ -502,8 +504,8 @@ pub trait SloStore: Send + Sync + 'static {
         to: chrono::NaiveDate,
     ) -> Result<Vec<(chrono::NaiveDate, tranche_core::slo::performance::Report)>, StoreError>;
     /// In one transaction fenced by `fence`: stores `rows` (one per business date) and raises
-    /// each of their due alerts not raised before for that SLO and date — its marker and its
-    /// event (`slo.not_started`, `slo.late`, `slo.breached`). Returns the alerts raised now.
+    /// each of their due alerts ([`Performance::due`]) not raised before for that SLO, date and
+    /// occurrence — its marker and its event (`slo.not_started`, `slo.late`, `slo.breached`). Returns the alerts raised now.
     async fn record(
         &self,
         slo: &TrackedSlo,

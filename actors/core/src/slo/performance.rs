@@ -16,7 +16,12 @@
 //! * alerts (each once per SLO and business date; the adapter keeps the marker): `not_started`
 //!   when nothing started by the expected start plus the start grace, `late` when the expected
 //!   end passed unfinished, `breached` when the tolerance passed unfinished or a job failed;
-//! * a successful run shorter than its job's minimum duration is flagged as suspicious.
+//! * a successful run shorter than its job's minimum duration is flagged as suspicious;
+//! * a *repeating* job (every 30 minutes from 06:00 to 18:00) is one job per occurrence,
+//!   `job@HH:MM` after its expected start, each run assigned to the occurrence whose expected
+//!   start is nearest its first report. Each occurrence has its own `late` and `breached` (at
+//!   its end and its end plus the tolerance); the day is `late` when any occurrence finished
+//!   after its own end, and its expected end is the last occurrence's.
 
 use std::collections::BTreeMap;
 
@@ -32,6 +37,93 @@ pub struct JobExpectation {
     pub expected_end: Offset,
     /// A successful run shorter than this is suspicious (it "succeeded" without working).
     pub min_duration: Option<Duration>,
+    /// A job that runs several times a business date (every 30 minutes from 06:00 to 18:00):
+    /// each occurrence is expected in the window shifted by a multiple of `every`.
+    pub repeat: Option<Repeat>,
+}
+
+/// How a job repeats within a business date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Repeat {
+    pub every: Duration,
+    /// The last occurrence's expected start is at or before this.
+    pub until: Offset,
+}
+
+impl JobExpectation {
+    /// Its occurrences on a business date, each a job of its own: itself when it does not
+    /// repeat, else `job@HH:MM` (the occurrence's expected start) for every start from
+    /// `expected_start` to `until`, `every` apart.
+    pub fn occurrences(&self) -> Vec<JobExpectation> {
+        let Some(repeat) = self.repeat.filter(|r| r.every > Duration::zero()) else {
+            return vec![self.clone()];
+        };
+        let step = repeat.every.num_minutes().max(1);
+        let first = i64::from(self.expected_start.minutes());
+        let span = i64::from(self.expected_end.minutes()) - first;
+        (first..=i64::from(repeat.until.minutes()))
+            .step_by(step as usize)
+            .filter_map(|start| {
+                let s = Offset::from_minutes(start).ok()?;
+                let e = Offset::from_minutes(start + span).ok()?;
+                Some(JobExpectation {
+                    job: format!("{}@{s}", self.job),
+                    expected_start: s,
+                    expected_end: e,
+                    min_duration: self.min_duration,
+                    repeat: None,
+                })
+            })
+            .collect()
+    }
+
+    /// The expected end of its last occurrence (its own expected end when it does not repeat).
+    pub fn last_end(&self) -> Offset {
+        let Some(repeat) = self.repeat.filter(|r| r.every > Duration::zero()) else {
+            return self.expected_end;
+        };
+        let step = repeat.every.num_minutes().max(1);
+        let first = i64::from(self.expected_start.minutes());
+        let last = (i64::from(repeat.until.minutes()) - first).max(0) / step * step;
+        Offset::from_minutes(i64::from(self.expected_end.minutes()) + last)
+            .unwrap_or(self.expected_end)
+    }
+}
+
+/// The reports with each run of a repeating job renamed to its occurrence (`job@HH:MM`): the
+/// occurrence whose expected start is nearest the run's first report.
+pub fn assign_occurrences(
+    spec: &SloSpec,
+    calendar: &Calendar,
+    date: NaiveDate,
+    reports: &[Report],
+) -> Vec<Report> {
+    let mut out: Vec<Report> = reports.to_vec();
+    for job in spec.jobs.iter().filter(|j| j.repeat.is_some()) {
+        let occurrences = job.occurrences();
+        let mut first: BTreeMap<&str, DateTime<Utc>> = BTreeMap::new();
+        for r in reports.iter().filter(|r| r.job == job.job) {
+            let at = first.entry(r.run_id.as_str()).or_insert(r.at);
+            *at = (*at).min(r.at);
+        }
+        let label: BTreeMap<&str, String> = first
+            .into_iter()
+            .filter_map(|(run, at)| {
+                let nearest = occurrences.iter().min_by_key(|o| {
+                    (calendar.at(date, o.expected_start) - at)
+                        .num_seconds()
+                        .abs()
+                })?;
+                Some((run, nearest.job.clone()))
+            })
+            .collect();
+        for r in out.iter_mut().filter(|r| r.job == job.job) {
+            if let Some(l) = label.get(r.run_id.as_str()) {
+                r.job = l.clone();
+            }
+        }
+    }
+    out
 }
 
 /// An SLO's expectations.
@@ -115,9 +207,33 @@ pub struct Performance {
     pub late_by: Option<Duration>,
     /// Alerts due at `now` (the adapter sends each once).
     pub alerts: Vec<Alert>,
+    /// Alerts due at `now` for occurrences of repeating jobs (`late`, `breached`).
+    pub occurrence_alerts: Vec<OccurrenceAlert>,
     pub too_fast: Vec<TooFast>,
     /// When the row may change without a report (the tracker's next timer), if ever.
     pub wake_at: Option<DateTime<Utc>>,
+}
+
+/// An alert for one occurrence of a repeating job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OccurrenceAlert {
+    /// `job@HH:MM`: the job and the occurrence's expected start.
+    pub occurrence: String,
+    pub alert: Alert,
+    pub expected_end: DateTime<Utc>,
+    /// The occurrence's end, if it finished (late, or failed).
+    pub actual_end: Option<DateTime<Utc>>,
+}
+
+impl Performance {
+    /// Every alert due: the SLO's own (no occurrence), then its occurrences'.
+    pub fn due(&self) -> impl Iterator<Item = (Option<&str>, Alert)> {
+        self.alerts.iter().map(|a| (None, *a)).chain(
+            self.occurrence_alerts
+                .iter()
+                .map(|o| (Some(o.occurrence.as_str()), o.alert)),
+        )
+    }
 }
 
 #[derive(Default)]
@@ -157,6 +273,28 @@ pub fn evaluate(
     reports: &[Report],
     now: DateTime<Utc>,
 ) -> Performance {
+    // A repeating job is one job per occurrence, each run assigned to its occurrence.
+    let expanded;
+    let assigned;
+    let (spec, reports, occurrence) = if spec.jobs.iter().any(|j| j.repeat.is_some()) {
+        let mut occurrence = Vec::new();
+        let mut jobs = Vec::new();
+        for j in &spec.jobs {
+            for o in j.occurrences() {
+                occurrence.push(j.repeat.is_some());
+                jobs.push(o);
+            }
+        }
+        expanded = SloSpec {
+            jobs,
+            start_grace: spec.start_grace,
+            tolerance: spec.tolerance,
+        };
+        assigned = assign_occurrences(spec, calendar, date, reports);
+        (&expanded, assigned.as_slice(), occurrence)
+    } else {
+        (spec, reports, vec![false; spec.jobs.len()])
+    };
     let expected_start = spec
         .jobs
         .iter()
@@ -257,9 +395,49 @@ pub fn evaluate(
     if failed || (now >= deadline && unfinished_at(deadline)) {
         alerts.push(Alert::Breached);
     }
+    // Each occurrence of a repeating job has its own expected end: late and breached apply
+    // to it alone (a job due every 30 minutes is late at 10:10, not at 18:10), and its timers
+    // run on after the SLO settled (a failure at 07:00 leaves 07:30 to be watched).
+    let mut occurrence_alerts = Vec::new();
+    let mut occurrence_wakes = Vec::new();
+    let mut occurrence_late = false;
+    for ((job, state), _) in spec
+        .jobs
+        .iter()
+        .zip(&states)
+        .zip(&occurrence)
+        .filter(|(_, is)| **is)
+    {
+        let end = calendar.at(date, job.expected_end);
+        let due = end + spec.tolerance;
+        let finished = state.finished;
+        let unfinished_at = |t: DateTime<Utc>| finished.is_none_or(|f| f.0 > t);
+        let failed = finished.is_some_and(|f| f.1);
+        let alert = |alert| OccurrenceAlert {
+            occurrence: job.job.clone(),
+            alert,
+            expected_end: end,
+            actual_end: finished.map(|f| f.0),
+        };
+        if now >= end && unfinished_at(end) && !(failed && finished.is_some_and(|f| f.0 <= end)) {
+            occurrence_alerts.push(alert(Alert::Late));
+        }
+        if failed || (now >= due && unfinished_at(due)) {
+            occurrence_alerts.push(alert(Alert::Breached));
+        }
+        occurrence_late |= finished.is_some_and(|f| f.0 > end);
+        if finished.is_none() {
+            occurrence_wakes.extend([end, due]);
+        }
+    }
+    let status = if status == Status::OnTime && occurrence_late {
+        Status::Late
+    } else {
+        status
+    };
     let settled = failed || actual_end.is_some();
-    let wake_at = if settled {
-        None
+    let slo_wakes = if settled {
+        Vec::new()
     } else {
         [
             (actual_start.is_none()).then_some(start_by),
@@ -268,9 +446,13 @@ pub fn evaluate(
         ]
         .into_iter()
         .flatten()
-        .filter(|t| *t > now)
-        .min()
+        .collect()
     };
+    let wake_at = slo_wakes
+        .into_iter()
+        .chain(occurrence_wakes)
+        .filter(|t| *t > now)
+        .min();
     Performance {
         business_date: date,
         expected_start,
@@ -280,6 +462,7 @@ pub fn evaluate(
         status,
         late_by,
         alerts,
+        occurrence_alerts,
         too_fast,
         wake_at,
     }
@@ -308,12 +491,14 @@ mod tests {
                     expected_start: o("23:00"),
                     expected_end: o("27:00"),
                     min_duration: Some(Duration::minutes(10)),
+                    repeat: None,
                 },
                 JobExpectation {
                     job: "dss-load".into(),
                     expected_start: o("27:00"),
                     expected_end: o("29:00"),
                     min_duration: None,
+                    repeat: None,
                 },
             ],
             start_grace: Duration::minutes(30),
@@ -505,6 +690,139 @@ mod tests {
         assert_eq!(
             evaluate(&spec, &cal, date, &other, t("2026-12-03T23:30:00Z")).status,
             Status::InProgress
+        );
+    }
+
+    #[test]
+    fn a_half_hourly_job_is_late_per_occurrence() {
+        // Every 30 minutes from 06:00 to 07:00, each due 10 minutes after its start.
+        let spec = SloSpec {
+            jobs: vec![JobExpectation {
+                job: "tx-summary".into(),
+                expected_start: o("06:00"),
+                expected_end: o("06:10"),
+                min_duration: None,
+                repeat: Some(Repeat {
+                    every: Duration::minutes(30),
+                    until: o("07:00"),
+                }),
+            }],
+            start_grace: Duration::minutes(5),
+            tolerance: Duration::minutes(10),
+        };
+        let names: Vec<String> = spec.jobs[0]
+            .occurrences()
+            .into_iter()
+            .map(|j| j.job)
+            .collect();
+        assert_eq!(
+            names,
+            ["tx-summary@06:00", "tx-summary@06:30", "tx-summary@07:00"]
+        );
+        let cal = Calendar::new(CalendarKind::EveryDay, "UTC", []).unwrap();
+        let date = DATE.parse().unwrap();
+        let reports = [
+            rep("tx-summary", "a", ReportKind::Start, "2026-12-03T06:01:00Z"),
+            rep(
+                "tx-summary",
+                "a",
+                ReportKind::Succeed,
+                "2026-12-03T06:08:00Z",
+            ),
+            // Started a little early for 06:30, finished late for it.
+            rep("tx-summary", "b", ReportKind::Start, "2026-12-03T06:28:00Z"),
+            rep(
+                "tx-summary",
+                "b",
+                ReportKind::Succeed,
+                "2026-12-03T06:45:00Z",
+            ),
+        ];
+        let p = evaluate(&spec, &cal, date, &reports, t("2026-12-03T07:12:00Z"));
+        assert_eq!(
+            p.due().collect::<Vec<_>>(),
+            vec![
+                // The SLO's own: its day (to 07:10) is not done either.
+                (None, Alert::Late),
+                (Some("tx-summary@06:30"), Alert::Late),
+                (Some("tx-summary@07:00"), Alert::Late),
+            ]
+        );
+        assert_eq!(
+            p.occurrence_alerts[0].actual_end,
+            Some(t("2026-12-03T06:45:00Z"))
+        );
+        assert_eq!(spec.jobs[0].last_end(), o("07:10"));
+        assert_eq!(p.status, Status::Late);
+        // The 07:00 run's deadline (07:20) is the next timer.
+        assert_eq!(p.wake_at, Some(t("2026-12-03T07:20:00Z")));
+        // Once the 07:00 run is in on time, the day is done — and late, for 06:30.
+        let mut all = reports.to_vec();
+        all.push(rep(
+            "tx-summary",
+            "c",
+            ReportKind::Start,
+            "2026-12-03T07:00:00Z",
+        ));
+        all.push(rep(
+            "tx-summary",
+            "c",
+            ReportKind::Succeed,
+            "2026-12-03T07:05:00Z",
+        ));
+        let p = evaluate(&spec, &cal, date, &all, t("2026-12-03T07:06:00Z"));
+        assert_eq!(p.actual_end, Some(t("2026-12-03T07:05:00Z")));
+        assert_eq!(p.status, Status::Late);
+        assert_eq!(
+            p.due().collect::<Vec<_>>(),
+            vec![(Some("tx-summary@06:30"), Alert::Late)]
+        );
+        assert_eq!(p.wake_at, None);
+    }
+
+    #[test]
+    fn a_failed_occurrence_leaves_the_later_ones_watched() {
+        let spec = SloSpec {
+            jobs: vec![JobExpectation {
+                job: "tx-summary".into(),
+                expected_start: o("06:10"),
+                expected_end: o("06:20"),
+                min_duration: None,
+                repeat: Some(Repeat {
+                    every: Duration::minutes(30),
+                    until: o("07:10"),
+                }),
+            }],
+            start_grace: Duration::minutes(5),
+            tolerance: Duration::minutes(5),
+        };
+        let cal = Calendar::new(CalendarKind::EveryDay, "UTC", []).unwrap();
+        let date = DATE.parse().unwrap();
+        let reports = [
+            rep("tx-summary", "a", ReportKind::Start, "2026-12-03T06:10:00Z"),
+            rep("tx-summary", "a", ReportKind::Fail, "2026-12-03T06:12:00Z"),
+        ];
+        let p = evaluate(&spec, &cal, date, &reports, t("2026-12-03T06:13:00Z"));
+        assert_eq!(p.status, Status::Failed);
+        assert_eq!(
+            p.due().collect::<Vec<_>>(),
+            vec![
+                (None, Alert::Breached),
+                (Some("tx-summary@06:10"), Alert::Breached)
+            ]
+        );
+        // The 06:40 occurrence is still due: its end is the next timer, and it goes late.
+        assert_eq!(p.wake_at, Some(t("2026-12-03T06:50:00Z")));
+        let p = evaluate(&spec, &cal, date, &reports, t("2026-12-03T06:50:00Z"));
+        assert!(
+            p.due()
+                .any(|d| d == (Some("tx-summary@06:40"), Alert::Late))
+        );
+        // The last occurrence's deadline bounds the date.
+        assert_eq!(spec.jobs[0].last_end(), o("07:20"));
+        assert_eq!(
+            crate::slo::tracking::deadline(&spec, &cal, date),
+            t("2026-12-03T07:25:00Z")
         );
     }
 }

@@ -43,6 +43,9 @@ pub struct SloReport {
     pub jobs: Vec<JobTrend>,
 }
 
+/// An instant a run reached, if it did.
+type At = Option<DateTime<Utc>>;
+
 /// Reports `spec` over the business `dates` (oldest first) from their reports.
 pub fn report(
     spec: &SloSpec,
@@ -85,18 +88,30 @@ pub fn report(
                     .into_iter()
                     .flatten()
                     .filter(|r| r.job == j.job);
-                let (mut start, mut end) = (None::<DateTime<Utc>>, None::<DateTime<Utc>>);
+                // A job's duration on a date: first start to last success; for a repeating
+                // job, its longest run (start to success of one run id).
+                // run id → (first start, last success)
+                let mut runs: BTreeMap<&str, (At, At)> = BTreeMap::new();
                 for r in of_job {
+                    let key = if j.repeat.is_some() {
+                        r.run_id.as_str()
+                    } else {
+                        ""
+                    };
+                    let (start, end) = runs.entry(key).or_default();
                     match r.kind {
-                        ReportKind::Start => start = Some(start.map_or(r.at, |s| s.min(r.at))),
-                        ReportKind::Succeed => end = Some(end.map_or(r.at, |e| e.max(r.at))),
+                        ReportKind::Start => *start = Some(start.map_or(r.at, |s| s.min(r.at))),
+                        ReportKind::Succeed => *end = Some(end.map_or(r.at, |e| e.max(r.at))),
                         ReportKind::Fail => {}
                     }
                 }
-                if let (Some(s), Some(e)) = (start, end)
-                    && e >= s
-                {
-                    points.push((x as i64, (e - s).num_seconds()));
+                let longest = runs
+                    .values()
+                    .filter_map(|(s, e)| Some((*e)? - (*s)?))
+                    .filter(|d| *d >= Duration::zero())
+                    .max();
+                if let Some(d) = longest {
+                    points.push((x as i64, d.num_seconds()));
                 }
             }
             let durations: Vec<i64> = points.iter().map(|p| p.1).collect();
@@ -150,6 +165,7 @@ mod tests {
                 expected_start: Offset::parse("01:00").unwrap(),
                 expected_end: Offset::parse("02:00").unwrap(),
                 min_duration: None,
+                repeat: None,
             }],
             start_grace: Duration::minutes(10),
             tolerance: Duration::zero(),
@@ -208,5 +224,58 @@ mod tests {
         assert_eq!(r.early_share, Some(Decimal::from(80)));
         // p90 of the ends (01:56 → 02:00 after rounding up to 5 minutes).
         assert_eq!(r.suggested_expected_end, Offset::parse("02:00").ok());
+    }
+
+    #[test]
+    fn a_repeating_job_is_measured_by_its_longest_run() {
+        let o = |s: &str| Offset::parse(s).unwrap();
+        let spec = SloSpec {
+            jobs: vec![JobExpectation {
+                job: "tx-summary".into(),
+                expected_start: o("06:00"),
+                expected_end: o("06:10"),
+                min_duration: None,
+                repeat: Some(crate::slo::performance::Repeat {
+                    every: Duration::minutes(30),
+                    until: o("07:00"),
+                }),
+            }],
+            start_grace: Duration::minutes(5),
+            tolerance: Duration::zero(),
+        };
+        let cal = Calendar::new(CalendarKind::EveryDay, "UTC", []).unwrap();
+        let date: NaiveDate = "2026-11-01".parse().unwrap();
+        let run = |id: &str, start: &str, minutes: i64| {
+            let at = cal.at(date, o(start));
+            [
+                Report {
+                    job: "tx-summary".into(),
+                    run_id: id.into(),
+                    kind: ReportKind::Start,
+                    at,
+                },
+                Report {
+                    job: "tx-summary".into(),
+                    run_id: id.into(),
+                    kind: ReportKind::Succeed,
+                    at: at + Duration::minutes(minutes),
+                },
+            ]
+        };
+        let reports = BTreeMap::from([(
+            date,
+            [
+                run("a", "06:00", 5),
+                run("b", "06:30", 9),
+                run("c", "07:00", 4),
+            ]
+            .concat(),
+        )]);
+        let now: DateTime<Utc> = "2026-11-02T00:00:00Z".parse().unwrap();
+        let r = report(&spec, &cal, &[date], &reports, now, Duration::zero(), 365);
+        assert_eq!(r.jobs[0].samples, 1);
+        assert_eq!(r.jobs[0].p50, Some(9 * 60));
+        // The day ended at 07:04, the last occurrence's expected end being 07:10.
+        assert_eq!(r.finished, 1);
     }
 }

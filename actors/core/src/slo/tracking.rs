@@ -41,12 +41,12 @@ impl ReportKind {
 }
 
 /// The instant after which nothing about `date` changes without a report: the latest expected
-/// end plus the tolerance.
+/// end (of a repeating job, its last occurrence's) plus the tolerance.
 pub fn deadline(spec: &SloSpec, calendar: &Calendar, date: NaiveDate) -> DateTime<Utc> {
     let end = spec
         .jobs
         .iter()
-        .map(|j| j.expected_end)
+        .map(|j| j.last_end())
         .max()
         .unwrap_or(Offset::MIDNIGHT);
     calendar.at(date, end) + spec.tolerance
@@ -73,7 +73,7 @@ pub fn live_dates(
     let reach = spec
         .jobs
         .iter()
-        .map(|j| i64::from(j.expected_end.minutes()))
+        .map(|j| i64::from(j.last_end().minutes()))
         .max()
         .unwrap_or(0)
         + spec.tolerance.num_minutes();
@@ -119,6 +119,7 @@ mod tests {
                 expected_start: Offset::parse(start).unwrap(),
                 expected_end: Offset::parse(end).unwrap(),
                 min_duration: None,
+                repeat: None,
             }],
             start_grace: Duration::minutes(30),
             tolerance: Duration::minutes(tolerance),
