@@ -8,7 +8,6 @@ use clap::{Parser, Subcommand};
 use std::sync::Arc;
 
 use anyhow::Context;
-use rustls::pki_types::pem::PemObject;
 use tranche_actors::EngineConfig;
 
 use tranche_actors::ports::{DnsProvider, NoopProvider};
@@ -220,13 +219,8 @@ async fn start_engine(
         &settings.webhook_secret_keys,
     )?);
     let roots = match &settings.probe_ca_file {
-        Some(path) => {
-            let pem = std::fs::read(path)
-                .with_context(|| format!("reading probe_ca_file {}", path.display()))?;
-            rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
-                .collect::<Result<Vec<_>, _>>()
-                .with_context(|| format!("parsing probe_ca_file {}", path.display()))?
-        }
+        Some(path) => crate::prober::roots_from_pem_file(path)
+            .with_context(|| format!("probe_ca_file {}", path.display()))?,
         None => Vec::new(),
     };
     if settings.probe_allow_private {

@@ -133,6 +133,8 @@ pub enum BenchCommand {
         /// `mixed` (half HTTP, half HTTPS), `http` or `https`.
         #[arg(long, default_value = "mixed")]
         scheme: String,
+        #[command(flatten)]
+        external: External,
     },
     /// Memory of idle domain actors.
     Idle {
@@ -286,7 +288,8 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             seconds,
             warmup,
             scheme,
-        } => probes(&env, domains, interval, seconds, warmup, &scheme).await,
+            external,
+        } => probes(&env, domains, interval, seconds, warmup, &scheme, &external).await,
         BenchCommand::Idle { domains } => idle(&env, domains).await,
         BenchCommand::Detection {
             domains,
@@ -655,6 +658,29 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// `bench probes` against servers outside the bench (the nginx that
+/// `bench/probes-vs-blackbox.sh` shares with blackbox_exporter) instead of the in-process
+/// edges: every domain's primary and backup CDN target is that server.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct External {
+    /// `host:port` of the HTTP server every HTTP probe goes to.
+    #[arg(long)]
+    target_http: Option<String>,
+    /// `host:port` of the HTTPS server; its certificate must cover `*.bench.test` and chain
+    /// to `--ca`.
+    #[arg(long)]
+    target_https: Option<String>,
+    /// PEM file of the CA the HTTPS target's certificate chains to (verification stays on).
+    #[arg(long)]
+    ca: Option<std::path::PathBuf>,
+    /// Path probed (e.g. `/healthz`).
+    #[arg(long, default_value = "/")]
+    path: String,
+    /// Every HTTPS probe a full handshake: no TLS session resumption.
+    #[arg(long)]
+    no_resumption: bool,
+}
+
 /// Counts completed and successful probes, and remembers who probed what last.
 struct Counting {
     inner: NetworkProber,
@@ -748,6 +774,7 @@ async fn probes(
     seconds: u64,
     warmup: u64,
     scheme: &str,
+    external: &External,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(
         matches!(scheme, "mixed" | "http" | "https"),
@@ -755,7 +782,27 @@ async fn probes(
     );
     env.domains_with(n, interval, interval * 6, true, scheme)
         .await?;
-    let counting = Arc::new(Counting::new(env.prober()?, false));
+    let roots = match &external.ca {
+        Some(path) => tranche::prober::roots_from_pem_file(path)?,
+        None => vec![env.ca.ca.clone()],
+    };
+    let prober = NetworkProber::with_resumption(&roots, true, !external.no_resumption)?;
+    if external.target_http.is_some() || external.target_https.is_some() {
+        // Both CDNs of every domain: the external server of its scheme.
+        let target = |t: &Option<String>| t.clone().unwrap_or_else(|| "127.0.0.1:9".into());
+        sqlx::query(
+            "update service_domains
+                set primary_target = case probe_scheme when 'https' then $2 else $1 end,
+                    backup_target = case probe_scheme when 'https' then $2 else $1 end,
+                    probe_path = $3",
+        )
+        .bind(target(&external.target_http))
+        .bind(target(&external.target_https))
+        .bind(&external.path)
+        .execute(&env.pool)
+        .await?;
+    }
+    let counting = Arc::new(Counting::new(prober, false));
     let rss_before = rss_kib();
     let engine = start_engine(env, "bench-node", counting.clone(), false).await?;
     let startup = wait_running(&[&engine], n, Duration::from_secs(300)).await?;
@@ -788,11 +835,13 @@ async fn probes(
         "domains={n} cdns=2 scheme={scheme} interval={interval}s measured={elapsed:.1}s (after {warmup}s warm-up)"
     );
     println!(
-        "RESULT probes_per_s={:.0} expected_per_s={expected:.0} ok={:.2}% tranche_cpu_s={tranche_cpu:.2} cpu_s_per_1000_probes={:.3} probes_per_cpu_s={:.0}",
+        "RESULT probes_per_s={:.0} expected_per_s={expected:.0} ok={:.2}% tranche_cpu_s={tranche_cpu:.2} cpu_s_per_1000_probes={:.3} probes_per_cpu_s={:.0} ok_probes_per_cpu_s={:.0} resumption={}",
         done as f64 / elapsed,
         100.0 * ok as f64 / done.max(1) as f64,
         1000.0 * tranche_cpu / done.max(1) as f64,
         done as f64 / tranche_cpu.max(1e-9),
+        ok as f64 / tranche_cpu.max(1e-9),
+        !external.no_resumption,
     );
     println!(
         "RESULT edges_cpu_s={:.2} postgres_cpu_s={:.2} rss_mib={:.1} rss_delta_mib={:.1}",

@@ -33,6 +33,15 @@ const SESSION_CACHE: usize = 65_536;
 
 const USER_AGENT: &str = concat!("tranche-probe/", env!("CARGO_PKG_VERSION"));
 
+/// The certificates of a PEM file (a private CA the probes trust).
+pub fn roots_from_pem_file(path: &std::path::Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    use rustls::pki_types::pem::PemObject;
+    let pem = std::fs::read(path)?;
+    let roots = CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>()?;
+    anyhow::ensure!(!roots.is_empty(), "no certificate in it");
+    Ok(roots)
+}
+
 /// Probes over the network. Cheap to clone behind an `Arc`; share one per node.
 pub struct NetworkProber {
     tls: TlsConnector,
@@ -46,6 +55,16 @@ impl NetworkProber {
     pub fn new(
         extra_roots: &[CertificateDer<'static>],
         allow_private: bool,
+    ) -> anyhow::Result<Self> {
+        Self::with_resumption(extra_roots, allow_private, true)
+    }
+
+    /// As [`NetworkProber::new`]; `resumption: false` makes every HTTPS probe a full handshake
+    /// with certificate verification (for benchmarks that compare probers without it).
+    pub fn with_resumption(
+        extra_roots: &[CertificateDer<'static>],
+        allow_private: bool,
+        resumption: bool,
     ) -> anyhow::Result<Self> {
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -65,7 +84,11 @@ impl NetworkProber {
             .with_no_client_auth();
         // Resumption skips the certificate chain verification and key exchange that dominate a
         // probe's cost. Every probed hostname keeps its session (rustls' default holds 256).
-        config.resumption = rustls::client::Resumption::in_memory_sessions(SESSION_CACHE);
+        config.resumption = if resumption {
+            rustls::client::Resumption::in_memory_sessions(SESSION_CACHE)
+        } else {
+            rustls::client::Resumption::disabled()
+        };
         let resolver = resolver(&[], None)?;
         Ok(Self {
             tls: TlsConnector::from(Arc::new(config)),
