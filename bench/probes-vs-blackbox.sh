@@ -15,11 +15,15 @@
 #
 # Environment (all optional):
 #   ROUNDS=3 DURATION=15 WARMUP=10   rounds, measured and warm-up seconds per measurement
-#   DOMAINS=5000 INTERVAL=5          Tranche's load: 2 × DOMAINS / INTERVAL probes per second
+#   DOMAINS=5000 INTERVAL=5          Tranche's HTTP load: 2 × DOMAINS / INTERVAL probes per second
+#   DOMAINS_HTTPS=2500               its HTTPS load (one nginx worker does not complete 2,000
+#                                    full RSA-2048 handshakes a second on this machine)
 #   SCHEMES="http https"             which schemes to compare
 #   BENCH=target/release/tranche-bench   (built with `cargo build --release -p tranche-bench`
 #                                          when missing)
 #   ANCHOR=../shared/bench/blackbox-anchor.sh
+#   BENCH_BEFORE=path                another build's tranche-bench, measured in the same rounds
+#                                    (paired figures for BENCHMARKS.md)
 # Output: a line per measurement, then `RATIO scheme=… blackbox=… tranche=… ratio=…` per
 # scheme (medians over the rounds; with resumption, and for HTTPS `tranche_no_resumption=…`).
 set -euo pipefail
@@ -28,6 +32,7 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-15}
 WARMUP=${WARMUP:-10}
 DOMAINS=${DOMAINS:-5000}
+DOMAINS_HTTPS=${DOMAINS_HTTPS:-2500}
 INTERVAL=${INTERVAL:-5}
 SCHEMES=${SCHEMES:-"http https"}
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -123,7 +128,7 @@ curl -fsS --cacert "$NG/ca.pem" --resolve "x.bench.test:$HTTPS_PORT:127.0.0.1" \
 log "nginx $NGINX_MASTER: http :$HTTP_PORT https :$HTTPS_PORT (RSA-2048 leaf, CA $NG/ca.pem)"
 
 # ---------------------------------------------------------------- rounds
-declare -A BB TR TRN
+declare -A BB TR TRN TB TBN
 blackbox() {  # scheme -> probes per CPU-second (successful)
   local module out
   if [ "$1" = http ]; then module=http_plain; else module=https_insecure; fi
@@ -132,11 +137,14 @@ blackbox() {  # scheme -> probes per CPU-second (successful)
     TARGET_HTTPS="https://127.0.0.1:$HTTPS_PORT/healthz" \
     TARGET_PIDS="$NGINX_PIDS" TARGET_STATUS="http://127.0.0.1:$STATUS_PORT/" \
     bash "$ANCHOR" 2>"$WORK/anchor.log") || { tail -20 "$WORK/anchor.log" >&2; die "anchor failed"; }
+  grep "^RESULT prober=blackbox" <<<"$out" >&2
   sed -n "s/^RESULT prober=blackbox module=$module .* probes_per_cpu_s=\([0-9]*\) .*/\1/p" <<<"$out"
 }
-tranche() {  # scheme [--no-resumption] -> successful probes per CPU-second
-  local out
-  out=$("$BENCH" probes --domains "$DOMAINS" --interval "$INTERVAL" --seconds "$DURATION" \
+tranche() {  # binary scheme [--no-resumption] -> successful probes per CPU-second
+  local out domains=$DOMAINS bench=$1
+  shift
+  [ "$1" = https ] && domains=$DOMAINS_HTTPS
+  out=$("$bench" probes --domains "$domains" --interval "$INTERVAL" --seconds "$DURATION" \
     --warmup "$WARMUP" --scheme "$1" --target-http "127.0.0.1:$HTTP_PORT" \
     --target-https "127.0.0.1:$HTTPS_PORT" --ca "$NG/ca.pem" --path /healthz "${@:2}" \
     2>"$WORK/bench.log") || { tail -20 "$WORK/bench.log" >&2; die "tranche-bench failed"; }
@@ -147,11 +155,19 @@ for round in $(seq 1 "$ROUNDS"); do
   for scheme in $SCHEMES; do
     b=$(blackbox "$scheme"); BB[$scheme]+="$b "
     log "round $round $scheme: blackbox $b probes/CPU-s"
-    t=$(tranche "$scheme"); TR[$scheme]+="$t "
+    t=$(tranche "$BENCH" "$scheme"); TR[$scheme]+="$t "
     log "round $round $scheme: tranche $t probes/CPU-s (resumption on)"
     if [ "$scheme" = https ]; then
-      t=$(tranche "$scheme" --no-resumption); TRN[$scheme]+="$t "
+      t=$(tranche "$BENCH" "$scheme" --no-resumption); TRN[$scheme]+="$t "
       log "round $round $scheme: tranche $t probes/CPU-s (resumption off)"
+    fi
+    if [ -n "${BENCH_BEFORE:-}" ]; then
+      t=$(tranche "$BENCH_BEFORE" "$scheme"); TB[$scheme]+="$t "
+      log "round $round $scheme: the build before: $t probes/CPU-s (resumption on)"
+      if [ "$scheme" = https ]; then
+        t=$(tranche "$BENCH_BEFORE" "$scheme" --no-resumption); TBN[$scheme]+="$t "
+        log "round $round $scheme: the build before: $t probes/CPU-s (resumption off)"
+      fi
     fi
   done
 done
@@ -165,4 +181,13 @@ for scheme in $SCHEMES; do
     line+=" tranche_no_resumption=$n (${TRN[$scheme]% }) ratio_no_resumption=$(awk -v t="$n" -v b="$b" 'BEGIN{printf "%.2f", t/b}')"
   fi
   echo "$line"
+  if [ -n "${TB[$scheme]:-}" ]; then
+    t=$(median <<<"${TB[$scheme]}")
+    line="BEFORE scheme=$scheme tranche=$t (${TB[$scheme]% }) ratio=$(awk -v t="$t" -v b="$b" 'BEGIN{printf "%.2f", t/b}')"
+    if [ -n "${TBN[$scheme]:-}" ]; then
+      n=$(median <<<"${TBN[$scheme]}")
+      line+=" tranche_no_resumption=$n (${TBN[$scheme]% }) ratio_no_resumption=$(awk -v t="$n" -v b="$b" 'BEGIN{printf "%.2f", t/b}')"
+    fi
+    echo "$line"
+  fi
 done

@@ -49,6 +49,22 @@ use tranche_core::storm::{
 /// Longest delay before a new actor's first probe.
 const FIRST_PROBE_SPREAD: Duration = Duration::from_secs(2);
 
+/// Probe ticks fire on this grid: a node's domain timers expire together, tens per wake-up of
+/// the runtime, instead of a thread wake-up (on a VM, an expensive one) per probe. Each probe
+/// still keeps its exact, drift-free schedule (`next_due`); only its start waits for the next
+/// grid instant, at most 50 ms. Measured (BENCHMARKS.md, issue 17): +63% HTTP and +30% HTTPS
+/// probes per CPU-second at 2,000 probes/s.
+pub const TICK_GRID: Duration = Duration::from_millis(50);
+
+/// The first instant of [`TICK_GRID`] at or after `t` (the grid starts at the first call).
+fn on_grid(t: tokio::time::Instant) -> tokio::time::Instant {
+    static EPOCH: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(tokio::time::Instant::now);
+    let grid = TICK_GRID.as_nanos();
+    let since = t.saturating_duration_since(epoch).as_nanos();
+    epoch + Duration::from_nanos((since.div_ceil(grid) * grid) as u64)
+}
+
 /// What every domain actor on a node shares.
 pub struct EngineCtx {
     pub config: EngineConfig,
@@ -215,7 +231,7 @@ impl Actor for DomainActor {
                 let step = state.realign.take().unwrap_or_else(|| state.interval());
                 let due = state.next_due.map_or(now + step, |d| d + step).max(now);
                 state.next_due = Some(due);
-                myself.send_after(due - now, move || DomainMsg::Tick(generation));
+                myself.send_after(on_grid(due) - now, move || DomainMsg::Tick(generation));
                 if state.spec.primary_target.is_none() && !state.observer {
                     // Nothing to probe through the primary: time alone moves the machine (to
                     // `unknown`).

@@ -42,7 +42,7 @@ use tranche::demo::edge::{Behaviour, FakeEdge, TestCa};
 use tranche::node::RunningEngine;
 use tranche::postgres::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use tranche::postgres::{self, customers};
-use tranche::prober::NetworkProber;
+use tranche::prober::{LanedProber, NetworkProber};
 
 mod billing;
 mod failover;
@@ -499,8 +499,10 @@ impl Env {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 
-    fn prober(&self) -> anyhow::Result<NetworkProber> {
-        NetworkProber::new(std::slice::from_ref(&self.ca.ca), true)
+    /// The product's prober: verifying against the edges' CA, on a probe lane per CPU.
+    fn prober(&self) -> anyhow::Result<LanedProber> {
+        let network = NetworkProber::new(std::slice::from_ref(&self.ca.ca), true)?;
+        Ok(LanedProber::per_cpu(Arc::new(network))?)
     }
 
     /// Creates a service with `n` domains in bulk. `targets`: whether domains get probe targets;
@@ -679,11 +681,15 @@ pub struct External {
     /// Every HTTPS probe a full handshake: no TLS session resumption.
     #[arg(long)]
     no_resumption: bool,
+    /// Probe lanes (threads running the probes' I/O, as `tranche serve` does with one per
+    /// CPU); 0: probes on the engine's runtime, as before the lanes.
+    #[arg(long)]
+    lanes: Option<usize>,
 }
 
 /// Counts completed and successful probes, and remembers who probed what last.
 struct Counting {
-    inner: NetworkProber,
+    inner: Box<dyn Prober>,
     done: AtomicU64,
     ok: AtomicU64,
     last: Mutex<HashMap<String, Instant>>,
@@ -692,7 +698,7 @@ struct Counting {
 }
 
 impl Counting {
-    fn new(inner: NetworkProber, track: bool) -> Self {
+    fn new(inner: Box<dyn Prober>, track: bool) -> Self {
         Self {
             inner,
             done: AtomicU64::new(0),
@@ -786,7 +792,14 @@ async fn probes(
         Some(path) => tranche::prober::roots_from_pem_file(path)?,
         None => vec![env.ca.ca.clone()],
     };
-    let prober = NetworkProber::with_resumption(&roots, true, !external.no_resumption)?;
+    let network = NetworkProber::with_resumption(&roots, true, !external.no_resumption)?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let lanes = external.lanes.unwrap_or(cpus);
+    let prober: Box<dyn Prober> = if lanes == 0 {
+        Box::new(network)
+    } else {
+        Box::new(LanedProber::new(Arc::new(network), lanes)?)
+    };
     if external.target_http.is_some() || external.target_https.is_some() {
         // Both CDNs of every domain: the external server of its scheme.
         let target = |t: &Option<String>| t.clone().unwrap_or_else(|| "127.0.0.1:9".into());
@@ -843,6 +856,7 @@ async fn probes(
         ok as f64 / tranche_cpu.max(1e-9),
         !external.no_resumption,
     );
+    println!("RESULT lanes={lanes}");
     println!(
         "RESULT edges_cpu_s={:.2} postgres_cpu_s={:.2} rss_mib={:.1} rss_delta_mib={:.1}",
         edge1 - edge0,
@@ -855,7 +869,7 @@ async fn probes(
 
 async fn idle(env: &Env, n: usize) -> anyhow::Result<()> {
     env.domains(n, 10, 60, false).await?;
-    let counting = Arc::new(Counting::new(env.prober()?, false));
+    let counting = Arc::new(Counting::new(Box::new(env.prober()?), false));
     let rss_before = rss_kib();
     let engine = start_engine(env, "bench-node", counting, false).await?;
     let startup = wait_running(&[&engine], n, Duration::from_secs(900)).await?;
@@ -924,7 +938,7 @@ async fn detection(env: &Env, n: usize, interval: i32, window: i32) -> anyhow::R
 
 async fn takeover(env: &Env, n: usize, interval: i32) -> anyhow::Result<()> {
     env.domains(n, interval, interval * 6, true).await?;
-    let survivor_probes = Arc::new(Counting::new(env.prober()?, true));
+    let survivor_probes = Arc::new(Counting::new(Box::new(env.prober()?), true));
     let a = start_engine(env, "node-a", survivor_probes.clone(), true).await?;
     let b = start_engine(env, "node-b", Arc::new(env.prober()?), true).await?;
     // Both nodes settled with a share each.

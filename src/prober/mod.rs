@@ -3,13 +3,17 @@
 //! Each probe resolves the CDN's target (hickory-resolver; an IP literal skips resolution),
 //! opens a **new TCP connection** to it (a dead edge must not hide behind a pooled connection),
 //! does TLS with SNI set to the customer hostname, sends `GET <path>` with `Host` set to the
-//! customer hostname over HTTP/1.1, and classifies the outcome from the response head (the body
-//! is not read). TLS configuration, including its session cache (resumption keeps probes
+//! customer hostname over HTTP/1.1, and classifies the outcome from the final status line (the
+//! headers after it and the body are not read). TLS configuration, including its session cache (resumption keeps probes
 //! cheap), is shared by all probes. The certificate's expiry is recorded for HTTPS.
 //!
 //! Targets that resolve to loopback, private, link-local or otherwise non-public addresses are
 //! refused (`blocked`) unless the operator allows them (`probe_allow_private`), so customers
 //! cannot point Tranche at the operator's own network.
+
+mod lanes;
+
+pub use lanes::LanedProber;
 
 use crate::resolver::resolver;
 use std::net::{IpAddr, SocketAddr};
@@ -17,10 +21,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use http_body_util::Empty;
-use hyper::Request;
-use hyper::body::Bytes;
-use hyper_util::rt::TokioIo;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -45,6 +45,7 @@ pub fn roots_from_pem_file(path: &std::path::Path) -> anyhow::Result<Vec<Certifi
 /// Probes over the network. Cheap to clone behind an `Arc`; share one per node.
 pub struct NetworkProber {
     tls: TlsConnector,
+    expiries: Expiries,
     resolver: Option<hickory_resolver::TokioResolver>,
     allow_private: bool,
 }
@@ -92,6 +93,7 @@ impl NetworkProber {
         let resolver = resolver(&[], None)?;
         Ok(Self {
             tls: TlsConnector::from(Arc::new(config)),
+            expiries: Expiries::default(),
             resolver,
             allow_private,
         })
@@ -141,7 +143,7 @@ impl NetworkProber {
             .map_err(|e| (Outcome::Connect, format!("connecting to {ip}:{port}: {e}")))?;
         let _ = tcp.set_nodelay(true);
         match req.scheme {
-            ProbeScheme::Http => request(TokioIo::new(tcp), req).await.map(|s| (s, None)),
+            ProbeScheme::Http => request(tcp, req).await.map(|s| (s, None)),
             ProbeScheme::Https => {
                 let name = ServerName::try_from(req.hostname.clone())
                     .map_err(|e| (Outcome::Tls, format!("invalid SNI name: {e}")))?;
@@ -155,43 +157,146 @@ impl NetworkProber {
                     .1
                     .peer_certificates()
                     .and_then(|certs| certs.first())
-                    .and_then(|cert| not_after(cert));
-                request(TokioIo::new(tls), req).await.map(|s| (s, expiry))
+                    .and_then(|cert| self.expiries.not_after(cert));
+                request(tls, req).await.map(|s| (s, expiry))
             }
         }
     }
 }
 
-/// Sends the request on a fresh connection and returns the response status.
-async fn request<S>(io: TokioIo<S>, req: &ProbeRequest) -> Result<u16, (Outcome, String)>
+/// Longest response head read before the final status line (interim `1xx` heads included).
+const MAX_HEAD: usize = 16 * 1024;
+
+/// Sends `GET <path>` over HTTP/1.1 on the fresh connection and returns the final response's
+/// status, from its status line; the headers after it and the body are not read.
+///
+/// A minimal client rather than hyper's: a probe needs one request and one status, and the
+/// hyper connection task spawned per probe, with its buffers, was a visible share of the probe
+/// path's CPU (BENCHMARKS.md, issue 17). Interim responses (`103 Early Hints`, a stray `100
+/// Continue`) are skipped to the final one.
+async fn request<S>(mut io: S, req: &ProbeRequest) -> Result<u16, (Outcome, String)>
 where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(io)
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let head = format!(
+        "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: {USER_AGENT}\r\nAccept: */*\r\nConnection: close\r\n\r\n",
+        req.path.as_str(),
+        req.hostname
+    );
+    let io_error = |what: &str, e: std::io::Error| {
+        let outcome = if e.kind() == std::io::ErrorKind::InvalidData {
+            Outcome::Protocol
+        } else {
+            Outcome::Connect
+        };
+        (outcome, format!("{what}: {e}"))
+    };
+    io.write_all(head.as_bytes())
         .await
-        .map_err(|e| (Outcome::Protocol, format!("HTTP handshake: {e}")))?;
-    // The connection task ends when the response is dropped (Connection: close).
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let request = Request::get(req.path.as_str())
-        .header(hyper::header::HOST, &req.hostname)
-        .header(hyper::header::USER_AGENT, USER_AGENT)
-        .header(hyper::header::CONNECTION, "close")
-        .body(Empty::new())
-        .map_err(|e| (Outcome::Protocol, format!("building request: {e}")))?;
-    let response = sender
-        .send_request(request)
+        .map_err(|e| io_error("sending the request", e))?;
+    io.flush()
         .await
-        .map_err(|e| (classify_hyper(&e), format!("HTTP: {e}")))?;
-    Ok(response.status().as_u16())
+        .map_err(|e| io_error("sending the request", e))?;
+    let mut buf = Vec::with_capacity(512);
+    // Where the response being read starts (after any interim responses).
+    let mut from = 0;
+    loop {
+        if let Some(status) = final_status(&buf, &mut from)? {
+            return Ok(status);
+        }
+        if buf.len() >= MAX_HEAD {
+            return Err((
+                Outcome::Protocol,
+                format!("no final status line in the first {MAX_HEAD} bytes"),
+            ));
+        }
+        let mut chunk = [0u8; 1024];
+        let n = io
+            .read(&mut chunk)
+            .await
+            .map_err(|e| io_error("reading the response", e))?;
+        if n == 0 {
+            return Err((
+                Outcome::Connect,
+                "the connection closed before a complete response head".to_owned(),
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
 }
 
-fn classify_hyper(e: &hyper::Error) -> Outcome {
-    if e.is_incomplete_message() || e.is_closed() || e.is_canceled() {
-        Outcome::Connect
-    } else {
-        Outcome::Protocol
+/// The final status in the response bytes read so far (`None`: read more). `from` is where the
+/// current response starts; it moves past each complete interim (`1xx`) head.
+fn final_status(buf: &[u8], from: &mut usize) -> Result<Option<u16>, (Outcome, String)> {
+    loop {
+        let rest = &buf[*from..];
+        let Some(line_end) = rest.windows(2).position(|w| w == b"\r\n") else {
+            return Ok(None);
+        };
+        let status = status_line(&rest[..line_end])?;
+        if !(100..200).contains(&status) || status == 101 {
+            return Ok(Some(status));
+        }
+        // An interim response: skip its head (up to the blank line), then read the next.
+        let Some(head_end) = rest.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return Ok(None);
+        };
+        *from += head_end + 4;
+    }
+}
+
+/// `HTTP/1.1 200 OK` → 200.
+fn status_line(line: &[u8]) -> Result<u16, (Outcome, String)> {
+    let malformed = || {
+        (
+            Outcome::Protocol,
+            format!(
+                "malformed status line {:?}",
+                String::from_utf8_lossy(&line[..line.len().min(80)])
+            ),
+        )
+    };
+    let mut parts = line.splitn(3, |b| *b == b' ');
+    let version = parts.next().ok_or_else(malformed)?;
+    if version != b"HTTP/1.1" && version != b"HTTP/1.0" {
+        return Err(malformed());
+    }
+    let code = parts.next().ok_or_else(malformed)?;
+    if code.len() != 3 || !code.iter().all(u8::is_ascii_digit) {
+        return Err(malformed());
+    }
+    let status = code.iter().fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
+    if status < 100 {
+        return Err(malformed());
+    }
+    Ok(status)
+}
+
+/// Certificates' expiries, by certificate: an edge serves the same certificate to thousands of
+/// probes, and parsing it (x509) on each was a visible share of an HTTPS probe's CPU.
+#[derive(Default)]
+struct Expiries(std::sync::Mutex<std::collections::HashMap<Vec<u8>, Option<DateTime<Utc>>>>);
+
+/// Certificates remembered at most (the map starts over when full).
+const EXPIRIES_KEPT: usize = 4096;
+
+impl Expiries {
+    fn not_after(&self, cert: &CertificateDer<'_>) -> Option<DateTime<Utc>> {
+        // The signature ends the DER: its last 64 bytes tell certificates apart.
+        let der = cert.as_ref();
+        let key = der[der.len().saturating_sub(64)..].to_vec();
+        if let Some(known) = self.0.lock().ok()?.get(&key) {
+            return *known;
+        }
+        let expiry = not_after(cert);
+        if let Ok(mut map) = self.0.lock() {
+            if map.len() >= EXPIRIES_KEPT {
+                map.clear();
+            }
+            map.insert(key, expiry);
+        }
+        expiry
     }
 }
 
@@ -248,6 +353,71 @@ impl Prober for NetworkProber {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The status `request` reads when the server answers `response` (then closes).
+    async fn answered(response: &'static [u8]) -> Result<u16, (Outcome, String)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (client, mut server) = tokio::io::duplex(64 * 1024);
+        let serve = tokio::spawn(async move {
+            let mut head = vec![0u8; 4096];
+            let n = server.read(&mut head).await.unwrap();
+            // Byte by byte: the reader must cope with a head split anywhere.
+            for b in response {
+                server.write_all(std::slice::from_ref(b)).await.unwrap();
+            }
+            drop(server);
+            String::from_utf8_lossy(&head[..n]).into_owned()
+        });
+        let req = ProbeRequest {
+            cdn: tranche_core::probe::Cdn::Primary,
+            hostname: "app.example.test".into(),
+            target: tranche_core::domain::ProbeTarget::parse("127.0.0.1:9").unwrap(),
+            scheme: ProbeScheme::Http,
+            path: tranche_core::domain::ProbePath::parse("/healthz").unwrap(),
+            expected: tranche_core::domain::ExpectedStatuses::default(),
+            timeout: std::time::Duration::from_secs(1),
+        };
+        let status = request(client, &req).await;
+        let sent = serve.await.unwrap();
+        assert!(
+            sent.starts_with("GET /healthz HTTP/1.1\r\nHost: app.example.test\r\n")
+                && sent.ends_with("Connection: close\r\n\r\n"),
+            "{sent:?}"
+        );
+        status
+    }
+
+    #[tokio::test]
+    async fn the_status_line_is_read_and_interim_responses_skipped() {
+        assert_eq!(
+            answered(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await,
+            Ok(200)
+        );
+        assert_eq!(
+            answered(b"HTTP/1.0 503 Service Unavailable\r\n\r\n").await,
+            Ok(503)
+        );
+        assert_eq!(answered(b"HTTP/1.1 204\r\n\r\n").await, Ok(204));
+        assert_eq!(
+            answered(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\n\r\n")
+                .await,
+            Ok(200)
+        );
+        let outcome = |r: Result<u16, (Outcome, String)>| r.map_err(|e| e.0);
+        assert_eq!(
+            outcome(answered(b"SSH-2.0-OpenSSH_9.2\r\n").await),
+            Err(Outcome::Protocol)
+        );
+        assert_eq!(
+            outcome(answered(b"HTTP/1.1 2000 OK\r\n\r\n").await),
+            Err(Outcome::Protocol)
+        );
+        assert_eq!(
+            outcome(answered(b"HTTP/1.1 20").await),
+            Err(Outcome::Connect)
+        );
+        assert_eq!(outcome(answered(b"").await), Err(Outcome::Connect));
+    }
 
     #[test]
     fn public_and_private_addresses() {
