@@ -276,16 +276,19 @@ fn status_line(line: &[u8]) -> Result<u16, (Outcome, String)> {
 /// Certificates' expiries, by certificate: an edge serves the same certificate to thousands of
 /// probes, and parsing it (x509) on each was a visible share of an HTTPS probe's CPU.
 #[derive(Default)]
-struct Expiries(std::sync::Mutex<std::collections::HashMap<Vec<u8>, Option<DateTime<Utc>>>>);
+struct Expiries(std::sync::Mutex<std::collections::HashMap<[u8; 64], Option<DateTime<Utc>>>>);
 
 /// Certificates remembered at most (the map starts over when full).
 const EXPIRIES_KEPT: usize = 4096;
 
 impl Expiries {
     fn not_after(&self, cert: &CertificateDer<'_>) -> Option<DateTime<Utc>> {
-        // The signature ends the DER: its last 64 bytes tell certificates apart.
+        // The signature ends the DER: its last 64 bytes tell certificates apart (copied, not
+        // allocated: this runs on every HTTPS probe).
         let der = cert.as_ref();
-        let key = der[der.len().saturating_sub(64)..].to_vec();
+        let tail = &der[der.len().saturating_sub(64)..];
+        let mut key = [0u8; 64];
+        key[..tail.len()].copy_from_slice(tail);
         if let Some(known) = self.0.lock().ok()?.get(&key) {
             return *known;
         }
