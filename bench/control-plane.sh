@@ -9,7 +9,8 @@
 #   2. the saturation throughput with CONNECTIONS connections, for context.
 # Target (issue 2): p99 <= 5 ms at 2,000 requests/s.
 #
-# Usage: bench/control-plane.sh            (RATE=, DURATION=, CONNECTIONS= to override)
+# Usage: bench/control-plane.sh            (RATE=, DURATION=, CONNECTIONS= to override;
+#        BENCH_BIN=/path/to/tranche measures another build, e.g. the one before a change)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,14 +24,17 @@ if ! command -v oha >/dev/null 2>&1; then
   cargo install oha --locked --version 1.16.0 >&2
   export PATH="$HOME/.cargo/bin:$PATH"
 fi
-cargo build --release --quiet --bin tranche
+if [ -z "${BENCH_BIN:-}" ]; then
+  cargo build --release --quiet --bin tranche
+  BENCH_BIN=./target/release/tranche
+fi
 
 workdir=$(mktemp -d /tmp/tranche-bench-XXXXXX)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 # The benchmark measures the server, not the per-key rate limiter.
 TRANCHE_API_RATE_PER_SECOND=1000000 TRANCHE_API_BURST=1000000 \
   TRANCHE_DATA_DIR="$workdir/data" TRANCHE_ADMIN_TOKEN=$TOKEN RUST_LOG=warn \
-  ./target/release/tranche serve --listen "127.0.0.1:$port" >"$workdir/serve.log" 2>&1 &
+  env -u BENCH_BIN "$BENCH_BIN" serve --listen "127.0.0.1:$port" >"$workdir/serve.log" 2>&1 &
 server=$!
 cleanup() { kill -TERM "$server" 2>/dev/null; wait "$server" 2>/dev/null || true; rm -rf "$workdir"; }
 trap cleanup EXIT

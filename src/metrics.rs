@@ -70,6 +70,12 @@ pub struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    /// `cache` or `database`.
+    pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AlertLabels {
     /// `not_started`, `late` or `breached`.
     pub alert: &'static str,
@@ -191,6 +197,7 @@ pub struct Metrics {
     pub metering_commit_seconds: Histogram,
     pub metering_batch_events: Histogram,
     pub slo_alerts: Family<AlertLabels, Counter>,
+    pub api_key_lookups: Family<SourceLabels, Counter>,
     pub info: Family<InfoLabels, Gauge>,
     // Read at scrape time.
     pub domains: Family<StateLabels, Gauge>,
@@ -234,6 +241,7 @@ impl Metrics {
             metering_commit_seconds: seconds_buckets(),
             metering_batch_events: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             slo_alerts: Family::default(),
+            api_key_lookups: Family::default(),
             info: Family::default(),
             dns_pending: Family::default(),
             node_heartbeat_age: Family::default(),
@@ -380,6 +388,12 @@ impl Metrics {
             "SLO alerts raised (each once per SLO, business date and occurrence), by alert",
             None,
             &m.slo_alerts,
+        );
+        r.add(
+            "api_key_lookups",
+            "API-key authentications, by where the key was found (cache, database)",
+            None,
+            &m.api_key_lookups,
         );
         r.add(
             "metering_commit_duration",

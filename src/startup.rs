@@ -78,6 +78,7 @@ impl Application {
         .context("could not start the metering batcher")?;
         let ctx = Arc::new(ApiContext {
             key_lookups: crate::postgres::api_keys::KeyLookups::new(pool.clone()),
+            service_reads: crate::postgres::services::ServiceReads::new(pool.clone()),
             pool,
             dev: settings.dev,
             admin_token: settings.admin_token.clone(),
@@ -166,12 +167,19 @@ impl Application {
             }
             None => None,
         };
+        // Keeps the read caches exact while serving (they are off until it listens).
+        let auth_listener = tokio::spawn(crate::postgres::read_cache::listen(
+            self.ctx.pool.clone(),
+            crate::postgres::read_cache::LISTENER_NAME,
+            vec![self.ctx.key_lookups.clone(), self.ctx.service_reads.clone()],
+        ));
         let acceptor = GuardedAcceptor::new(TcpAcceptor::from_tokio(self.listener)?, self.limits);
         let metering = self.ctx.metering.clone();
         let served = Server::new_with_acceptor(acceptor)
             .idle_timeout(self.idle_timeout)
             .run_with_graceful_shutdown(api::app(self.ctx), shutdown, Some(DRAIN_TIMEOUT))
             .await;
+        auth_listener.abort();
         metering.stop(None);
         let _ = self.batcher.await;
         if let Some((stop, server)) = metrics {

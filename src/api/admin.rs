@@ -35,8 +35,8 @@ impl From<CustomerRow> for Customer {
 pub struct UpdateCustomer {
     #[oai(nullable)]
     pub name: Option<String>,
-    /// `active` or `suspended`. A suspended customer's keys answer 401 at once, on every node;
-    /// its engine work (probing, DNS, billing) continues.
+    /// `active` or `suspended`. A suspended customer's keys answer 401 from the next request
+    /// (on other nodes within milliseconds); its engine work (probing, DNS, billing) continues.
     #[oai(nullable)]
     pub status: Option<String>,
 }
@@ -233,6 +233,7 @@ impl AdminApi {
         let row = customers::update(&ctx.pool, id.0, name, status)
             .await?
             .ok_or_else(|| customer_not_found(id.0))?;
+        ctx.key_lookups.forget_customer(row.id);
         tracing::info!(customer.id = row.id, customer.status = %row.status, "customer updated");
         Ok(Json(row.into()))
     }
@@ -252,6 +253,7 @@ impl AdminApi {
     ) -> ApiResult<Deleted> {
         match customers::delete(&ctx.pool, id.0).await? {
             customers::Deleted::Deleted => {
+                ctx.key_lookups.forget_customer(id.0);
                 tracing::info!(customer.id = id.0, "customer deleted");
                 Ok(Deleted::NoContent)
             }

@@ -422,8 +422,9 @@ pub(crate) async fn key_tenant(
         .is_none_or(|t| Utc::now() - t > TOUCH_EVERY)
     {
         // Bookkeeping only: a failure here must not fail the request.
-        if let Err(e) = api_keys::touch(&ctx.pool, key.id).await {
-            tracing::warn!(api_key.id = key.id, error = %e, "could not record key use");
+        match api_keys::touch(&ctx.pool, key.id).await {
+            Ok(()) => ctx.key_lookups.touched(prefix, Utc::now()),
+            Err(e) => tracing::warn!(api_key.id = key.id, error = %e, "could not record key use"),
         }
     }
     ctx.limiter

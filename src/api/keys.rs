@@ -208,7 +208,8 @@ impl KeysApi {
         Ok(CreatedKey::Created(Json(CreatedApiKey::of(key, generated))))
     }
 
-    /// Revoke an API key: from the next request on, on every node, it answers 401.
+    /// Revoke an API key: from the next request on it answers 401 — at once on the node that
+    /// revoked it, and within PostgreSQL's notification latency (milliseconds) on the others.
     #[oai(
         path = "/v1/api-keys/:id",
         method = "delete",
@@ -223,6 +224,7 @@ impl KeysApi {
         let row = api_keys::revoke(&ctx.pool, tenant.customer_id, id.0)
             .await?
             .ok_or_else(|| ApiError::not_found(format!("API key {} not found", id.0)))?;
+        ctx.key_lookups.forget_key(&row.prefix);
         tracing::info!(customer.id = tenant.customer_id, api_key.prefix = %row.prefix, "API key revoked");
         Ok(Revoked::Ok(Json(row.into())))
     }

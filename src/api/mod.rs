@@ -78,6 +78,8 @@ pub struct ApiContext {
     pub metrics_per_domain: bool,
     /// API-key lookups shared between concurrent requests (never older than the request).
     pub key_lookups: Arc<crate::postgres::api_keys::KeyLookups>,
+    /// `GET /v1/services/{id}`, cached (emptied after every write request).
+    pub service_reads: Arc<crate::postgres::services::ServiceReads>,
     /// This node's group commit of usage events.
     pub metering: ractor::ActorRef<tranche_actors::metering_batcher::BatcherMsg>,
 }
@@ -319,6 +321,7 @@ pub fn app(ctx: Arc<ApiContext>) -> impl Endpoint {
     // Swagger UI shows the document this server serves (the generator's is replaced in it).
     let served = spec_json_for(ctx.dev);
     let docs = api.swagger_ui_html().replace(&api.spec(), &served);
+    let reads = ctx.service_reads.clone();
     Route::new()
         .nest("/", api)
         .at(
@@ -335,11 +338,19 @@ pub fn app(ctx: Arc<ApiContext>) -> impl Endpoint {
         )
         .nest("/status", crate::status::routes())
         .with(input::input_guard())
-        .around(|ep, req| async move {
+        .around(move |ep, req| {
+            let reads = reads.clone();
+            async move {
             let method = req.method().to_string();
             let status_page = req.uri().path().starts_with("/status");
             let started = std::time::Instant::now();
+            let writes = !matches!(*req.method(), poem::http::Method::GET | poem::http::Method::HEAD | poem::http::Method::OPTIONS);
             let res = ep.call(req).await;
+            if writes {
+                // This node's clients read their own writes from the next request; other nodes
+                // hear of them by notification.
+                reads.forget_all();
+            }
             let (status, route) = match &res {
                 Ok(r) => (r.status(), r.data::<poem_openapi::OperationId>().map(|o| o.0)),
                 Err(e) => (e.status(), e.data::<poem_openapi::OperationId>().map(|o| o.0)),
@@ -348,7 +359,7 @@ pub fn app(ctx: Arc<ApiContext>) -> impl Endpoint {
             let route = route.unwrap_or(if status_page { "status_page" } else { "unmatched" });
             crate::metrics::METRICS.http(&method, route, status.as_u16(), took);
             res
-        })
+        }})
         .with(error::json_errors())
         // Outside the JSON errors, so that every response — errors too — carries its id.
         .around(|ep, req| async move {

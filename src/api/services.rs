@@ -162,9 +162,12 @@ impl ServicesApi {
         ctx: Data<&Arc<ApiContext>>,
         id: Path<i64>,
     ) -> ApiResult<Json<ServiceDetail>> {
-        let detail = services::get_detail(&ctx.pool, tenant.customer_id, id.0)
+        let detail = ctx
+            .service_reads
+            .get_detail(tenant.customer_id, id.0)
             .await?
             .ok_or_else(|| service_not_found(id.0))?;
+        let detail = std::sync::Arc::unwrap_or_clone(detail);
         Ok(Json(ServiceDetail {
             service: detail.service.into(),
             domains: detail.domains.0.into_iter().map(Domain::from).collect(),

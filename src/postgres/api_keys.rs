@@ -11,6 +11,8 @@ use sha2::{Digest, Sha256};
 use sqlx::{FromRow, PgPool, Postgres, Transaction};
 use subtle::ConstantTimeEq;
 
+use super::read_cache::{self, NotifiedCache};
+
 /// Scopes a customer's first key gets.
 pub const ALL_SCOPES: [&str; 3] = ["read", "write", "admin"];
 /// The scope that lets a key report job status, for the applications it names only.
@@ -204,18 +206,35 @@ mod tests {
     }
 }
 
-/// Authentication lookups shared between concurrent requests, without ever answering from
-/// before a request arrived.
+/// The notification channel announcing changes that can refuse a cached key (migration 31):
+/// payload `key:<prefix>` or `customer:<id>`.
+pub const AUTH_CHANNEL: &str = "tranche_auth";
+
+/// How long a cached key is trusted without news: the safety net for a listener connection that
+/// died without the node noticing. Revocations normally arrive by notification in milliseconds.
+pub const CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Authentication lookups: a per-node cache kept exact by notification, and lookups shared
+/// between concurrent requests when the cache cannot answer.
 ///
-/// A request that finds no lookup running starts one at once (one query, as alone). Requests
-/// that arrive while one runs wait for the next, which starts when it ends and looks all of
-/// their prefixes up in one query (`prefix = any(…)`). Every answer thus comes from a query that
-/// began after its request arrived, so a key revoked (or a customer suspended) before a request
-/// arrives is refused by it, exactly as with a query per request — with one query per round of
-/// concurrent requests instead of one each.
+/// **The cache** ([`NotifiedCache`]). A key found is kept (its hash, scopes, customer status;
+/// never the secret) and answers later requests without a query. Every change that can refuse
+/// it — revocation, deletion, new scopes or applications, its customer's suspension — is
+/// announced on [`AUTH_CHANNEL`] by a trigger in the changing transaction, and the node's
+/// [`read_cache::listen`] drops the key or the customer's keys as the notification arrives. The
+/// node that makes the change drops them itself before answering ([`KeyLookups::forget_key`],
+/// [`KeyLookups::forget_customer`]), so there it takes effect at once; elsewhere within
+/// PostgreSQL's notification latency (milliseconds). Each entry is trusted for [`CACHE_TTL`]
+/// at most.
+///
+/// **Shared lookups.** A request that finds no lookup running starts one at once (one query,
+/// as alone). Requests that arrive while one runs wait for the next, which starts when it ends
+/// and looks all of their prefixes up in one query (`prefix = any(…)`). Every such answer comes
+/// from a query that began after its request arrived.
 pub struct KeyLookups {
     pool: PgPool,
     queue: std::sync::Mutex<LookupQueue>,
+    cache: NotifiedCache<String, KeyAuthRow>,
 }
 
 /// A failed round, as each of its requests gets it: whether the database was unreachable
@@ -234,11 +253,77 @@ impl KeyLookups {
         std::sync::Arc::new(Self {
             pool,
             queue: std::sync::Mutex::default(),
+            cache: NotifiedCache::new(CACHE_TTL),
         })
     }
 
-    /// [`find_for_auth`], shared with the requests arriving meanwhile.
+    /// The unrevoked key with this prefix and its customer's status: from the cache when it
+    /// holds the key, else from [`find_for_auth`] shared with the requests arriving meanwhile.
     pub async fn find(
+        self: &std::sync::Arc<Self>,
+        prefix: &str,
+    ) -> sqlx::Result<Option<KeyAuthRow>> {
+        let miss = match self.cache.get(prefix) {
+            Ok(row) => {
+                counted("cache");
+                return Ok(Some(row));
+            }
+            Err(miss) => miss,
+        };
+        counted("database");
+        let row = self.look_up(prefix).await?;
+        if let Some(row) = &row {
+            self.cache.insert(miss, prefix.to_owned(), row.clone());
+        }
+        Ok(row)
+    }
+
+    /// Records that the key was just used (`last_used_at` written), so the cached copy does not
+    /// ask for another write before [`find_for_auth`] would.
+    pub fn touched(&self, prefix: &str, at: DateTime<Utc>) {
+        self.cache.update(prefix, |row| row.last_used_at = Some(at));
+    }
+
+    /// Drops the key with this prefix from the cache (after revoking it).
+    pub fn forget_key(&self, prefix: &str) {
+        self.cache.invalidate(|p, _| p == prefix);
+    }
+
+    /// Drops the customer's keys from the cache (after suspending or deleting it).
+    pub fn forget_customer(&self, customer_id: i64) {
+        self.cache
+            .invalidate(|_, row| row.customer_id == customer_id);
+    }
+}
+
+impl read_cache::Notified for KeyLookups {
+    fn channels(&self) -> &'static [&'static str] {
+        &[AUTH_CHANNEL]
+    }
+
+    /// Applies an [`AUTH_CHANNEL`] payload; anything unreadable empties the cache.
+    fn notified(&self, _channel: &str, payload: &str) {
+        match payload.split_once(':') {
+            Some(("key", prefix)) => self.forget_key(prefix),
+            Some(("customer", id)) if let Ok(id) = id.parse() => self.forget_customer(id),
+            _ => {
+                tracing::warn!(
+                    payload,
+                    "unreadable {AUTH_CHANNEL} notification: cache emptied"
+                );
+                self.cache.invalidate(|_, _| true);
+            }
+        }
+    }
+
+    fn set_listening(&self, listening: bool) {
+        self.cache.set_listening(listening);
+    }
+}
+
+impl KeyLookups {
+    /// [`find_for_auth`], shared with the requests arriving meanwhile.
+    async fn look_up(
         self: &std::sync::Arc<Self>,
         prefix: &str,
     ) -> sqlx::Result<Option<KeyAuthRow>> {
@@ -303,6 +388,13 @@ impl KeyLookups {
             }
         }
     }
+}
+
+fn counted(source: &'static str) {
+    crate::metrics::METRICS
+        .api_key_lookups
+        .get_or_create(&crate::metrics::SourceLabels { source })
+        .inc();
 }
 
 /// [`find_for_auth`] for several prefixes, each with its row.

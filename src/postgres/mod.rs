@@ -25,6 +25,7 @@ pub mod metering;
 pub mod outbox;
 pub mod policies;
 pub mod pool;
+pub mod read_cache;
 pub mod services;
 pub mod settings;
 pub mod slo;

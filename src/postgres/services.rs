@@ -6,6 +6,7 @@ use sqlx::{FromRow, PgPool};
 
 use super::domains::DomainRow;
 use super::policies::PolicyRow;
+use super::read_cache::{self, NotifiedCache};
 
 #[derive(Debug, Clone, FromRow)]
 pub struct ServiceRow {
@@ -96,6 +97,79 @@ pub async fn get_detail(
     .bind(customer_id)
     .fetch_optional(pool)
     .await
+}
+
+/// How long a cached service detail is trusted without news (see [`ServiceReads`]).
+pub const CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The API's hottest read, `GET /v1/services/{id}`, answered from a per-node cache kept exact
+/// by notification ([`NotifiedCache`]): every change to `services`, `service_domains` or
+/// `storm_policies` announces itself on `tranche_config` (their statement triggers, which also
+/// wake the engine), and any such notification empties this cache; a customer's suspension or
+/// deletion (`tranche_auth`) drops its services. A node empties it itself after every write
+/// request it serves ([`ServiceReads::forget_all`]), so a client reads its own writes from the
+/// next request; changes made elsewhere are seen within PostgreSQL's notification latency.
+pub struct ServiceReads {
+    pool: PgPool,
+    cache: NotifiedCache<(i64, i64), std::sync::Arc<ServiceDetailRow>>,
+}
+
+impl ServiceReads {
+    pub fn new(pool: PgPool) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self {
+            pool,
+            cache: NotifiedCache::new(CACHE_TTL),
+        })
+    }
+
+    /// [`get_detail`], from the cache when it holds the service.
+    pub async fn get_detail(
+        &self,
+        customer_id: i64,
+        id: i64,
+    ) -> sqlx::Result<Option<std::sync::Arc<ServiceDetailRow>>> {
+        let key = (customer_id, id);
+        let miss = match self.cache.get(&key) {
+            Ok(row) => return Ok(Some(row)),
+            Err(miss) => miss,
+        };
+        let row = get_detail(&self.pool, customer_id, id)
+            .await?
+            .map(std::sync::Arc::new);
+        if let Some(row) = &row {
+            self.cache.insert(miss, key, row.clone());
+        }
+        Ok(row)
+    }
+
+    /// Empties the cache (after a write this node served).
+    pub fn forget_all(&self) {
+        self.cache.invalidate(|_, _| true);
+    }
+}
+
+impl read_cache::Notified for ServiceReads {
+    fn channels(&self) -> &'static [&'static str] {
+        &[crate::node::CONFIG_CHANNEL, super::api_keys::AUTH_CHANNEL]
+    }
+
+    fn notified(&self, channel: &str, payload: &str) {
+        match payload.split_once(':') {
+            Some(("customer", id))
+                if channel == super::api_keys::AUTH_CHANNEL
+                    && let Ok(id) = id.parse::<i64>() =>
+            {
+                self.cache.invalidate(|(customer, _), _| *customer == id)
+            }
+            // Keys come and go without changing any service.
+            Some(("key", _)) if channel == super::api_keys::AUTH_CHANNEL => {}
+            _ => self.forget_all(),
+        }
+    }
+
+    fn set_listening(&self, listening: bool) {
+        self.cache.set_listening(listening);
+    }
 }
 
 pub async fn create(

@@ -1,7 +1,7 @@
 use serde_json::json;
 use tranche::config::Settings;
 
-use crate::helpers::{Auth, spawn_app, spawn_app_with};
+use crate::helpers::{Auth, TestApp, eventually, spawn_app, spawn_app_on, spawn_app_with};
 
 fn production(settings: &mut Settings) {
     settings.dev = false;
@@ -93,39 +93,6 @@ async fn customer_header_must_match_the_key() {
 }
 
 #[tokio::test]
-async fn revoked_keys_and_suspended_customers_are_401() {
-    let app = spawn_app_with(production).await;
-    let (cid, key) = app.create_customer("acme").await;
-    app.get("/v1/services", &Auth::Key(key.clone()))
-        .await
-        .expect(200);
-    sqlx::query("update customers set status = 'suspended' where id = $1")
-        .bind(cid)
-        .execute(&app.pool)
-        .await
-        .unwrap();
-    app.get("/v1/services", &Auth::Key(key.clone()))
-        .await
-        .expect_error(401, "unauthorized", None);
-    sqlx::query("update customers set status = 'active' where id = $1")
-        .bind(cid)
-        .execute(&app.pool)
-        .await
-        .unwrap();
-    app.get("/v1/services", &Auth::Key(key.clone()))
-        .await
-        .expect(200);
-    sqlx::query("update api_keys set revoked_at = now() where customer_id = $1")
-        .bind(cid)
-        .execute(&app.pool)
-        .await
-        .unwrap();
-    app.get("/v1/services", &Auth::Key(key))
-        .await
-        .expect_error(401, "unauthorized", None);
-}
-
-#[tokio::test]
 async fn scopes_are_enforced() {
     let app = spawn_app_with(production).await;
     let (cid, key) = app.create_customer("acme").await;
@@ -136,6 +103,18 @@ async fn scopes_are_enforced() {
         .await
         .unwrap();
     let read_only = Auth::Key(key);
+    // The key's cached copy is dropped by notification (milliseconds).
+    eventually("the read-only scope", TIMEOUT, || async {
+        let resp = app
+            .post(
+                "/v1/services",
+                &read_only,
+                json!({ "name": "y", "primary_cdn": "cloudflare", "backup_cdn": "fastly" }),
+            )
+            .await;
+        (resp.status == 403).then_some(())
+    })
+    .await;
     app.get(&format!("/v1/services/{sid}"), &read_only)
         .await
         .expect(200);
@@ -259,4 +238,216 @@ async fn failed_authentication_is_throttled_per_client_address() {
         resp.headers()["cache-control"].to_str().unwrap(),
         "no-store"
     );
+}
+
+/// Each node caches the keys it has seen; changes reach every node's cache by notification. A
+/// change made through a node's API is refused there from the next request, and on the other
+/// node within milliseconds; a change made in the database directly, likewise.
+#[tokio::test]
+async fn revocation_and_suspension_reach_every_node() {
+    let a = spawn_app_with(production).await;
+    let b = spawn_app_on(a.pool.clone(), production).await;
+    let (cid, key) = a.create_customer("acme").await;
+    let auth = Auth::Key(key.clone());
+    let nodes = [&a, &b];
+    for node in nodes {
+        node.get("/v1/services", &auth).await.expect(200);
+    }
+
+    // Suspended through node a's API: refused there at once, on b within the deadline.
+    a.patch(
+        &format!("/v1/admin/customers/{cid}"),
+        &Auth::Admin,
+        json!({ "status": "suspended" }),
+    )
+    .await
+    .expect(200);
+    a.get("/v1/services", &auth)
+        .await
+        .expect_error(401, "unauthorized", None);
+    answers_soon(&b, &auth, 401).await;
+    a.patch(
+        &format!("/v1/admin/customers/{cid}"),
+        &Auth::Admin,
+        json!({ "status": "active" }),
+    )
+    .await
+    .expect(200);
+    a.get("/v1/services", &auth).await.expect(200);
+    answers_soon(&b, &auth, 200).await;
+
+    // Changed in the database directly (as by another node): both nodes follow.
+    for (change, then) in [
+        (
+            "update customers set status = 'suspended' where id = $1",
+            401,
+        ),
+        ("update customers set status = 'active' where id = $1", 200),
+        (
+            "update api_keys set scopes = '{read}' where customer_id = $1",
+            200,
+        ),
+    ] {
+        sqlx::query(change)
+            .bind(cid)
+            .execute(&a.pool)
+            .await
+            .unwrap();
+        for node in nodes {
+            answers_soon(node, &auth, then).await;
+        }
+    }
+    // The read-only scope took effect: writing is now forbidden on both nodes.
+    for node in nodes {
+        node.post(
+            "/v1/services",
+            &auth,
+            json!({ "name": "web", "primary_cdn": "cloudflare", "backup_cdn": "fastly" }),
+        )
+        .await
+        .expect(403);
+    }
+
+    // Revoked through node b's API.
+    sqlx::query("update api_keys set scopes = '{read,write,admin}' where customer_id = $1")
+        .bind(cid)
+        .execute(&a.pool)
+        .await
+        .unwrap();
+    let id = crate::helpers::eventually("the admin scope back", TIMEOUT, || async {
+        let list = b.get("/v1/api-keys", &auth).await;
+        (list.status == 200).then(|| list.body[0]["id"].as_i64().unwrap())
+    })
+    .await;
+    b.delete(&format!("/v1/api-keys/{id}"), &auth)
+        .await
+        .expect(200);
+    b.get("/v1/services", &auth)
+        .await
+        .expect_error(401, "unauthorized", None);
+    answers_soon(&a, &auth, 401).await;
+}
+
+const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Polls `GET /v1/services` on `node` until it answers `status`.
+async fn answers_soon(node: &TestApp, auth: &Auth, status: u16) {
+    eventually(&format!("{status} from {}", node.addr), TIMEOUT, || async {
+        (node.get("/v1/services", auth).await.status.as_u16() == status).then_some(())
+    })
+    .await;
+}
+
+/// The cache itself, on a real database: it answers without a query while its listener is
+/// connected (a change that announces nothing, such as `last_used_at`, is not seen), drops a key
+/// when notified, turns off when its connection is lost and on again when it is back, and is
+/// off once its listener is dropped.
+#[tokio::test]
+async fn the_key_cache_answers_until_notified_and_only_while_listening() {
+    use tranche::postgres::api_keys::{KeyLookups, prefix_of};
+    use tranche::postgres::read_cache::{LISTENER_NAME, listen};
+    let app = spawn_app_with(production).await;
+    let (cid, key) = app.create_customer("acme").await;
+    let prefix = prefix_of(&key).unwrap();
+    let lookups = KeyLookups::new(app.pool.clone());
+    let listener = tokio::spawn(listen(
+        app.pool.clone(),
+        "test-key-cache",
+        vec![lookups.clone()],
+    ));
+    let used_at = |n: i64| chrono::DateTime::from_timestamp(1_000_000_000 + n, 0).unwrap();
+    let set_used = |n: i64| {
+        let pool = app.pool.clone();
+        async move {
+            sqlx::query("update api_keys set last_used_at = $1 where customer_id = $2")
+                .bind(used_at(n))
+                .bind(cid)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+    };
+    // Cached: once looked up, the row's later `last_used_at` is not read.
+    let mut n = 0;
+    let mut cached = || {
+        n += 2;
+        let (lookups, set_used) = (lookups.clone(), &set_used);
+        let n = n;
+        async move {
+            set_used(n).await;
+            lookups.find(prefix).await.unwrap().unwrap();
+            set_used(n + 1).await;
+            // The row now says n + 1: anything older came from the cache.
+            let seen = lookups.find(prefix).await.unwrap().unwrap().last_used_at;
+            (seen.is_some_and(|t| t < used_at(n + 1))).then_some(())
+        }
+    };
+    eventually("the key cached", TIMEOUT, &mut cached).await;
+
+    // A revoking change is announced: the key is dropped and read again.
+    sqlx::query("update api_keys set scopes = '{read}' where customer_id = $1")
+        .bind(cid)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    eventually("the new scopes", TIMEOUT, || async {
+        let row = lookups.find(prefix).await.unwrap().unwrap();
+        (row.scopes == ["read"]).then_some(())
+    })
+    .await;
+    sqlx::query("update customers set status = 'suspended' where id = $1")
+        .bind(cid)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    eventually("the suspension", TIMEOUT, || async {
+        let row = lookups.find(prefix).await.unwrap().unwrap();
+        (row.customer_status == "suspended").then_some(())
+    })
+    .await;
+    sqlx::query("update api_keys set revoked_at = now() where customer_id = $1")
+        .bind(cid)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    eventually("the revocation", TIMEOUT, || async {
+        lookups.find(prefix).await.unwrap().is_none().then_some(())
+    })
+    .await;
+    sqlx::query("update api_keys set revoked_at = null where customer_id = $1")
+        .bind(cid)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    sqlx::query("update customers set status = 'active' where id = $1")
+        .bind(cid)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    // The listener's connection is cut: the cache is emptied and off (a change that announces
+    // nothing is seen at once, long before the entry's TTL), then on again after reconnecting.
+    eventually("the key cached again", TIMEOUT, &mut cached).await;
+    sqlx::query(
+        "select pg_terminate_backend(pid) from pg_stat_activity
+          where application_name = any($1) and datname = current_database()",
+    )
+    .bind(["test-key-cache", LISTENER_NAME])
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    set_used(1_000).await;
+    eventually("the cache off after the cut", TIMEOUT, || async {
+        let row = lookups.find(prefix).await.unwrap().unwrap();
+        (row.last_used_at == Some(used_at(1_000))).then_some(())
+    })
+    .await;
+    eventually("the key cached after reconnecting", TIMEOUT, &mut cached).await;
+
+    // Dropped: off at once.
+    listener.abort();
+    let _ = listener.await;
+    set_used(2_000).await;
+    let row = lookups.find(prefix).await.unwrap().unwrap();
+    assert_eq!(row.last_used_at, Some(used_at(2_000)));
 }

@@ -302,3 +302,76 @@ async fn malformed_requests_are_400_or_415_never_500() {
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["code"], "unsupported_media_type");
 }
+
+/// `GET /v1/services/{id}` is answered from each node's cache: a client reads its own writes on
+/// the node it wrote through from the next request, and every other node sees them (and changes
+/// made in the database directly) within PostgreSQL's notification latency.
+#[tokio::test]
+async fn service_reads_follow_writes_on_every_node() {
+    use crate::helpers::{eventually, spawn_app_on};
+    let a = spawn_app().await;
+    let b = spawn_app_on(a.pool.clone(), |_| {}).await;
+    let sid = a.create_service(&DEMO, "shop").await;
+    let path = format!("/v1/services/{sid}");
+    let timeout = std::time::Duration::from_secs(10);
+    async fn read(node: &crate::helpers::TestApp, path: &str) -> serde_json::Value {
+        node.get(path, &DEMO).await.expect(200).body
+    }
+    let name_on = |node| read(node, &path);
+    // Read (and cached) on both nodes, repeatedly.
+    for _ in 0..3 {
+        assert_eq!(name_on(&a).await["name"], "shop");
+        assert_eq!(name_on(&b).await["name"], "shop");
+    }
+
+    // Written through a: a reads it at once, b within the deadline.
+    a.patch(&path, &DEMO, json!({ "name": "store" }))
+        .await
+        .expect(200);
+    assert_eq!(name_on(&a).await["name"], "store");
+    eventually("b to read the new name", timeout, || async {
+        (name_on(&b).await["name"] == "store").then_some(())
+    })
+    .await;
+
+    // A domain added through b: b lists it at once, a within the deadline.
+    b.post(
+        &format!("{path}/domains"),
+        &DEMO,
+        json!({ "name": "www.example.com" }),
+    )
+    .await
+    .expect(201);
+    let domains = |body: serde_json::Value| body["domains"].as_array().map_or(0, Vec::len);
+    assert_eq!(domains(read(&b, &path).await), 1);
+    eventually("a to list the domain", timeout, || async {
+        (domains(read(&a, &path).await) == 1).then_some(())
+    })
+    .await;
+
+    // Changed in the database directly (as the engine's verifier would): both follow.
+    sqlx::query(
+        "update service_domains set verification_error = 'no TXT record' where service_id = $1",
+    )
+    .bind(sid)
+    .execute(&a.pool)
+    .await
+    .unwrap();
+    for node in [&a, &b] {
+        eventually("the verification error", timeout, || async {
+            let body = node.get(&path, &DEMO).await.expect(200).body;
+            (body["domains"][0]["verification"]["last_error"] == "no TXT record").then_some(())
+        })
+        .await;
+    }
+
+    // Deleted through a: 404 on a at once, on b within the deadline.
+    a.delete(&path, &DEMO).await.expect(204);
+    a.get(&path, &DEMO)
+        .await
+        .expect_error(404, "not_found", None);
+    eventually("b to forget the service", timeout, || async {
+        (b.get(&path, &DEMO).await.status == 404).then_some(())
+    })
+    .await;
+}
