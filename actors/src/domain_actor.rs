@@ -80,7 +80,8 @@ pub struct EngineCtx {
 pub struct DomainActor;
 
 pub struct DomainArgs {
-    pub spec: DomainSpec,
+    /// Shared with the probe supervisor, which keeps it to compare with the database's.
+    pub spec: Arc<DomainSpec>,
     pub fence: Fence,
     /// Probe for another node's decisions (this node observes the shard from its vantage).
     pub observer: bool,
@@ -125,7 +126,7 @@ fn verdict(r: &VantageReport, policy: &tranche_core::domain::PolicyParams) -> [b
 }
 
 pub struct DomainState {
-    spec: DomainSpec,
+    spec: Arc<DomainSpec>,
     fence: Fence,
     ctx: Arc<EngineCtx>,
     primary: AvailabilityWindow,
@@ -158,7 +159,7 @@ pub enum DomainMsg {
     /// A probe through `Cdn` finished.
     ProbeDone(Cdn, ProbeResult),
     /// The domain's configuration or the shard's fencing epoch changed.
-    Update(Box<DomainSpec>, Fence),
+    Update(Arc<DomainSpec>, Fence),
     /// Another vantage's window summary (deciders only).
     Remote(Box<VantageReport>),
 }
@@ -235,7 +236,7 @@ impl Actor for DomainActor {
                 if state.spec.primary_target.is_none() && !state.observer {
                     // Nothing to probe through the primary: time alone moves the machine (to
                     // `unknown`).
-                    state.evaluate(&myself).await;
+                    Box::pin(state.evaluate(&myself)).await; // boxed: see `ProbeDone`
                 }
                 for cdn in [Cdn::Primary, Cdn::Backup] {
                     if let Some(request) = state.spec.probe_request(cdn) {
@@ -250,7 +251,11 @@ impl Actor for DomainActor {
                 }
             }
             DomainMsg::Tick(_) => {}
-            DomainMsg::ProbeDone(cdn, result) => state.on_result(&myself, cdn, result).await,
+            // Boxed: the actor's task is allocated for the largest future it may await, and
+            // every idle actor would pay for this one (issue 17: 1.3 KB per actor).
+            DomainMsg::ProbeDone(cdn, result) => {
+                Box::pin(state.on_result(&myself, cdn, result)).await
+            }
             DomainMsg::Remote(report) => {
                 if !state.observer && report.vantage != state.ctx.config.vantage {
                     // Re-evaluate at once only when the vantage's verdict changed (or it is new):
@@ -265,12 +270,11 @@ impl Actor for DomainActor {
                         .remote
                         .insert(report.vantage.clone(), (*report, arrived));
                     if changed {
-                        state.evaluate(&myself).await;
+                        Box::pin(state.evaluate(&myself)).await;
                     }
                 }
             }
             DomainMsg::Update(spec, fence) => {
-                let spec = *spec;
                 if spec.primary_target != state.spec.primary_target {
                     state.primary.clear();
                     state.primary_streak = Streak::default();
@@ -625,5 +629,16 @@ impl DomainState {
                 tracing::warn!(domain.id = self.spec.id, error = %e, "could not commit storm decision; will re-decide");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod size {
+    /// An idle actor's state lives in its task for as long as the domain exists; a field added
+    /// here is paid for by every domain on the node (issue 17: the spec is shared, not held).
+    #[test]
+    fn the_state_stays_small() {
+        let state = std::mem::size_of::<super::DomainState>();
+        assert!(state <= 320, "DomainState is {state} bytes");
     }
 }

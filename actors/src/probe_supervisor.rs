@@ -32,7 +32,8 @@ pub struct SupervisorState {
 
 struct Running {
     actor: ActorRef<DomainMsg>,
-    spec: DomainSpec,
+    /// The same allocation as the actor's own: one copy of each spec on the node.
+    spec: Arc<DomainSpec>,
     fence: Fence,
     observer: bool,
 }
@@ -185,7 +186,7 @@ impl SupervisorState {
     async fn spawn(
         &mut self,
         myself: &ActorRef<SupervisorMsg>,
-        spec: DomainSpec,
+        spec: Arc<DomainSpec>,
         fence: Fence,
         observer: bool,
         persisted: Option<Option<PersistedState>>,
@@ -281,14 +282,15 @@ impl SupervisorState {
                 self.stop_domain(spec.id);
             }
             match self.running.get_mut(&spec.id) {
-                Some(r) if r.spec == spec && r.fence == fence => {}
+                Some(r) if *r.spec == spec && r.fence == fence => {}
                 Some(r) => {
-                    r.spec = spec.clone();
+                    r.spec = Arc::new(spec);
                     r.fence = fence;
-                    let _ = r.actor.cast(DomainMsg::Update(Box::new(spec), fence));
+                    let _ = r.actor.cast(DomainMsg::Update(r.spec.clone(), fence));
                 }
                 None => {
                     let zone_domains = zone_sizes[&spec.id];
+                    let spec = Arc::new(spec);
                     self.spawn(myself, spec, fence, observer, Some(persisted), zone_domains)
                         .await
                 }

@@ -140,6 +140,10 @@ pub enum BenchCommand {
     Idle {
         #[arg(long, default_value_t = 100_000)]
         domains: usize,
+        /// Measure the actor runtime's own floor instead: as many ractor actors with no state
+        /// beyond a counter, each with one pending `send_after` timer, as an idle domain has.
+        #[arg(long)]
+        floor: bool,
     },
     /// Storm detection latency after the primary edge breaks.
     Detection {
@@ -290,7 +294,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
             scheme,
             external,
         } => probes(&env, domains, interval, seconds, warmup, &scheme, &external).await,
-        BenchCommand::Idle { domains } => idle(&env, domains).await,
+        BenchCommand::Idle { domains, floor } => idle(&env, domains, floor).await,
         BenchCommand::Detection {
             domains,
             interval,
@@ -867,7 +871,55 @@ async fn probes(
     Ok(())
 }
 
-async fn idle(env: &Env, n: usize) -> anyhow::Result<()> {
+/// The ractor floor under every domain actor: a bare actor with one pending timer.
+async fn actor_floor(n: usize) -> anyhow::Result<()> {
+    struct Bare;
+    impl ractor::Actor for Bare {
+        type Msg = u8;
+        type State = u64;
+        type Arguments = ();
+        async fn pre_start(
+            &self,
+            me: ractor::ActorRef<u8>,
+            _: (),
+        ) -> Result<u64, ractor::ActorProcessingErr> {
+            me.send_after(Duration::from_secs(3600), || 0);
+            Ok(0)
+        }
+        async fn handle(
+            &self,
+            _: ractor::ActorRef<u8>,
+            _: u8,
+            state: &mut u64,
+        ) -> Result<(), ractor::ActorProcessingErr> {
+            *state += 1;
+            Ok(())
+        }
+    }
+    let rss_before = rss_kib();
+    let mut actors = Vec::with_capacity(n);
+    for _ in 0..n {
+        actors.push(ractor::Actor::spawn(None, Bare, ()).await?);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_after = rss_kib();
+    let delta = rss_after.saturating_sub(rss_before);
+    println!(
+        "RESULT bare_ractor_actors={n} rss_per_actor_bytes={:.0} (the runtime's floor: its channels, task and timer)",
+        delta as f64 * 1024.0 / n as f64
+    );
+    for (actor, handle) in actors {
+        actor.stop(None);
+        let _ = handle.await;
+    }
+    Ok(())
+}
+
+async fn idle(env: &Env, n: usize, floor: bool) -> anyhow::Result<()> {
+    if floor {
+        // Alone in its process: memory freed by one measurement would flatter the other.
+        return actor_floor(n).await;
+    }
     env.domains(n, 10, 60, false).await?;
     let counting = Arc::new(Counting::new(Box::new(env.prober()?), false));
     let rss_before = rss_kib();
