@@ -316,6 +316,10 @@ pub fn metrics_app(ctx: Arc<ApiContext>) -> impl Endpoint {
     )
 }
 
+/// Write routes that never change a service, its domains or its policies: the high-rate
+/// feeds (usage events, job reports), which must not keep emptying the service cache.
+const FEEDS: [&str; 2] = ["/v1/usage-events", "/v1/job-status"];
+
 pub fn app(ctx: Arc<ApiContext>) -> impl Endpoint {
     let api = openapi();
     // Swagger UI shows the document this server serves (the generator's is replaced in it).
@@ -344,7 +348,8 @@ pub fn app(ctx: Arc<ApiContext>) -> impl Endpoint {
             let method = req.method().to_string();
             let status_page = req.uri().path().starts_with("/status");
             let started = std::time::Instant::now();
-            let writes = !matches!(*req.method(), poem::http::Method::GET | poem::http::Method::HEAD | poem::http::Method::OPTIONS);
+            let writes = !matches!(*req.method(), poem::http::Method::GET | poem::http::Method::HEAD | poem::http::Method::OPTIONS)
+                && !FEEDS.contains(&req.uri().path());
             let res = ep.call(req).await;
             if writes {
                 // This node's clients read their own writes from the next request; other nodes

@@ -107,8 +107,9 @@ pub const CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 /// `storm_policies` announces itself on `tranche_config` (their statement triggers, which also
 /// wake the engine), and any such notification empties this cache; a customer's suspension or
 /// deletion (`tranche_auth`) drops its services. A node empties it itself after every write
-/// request it serves ([`ServiceReads::forget_all`]), so a client reads its own writes from the
-/// next request; changes made elsewhere are seen within PostgreSQL's notification latency.
+/// request it serves but the usage and job-report feeds ([`ServiceReads::forget_all`]), so a
+/// client reads its own writes from the next request; changes made elsewhere are seen within
+/// PostgreSQL's notification latency.
 pub struct ServiceReads {
     pool: PgPool,
     cache: NotifiedCache<(i64, i64), std::sync::Arc<ServiceDetailRow>>,

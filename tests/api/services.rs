@@ -375,3 +375,53 @@ async fn service_reads_follow_writes_on_every_node() {
     })
     .await;
 }
+
+/// The cache really answers (a change whose notification is switched off here stays unseen),
+/// the usage feed leaves it alone, and any other write request empties it.
+#[tokio::test]
+async fn the_service_cache_answers_reads_and_is_emptied_by_writes_but_not_by_the_usage_feed() {
+    use crate::helpers::eventually;
+    let app = spawn_app().await;
+    let sid = app.create_service(&DEMO, "shop").await;
+    let path = format!("/v1/services/{sid}");
+    // This database only: the services trigger that would announce the rename below.
+    sqlx::query("alter table services disable trigger services_notify")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let name = || async { app.get(&path, &DEMO).await.expect(200).body["name"].clone() };
+    // Cached once the node's listener is up: an unannounced rename is not seen.
+    let mut n = 0;
+    let latest = eventually(
+        "the service cached",
+        std::time::Duration::from_secs(10),
+        || {
+            n += 1;
+            let renamed = format!("shop-{n}");
+            let (pool, name) = (&app.pool, &name);
+            async move {
+                name().await;
+                sqlx::query("update services set name = $1 where id = $2")
+                    .bind(&renamed)
+                    .bind(sid)
+                    .execute(pool)
+                    .await
+                    .unwrap();
+                (name().await != renamed.as_str()).then_some(renamed)
+            }
+        },
+    )
+    .await;
+    let cached = name().await;
+    let event = json!({ "id": "evt-1", "source": "edge-logs", "service_id": sid,
+                        "metric": "requests", "quantity": 1 });
+    app.post("/v1/usage-events", &DEMO, event).await.expect(200);
+    assert_eq!(name().await, cached, "the usage feed left the cache alone");
+    app.create_service(&DEMO, "other").await;
+    assert_ne!(cached, latest.as_str());
+    assert_eq!(
+        name().await,
+        latest.as_str(),
+        "a write request emptied the cache"
+    );
+}
