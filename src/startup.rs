@@ -168,7 +168,7 @@ impl Application {
             None => None,
         };
         // Keeps the read caches exact while serving (they are off until it listens).
-        let auth_listener = tokio::spawn(crate::postgres::read_cache::listen(
+        let cache_listener = tokio::spawn(crate::postgres::read_cache::listen(
             self.ctx.pool.clone(),
             crate::postgres::read_cache::LISTENER_NAME,
             vec![self.ctx.key_lookups.clone(), self.ctx.service_reads.clone()],
@@ -179,7 +179,7 @@ impl Application {
             .idle_timeout(self.idle_timeout)
             .run_with_graceful_shutdown(api::app(self.ctx), shutdown, Some(DRAIN_TIMEOUT))
             .await;
-        auth_listener.abort();
+        cache_listener.abort();
         metering.stop(None);
         let _ = self.batcher.await;
         if let Some((stop, server)) = metrics {

@@ -76,7 +76,8 @@ pub struct ApiContext {
     pub node_id: String,
     /// Export per-domain metric series.
     pub metrics_per_domain: bool,
-    /// API-key lookups shared between concurrent requests (never older than the request).
+    /// API-key lookups: cached per node (kept exact by notification), else shared between
+    /// concurrent requests.
     pub key_lookups: Arc<crate::postgres::api_keys::KeyLookups>,
     /// `GET /v1/services/{id}`, cached (emptied after every write request).
     pub service_reads: Arc<crate::postgres::services::ServiceReads>,
@@ -320,6 +321,13 @@ pub fn metrics_app(ctx: Arc<ApiContext>) -> impl Endpoint {
 /// feeds (usage events, job reports), which must not keep emptying the service cache.
 const FEEDS: [&str; 2] = ["/v1/usage-events", "/v1/job-status"];
 
+/// Whether serving `req` may change what the service cache holds: any write but the feeds.
+fn may_change_services(req: &poem::Request) -> bool {
+    use poem::http::Method;
+    let read = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    !read && !FEEDS.contains(&req.uri().path())
+}
+
 pub fn app(ctx: Arc<ApiContext>) -> impl Endpoint {
     let api = openapi();
     // Swagger UI shows the document this server serves (the generator's is replaced in it).
@@ -345,26 +353,26 @@ pub fn app(ctx: Arc<ApiContext>) -> impl Endpoint {
         .around(move |ep, req| {
             let reads = reads.clone();
             async move {
-            let method = req.method().to_string();
-            let status_page = req.uri().path().starts_with("/status");
-            let started = std::time::Instant::now();
-            let writes = !matches!(*req.method(), poem::http::Method::GET | poem::http::Method::HEAD | poem::http::Method::OPTIONS)
-                && !FEEDS.contains(&req.uri().path());
-            let res = ep.call(req).await;
-            if writes {
-                // This node's clients read their own writes from the next request; other nodes
-                // hear of them by notification.
-                reads.forget_all();
+                let method = req.method().to_string();
+                let status_page = req.uri().path().starts_with("/status");
+                let started = std::time::Instant::now();
+                let writes = may_change_services(&req);
+                let res = ep.call(req).await;
+                if writes {
+                    // This node's clients read their own writes from the next request; other
+                    // nodes hear of them by notification.
+                    reads.forget_all();
+                }
+                let (status, route) = match &res {
+                    Ok(r) => (r.status(), r.data::<poem_openapi::OperationId>().map(|o| o.0)),
+                    Err(e) => (e.status(), e.data::<poem_openapi::OperationId>().map(|o| o.0)),
+                };
+                let took = started.elapsed();
+                let route = route.unwrap_or(if status_page { "status_page" } else { "unmatched" });
+                crate::metrics::METRICS.http(&method, route, status.as_u16(), took);
+                res
             }
-            let (status, route) = match &res {
-                Ok(r) => (r.status(), r.data::<poem_openapi::OperationId>().map(|o| o.0)),
-                Err(e) => (e.status(), e.data::<poem_openapi::OperationId>().map(|o| o.0)),
-            };
-            let took = started.elapsed();
-            let route = route.unwrap_or(if status_page { "status_page" } else { "unmatched" });
-            crate::metrics::METRICS.http(&method, route, status.as_u16(), took);
-            res
-        }})
+        })
         .with(error::json_errors())
         // Outside the JSON errors, so that every response — errors too — carries its id.
         .around(|ep, req| async move {

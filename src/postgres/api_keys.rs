@@ -168,7 +168,7 @@ pub async fn create(
     Ok((key, generated))
 }
 
-/// Revokes the customer's key `id` (at once, for every node: authentication reads the row).
+/// Revokes the customer's key `id` (its trigger announces it to every node's key cache).
 /// Revoking a revoked key keeps its first revocation time. `None`: no such key.
 pub async fn revoke(pool: &PgPool, customer_id: i64, id: i64) -> sqlx::Result<Option<KeyListRow>> {
     sqlx::query_as(
