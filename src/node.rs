@@ -260,14 +260,12 @@ fn job_report(payload: &str) -> Option<tranche_actors::slo_tracker::JobReported>
 /// summary missed leaves its vantage unknown until the next one.
 async fn listen_for_config(pool: PgPool, engine: Arc<Engine>, node_id: String) {
     use crate::postgres::vantages;
-    // Its own one-connection pool, named so that survivors can end it when they depose this
-    // node (`leases::listener_application_name`); reconnections keep the name.
-    let options = (*pool.connect_options()).clone().application_name(
+    // Its own connection, named so that survivors can end it when they depose this node
+    // (`leases::listener_application_name`).
+    let pool = crate::postgres::pool::listener_pool(
+        &pool,
         &crate::postgres::leases::listener_application_name(&node_id),
     );
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect_lazy_with(options);
     loop {
         match PgListener::connect_with(&pool).await {
             Ok(mut listener) => {

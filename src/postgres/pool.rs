@@ -109,6 +109,17 @@ fn describe(options: &PgConnectOptions) -> String {
 }
 
 /// Applies every pending migration.
+/// A lazily connected one-connection pool over `pool`'s settings, for a `LISTEN`ing
+/// connection named `application_name` (reconnections keep the name).
+pub fn listener_pool(pool: &PgPool, application_name: &str) -> PgPool {
+    let options = (*pool.connect_options())
+        .clone()
+        .application_name(application_name);
+    PgPoolOptions::new()
+        .max_connections(1)
+        .connect_lazy_with(options)
+}
+
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
     MIGRATOR
         .run(pool)

@@ -143,12 +143,7 @@ pub async fn listen(pool: PgPool, application_name: &str, caches: Vec<Arc<dyn No
     let mut channels: Vec<&str> = caches.iter().flat_map(|c| c.channels()).copied().collect();
     channels.sort_unstable();
     channels.dedup();
-    let options = (*pool.connect_options())
-        .clone()
-        .application_name(application_name);
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect_lazy_with(options);
+    let pool = super::pool::listener_pool(&pool, application_name);
     loop {
         match PgListener::connect_with(&pool).await {
             Ok(mut listener) => {

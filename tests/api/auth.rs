@@ -288,11 +288,7 @@ async fn revocation_and_suspension_reach_every_node() {
             200,
         ),
     ] {
-        sqlx::query(change)
-            .bind(cid)
-            .execute(&a.pool)
-            .await
-            .unwrap();
+        on_customer(&a.pool, change, cid).await;
         for node in nodes {
             answers_soon(node, &auth, then).await;
         }
@@ -309,11 +305,12 @@ async fn revocation_and_suspension_reach_every_node() {
     }
 
     // Revoked through node b's API.
-    sqlx::query("update api_keys set scopes = '{read,write,admin}' where customer_id = $1")
-        .bind(cid)
-        .execute(&a.pool)
-        .await
-        .unwrap();
+    on_customer(
+        &a.pool,
+        "update api_keys set scopes = '{read,write,admin}' where customer_id = $1",
+        cid,
+    )
+    .await;
     let id = crate::helpers::eventually("the admin scope back", TIMEOUT, || async {
         let list = b.get("/v1/api-keys", &auth).await;
         (list.status == 200).then(|| list.body[0]["id"].as_i64().unwrap())
@@ -385,45 +382,50 @@ async fn the_key_cache_answers_until_notified_and_only_while_listening() {
     eventually("the key cached", TIMEOUT, &mut cached).await;
 
     // A revoking change is announced: the key is dropped and read again.
-    sqlx::query("update api_keys set scopes = '{read}' where customer_id = $1")
-        .bind(cid)
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    on_customer(
+        &app.pool,
+        "update api_keys set scopes = '{read}' where customer_id = $1",
+        cid,
+    )
+    .await;
     eventually("the new scopes", TIMEOUT, || async {
         let row = lookups.find(prefix).await.unwrap().unwrap();
         (row.scopes == ["read"]).then_some(())
     })
     .await;
-    sqlx::query("update customers set status = 'suspended' where id = $1")
-        .bind(cid)
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    on_customer(
+        &app.pool,
+        "update customers set status = 'suspended' where id = $1",
+        cid,
+    )
+    .await;
     eventually("the suspension", TIMEOUT, || async {
         let row = lookups.find(prefix).await.unwrap().unwrap();
         (row.customer_status == "suspended").then_some(())
     })
     .await;
-    sqlx::query("update api_keys set revoked_at = now() where customer_id = $1")
-        .bind(cid)
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    on_customer(
+        &app.pool,
+        "update api_keys set revoked_at = now() where customer_id = $1",
+        cid,
+    )
+    .await;
     eventually("the revocation", TIMEOUT, || async {
         lookups.find(prefix).await.unwrap().is_none().then_some(())
     })
     .await;
-    sqlx::query("update api_keys set revoked_at = null where customer_id = $1")
-        .bind(cid)
-        .execute(&app.pool)
-        .await
-        .unwrap();
-    sqlx::query("update customers set status = 'active' where id = $1")
-        .bind(cid)
-        .execute(&app.pool)
-        .await
-        .unwrap();
+    on_customer(
+        &app.pool,
+        "update api_keys set revoked_at = null where customer_id = $1",
+        cid,
+    )
+    .await;
+    on_customer(
+        &app.pool,
+        "update customers set status = 'active' where id = $1",
+        cid,
+    )
+    .await;
 
     // The listener's connection is cut: the cache is emptied and off (a change that announces
     // nothing is seen at once, long before the entry's TTL), then on again after reconnecting.
@@ -450,4 +452,13 @@ async fn the_key_cache_answers_until_notified_and_only_while_listening() {
     set_used(2_000).await;
     let row = lookups.find(prefix).await.unwrap().unwrap();
     assert_eq!(row.last_used_at, Some(used_at(2_000)));
+}
+
+/// Runs `sql` with the customer's id as `$1`.
+async fn on_customer(pool: &sqlx::PgPool, sql: &'static str, customer_id: i64) {
+    sqlx::query(sql)
+        .bind(customer_id)
+        .execute(pool)
+        .await
+        .unwrap();
 }
