@@ -156,7 +156,8 @@ pub async fn billing(
     let pg1 = env.postgres_cpu();
     let unbilled = scalar(
         pool,
-        "select count(*) from usage_snapshots where invoice_id is null",
+        "select count(*) from usage_snapshots u
+          where not exists (select 1 from invoice_line_items l where l.snapshot_id = u.id)",
     )
     .await?;
     let lines = scalar(pool, "select count(*) from invoice_line_items").await?;

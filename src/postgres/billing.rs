@@ -5,16 +5,18 @@
 //! [`tranche_core::billing::plan_run`], which holds every invoicing rule), apply.
 //!
 //! * **load** ([`load_run`]): check the customer shard's fencing epoch (a deposed node stops
-//!   here); lock the customer's unbilled snapshots whose windows have settled, `for update skip
-//!   locked` (a concurrent run, or a usage writer, holds the others); read their services'
-//!   storms and coverage factors; lock the existing invoices of the snapshots' periods (in
-//!   period order, so concurrent runs cannot deadlock) and note which are finalized;
-//! * **plan**: price every snapshot and decide its invoice;
+//!   here); take the customer's billing lock (exclusive: no writer of its snapshots is in
+//!   flight, and a concurrent run, on-demand or on another node, waits and then bills what is
+//!   left); read the settled snapshots above the customer's billing cursor that have no line
+//!   yet (see [`tranche_core::billing::cursor`]), their services' storms and coverage factors;
+//!   lock the existing invoices of the snapshots' periods (in period order) and note which are
+//!   finalized;
+//! * **plan**: price every snapshot, decide its invoice, and where the cursor moves;
 //! * **apply** ([`apply_run`]): add the plan's sums to the drafts, creating those that do not
 //!   exist yet (one per customer and period, by a unique key), in one upsert; insert the line
-//!   items (a snapshot can be on one line only, by its primary key); tag the snapshots `where
-//!   invoice_id is null` (all or the run fails); finalize drafts past their grace; record the
-//!   run.
+//!   items (a snapshot can be on one line only, by its primary key: the line is what makes it
+//!   billed, the snapshot itself is not rewritten); move the cursor; finalize drafts past their
+//!   grace; record the run.
 //!
 //! Anything failing rolls the whole run back; the failure is then recorded in `billing_runs`
 //! with its error, and the next tick retries.
@@ -29,13 +31,19 @@ use tranche_actors::ports::{
     BillingRunSummary, BillingStore, Fence, StoreError, UsageReport, UsageService, UsageStore,
 };
 use tranche_core::billing::{
-    BillingSettings, RunInputs, RunPlan, StormSpan, Unbilled, Usage, plan_run, snapshot_periods,
+    BillingSettings, CursorScan, RunInputs, RunPlan, StormSpan, Unbilled, Usage, next_cursor,
+    plan_run, snapshot_periods,
 };
 use tranche_core::domain::SHARDS;
 use tranche_core::events::EventType;
 use uuid::Uuid;
 
 use super::engine_store::check_fence;
+
+/// Advisory-lock key space of a customer's billing lock ("BILL"; migration 32): a billing run
+/// holds it exclusively, the writers of the customer's snapshots shared.
+pub(crate) const BILLING_LOCK_SPACE: i32 = 0x4249_4c4c;
+const _: () = assert!(BILLING_LOCK_SPACE == 1_112_099_916);
 
 /// The billing port over PostgreSQL.
 pub struct PgBillingStore {
@@ -48,9 +56,20 @@ impl PgBillingStore {
     }
 }
 
+/// The customer's billing cursor, the highest `seq` billed so far, and the bounds
+/// [`next_cursor`] needs.
+#[derive(FromRow)]
+struct CursorRow {
+    cursor: i64,
+    high_seq: i64,
+    top: Option<i64>,
+    first_unsettled: Option<i64>,
+}
+
 #[derive(FromRow)]
 struct UnbilledRow {
     id: Uuid,
+    seq: i64,
     service_id: i64,
     window_start: DateTime<Utc>,
     window_end: DateTime<Utc>,
@@ -60,11 +79,13 @@ struct UnbilledRow {
     revision: i32,
 }
 
+/// A service's coverage factor (`factor`) or one of its storms (`storm_id` and its span).
 #[derive(FromRow)]
-struct StormRow {
-    id: Uuid,
+struct ServiceTermsRow {
     service_id: i64,
-    started_at: DateTime<Utc>,
+    factor: Option<Decimal>,
+    storm_id: Option<Uuid>,
+    started_at: Option<DateTime<Utc>>,
     ended_at: Option<DateTime<Utc>>,
 }
 
@@ -75,6 +96,15 @@ pub struct LoadedRun {
     snapshots: Vec<(Uuid, String)>,
     /// Per service: the ids of its storms, in the order of `inputs.storms`.
     storm_ids: HashMap<i64, Vec<Uuid>>,
+    /// The customer's billing cursor and highest billed `seq`, before the run and after it.
+    cursor: CursorMove,
+}
+
+/// The billing cursor and the highest billed `seq`, as `(cursor, high_seq)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CursorMove {
+    before: (i64, i64),
+    after: (i64, i64),
 }
 
 #[async_trait::async_trait]
@@ -133,9 +163,10 @@ impl BillingStore for PgBillingStore {
 
 impl PgBillingStore {
     /// Runs a customer's invoicing now, for `POST /v1/billing-runs`, from whichever node took
-    /// the request. Runs are safe to race (each locks the snapshots it bills, `skip locked`),
-    /// so this one is fenced at the shard's current epoch only. The run is recorded even when
-    /// it finds nothing to do; a failure rolls it back and is recorded with its error.
+    /// the request. Runs are safe to race (a run holds the customer's billing lock; the second
+    /// waits, then bills what is left), so this one is fenced at the shard's current epoch
+    /// only. The run is recorded even when it finds nothing to do; a failure rolls it back and
+    /// is recorded with its error.
     pub async fn run_on_demand(
         &self,
         customer_id: i64,
@@ -160,7 +191,8 @@ impl PgBillingStore {
             if let Some(epoch) = epoch {
                 check_fence(&mut tx, Fence { shard, epoch }).await?;
             }
-            let summary = plan_and_apply(&mut tx, customer_id, now, settings, node_id).await?;
+            let summary =
+                plan_and_apply(&mut tx, customer_id, None, now, settings, node_id).await?;
             let id = record_run(
                 &mut tx,
                 customer_id,
@@ -216,8 +248,8 @@ impl PgBillingStore {
         started: DateTime<Utc>,
     ) -> Result<BillingRunSummary, StoreError> {
         let mut tx = self.pool.begin().await.map_err(port_error)?;
-        check_fence(&mut tx, fence).await?;
-        let summary = plan_and_apply(&mut tx, customer_id, now, settings, node_id).await?;
+        let summary =
+            plan_and_apply(&mut tx, customer_id, Some(fence), now, settings, node_id).await?;
         if summary.did_something() {
             record_run(&mut tx, customer_id, node_id, started, &summary, None).await?;
         }
@@ -226,40 +258,103 @@ impl PgBillingStore {
     }
 }
 
-/// Loads a customer's run inputs inside the run's transaction, locking the snapshots it will
-/// bill and the invoices it may write to.
+/// Loads a customer's run inputs inside the run's transaction: checks the `fence` (when
+/// given; on the shard's lease row, `for share`, as [`check_fence`] does), takes the
+/// customer's billing lock and locks the invoices the run may write to.
 pub async fn load_run(
     tx: &mut Transaction<'_, Postgres>,
     customer_id: i64,
+    fence: Option<Fence>,
     now: DateTime<Utc>,
     settings: &BillingSettings,
 ) -> Result<LoadedRun, StoreError> {
     // Foreign-key checks run as plans cached per connection; planned while `invoices` was
     // small (a fresh install, a first backlog), they would scan the table for every line.
-    // Custom plans see its current size.
-    sqlx::query("select set_config('plan_cache_mode', 'force_custom_plan', true)")
-        .execute(&mut **tx)
-        .await
-        .map_err(port_error)?;
-    let rows: Vec<UnbilledRow> = sqlx::query_as(
-        "select id, service_id, window_start, window_end, primary_bytes, backup_bytes,
-                source, revision
-           from usage_snapshots
-          where customer_id = $1 and invoice_id is null and window_end <= $2
-          order by window_start, id
-          limit $3
-          for update skip locked",
+    // Custom plans see its current size. The customer's billing lock, exclusive: the writers
+    // of its snapshots (who hold it shared) are not in flight while the run reads and bills.
+    // One round trip: the fence, the plan setting and the lock.
+    let (_, _, epoch): (String, String, Option<i64>) = sqlx::query_as(
+        "select set_config('plan_cache_mode', 'force_custom_plan', true),
+                pg_advisory_xact_lock($1, ($2 % 2147483647)::int4)::text,
+                (select epoch from shard_leases where shard = $3 for share)",
+    )
+    .bind(BILLING_LOCK_SPACE)
+    .bind(customer_id)
+    .bind(fence.map_or(-1, |f| f.shard as i16))
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(port_error)?;
+    if let Some(fence) = fence
+        && epoch != Some(fence.epoch)
+    {
+        return Err(StoreError::Fenced {
+            shard: fence.shard,
+            epoch: fence.epoch,
+        });
+    }
+    // The cursor and what lies above it (a snapshot is billed when its line exists).
+    let bounds: CursorRow = sqlx::query_as(
+        "select c.cursor, c.high_seq,
+                (select max(seq) from usage_snapshots where customer_id = $1) as top,
+                (select min(seq) from usage_snapshots
+                  where customer_id = $1 and seq > c.cursor and window_end > $2)
+                    as first_unsettled
+           from (select coalesce(max(seq), 0) as cursor, coalesce(max(high_seq), 0) as high_seq
+                   from billing_cursors where customer_id = $1) c",
     )
     .bind(customer_id)
+    .bind(settings.billable_before(now))
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(port_error)?;
+    // The settled snapshots above the cursor without a line, lowest numbers first. Only those
+    // up to the highest number billed so far can have one: unless the cursor is below that,
+    // no line is looked for (the run plans every statement afresh, so simple statements pay).
+    macro_rules! unbilled {
+        ($billed:literal) => {
+            concat!(
+                "select id, seq, service_id, window_start, window_end, primary_bytes,
+                        backup_bytes, source, revision
+                   from usage_snapshots s
+                  where customer_id = $1 and seq > $2 and window_end <= $3 ",
+                $billed,
+                " order by seq limit $4"
+            )
+        };
+    }
+    let rows: Vec<UnbilledRow> = if bounds.high_seq > bounds.cursor {
+        sqlx::query_as(unbilled!(
+            "and not exists (select 1 from invoice_line_items l where l.snapshot_id = s.id)"
+        ))
+    } else {
+        sqlx::query_as(unbilled!(""))
+    }
+    .bind(customer_id)
+    .bind(bounds.cursor)
     .bind(settings.billable_before(now))
     .bind(settings.batch as i64)
     .fetch_all(&mut **tx)
     .await
     .map_err(port_error)?;
+    let scan = CursorScan {
+        cursor: bounds.cursor,
+        top: bounds.top,
+        first_unsettled: bounds.first_unsettled,
+        billed: rows.len(),
+        last_billed: rows.last().map(|r| r.seq),
+        batch: settings.batch,
+    };
     let mut loaded = LoadedRun {
         inputs: RunInputs::default(),
         snapshots: Vec::with_capacity(rows.len()),
         storm_ids: HashMap::new(),
+        cursor: CursorMove {
+            before: (bounds.cursor, bounds.high_seq),
+            after: (
+                next_cursor(&scan),
+                scan.last_billed.unwrap_or(0).max(bounds.high_seq),
+            ),
+        },
     };
     if rows.is_empty() {
         return Ok(loaded);
@@ -283,26 +378,18 @@ pub async fn load_run(
     services.dedup();
     let earliest = snapshots.iter().map(|s| s.usage.window_start).min();
     let latest = snapshots.iter().map(|s| s.usage.window_end).max();
-    let factors: Vec<(i64, Decimal)> = sqlx::query_as(
-        "select service_id, max_coverage_factor from storm_policies where service_id = any($1)",
-    )
-    .bind(&services)
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(port_error)?;
-    for (service, f) in factors {
-        loaded
-            .inputs
-            .coverage_factors
-            .entry(service)
-            .or_default()
-            .push(f);
-    }
-    let storms: Vec<StormRow> = sqlx::query_as(
-        "select id, service_id, started_at, ended_at from storm_events
-          where service_id = any($1) and started_at < $3
-            and (ended_at is null or ended_at > $2)
-          order by started_at",
+    // The services' coverage factors and the storms overlapping the snapshots, in one round
+    // trip: a factor row has no storm id.
+    let rows: Vec<ServiceTermsRow> = sqlx::query_as(
+        "select * from (
+             select service_id, max_coverage_factor as factor, null::uuid as storm_id,
+                    null::timestamptz as started_at, null::timestamptz as ended_at
+               from storm_policies where service_id = any($1)
+             union all
+             select service_id, null, id, started_at, ended_at from storm_events
+              where service_id = any($1) and started_at < $3
+                and (ended_at is null or ended_at > $2)
+         ) t order by t.storm_id is not null, t.started_at",
     )
     .bind(&services)
     .bind(earliest)
@@ -310,17 +397,33 @@ pub async fn load_run(
     .fetch_all(&mut **tx)
     .await
     .map_err(port_error)?;
-    for s in storms {
-        loaded
-            .inputs
-            .storms
-            .entry(s.service_id)
-            .or_default()
-            .push(StormSpan {
-                started_at: s.started_at,
-                ended_at: s.ended_at,
-            });
-        loaded.storm_ids.entry(s.service_id).or_default().push(s.id);
+    for r in rows {
+        match (r.factor, r.storm_id, r.started_at) {
+            (Some(f), None, _) => loaded
+                .inputs
+                .coverage_factors
+                .entry(r.service_id)
+                .or_default()
+                .push(f),
+            (None, Some(id), Some(started_at)) => {
+                loaded
+                    .inputs
+                    .storms
+                    .entry(r.service_id)
+                    .or_default()
+                    .push(StormSpan {
+                        started_at,
+                        ended_at: r.ended_at,
+                    });
+                loaded.storm_ids.entry(r.service_id).or_default().push(id);
+            }
+            _ => {
+                return Err(StoreError::Other(format!(
+                    "unexpected coverage row for service {}",
+                    r.service_id
+                )));
+            }
+        }
     }
     let statuses: Vec<(DateTime<Utc>, String)> = sqlx::query_as(
         "select period_start, status from invoices
@@ -345,11 +448,12 @@ pub async fn load_run(
 async fn plan_and_apply(
     tx: &mut Transaction<'_, Postgres>,
     customer_id: i64,
+    fence: Option<Fence>,
     now: DateTime<Utc>,
     settings: &BillingSettings,
     node_id: &str,
 ) -> Result<BillingRunSummary, StoreError> {
-    let loaded = load_run(tx, customer_id, now, settings).await?;
+    let loaded = load_run(tx, customer_id, fence, now, settings).await?;
     let plan = plan_run(&loaded.inputs, now, settings).map_err(|e| {
         StoreError::Other(format!(
             "snapshot {} cannot be priced: {}",
@@ -380,33 +484,11 @@ pub async fn apply_run(
             .map(|l| invoice_of[&l.period_start])
             .collect();
         insert_lines(tx, loaded, plan, &invoices, settings).await?;
-        let ids: Vec<Uuid> = plan
-            .lines
-            .iter()
-            .map(|l| loaded.snapshots[l.snapshot].0)
-            .collect();
-        let tagged = sqlx::query(
-            "update usage_snapshots u set invoice_id = v.invoice, billed_at = now(), updated_at = now()
-               from unnest($1::uuid[], $2::uuid[]) v(id, invoice)
-              where u.id = v.id and u.invoice_id is null",
-        )
-        .bind(&ids)
-        .bind(&invoices)
-        .execute(&mut **tx)
-        .await
-        .map_err(port_error)?
-        .rows_affected();
-        if tagged != ids.len() as u64 {
-            return Err(StoreError::Other(format!(
-                "tagged {tagged} of {} snapshots; rolling back",
-                ids.len()
-            )));
-        }
-        summary.snapshots_billed = ids.len() as u32;
+        summary.snapshots_billed = plan.lines.len() as u32;
     }
-
     // Finalizing reports itself into SLO tracking, as the customer's application `tranche`
-    // (dogfooding): a run per invoice, started when its period closed, succeeded now.
+    // (dogfooding): a run per invoice, started when its period closed, succeeded now. The same
+    // statement moves the billing cursor (one round trip for the run's tail).
     let finalized: i64 = sqlx::query_scalar(
         "with fin as (
              update invoices set status = 'finalized', finalized_at = now()
@@ -420,12 +502,22 @@ pub async fn apply_run(
                     case s.status when 'start' then f.period_end else f.finalized_at end, $3
                from fin f cross join (values ('start'), ('succeed')) as s(status)
              on conflict do nothing
+         ), moved as (
+             insert into billing_cursors (customer_id, seq, high_seq)
+             select $1, $4, $5 where $6
+             on conflict (customer_id) do update
+                set seq = greatest(billing_cursors.seq, excluded.seq),
+                    high_seq = greatest(billing_cursors.high_seq, excluded.high_seq),
+                    updated_at = now()
          )
          select count(*) from fin",
     )
     .bind(customer_id)
     .bind(settings.finalize_until(now))
     .bind(node_id)
+    .bind(loaded.cursor.after.0)
+    .bind(loaded.cursor.after.1)
+    .bind(loaded.cursor.after != loaded.cursor.before)
     .fetch_one(&mut **tx)
     .await
     .map_err(port_error)?;

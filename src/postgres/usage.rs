@@ -5,10 +5,13 @@
 //! by the rules of [`tranche_core::usage::revision`] (create, update the unbilled latest
 //! revision, adjust after billing, never reduce what was invoiced).
 //!
-//! Writers of one service are serialised by a transaction-scoped advisory lock; the rows read
-//! are locked `for update`, so a billing run (which locks the snapshots it bills `for update
-//! skip locked`) either bills a snapshot before the report sees it (→ adjustment) or after the
-//! report changed it (→ billed with the new values), never in between.
+//! A snapshot is billed when its invoice line exists (the line's key is the snapshot's id;
+//! billing does not rewrite the snapshot). Writers hold each customer's billing lock in shared
+//! mode, from before they read until they commit, and a billing run holds it exclusively
+//! (migration 32): a run either bills a snapshot before the report sees it (→ adjustment) or
+//! after the report changed it (→ billed with the new values), never in between, and no
+//! snapshot commits below a sequence number a run has already passed. Writers of one service
+//! are serialised by a transaction-scoped advisory lock, taken after the customers' locks.
 
 use std::collections::HashMap;
 
@@ -38,10 +41,21 @@ pub struct SnapshotRow {
     pub updated_at: DateTime<Utc>,
 }
 
+/// A snapshot's columns, from `usage_snapshots u` left-joined to its line `l`.
 macro_rules! columns {
     () => {
-        "id, service_id, customer_id, window_start, window_end, primary_bytes, backup_bytes,
-         source, revision, invoice_id, billed_at, created_at, updated_at"
+        "u.id, u.service_id, u.customer_id, u.window_start, u.window_end, u.primary_bytes,
+         u.backup_bytes, u.source, u.revision, l.invoice_id, l.created_at as billed_at,
+         u.created_at, u.updated_at"
+    };
+}
+
+/// A snapshot's columns as an insert or update of an unbilled snapshot returns them.
+macro_rules! unbilled_columns {
+    () => {
+        "u.id, u.service_id, u.customer_id, u.window_start, u.window_end, u.primary_bytes,
+         u.backup_bytes, u.source, u.revision, null::uuid as invoice_id,
+         null::timestamptz as billed_at, u.created_at, u.updated_at"
     };
 }
 
@@ -84,9 +98,22 @@ pub async fn record_in(
     if reports.is_empty() {
         return Ok(Vec::new());
     }
+    let mut customers: Vec<i64> = reports.iter().map(|r| r.customer_id).collect();
+    customers.sort_unstable();
+    customers.dedup();
     let mut services: Vec<i64> = reports.iter().map(|r| r.service_id).collect();
     services.sort_unstable();
     services.dedup();
+    // The customers' billing locks (shared; a billing run holds one exclusively), then the
+    // services' writer locks, each in ascending order: every writer locks in the same order.
+    sqlx::query(
+        "select pg_advisory_xact_lock_shared($1, (c % 2147483647)::int4)
+           from unnest($2::int8[]) c order by c",
+    )
+    .bind(super::billing::BILLING_LOCK_SPACE)
+    .bind(&customers)
+    .execute(&mut **tx)
+    .await?;
     sqlx::query(
         "select pg_advisory_xact_lock($1, (s % 2147483647)::int4)
            from unnest($2::int8[]) s order by s",
@@ -99,11 +126,11 @@ pub async fn record_in(
     let existing: Vec<SnapshotRow> = sqlx::query_as(concat!(
         "select ",
         columns!(),
-        " from usage_snapshots u
+        " from usage_snapshots u left join invoice_line_items l on l.snapshot_id = u.id
           where (u.service_id, u.window_start, u.window_end, u.source) in
                 (select * from unnest($1::int8[], $2::timestamptz[], $3::timestamptz[], $4::text[]))
-          order by revision
-          for update"
+          order by u.revision
+          for update of u"
     ))
     .bind(reports.iter().map(|r| r.service_id).collect::<Vec<_>>())
     .bind(reports.iter().map(|r| r.window_start).collect::<Vec<_>>())
@@ -158,13 +185,13 @@ pub async fn record_in(
             inserts.iter().map(|x| f(&reports[x.0])).collect()
         };
         let rows: Vec<SnapshotRow> = sqlx::query_as(concat!(
-            "insert into usage_snapshots
+            "insert into usage_snapshots as u
                     (service_id, customer_id, window_start, window_end, primary_bytes,
                      backup_bytes, source, revision)
              select * from unnest($1::int8[], $2::int8[], $3::timestamptz[], $4::timestamptz[],
                                   $5::int8[], $6::int8[], $7::text[], $8::int4[])
              returning ",
-            columns!()
+            unbilled_columns!()
         ))
         .bind(column(&|r| r.service_id))
         .bind(column(&|r| r.customer_id))
@@ -200,13 +227,15 @@ pub async fn record_in(
         }
     }
     if !updates.is_empty() {
-        let rows: Vec<SnapshotRow> = sqlx::query_as(
+        let rows: Vec<SnapshotRow> = sqlx::query_as(concat!(
             "update usage_snapshots u
                 set primary_bytes = v.p, backup_bytes = v.b, updated_at = now()
                from unnest($1::uuid[], $2::int8[], $3::int8[]) v(id, p, b)
-              where u.id = v.id and u.invoice_id is null
-          returning u.*",
-        )
+              where u.id = v.id
+                and not exists (select 1 from invoice_line_items l where l.snapshot_id = u.id)
+          returning ",
+            unbilled_columns!()
+        ))
         .bind(updates.iter().map(|x| x.1).collect::<Vec<_>>())
         .bind(updates.iter().map(|x| x.2).collect::<Vec<_>>())
         .bind(updates.iter().map(|x| x.3).collect::<Vec<_>>())
@@ -249,12 +278,12 @@ pub async fn list(
     let rows = sqlx::query_as(concat!(
         "select ",
         columns!(),
-        " from usage_snapshots
-          where service_id = $1 and customer_id = $2
-            and ($3::timestamptz is null or window_start >= $3)
-            and ($4::timestamptz is null or window_start < $4)
-            and ($5::boolean is null or (invoice_id is null) = $5)
-          order by window_start desc, source, revision
+        " from usage_snapshots u left join invoice_line_items l on l.snapshot_id = u.id
+          where u.service_id = $1 and u.customer_id = $2
+            and ($3::timestamptz is null or u.window_start >= $3)
+            and ($4::timestamptz is null or u.window_start < $4)
+            and ($5::boolean is null or (l.snapshot_id is null) = $5)
+          order by u.window_start desc, u.source, u.revision
           limit $6"
     ))
     .bind(service_id)

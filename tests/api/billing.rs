@@ -263,7 +263,7 @@ async fn invoices_equal_the_pure_function_with_storms_and_policies() {
         .collect();
     assert_eq!(storms, [s1.to_string(), s2.to_string(), s3.to_string()]);
 
-    // Every snapshot is tagged with the invoice; the run is on record; a second run bills
+    // Every snapshot lists the invoice its line is on; the run is on record; a second run bills
     // nothing and records nothing.
     let snaps = app
         .get(&format!("/v1/services/{insured}/usage-snapshots"), &DEV)
@@ -553,7 +553,7 @@ async fn bad_snapshots_get_errors_naming_the_field() {
 }
 
 #[tokio::test]
-async fn a_crash_before_tagging_leaves_no_partial_invoice() {
+async fn a_crash_at_the_end_of_a_run_leaves_no_partial_invoice() {
     let mut app = spawn_app().await;
     let service = app.create_service(&DEV, "web").await;
     post_usage(
@@ -566,11 +566,11 @@ async fn a_crash_before_tagging_leaves_no_partial_invoice() {
     start_billing(&mut app, test_billing(), 1).await;
     let store = app.engine.as_ref().unwrap().billing.clone().unwrap();
     // A fault at the very end of the run (after the invoices and line items are written, when
-    // the snapshots are tagged), injected in the database itself.
+    // the billing cursor moves), injected in the database itself.
     sqlx::raw_sql(
         "create function inject_failure() returns trigger language plpgsql as $$
-         begin raise exception 'injected failure while tagging'; end $$;
-         create trigger inject_failure before update on usage_snapshots
+         begin raise exception 'injected failure while moving the cursor'; end $$;
+         create trigger inject_failure before insert or update on billing_cursors
             for each row execute function inject_failure();",
     )
     .execute(&app.pool)
@@ -580,7 +580,7 @@ async fn a_crash_before_tagging_leaves_no_partial_invoice() {
     assert!(failed.is_err(), "{failed:?}");
     let counts: (i64, i64, i64) = sqlx::query_as(
         "select (select count(*) from invoices), (select count(*) from invoice_line_items),
-                (select count(*) from usage_snapshots where invoice_id is not null)",
+                (select count(*) from billing_cursors)",
     )
     .fetch_one(&app.pool)
     .await
@@ -595,7 +595,7 @@ async fn a_crash_before_tagging_leaves_no_partial_invoice() {
         "{runs}"
     );
 
-    sqlx::raw_sql("drop trigger inject_failure on usage_snapshots")
+    sqlx::raw_sql("drop trigger inject_failure on billing_cursors")
         .execute(&app.pool)
         .await
         .unwrap();
@@ -626,6 +626,21 @@ async fn a_crash_before_tagging_leaves_no_partial_invoice() {
         2
     );
     assert_eq!(runs(app.pool.clone()).await, 0);
+}
+
+/// A valid fence for the customer's shard (a lease row written for the test; no node holds it,
+/// so only the database's guards separate the runs that share it).
+async fn test_fence(pool: &PgPool, customer: i64) -> Fence {
+    let shard = customer_shard(customer);
+    let epoch: i64 = sqlx::query_scalar(
+        "insert into shard_leases (shard, epoch, node_id) values ($1, 7, 'test')
+         on conflict (shard) do update set epoch = shard_leases.epoch + 1 returning epoch",
+    )
+    .bind(shard as i16)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    Fence { shard, epoch }
 }
 
 /// Seeds `customers` customers with two services each and `windows` hourly snapshots per
@@ -735,7 +750,8 @@ async fn expected_totals(pool: &PgPool, customers: &[i64]) -> HashMap<i64, Decim
 async fn all_billed(pool: &PgPool, customers: &[i64], what: &str) {
     eventually(what, Duration::from_secs(60), || async {
         let unbilled: i64 = sqlx::query_scalar(
-            "select count(*) from usage_snapshots where customer_id = any($1) and invoice_id is null",
+            "select count(*) from usage_snapshots u where customer_id = any($1)
+                and not exists (select 1 from invoice_line_items l where l.snapshot_id = u.id)",
         )
         .bind(customers)
         .fetch_one(pool)
@@ -754,7 +770,8 @@ async fn assert_billed_exactly_once(
 ) {
     let (snapshots, unbilled, lines, distinct): (i64, i64, i64, i64) = sqlx::query_as(
         "select (select count(*) from usage_snapshots where customer_id = any($1)),
-                (select count(*) from usage_snapshots where customer_id = any($1) and invoice_id is null),
+                (select count(*) from usage_snapshots u where customer_id = any($1)
+                    and not exists (select 1 from invoice_line_items l where l.snapshot_id = u.id)),
                 (select count(*) from invoice_line_items l join invoices i on i.id = l.invoice_id
                   where i.customer_id = any($1)),
                 (select count(distinct l.snapshot_id) from invoice_line_items l
@@ -769,14 +786,31 @@ async fn assert_billed_exactly_once(
     assert_eq!(distinct, snapshots);
     let mismatched: i64 = sqlx::query_scalar(
         "select count(*) from usage_snapshots u join invoice_line_items l on l.snapshot_id = u.id
-          where l.invoice_id <> u.invoice_id",
+           join invoices i on i.id = l.invoice_id
+          where i.customer_id <> u.customer_id or l.service_id <> u.service_id
+             or l.window_start <> u.window_start or l.primary_bytes <> u.primary_bytes",
     )
     .fetch_one(pool)
     .await
     .unwrap();
     assert_eq!(
         mismatched, 0,
-        "each snapshot is tagged with the invoice of its line"
+        "each line is its snapshot's, on an invoice of the snapshot's customer"
+    );
+    // With everything billed, each customer's billing cursor has reached its last snapshot.
+    let behind: i64 = sqlx::query_scalar(
+        "select count(*) from (select customer_id, max(seq) as top from usage_snapshots
+                                where customer_id = any($1) group by customer_id) t
+          where t.top is distinct from
+                (select seq from billing_cursors c where c.customer_id = t.customer_id)",
+    )
+    .bind(customers)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        behind, 0,
+        "every billing cursor is at its customer's last snapshot"
     );
     let invoices: Vec<(i64, i64, Decimal, Decimal, i64, Decimal)> = sqlx::query_as(
         "select i.customer_id, i.line_count::int8, i.total_cents,
@@ -823,16 +857,8 @@ async fn three_runs_fighting_over_one_customer_bill_each_snapshot_once() {
     let expected = expected_totals(&app.pool, &customers).await;
     // A valid fence for the customer's shard, shared by all three (no lease separates them:
     // only the database's guards do).
-    let shard = customer_shard(customer);
-    let epoch: i64 = sqlx::query_scalar(
-        "insert into shard_leases (shard, epoch, node_id) values ($1, 7, 'test')
-         on conflict (shard) do update set epoch = shard_leases.epoch + 1 returning epoch",
-    )
-    .bind(shard as i16)
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
-    let fence = Fence { shard, epoch };
+    let fence = test_fence(&app.pool, customer).await;
+    let (shard, epoch) = (fence.shard, fence.epoch);
     let settings = BillingSettings {
         batch: 97,
         ..test_billing()
@@ -889,6 +915,138 @@ async fn three_runs_fighting_over_one_customer_bill_each_snapshot_once() {
         matches!(refused, Err(StoreError::Fenced { .. })),
         "{refused:?}"
     );
+}
+
+/// The billing cursor (migration 32): a run waits for a writer of the customer's snapshots that
+/// is in flight (so nothing can commit below the cursor), an unsettled snapshot holds the cursor
+/// below it while later ones are billed around it, and once it is billed the cursor reaches the
+/// customer's last snapshot.
+#[tokio::test]
+async fn a_run_waits_for_writers_in_flight_and_bills_around_unsettled_usage() {
+    let app = spawn_app().await;
+    let service = app.create_service(&DEV, "web").await;
+    let customer = 1_i64;
+    let fence = test_fence(&app.pool, customer).await;
+    let store = Arc::new(PgBillingStore::new(app.pool.clone()));
+    let settings = test_billing();
+    let insert = "insert into usage_snapshots (service_id, customer_id, window_start, window_end,
+                                              primary_bytes, backup_bytes, source)
+                  values ($1, 1, $2, $2 + interval '1 hour', 1073741824, 0, $3) returning seq";
+    let snapshot = |start: DateTime<Utc>, source: &'static str| {
+        sqlx::query_scalar::<_, i64>(insert)
+            .bind(service)
+            .bind(start)
+            .bind(source)
+    };
+    let now = Utc::now();
+    let first = snapshot(t("2026-11-20T10:00:00Z"), "a")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    // Its window ends in half an hour: not settled yet.
+    let unsettled = snapshot(now - TimeDelta::minutes(30), "u")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    snapshot(t("2026-11-20T11:00:00Z"), "b")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    let cursor = |pool: PgPool| async move {
+        sqlx::query_scalar::<_, i64>("select seq from billing_cursors where customer_id = 1")
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+    };
+
+    let run = store
+        .bill_customer(customer, fence, now, &settings, "t")
+        .await
+        .unwrap();
+    assert_eq!(
+        run.snapshots_billed, 2,
+        "both settled snapshots, around the unsettled one"
+    );
+    assert_eq!(cursor(app.pool.clone()).await, Some(first));
+    assert!(first < unsettled);
+
+    // A writer in flight: its snapshot is inserted, not committed.
+    let mut writer = app.pool.begin().await.unwrap();
+    snapshot(t("2026-11-20T12:00:00Z"), "c")
+        .fetch_one(&mut *writer)
+        .await
+        .unwrap();
+    let running = {
+        let (store, settings) = (store.clone(), settings.clone());
+        tokio::spawn(async move {
+            store
+                .bill_customer(customer, fence, now, &settings, "t")
+                .await
+        })
+    };
+    eventually(
+        "the run waiting for the customer's billing lock",
+        Duration::from_secs(10),
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "select count(*) from pg_locks
+                  where locktype = 'advisory' and classid = 1112099916 and objid = 1
+                    and not granted",
+            )
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+            (waiting == 1).then_some(())
+        },
+    )
+    .await;
+    assert!(!running.is_finished());
+    writer.commit().await.unwrap();
+    let run = running.await.unwrap().unwrap();
+    assert_eq!(
+        run.snapshots_billed, 1,
+        "the writer's snapshot, once committed"
+    );
+    assert_eq!(cursor(app.pool.clone()).await, Some(first));
+
+    // An hour later the window has settled: it is billed and the cursor reaches the top.
+    let later = now + TimeDelta::hours(1);
+    let run = store
+        .bill_customer(customer, fence, later, &settings, "t")
+        .await
+        .unwrap();
+    assert_eq!(run.snapshots_billed, 1);
+    let top: i64 = sqlx::query_scalar("select max(seq) from usage_snapshots")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(cursor(app.pool.clone()).await, Some(top));
+    let run = store
+        .bill_customer(customer, fence, later, &settings, "t")
+        .await
+        .unwrap();
+    assert!(!run.did_something());
+    let listed = app
+        .get(
+            &format!("/v1/services/{service}/usage-snapshots?unbilled=true"),
+            &DEV,
+        )
+        .await
+        .expect(200)
+        .body;
+    assert_eq!(listed, json!([]), "nothing is left unbilled");
+    let listed = app
+        .get(&format!("/v1/services/{service}/usage-snapshots"), &DEV)
+        .await
+        .expect(200)
+        .body;
+    assert_eq!(listed.as_array().unwrap().len(), 4);
+    for s in listed.as_array().unwrap() {
+        assert!(
+            s["invoice_id"].is_string() && s["billed_at"].is_string(),
+            "{s}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -1092,7 +1250,8 @@ async fn a_billing_run_on_demand_bills_now_is_recorded_and_needs_admin() {
     let ids: Vec<&Value> = runs.as_array().unwrap().iter().map(|r| &r["id"]).collect();
     assert_eq!(ids, [&again["id"], &run["id"]]);
     let billed: i64 = sqlx::query_scalar(
-        "select count(*) from usage_snapshots where customer_id = $1 and invoice_id is not null",
+        "select count(*) from usage_snapshots u join invoice_line_items l on l.snapshot_id = u.id
+          where u.customer_id = $1",
     )
     .bind(customer)
     .fetch_one(&app.pool)

@@ -17,10 +17,12 @@
 //! unrounded amounts are kept alongside (to 28 significant digits) for the invoice's reader.
 //!
 //! [`run`] plans a whole billing run on top of it: which invoice each snapshot goes on
-//! (adjustments of finalized periods included) and what each draft gains.
+//! (adjustments of finalized periods included) and what each draft gains; [`cursor`] how far a
+//! run may declare the customer's snapshots billed.
 //!
 //! Nothing here reads the clock or the database: windows, storms and rates are passed in.
 
+pub mod cursor;
 mod period;
 pub mod run;
 
@@ -29,6 +31,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
+pub use cursor::{CursorScan, next_cursor};
 pub use period::period_of;
 pub use run::{
     DraftDelta, PlanError, PlannedLine, RunInputs, RunPlan, Unbilled, plan_run, snapshot_periods,
