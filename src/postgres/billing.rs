@@ -38,7 +38,7 @@ use tranche_core::domain::SHARDS;
 use tranche_core::events::EventType;
 use uuid::Uuid;
 
-use super::engine_store::check_fence;
+use super::engine_store::{check_fence, fence_holds};
 
 /// Advisory-lock key space of a customer's billing lock ("BILL"; migration 32): a billing run
 /// holds it exclusively, the writers of the customer's snapshots shared.
@@ -284,13 +284,8 @@ pub async fn load_run(
     .fetch_one(&mut **tx)
     .await
     .map_err(port_error)?;
-    if let Some(fence) = fence
-        && epoch != Some(fence.epoch)
-    {
-        return Err(StoreError::Fenced {
-            shard: fence.shard,
-            epoch: fence.epoch,
-        });
+    if let Some(fence) = fence {
+        fence_holds(fence, epoch)?;
     }
     // The cursor and what lies above it (a snapshot is billed when its line exists).
     let bounds: CursorRow = sqlx::query_as(

@@ -612,7 +612,13 @@ pub(crate) async fn check_fence(
             .fetch_optional(&mut **tx)
             .await
             .map_err(port_error)?;
-    if epoch == Some(fence.epoch) {
+    fence_holds(fence, epoch)
+}
+
+/// [`StoreError::Fenced`] unless `current` (the shard's epoch as read, share-locked) is the
+/// fence's.
+pub(crate) fn fence_holds(fence: Fence, current: Option<i64>) -> Result<(), StoreError> {
+    if current == Some(fence.epoch) {
         Ok(())
     } else {
         Err(StoreError::Fenced {
