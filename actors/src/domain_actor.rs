@@ -75,6 +75,8 @@ pub struct EngineCtx {
     pub dns: Option<ActorRef<super::dns_supervisor::DnsMsg>>,
     /// Where observers send their window summaries (`None`: single-vantage engine).
     pub vantages: Option<ActorRef<PublisherMsg>>,
+    /// The node's one timer for probe ticks (instead of a timer task per actor).
+    pub ticks: crate::tick_wheel::TickWheel,
 }
 
 pub struct DomainActor;
@@ -216,7 +218,8 @@ impl Actor for DomainActor {
         .as_millis() as u64;
         let mut state = state;
         state.realign = Some(Duration::from_millis(interval_ms + phase - first));
-        myself.send_after(Duration::from_millis(first), move || DomainMsg::Tick(0));
+        let at = on_grid(tokio::time::Instant::now() + Duration::from_millis(first));
+        state.ctx.ticks.schedule(at, myself.clone(), 0);
         Ok(state)
     }
 
@@ -232,7 +235,10 @@ impl Actor for DomainActor {
                 let step = state.realign.take().unwrap_or_else(|| state.interval());
                 let due = state.next_due.map_or(now + step, |d| d + step).max(now);
                 state.next_due = Some(due);
-                myself.send_after(on_grid(due) - now, move || DomainMsg::Tick(generation));
+                state
+                    .ctx
+                    .ticks
+                    .schedule(on_grid(due), myself.clone(), generation);
                 if state.spec.primary_target.is_none() && !state.observer {
                     // Nothing to probe through the primary: time alone moves the machine (to
                     // `unknown`).
@@ -298,7 +304,8 @@ impl Actor for DomainActor {
                     state.next_due = None;
                     state.generation += 1;
                     let generation = state.generation;
-                    myself.send_after(Duration::ZERO, move || DomainMsg::Tick(generation));
+                    // Fails only when the actor is stopping, and then no tick is wanted.
+                    let _ = myself.cast(DomainMsg::Tick(generation));
                 }
             }
         }

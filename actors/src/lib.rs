@@ -30,7 +30,8 @@
 //! [`ports::LeaseBackend`], [`ports::Prober`], …); the `tranche` crate implements them
 //! over PostgreSQL and the network. Decisions are the core's (`tranche-core`): the actors feed
 //! it time and observations and commit what it decides. No actor sleeps or waits on a limiter
-//! inside `handle`: waits are `send_after` messages or run in tasks that report back.
+//! inside `handle`: waits are `send_after` messages (the domain actors' probe ticks: the node's
+//! [`tick_wheel::TickWheel`]) or run in tasks that report back.
 //!
 //! # Layout
 //!
@@ -38,6 +39,7 @@
 //! * [`root`] — the root supervisor and what it is set up with; [`config`] — [`EngineConfig`];
 //! * [`lease_keeper`] — shard leases and fencing epochs;
 //! * [`probe_supervisor`], [`domain_actor`], [`observation_writer`] — probing and storms;
+//!   [`tick_wheel`] — the one timer behind every domain actor's probe ticks;
 //! * [`dns_supervisor`], [`zone_actor`], [`rate`] — DNS steering through the provider;
 //! * [`billing`], [`usage_ingestor`], [`verifier`], [`webhooks`] — invoicing, usage pulls,
 //!   ownership checks, webhook delivery;
@@ -65,6 +67,7 @@ pub mod probe_supervisor;
 pub mod rate;
 pub mod root;
 pub mod slo_tracker;
+pub mod tick_wheel;
 pub mod usage_ingestor;
 pub mod vantage_publisher;
 pub mod verifier;

@@ -205,6 +205,7 @@ fn ctx(
         observations: writer,
         dns,
         vantages,
+        ticks: crate::tick_wheel::TickWheel::start(),
     })
 }
 
