@@ -268,14 +268,12 @@ pub async fn load_run(
     now: DateTime<Utc>,
     settings: &BillingSettings,
 ) -> Result<LoadedRun, StoreError> {
-    // Foreign-key checks run as plans cached per connection; planned while `invoices` was
-    // small (a fresh install, a first backlog), they would scan the table for every line.
-    // Custom plans see its current size. The customer's billing lock, exclusive: the writers
-    // of its snapshots (who hold it shared) are not in flight while the run reads and bills.
-    // One round trip: the fence, the plan setting and the lock.
-    let (_, _, epoch): (String, String, Option<i64>) = sqlx::query_as(
-        "select set_config('plan_cache_mode', 'force_custom_plan', true),
-                pg_advisory_xact_lock($1, ($2 % 2147483647)::int4)::text,
+    // The customer's billing lock, exclusive: the writers of its snapshots (who hold it
+    // shared) are not in flight while the run reads and bills. One round trip: the fence and
+    // the lock. (The run's statements keep their connection's prepared plans; the one lookup
+    // whose cached plan went stale as `invoices` grew is planned per use: migration 33.)
+    let (_, epoch): (String, Option<i64>) = sqlx::query_as(
+        "select pg_advisory_xact_lock($1, ($2 % 2147483647)::int4)::text,
                 (select epoch from shard_leases where shard = $3 for share)",
     )
     .bind(BILLING_LOCK_SPACE)
@@ -304,7 +302,7 @@ pub async fn load_run(
     .map_err(port_error)?;
     // The settled snapshots above the cursor without a line, lowest numbers first. Only those
     // up to the highest number billed so far can have one: unless the cursor is below that,
-    // no line is looked for (the run plans every statement afresh, so simple statements pay).
+    // no line is looked for (the check would cost a probe of the lines' index per row).
     macro_rules! unbilled {
         ($billed:literal) => {
             concat!(
