@@ -51,8 +51,9 @@ impl TickWheel {
         }
     }
 
-    /// How many ticks are pending (for tests and diagnostics).
-    pub fn pending(&self) -> usize {
+    /// How many ticks are pending.
+    #[cfg(test)]
+    fn pending(&self) -> usize {
         let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         slots.values().map(Vec::len).sum()
     }

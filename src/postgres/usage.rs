@@ -106,18 +106,20 @@ pub async fn record_in(
     services.dedup();
     // The customers' billing locks (shared; a billing run holds one exclusively), then the
     // services' writer locks, each in ascending order: every writer locks in the same order.
+    // One round trip (volatile functions run after the sort).
     sqlx::query(
-        "select pg_advisory_xact_lock_shared($1, (c % 2147483647)::int4)
-           from unnest($2::int8[]) c order by c",
+        "select case when k.shared then pg_advisory_xact_lock_shared(k.space, k.key)
+                     else pg_advisory_xact_lock(k.space, k.key) end
+           from (select 0 as phase, $1::int4 as space, (c % 2147483647)::int4 as key,
+                        true as shared
+                   from unnest($2::int8[]) c
+                 union all
+                 select 1, $3::int4, (s % 2147483647)::int4, false
+                   from unnest($4::int8[]) s) k
+          order by k.phase, k.key",
     )
     .bind(super::billing::BILLING_LOCK_SPACE)
     .bind(&customers)
-    .execute(&mut **tx)
-    .await?;
-    sqlx::query(
-        "select pg_advisory_xact_lock($1, (s % 2147483647)::int4)
-           from unnest($2::int8[]) s order by s",
-    )
     .bind(USAGE_LOCK_SPACE)
     .bind(&services)
     .execute(&mut **tx)
