@@ -16,7 +16,7 @@ use crate::config::{DnsProviderKind, HumanDuration, Settings};
 use crate::node;
 use crate::postgres::customers;
 use crate::postgres::pool::{self, Database};
-use crate::prober::{LanedProber, NetworkProber};
+use crate::prober::{NetworkProber, TlsOptions};
 use crate::startup::Application;
 use crate::{api, telemetry};
 
@@ -226,11 +226,17 @@ async fn start_engine(
     if settings.probe_allow_private {
         tracing::warn!("probes may reach private and loopback addresses (probe_allow_private)");
     }
-    // Probes run on their own threads, a lane per CPU (see `prober::lanes`).
-    let prober = Arc::new(LanedProber::per_cpu(Arc::new(
-        NetworkProber::new(&roots, settings.probe_allow_private)?
-            .with_nameservers(&settings.probe_nameservers)?,
-    ))?);
+    let prober = Arc::new(
+        NetworkProber::with_tls(
+            &roots,
+            settings.probe_allow_private,
+            TlsOptions {
+                resumption: true,
+                reuse_key_share: settings.probe_tls_reuse_key_share,
+            },
+        )?
+        .with_nameservers(&settings.probe_nameservers)?,
+    );
     let node_id = settings
         .node_id
         .clone()

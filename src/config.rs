@@ -20,6 +20,7 @@
 //! | `probe_allow_private`| `TRANCHE_PROBE_ALLOW_PRIVATE`                 | `false`            |
 //! | `probe_ca_file`      | `TRANCHE_PROBE_CA_FILE`                       | none               |
 //! | `probe_nameservers`  | `TRANCHE_PROBE_NAMESERVERS` (`[ip:port,…]`)   | the system's       |
+//! | `probe_tls_reuse_key_share` | `TRANCHE_PROBE_TLS_REUSE_KEY_SHARE`    | `true`             |
 //! | `dns_provider`       | `TRANCHE_DNS_PROVIDER` (`auto`/`noop`/`route53`) | `auto`          |
 //! | `route53_endpoint_url` | `TRANCHE_ROUTE53_ENDPOINT_URL`              | AWS's              |
 //! | `dns_ttl_seconds`    | `TRANCHE_DNS_TTL_SECONDS`                     | `60`               |
@@ -118,6 +119,11 @@ pub struct Settings {
     pub probe_ca_file: Option<PathBuf>,
     /// DNS servers that resolve edge hostnames; empty uses the system's resolver configuration.
     pub probe_nameservers: Vec<SocketAddr>,
+    /// HTTPS probes reuse their X25519 key share for 10 seconds rather than making one per
+    /// handshake: the key exchange was the largest share of a probe's CPU. It weakens forward
+    /// secrecy for probes within that window (they carry nothing secret); `false` restores a
+    /// fresh key share per handshake (`prober::key_share`).
+    pub probe_tls_reuse_key_share: bool,
     /// Where weighted records are written: `route53`, `noop` (log only), or `auto` (Route53
     /// when AWS credentials are configured in the environment, else noop).
     pub dns_provider: DnsProviderKind,
@@ -210,6 +216,7 @@ impl Default for Settings {
             probe_allow_private: false,
             probe_ca_file: None,
             probe_nameservers: Vec::new(),
+            probe_tls_reuse_key_share: true,
             dns_provider: DnsProviderKind::Auto,
             route53_endpoint_url: None,
             dns_ttl_seconds: 60,

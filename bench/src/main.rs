@@ -42,7 +42,7 @@ use tranche::demo::edge::{Behaviour, FakeEdge, TestCa};
 use tranche::node::RunningEngine;
 use tranche::postgres::embedded::{EmbeddedOptions, EmbeddedPostgres};
 use tranche::postgres::{self, customers};
-use tranche::prober::{LanedProber, NetworkProber};
+use tranche::prober::{NetworkProber, TlsOptions};
 
 mod billing;
 mod failover;
@@ -504,10 +504,9 @@ impl Env {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 
-    /// The product's prober: verifying against the edges' CA, on a probe lane per CPU.
-    fn prober(&self) -> anyhow::Result<LanedProber> {
-        let network = NetworkProber::new(std::slice::from_ref(&self.ca.ca), true)?;
-        Ok(LanedProber::per_cpu(Arc::new(network))?)
+    /// The product's prober, verifying against the edges' CA.
+    fn prober(&self) -> anyhow::Result<NetworkProber> {
+        NetworkProber::new(std::slice::from_ref(&self.ca.ca), true)
     }
 
     /// Creates a service with `n` domains in bulk. `targets`: whether domains get probe targets;
@@ -686,10 +685,9 @@ pub struct External {
     /// Every HTTPS probe a full handshake: no TLS session resumption.
     #[arg(long)]
     no_resumption: bool,
-    /// Probe lanes (threads running the probes' I/O, as `tranche serve` does with one per
-    /// CPU); 0: probes on the engine's runtime, as before the lanes.
+    /// A fresh X25519 key share for every handshake (`probe_tls_reuse_key_share = false`).
     #[arg(long)]
-    lanes: Option<usize>,
+    fresh_key_share: bool,
 }
 
 /// Counts completed and successful probes, and remembers who probed what last.
@@ -797,14 +795,12 @@ async fn probes(
         Some(path) => tranche::prober::roots_from_pem_file(path)?,
         None => vec![env.ca.ca.clone()],
     };
-    let network = NetworkProber::with_resumption(&roots, true, !external.no_resumption)?;
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let lanes = external.lanes.unwrap_or(cpus);
-    let prober: Box<dyn Prober> = if lanes == 0 {
-        Box::new(network)
-    } else {
-        Box::new(LanedProber::new(Arc::new(network), lanes)?)
+    let tls = TlsOptions {
+        resumption: !external.no_resumption,
+        reuse_key_share: !external.fresh_key_share,
     };
+    let network = NetworkProber::with_tls(&roots, true, tls)?;
+    let prober: Box<dyn Prober> = Box::new(network);
     if external.target_http.is_some() || external.target_https.is_some() {
         // Both CDNs of every domain: the external server of its scheme.
         let target = |t: &Option<String>| t.clone().unwrap_or_else(|| "127.0.0.1:9".into());
@@ -853,15 +849,15 @@ async fn probes(
         "domains={n} cdns=2 scheme={scheme} interval={interval}s measured={elapsed:.1}s (after {warmup}s warm-up)"
     );
     println!(
-        "RESULT probes_per_s={:.0} expected_per_s={expected:.0} ok={:.2}% tranche_cpu_s={tranche_cpu:.2} cpu_s_per_1000_probes={:.3} probes_per_cpu_s={:.0} ok_probes_per_cpu_s={:.0} resumption={}",
+        "RESULT probes_per_s={:.0} expected_per_s={expected:.0} ok={:.2}% tranche_cpu_s={tranche_cpu:.2} cpu_s_per_1000_probes={:.3} probes_per_cpu_s={:.0} ok_probes_per_cpu_s={:.0} resumption={} key_share_reuse={}",
         done as f64 / elapsed,
         100.0 * ok as f64 / done.max(1) as f64,
         1000.0 * tranche_cpu / done.max(1) as f64,
         done as f64 / tranche_cpu.max(1e-9),
         ok as f64 / tranche_cpu.max(1e-9),
         !external.no_resumption,
+        !external.fresh_key_share,
     );
-    println!("RESULT lanes={lanes}");
     println!(
         "RESULT edges_cpu_s={:.2} postgres_cpu_s={:.2} rss_mib={:.1} rss_delta_mib={:.1}",
         edge1 - edge0,

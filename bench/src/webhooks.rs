@@ -31,7 +31,7 @@ use tranche::postgres::{self, customers};
 
 /// Records when each probe finished and how long it took.
 struct Timed {
-    inner: tranche::prober::LanedProber,
+    inner: tranche::prober::NetworkProber,
     samples: Mutex<Vec<(Instant, f64)>>,
 }
 

@@ -7,13 +7,18 @@
 //! headers after it and the body are not read). TLS configuration, including its session cache (resumption keeps probes
 //! cheap), is shared by all probes. The certificate's expiry is recorded for HTTPS.
 //!
+//! What keeps an HTTPS probe cheap (BENCHMARKS.md, issue 17): session resumption; X25519 from
+//! aws-lc with the key share reused for 10 s ([`TlsOptions::reuse_key_share`], `key_share`);
+//! the request riding in the same write as the client's `Finished`; no `getrandom` system call
+//! per handshake; and a close by reset (`SO_LINGER` 0) once the status is read, so no
+//! connection lingers in `TIME_WAIT` on either side. Probes run on the engine's runtime: the
+//! dedicated probe threads tried earlier cost more in cross-thread wake-ups than they saved.
+//!
 //! Targets that resolve to loopback, private, link-local or otherwise non-public addresses are
 //! refused (`blocked`) unless the operator allows them (`probe_allow_private`), so customers
 //! cannot point Tranche at the operator's own network.
 
-mod lanes;
-
-pub use lanes::LanedProber;
+mod key_share;
 
 use crate::resolver::resolver;
 use std::net::{IpAddr, SocketAddr};
@@ -42,6 +47,27 @@ pub fn roots_from_pem_file(path: &std::path::Path) -> anyhow::Result<Vec<Certifi
     Ok(roots)
 }
 
+/// How HTTPS probes do TLS. Both cheapen a probe without weakening what it checks (the
+/// certificate is verified on every full handshake); see [`NetworkProber::with_tls`].
+#[derive(Clone, Copy, Debug)]
+pub struct TlsOptions {
+    /// Resume TLS sessions (each probed hostname keeps its session): a resumed handshake skips
+    /// the certificate chain and the server's signature.
+    pub resumption: bool,
+    /// Reuse the X25519 key share for a few seconds instead of making one per handshake
+    /// (`probe_tls_reuse_key_share`; the trade-off is in the `key_share` module's docs).
+    pub reuse_key_share: bool,
+}
+
+impl Default for TlsOptions {
+    fn default() -> Self {
+        Self {
+            resumption: true,
+            reuse_key_share: true,
+        }
+    }
+}
+
 /// Probes over the network. Cheap to clone behind an `Arc`; share one per node.
 pub struct NetworkProber {
     tls: TlsConnector,
@@ -57,15 +83,15 @@ impl NetworkProber {
         extra_roots: &[CertificateDer<'static>],
         allow_private: bool,
     ) -> anyhow::Result<Self> {
-        Self::with_resumption(extra_roots, allow_private, true)
+        Self::with_tls(extra_roots, allow_private, TlsOptions::default())
     }
 
-    /// As [`NetworkProber::new`]; `resumption: false` makes every HTTPS probe a full handshake
-    /// with certificate verification (for benchmarks that compare probers without it).
-    pub fn with_resumption(
+    /// As [`NetworkProber::new`], with TLS options (`resumption: false` makes every HTTPS probe
+    /// a full handshake with certificate verification, as benchmarks comparing probers need).
+    pub fn with_tls(
         extra_roots: &[CertificateDer<'static>],
         allow_private: bool,
-        resumption: bool,
+        options: TlsOptions,
     ) -> anyhow::Result<Self> {
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -78,6 +104,19 @@ impl NetworkProber {
         provider
             .cipher_suites
             .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+        // X25519 from aws-lc, its key share reused for a few seconds unless told otherwise
+        // (`key_share`): the key exchange was the largest share of an HTTPS probe's CPU.
+        let x25519: &'static dyn rustls::crypto::SupportedKxGroup = if options.reuse_key_share {
+            &key_share::REUSED
+        } else {
+            &key_share::FRESH
+        };
+        provider.secure_random = &key_share::AwsLcRandom;
+        for group in &mut provider.kx_groups {
+            if group.name() == rustls::NamedGroup::X25519 {
+                *group = x25519;
+            }
+        }
         let provider = Arc::new(provider);
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
@@ -85,7 +124,7 @@ impl NetworkProber {
             .with_no_client_auth();
         // Resumption skips the certificate chain verification and key exchange that dominate a
         // probe's cost. Every probed hostname keeps its session (rustls' default holds 256).
-        config.resumption = if resumption {
+        config.resumption = if options.resumption {
             rustls::client::Resumption::in_memory_sessions(SESSION_CACHE)
         } else {
             rustls::client::Resumption::disabled()
@@ -116,8 +155,9 @@ impl NetworkProber {
                     .resolver
                     .as_ref()
                     .ok_or((Outcome::Dns, "no DNS resolver configured".to_owned()))?;
-                let lookup = resolver
-                    .lookup_ip(name.as_str())
+                // Boxed: the lookup's state is large, and probes of IP targets (or ones that
+                // never resolve) need not carry it in their future.
+                let lookup = Box::pin(resolver.lookup_ip(name.as_str()))
                     .await
                     .map_err(|e| (Outcome::Dns, format!("resolving {name}: {e}")))?;
                 lookup
@@ -142,14 +182,26 @@ impl NetworkProber {
             .await
             .map_err(|e| (Outcome::Connect, format!("connecting to {ip}:{port}: {e}")))?;
         let _ = tcp.set_nodelay(true);
+        // Close with a reset rather than a FIN exchange once the status is read (as HAProxy
+        // does for its health checks): neither side keeps the connection in TIME_WAIT, and the
+        // close costs less than half the kernel work. Nothing is lost: the probe has its answer.
+        let _ = tcp.set_zero_linger();
+        let head = request_head(req);
         match req.scheme {
-            ProbeScheme::Http => request(tcp, req).await.map(|s| (s, None)),
+            ProbeScheme::Http => request(tcp, &head).await.map(|s| (s, None)),
             ProbeScheme::Https => {
                 let name = ServerName::try_from(req.hostname.clone())
                     .map_err(|e| (Outcome::Tls, format!("invalid SNI name: {e}")))?;
+                // The request is handed to rustls before the handshake: it is sent, encrypted,
+                // in the same write (and TCP segment) as the client's `Finished`, instead of a
+                // write of its own after the handshake.
                 let tls = self
                     .tls
-                    .connect(name, tcp)
+                    .connect_with(name, tcp, |conn| {
+                        use std::io::Write;
+                        // Buffered until the handshake completes; the buffer (64 KiB) holds it.
+                        let _ = conn.writer().write_all(head.as_bytes());
+                    })
                     .await
                     .map_err(|e| (Outcome::Tls, format!("TLS handshake: {e}")))?;
                 let expiry = tls
@@ -158,7 +210,7 @@ impl NetworkProber {
                     .peer_certificates()
                     .and_then(|certs| certs.first())
                     .and_then(|cert| self.expiries.not_after(cert));
-                request(tls, req).await.map(|s| (s, expiry))
+                response_status(tls).await.map(|s| (s, expiry))
             }
         }
     }
@@ -167,37 +219,52 @@ impl NetworkProber {
 /// Longest response head read before the final status line (interim `1xx` heads included).
 const MAX_HEAD: usize = 16 * 1024;
 
-/// Sends `GET <path>` over HTTP/1.1 on the fresh connection and returns the final response's
-/// status, from its status line; the headers after it and the body are not read.
-///
-/// A minimal client rather than hyper's: a probe needs one request and one status, and the
-/// hyper connection task spawned per probe, with its buffers, was a visible share of the probe
-/// path's CPU (BENCHMARKS.md, issue 17). Interim responses (`103 Early Hints`, a stray `100
-/// Continue`) are skipped to the final one.
-async fn request<S>(mut io: S, req: &ProbeRequest) -> Result<u16, (Outcome, String)>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let head = format!(
+/// The probe's request: `GET <path>` over HTTP/1.1, `Host` the customer hostname.
+fn request_head(req: &ProbeRequest) -> String {
+    format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: {USER_AGENT}\r\nAccept: */*\r\nConnection: close\r\n\r\n",
         req.path.as_str(),
         req.hostname
-    );
-    let io_error = |what: &str, e: std::io::Error| {
-        let outcome = if e.kind() == std::io::ErrorKind::InvalidData {
-            Outcome::Protocol
-        } else {
-            Outcome::Connect
-        };
-        (outcome, format!("{what}: {e}"))
+    )
+}
+
+fn io_error(what: &str, e: std::io::Error) -> (Outcome, String) {
+    let outcome = if e.kind() == std::io::ErrorKind::InvalidData {
+        Outcome::Protocol
+    } else {
+        Outcome::Connect
     };
+    (outcome, format!("{what}: {e}"))
+}
+
+/// Sends the request `head` on the fresh connection and returns the final response's status
+/// ([`response_status`]).
+///
+/// A minimal client rather than hyper's: a probe needs one request and one status, and the
+/// hyper connection task spawned per probe, with its buffers, was a visible share of the probe
+/// path's CPU (BENCHMARKS.md, issue 17).
+async fn request<S>(mut io: S, head: &str) -> Result<u16, (Outcome, String)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
     io.write_all(head.as_bytes())
         .await
         .map_err(|e| io_error("sending the request", e))?;
     io.flush()
         .await
         .map_err(|e| io_error("sending the request", e))?;
+    response_status(io).await
+}
+
+/// The final response's status, from its status line; the headers after it and the body are
+/// not read. Interim responses (`103 Early Hints`, a stray `100 Continue`) are skipped to the
+/// final one.
+async fn response_status<S>(mut io: S) -> Result<u16, (Outcome, String)>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
     let mut buf = Vec::with_capacity(512);
     // Where the response being read starts (after any interim responses).
     let mut from = 0;
@@ -211,9 +278,11 @@ where
                 format!("no final status line in the first {MAX_HEAD} bytes"),
             ));
         }
-        let mut chunk = [0u8; 1024];
+        // Read into the buffer's spare room: no copy, and no 1 KiB array in every probe's
+        // future (which is allocated per probe).
+        buf.reserve(1024);
         let n = io
-            .read(&mut chunk)
+            .read_buf(&mut buf)
             .await
             .map_err(|e| io_error("reading the response", e))?;
         if n == 0 {
@@ -222,7 +291,6 @@ where
                 "the connection closed before a complete response head".to_owned(),
             ));
         }
-        buf.extend_from_slice(&chunk[..n]);
     }
 }
 
@@ -380,7 +448,7 @@ mod tests {
             expected: tranche_core::domain::ExpectedStatuses::default(),
             timeout: std::time::Duration::from_secs(1),
         };
-        let status = request(client, &req).await;
+        let status = request(client, &request_head(&req)).await;
         let sent = serve.await.unwrap();
         assert!(
             sent.starts_with("GET /healthz HTTP/1.1\r\nHost: app.example.test\r\n")
