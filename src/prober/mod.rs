@@ -195,13 +195,14 @@ impl NetworkProber {
                 // The request is handed to rustls before the handshake: it is sent, encrypted,
                 // in the same write (and TCP segment) as the client's `Finished`, instead of a
                 // write of its own after the handshake.
-                let tls = self
-                    .tls
-                    .connect_with(name, tcp, |conn| {
-                        use std::io::Write;
-                        // Buffered until the handshake completes; the buffer (64 KiB) holds it.
-                        let _ = conn.writer().write_all(head.as_bytes());
-                    })
+                let mut queued = Ok(());
+                let handshake = self.tls.connect_with(name, tcp, |conn| {
+                    use std::io::Write;
+                    // Buffered until the handshake completes (rustls holds up to 64 KiB).
+                    queued = conn.writer().write_all(head.as_bytes());
+                });
+                queued.map_err(|e| io_error("queueing the request", e))?;
+                let tls = handshake
                     .await
                     .map_err(|e| (Outcome::Tls, format!("TLS handshake: {e}")))?;
                 let expiry = tls
