@@ -47,8 +47,10 @@ create trigger metering_quotas_set_updated_at before update on metering_quotas
 -- deletes older ones). The key is the event's identity: a replay finds it.
 create table usage_events (
     customer_id  bigint not null,
-    source       text not null,
-    event_id     text not null,
+    -- Byte-wise ("C") comparison: identities are opaque strings, and the key's index is the
+    -- hottest in the batcher's transaction.
+    source       text collate "C" not null,
+    event_id     text collate "C" not null,
     service_id   bigint not null,
     metric       text not null,
     quantity     numeric not null constraint usage_events_quantity_check check (quantity >= 0),

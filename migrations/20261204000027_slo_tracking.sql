@@ -40,18 +40,14 @@ create table slo_alerts (
     constraint slo_alerts_pkey primary key (slo_id, business_date, kind)
 );
 
--- A job report wakes the trackers of the SLOs that depend on its job (LISTEN
--- tranche_job_status), and carries itself, so a tracker need not read it back: the payload is
--- the report as JSON (`customer_id`, `business_date`, `application`, `job`, `run_id`, `status`,
--- `status_time`; at most about 700 bytes). A tracker that missed one catches up when it
--- (re)starts and at its next timer, when it reads its dates' reports again.
+-- A job report wakes the trackers of the SLOs of its application (LISTEN tranche_job_status;
+-- payload `customer_id:business_date:application`). A tracker that missed one catches up when
+-- it (re)starts and at its next timer.
 create function tranche_notify_job_status() returns trigger
 language plpgsql as $$
 begin
-    perform pg_notify('tranche_job_status', json_build_object(
-        'customer_id', new.customer_id, 'business_date', new.business_date,
-        'application', new.application, 'job', new.job, 'run_id', new.run_id,
-        'status', new.status, 'status_time', new.status_time)::text);
+    perform pg_notify('tranche_job_status',
+                      new.customer_id || ':' || new.business_date || ':' || new.application);
     return null;
 end;
 $$;
@@ -86,10 +82,3 @@ create trigger calendars_notify after update on calendars
     for each row execute function tranche_notify_slos();
 create trigger calendar_holidays_notify after insert or update or delete on calendar_holidays
     for each row execute function tranche_notify_slos();
-
--- A tracker reads its own jobs' reports: (customer, application, job, business date), the
--- unique key's leading columns. The index on (customer, application, business date, job) let
--- the planner — with a young table's statistics, estimating one row either way — scan a whole
--- application's day for each of its thousands of SLOs instead. Listings keep the unique key's
--- (customer, application) prefix.
-drop index job_status_business_date_idx;
