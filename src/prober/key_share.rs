@@ -16,7 +16,7 @@
 //! `probe_tls_reuse_key_share = false` ([`FRESH`]).
 //!
 //! The agreement and the peer key validation are aws-lc's; rustls uses this group for TLS 1.2
-//! ECDHE too.
+//! ECDHE too. The handshakes' random values come from aws-lc as well ([`AwsLcRandom`]).
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
